@@ -1,0 +1,96 @@
+"""SQLAlchemy models: businesses, runs, leads and call attempts."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def utcnow() -> datetime:
+    """Timezone-aware now, for defaults."""
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base with a constraint naming convention Alembic can rely on."""
+
+    type_annotation_map = {datetime: DateTime(timezone=True), dict[str, Any]: JSON}
+
+
+Base.metadata.naming_convention = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Business(Base):
+    """A tenant: its caller ID, its line cap and the hash of its API key."""
+
+    __tablename__ = "businesses"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    caller_id: Mapped[str] = mapped_column(String(20))
+    max_concurrent_calls: Mapped[int] = mapped_column(Integer, default=3)
+    timezone: Mapped[str | None] = mapped_column(String(64))
+    api_key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Run(Base):
+    """An outbound run; its workflow is `outbound-run-{id}`."""
+
+    __tablename__ = "runs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    business_id: Mapped[str] = mapped_column(ForeignKey("businesses.id"), index=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16))
+    status_reason: Mapped[str | None] = mapped_column(Text)
+    options: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    total_leads: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+    # Set by the API before it acknowledges a cancel; no call is placed once it is set.
+    cancel_requested_at: Mapped[datetime | None]
+
+
+class Lead(Base):
+    """A number to call in a run, with its outcome once it has one."""
+
+    __tablename__ = "leads"
+    __table_args__ = (Index("ix_leads_run_id_id", "run_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"))
+    phone: Mapped[str] = mapped_column(String(20))
+    name: Mapped[str | None] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+
+
+class CallAttempt(Base):
+    """One dial of a lead. (run, lead, attempt) is unique: it is the dial's idempotency key."""
+
+    __tablename__ = "call_attempts"
+    __table_args__ = (UniqueConstraint("run_id", "lead_id", "attempt", name="uq_call_attempts_key"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
+    lead_id: Mapped[int] = mapped_column(ForeignKey("leads.id"))
+    attempt: Mapped[int] = mapped_column(Integer)
+    call_sid: Mapped[str | None] = mapped_column(String(34), unique=True)
+    status: Mapped[str] = mapped_column(String(16))
+    duration: Mapped[int | None] = mapped_column(Integer)
+    answered_by: Mapped[str | None] = mapped_column(String(32))
+    error_code: Mapped[int | None] = mapped_column(Integer)
+    error_message: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

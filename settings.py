@@ -1,0 +1,85 @@
+"""Settings for every process, read from the environment (and an optional `.env` file)."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_ACCOUNT_SID = "AC" + "0" * 32
+DEV_AUTH_TOKEN = "dev-auth-token-not-secret"
+DEV_ADMIN_TOKEN = "dev-admin-token"
+_PLACEHOLDERS = {DEV_AUTH_TOKEN, DEV_ADMIN_TOKEN, "", "changeme", "changethis"}
+
+
+class Settings(BaseSettings):
+    """Typed settings; names are the contract in DESIGN.md section 5."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    ENVIRONMENT: Literal["development", "production"] = "development"
+    DATABASE_URL: str = "sqlite+aiosqlite:///.data/outbound.db"
+    TEMPORAL_ADDRESS: str = "127.0.0.1:7233"
+    TEMPORAL_NAMESPACE: str = "default"
+    TEMPORAL_API_KEY: SecretStr | None = None
+    TEMPORAL_TASK_QUEUE: str = "outbound"
+    TWILIO_ACCOUNT_SID: str = DEV_ACCOUNT_SID
+    TWILIO_AUTH_TOKEN: SecretStr = SecretStr(DEV_AUTH_TOKEN)
+    TWILIO_API_BASE_URL: str | None = None
+    PUBLIC_BASE_URL: str = "http://127.0.0.1:8000"
+    ADMIN_TOKEN: SecretStr = SecretStr(DEV_ADMIN_TOKEN)
+    TWILIO_CALLS_PER_SECOND: float = 1.0
+    LOG_LEVEL: str = "INFO"
+
+    @field_validator("DATABASE_URL")
+    @classmethod
+    def _async_driver(cls, url: str) -> str:
+        """Accept the usual URL spellings and pick the async driver for each."""
+        for plain, driver in (
+            ("postgres://", "postgresql+asyncpg://"),
+            ("postgresql://", "postgresql+asyncpg://"),
+            ("postgresql+psycopg://", "postgresql+asyncpg://"),
+            ("sqlite://", "sqlite+aiosqlite://"),
+        ):
+            if url.startswith(plain):
+                return driver + url[len(plain) :]
+        return url
+
+    @field_validator("PUBLIC_BASE_URL", "TWILIO_API_BASE_URL")
+    @classmethod
+    def _no_trailing_slash(cls, url: str | None) -> str | None:
+        return url.rstrip("/") if url else url
+
+    @field_validator("TWILIO_CALLS_PER_SECOND")
+    @classmethod
+    def _positive_rate(cls, rate: float) -> float:
+        if rate <= 0:
+            raise ValueError("TWILIO_CALLS_PER_SECOND must be greater than 0")
+        return rate
+
+    @model_validator(mode="after")
+    def _real_secrets_in_production(self) -> Settings:
+        if self.ENVIRONMENT == "production":
+            for name in ("TWILIO_AUTH_TOKEN", "ADMIN_TOKEN"):
+                value: SecretStr = getattr(self, name)
+                if value.get_secret_value() in _PLACEHOLDERS:
+                    raise ValueError(f"{name} is a placeholder; set a real secret in production")
+        return self
+
+    def temporal_env(self) -> dict[str, str]:
+        """Environment for `temporalio.envconfig`, with these settings taking precedence."""
+        env = dict(os.environ)
+        env["TEMPORAL_ADDRESS"] = self.TEMPORAL_ADDRESS
+        env["TEMPORAL_NAMESPACE"] = self.TEMPORAL_NAMESPACE
+        if self.TEMPORAL_API_KEY is not None:
+            env["TEMPORAL_API_KEY"] = self.TEMPORAL_API_KEY.get_secret_value()
+        return env
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process's settings, read once."""
+    return Settings()
