@@ -1,0 +1,1 @@
+"""Telephony: the Twilio client, the call-status vocabulary and the carrier simulator."""

@@ -1,0 +1,227 @@
+"""The simulator's HTTP face: a subset of Twilio's REST API v2010 plus ``/_sim/`` control routes."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import urlencode
+
+import phonenumbers
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.datastructures import FormData
+
+from telephony.simulator.calls import API_VERSION, Call, TimeFilter, parse_time
+from telephony.simulator.config import SimulatorConfig
+from telephony.simulator.engine import CallRequest, Simulator
+from telephony.simulator.errors import TwilioApiError, not_found
+
+_E164 = re.compile(r"^\+[1-9]\d{1,14}$")
+_CALLBACK_EVENTS = frozenset({"initiated", "ringing", "answered", "completed"})
+_PAGE_PARAMS = frozenset({"Page", "PageSize", "PageToken"})
+_ACCOUNT_PATH = f"/{API_VERSION}/Accounts/{{account_sid}}"
+
+
+def create_app(config: SimulatorConfig) -> FastAPI:
+    """A FastAPI app that behaves like Twilio's call API; the engine is ``app.state.simulator``."""
+    simulator = Simulator(config)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await simulator.start()
+        try:
+            yield
+        finally:
+            await simulator.stop()
+
+    app = FastAPI(title="Carrier simulator", lifespan=lifespan)
+    app.state.simulator = simulator
+
+    @app.exception_handler(TwilioApiError)
+    async def twilio_error(request: Request, exc: TwilioApiError) -> JSONResponse:
+        headers = {"WWW-Authenticate": 'Basic realm="Twilio API"'} if exc.status == 401 else None
+        return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+
+    app.include_router(_twilio_routes(simulator))
+    app.include_router(_control_routes(simulator))
+    return app
+
+
+def _twilio_routes(sim: Simulator) -> APIRouter:
+    def authenticate(request: Request, account_sid: str) -> str:
+        expected = (sim.config.account_sid, sim.config.auth_token)
+        given = _basic_credentials(request.headers.get("authorization", ""))
+        ok = given is not None and all(
+            secrets.compare_digest(a.encode(), b.encode()) for a, b in zip(given, expected, strict=True)
+        )
+        if not ok or account_sid != sim.config.account_sid:
+            raise TwilioApiError(401, 20003, "Authenticate")
+        return account_sid
+
+    router = APIRouter(prefix=_ACCOUNT_PATH, dependencies=[Depends(authenticate)])
+
+    def find(account_sid: str, sid: str, path: str) -> Call:
+        call = sim.calls.get(sid)
+        if call is None or call.account_sid != account_sid:
+            raise not_found(path)
+        return call
+
+    @router.post("/Calls.json", status_code=201)
+    async def create_call(account_sid: str, request: Request) -> dict[str, Any]:
+        call_request = _call_request(account_sid, await request.form())
+        return sim.create_call(call_request).resource()
+
+    @router.get("/Calls.json")
+    async def list_calls(account_sid: str, request: Request) -> dict[str, Any]:
+        query = request.query_params
+        try:
+            for key in ("StartTime", "StartTime>", "StartTime<"):
+                if key in query:
+                    parse_time(query[key])
+            page = int(query.get("Page", "0"))
+            page_size = min(int(query.get("PageSize", "50")), 1000)
+        except ValueError as exc:
+            raise TwilioApiError(400, 20001, f"Invalid query parameter: {exc}") from exc
+        if page < 0 or page_size < 1:
+            raise TwilioApiError(400, 20001, "Page must be >= 0 and PageSize >= 1")
+        calls = sim.calls.search(
+            account_sid,
+            to=query.get("To"),
+            from_=query.get("From"),
+            status=query.get("Status"),
+            start=TimeFilter(query.get("StartTime"), query.get("StartTime>"), query.get("StartTime<")),
+        )
+        start = page * page_size
+        selected = calls[start : start + page_size]
+        filters = [(k, v) for k, v in query.multi_items() if k not in _PAGE_PARAMS]
+
+        def page_uri(number: int) -> str:
+            params = [*filters, ("PageSize", str(page_size)), ("Page", str(number))]
+            return f"{request.url.path}?{urlencode(params)}"
+
+        return {
+            "calls": [c.resource() for c in selected],
+            "end": start + len(selected) - 1 if selected else start,
+            "first_page_uri": page_uri(0),
+            "next_page_uri": page_uri(page + 1) if start + page_size < len(calls) else None,
+            "page": page,
+            "page_size": page_size,
+            "previous_page_uri": page_uri(page - 1) if page > 0 else None,
+            "start": start,
+            "uri": page_uri(page),
+        }
+
+    @router.get("/Calls/{sid}.json")
+    async def fetch_call(account_sid: str, sid: str, request: Request) -> dict[str, Any]:
+        return find(account_sid, sid, request.url.path).resource()
+
+    @router.post("/Calls/{sid}.json")
+    async def update_call(account_sid: str, sid: str, request: Request) -> dict[str, Any]:
+        call = find(account_sid, sid, request.url.path)
+        status = (await request.form()).get("Status")
+        return sim.update_call(call, status if isinstance(status, str) else None).resource()
+
+    return router
+
+
+def _control_routes(sim: Simulator) -> APIRouter:
+    router = APIRouter(prefix="/_sim", tags=["simulator control"])
+
+    @router.get("/stats")
+    async def stats() -> dict[str, Any]:
+        return sim.stats()
+
+    @router.get("/calls")
+    async def calls() -> dict[str, Any]:
+        return {"calls": [c.summary() for c in sim.calls.all()]}
+
+    @router.get("/config")
+    async def get_config() -> dict[str, Any]:
+        return sim.config.model_dump(exclude={"auth_token"})
+
+    @router.post("/config", response_model=None)
+    async def update_config(changes: dict[str, Any]) -> dict[str, Any] | JSONResponse:
+        try:
+            sim.config.patched(changes)
+        except ValidationError as exc:
+            return JSONResponse({"detail": exc.errors(include_url=False)}, status_code=422)
+        return sim.config.model_dump(exclude={"auth_token"})
+
+    @router.post("/reset")
+    async def reset() -> dict[str, Any]:
+        await sim.reset()
+        return sim.stats()
+
+    return router
+
+
+def _basic_credentials(header: str) -> tuple[str, str] | None:
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        user, sep, password = base64.b64decode(encoded, validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return (user, password) if sep else None
+
+
+def _call_request(account_sid: str, form: FormData) -> CallRequest:
+    """Validate a create-call form the way Twilio does, first error wins."""
+
+    def text(name: str) -> str | None:
+        value = form.get(name)
+        return (value.strip() or None) if isinstance(value, str) else None
+
+    to = _phone(text("To"), 21201, "No 'To' number is specified", 21211, "Invalid 'To' Phone Number")
+    from_ = _phone(text("From"), 21213, "No 'From' number is specified", 21212, "Invalid 'From' Phone Number")
+    if not any(text(name) for name in ("Url", "Twiml", "ApplicationSid")):
+        raise TwilioApiError(400, 21205, "Url parameter is required.")
+    method = (text("StatusCallbackMethod") or "POST").upper()
+    if method not in ("GET", "POST"):
+        raise TwilioApiError(400, 21609, f"Invalid StatusCallbackMethod: {method}")
+    # Repeated fields as the SDK sends them, or one space-separated value as some clients do.
+    events = {part for e in form.getlist("StatusCallbackEvent") for part in str(e).lower().split()}
+    if unknown := events - _CALLBACK_EVENTS:
+        raise TwilioApiError(400, 21626, f"Invalid StatusCallbackEvent: {', '.join(sorted(unknown))}")
+    return CallRequest(
+        account_sid=account_sid,
+        to=to,
+        from_=from_,
+        status_callback=text("StatusCallback"),
+        status_callback_method=method,
+        callback_events=frozenset(events),
+        machine_detection=(text("MachineDetection") or "").lower() in ("enable", "detectmessageend"),
+        timeout=_seconds(text("Timeout"), "Timeout") or 60.0,
+        time_limit=_seconds(text("TimeLimit"), "TimeLimit"),
+    )
+
+
+def _phone(value: str | None, missing_code: int, missing: str, invalid_code: int, invalid: str) -> str:
+    if value is None:
+        raise TwilioApiError(400, missing_code, missing)
+    try:
+        valid = bool(_E164.match(value)) and phonenumbers.is_valid_number(phonenumbers.parse(value))
+    except phonenumbers.NumberParseException:
+        valid = False
+    if not valid:
+        raise TwilioApiError(400, invalid_code, f"{invalid}: {value}")
+    return value
+
+
+def _seconds(value: str | None, name: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        seconds = int(value)
+    except ValueError as exc:
+        raise TwilioApiError(400, 20001, f"{name} must be an integer") from exc
+    if seconds <= 0:
+        raise TwilioApiError(400, 20001, f"{name} must be positive")
+    return float(seconds)

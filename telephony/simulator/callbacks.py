@@ -1,0 +1,172 @@
+"""Signed status callbacks, delivered in order per call unless a fault says otherwise."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import secrets
+import time
+from dataclasses import asdict, dataclass
+from urllib.parse import urlencode
+
+import httpx
+from twilio.request_validator import RequestValidator
+
+from telephony.simulator.config import SimulatorConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CallbackCounters:
+    """What happened to the callbacks the simulator meant to send."""
+
+    sent: int = 0
+    dropped: int = 0
+    duplicated: int = 0
+    reordered: int = 0
+    retried: int = 0
+    failed: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        """The counters as JSON."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Callback:
+    """One status callback: where it goes and the form fields it carries."""
+
+    call_sid: str
+    url: str
+    method: str
+    params: dict[str, str]
+    idempotency_token: str
+
+    def signed_request(self, auth_token: str) -> tuple[str, dict[str, str] | None, str]:
+        """The URL, the form body (None for GET) and the ``X-Twilio-Signature`` Twilio would send."""
+        validator = RequestValidator(auth_token)
+        if self.method == "GET":
+            url = f"{self.url}{'&' if '?' in self.url else '?'}{urlencode(self.params)}"
+            return url, None, validator.compute_signature(url, {})
+        return self.url, self.params, validator.compute_signature(self.url, self.params)
+
+
+class CallbackSender:
+    """Sends callbacks in the background, one ordered chain per call, with the configured faults."""
+
+    def __init__(self, config: SimulatorConfig, rng: random.Random) -> None:
+        self._config = config
+        self._rng = rng
+        self._http: httpx.AsyncClient | None = None
+        self._tails: dict[str, asyncio.Task[None]] = {}
+        self._held: dict[str, Callback] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.counters = CallbackCounters()
+
+    async def start(self) -> None:
+        """Open the HTTP client used for deliveries."""
+        self._http = httpx.AsyncClient()
+
+    async def stop(self) -> None:
+        """Abandon pending deliveries and close the HTTP client."""
+        await self.cancel_all()
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+    async def cancel_all(self) -> None:
+        """Abandon every pending delivery and held-back callback."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tails.clear()
+        self._held.clear()
+
+    def emit(self, callback: Callback, final: bool) -> None:
+        """Queue a callback behind the call's earlier ones, applying drop, duplicate and reorder faults."""
+        config = self._config
+        if self._chance(config.drop_callback_rate):
+            self.counters.dropped += 1
+            log.info("callback dropped call_sid=%s %s", callback.call_sid, _brief(callback))
+        elif not final and callback.call_sid not in self._held and self._chance(config.reorder_callback_rate):
+            self.counters.reordered += 1
+            self._held[callback.call_sid] = callback
+            return
+        else:
+            self._enqueue(callback)
+            if self._chance(config.duplicate_callback_rate):
+                self.counters.duplicated += 1
+                self._enqueue(callback)
+        held = self._held.pop(callback.call_sid, None)
+        if held is not None:
+            self._enqueue(held)
+
+    def _chance(self, rate: float) -> bool:
+        return rate > 0 and self._rng.random() < rate
+
+    def _enqueue(self, callback: Callback) -> None:
+        due = time.monotonic() + self._config.callback_delay_seconds
+        previous = self._tails.get(callback.call_sid)
+        task = asyncio.create_task(self._deliver(callback, due, previous))
+        self._tails[callback.call_sid] = task
+        self._tasks.add(task)
+        task.add_done_callback(lambda t: self._forget(callback.call_sid, t))
+
+    def _forget(self, call_sid: str, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if self._tails.get(call_sid) is task:
+            del self._tails[call_sid]
+
+    async def _deliver(self, callback: Callback, due: float, previous: asyncio.Task[None] | None) -> None:
+        if previous is not None:
+            await asyncio.wait([previous])
+        await asyncio.sleep(max(0.0, due - time.monotonic()))
+        for attempt in range(1 + self._config.callback_retry_attempts):
+            if attempt:
+                self.counters.retried += 1
+                await asyncio.sleep(self._config.callback_retry_backoff_seconds * 2 ** (attempt - 1))
+            if await self._attempt(callback):
+                self.counters.sent += 1
+                return
+        self.counters.failed += 1
+        log.warning("callback gave up call_sid=%s %s", callback.call_sid, _brief(callback))
+
+    async def _attempt(self, callback: Callback) -> bool:
+        config = self._config
+        if config.webhooks_unreachable_until is not None and time.time() < config.webhooks_unreachable_until:
+            log.info("callback unreachable call_sid=%s %s", callback.call_sid, _brief(callback))
+            return False
+        assert self._http is not None, "CallbackSender.start() was not awaited"
+        url, form, signature = callback.signed_request(config.auth_token)
+        headers = {
+            "X-Twilio-Signature": signature,
+            "I-Twilio-Idempotency-Token": callback.idempotency_token,
+            "User-Agent": "TwilioProxy/1.1",
+        }
+        try:
+            response = await self._http.request(
+                callback.method, url, data=form, headers=headers, timeout=config.callback_timeout_seconds
+            )
+        except httpx.HTTPError as exc:
+            log.info("callback failed call_sid=%s %s error=%r", callback.call_sid, _brief(callback), exc)
+            return False
+        log.info(
+            "callback sent call_sid=%s %s http_status=%s",
+            callback.call_sid,
+            _brief(callback),
+            response.status_code,
+        )
+        return response.is_success
+
+
+def new_idempotency_token(call_sid: str) -> str:
+    """A token like Twilio's ``I-Twilio-Idempotency-Token``: the same for every copy of one callback."""
+    return f"{call_sid}-{secrets.token_hex(8)}"
+
+
+def _brief(callback: Callback) -> str:
+    params = callback.params
+    return f"status={params.get('CallStatus')} seq={params.get('SequenceNumber')}"

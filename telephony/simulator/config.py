@@ -1,0 +1,70 @@
+"""Runtime settings of the carrier simulator: outcomes, timings and injected faults."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from settings import DEV_ACCOUNT_SID, DEV_AUTH_TOKEN
+
+FinalStatus = Literal["completed", "busy", "no-answer", "failed"]
+Seconds = tuple[float, float]
+
+
+def _dev_outcome_weights() -> dict[FinalStatus, float]:
+    return {"completed": 0.6, "busy": 0.15, "no-answer": 0.2, "failed": 0.05}
+
+
+class SimulatorConfig(BaseModel):
+    """How the simulated carrier behaves; every field may be changed while it runs.
+
+    Rates are probabilities in [0, 1] drawn per create or per callback. Time ranges are
+    ``(min, max)`` seconds, drawn uniformly per call.
+    """
+
+    model_config = ConfigDict(validate_assignment=True, extra="forbid")
+
+    account_sid: str = DEV_ACCOUNT_SID
+    auth_token: str = DEV_AUTH_TOKEN
+
+    outcome_weights: dict[FinalStatus, float] = Field(default_factory=_dev_outcome_weights)
+    outcomes_by_to: dict[str, FinalStatus] = Field(default_factory=dict)
+    queue_seconds: Seconds = (0.0, 0.1)
+    ring_seconds: Seconds = (1.0, 3.0)
+    talk_seconds: Seconds = (2.0, 8.0)
+    seed: int | None = None
+
+    drop_callback_rate: float = Field(default=0.0, ge=0, le=1)
+    duplicate_callback_rate: float = Field(default=0.0, ge=0, le=1)
+    reorder_callback_rate: float = Field(default=0.0, ge=0, le=1)
+    callback_delay_seconds: float = Field(default=0.0, ge=0)
+    create_429_rate: float = Field(default=0.0, ge=0, le=1)
+    create_5xx_rate: float = Field(default=0.0, ge=0, le=1)
+    create_5xx_after_create_rate: float = Field(default=0.0, ge=0, le=1)
+    webhooks_unreachable_until: float | None = None
+    callback_retry_attempts: int = Field(default=0, ge=0)
+    callback_retry_backoff_seconds: float = Field(default=0.5, ge=0)
+    callback_timeout_seconds: float = Field(default=5.0, gt=0)
+
+    @field_validator("queue_seconds", "ring_seconds", "talk_seconds")
+    @classmethod
+    def _ordered_range(cls, value: Seconds) -> Seconds:
+        low, high = value
+        if low < 0 or high < low:
+            raise ValueError("expected (min, max) with 0 <= min <= max")
+        return value
+
+    @model_validator(mode="after")
+    def _some_outcome_possible(self) -> SimulatorConfig:
+        if any(w < 0 for w in self.outcome_weights.values()) or sum(self.outcome_weights.values()) <= 0:
+            raise ValueError("outcome_weights must be non-negative with a positive sum")
+        return self
+
+    def patched(self, changes: dict[str, Any]) -> SimulatorConfig:
+        """Apply a partial update in place, all or nothing, and return self."""
+        merged = SimulatorConfig.model_validate({**self.model_dump(), **changes})
+        for name in changes:
+            # Assign the validated value: a bad field must not leave the config half-changed.
+            object.__setattr__(self, name, getattr(merged, name))
+        return self

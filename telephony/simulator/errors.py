@@ -1,0 +1,39 @@
+"""Twilio's REST error responses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class TwilioApiError(Exception):
+    """An error the simulator answers in Twilio's shape: HTTP status plus a Twilio error code."""
+
+    def __init__(self, status: int, code: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body Twilio sends with this error."""
+        return {
+            "code": self.code,
+            "message": self.message,
+            "more_info": f"https://www.twilio.com/docs/errors/{self.code}",
+            "status": self.status,
+        }
+
+
+def not_found(path: str) -> TwilioApiError:
+    """Twilio's 404 for an unknown resource."""
+    return TwilioApiError(404, 20404, f"The requested resource {path} was not found")
+
+
+def too_many_requests() -> TwilioApiError:
+    """Twilio's 429: the request was not processed and is safe to retry."""
+    return TwilioApiError(429, 20429, "Too Many Requests")
+
+
+def internal_error() -> TwilioApiError:
+    """A 500 that tells the client nothing about whether the request took effect."""
+    return TwilioApiError(500, 20500, "Internal Server Error")

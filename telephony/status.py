@@ -1,0 +1,31 @@
+"""Twilio's call-status vocabulary and what each status means for a lead."""
+
+from __future__ import annotations
+
+# Statuses after which Twilio sends nothing more for a call.
+TERMINAL_CALL_STATUSES = frozenset({"completed", "busy", "no-answer", "failed", "canceled"})
+CALL_STATUSES = frozenset({"queued", "initiated", "ringing", "in-progress"}) | TERMINAL_CALL_STATUSES
+
+# A lead's outcome, named for the person running the campaign.
+OUTCOME_BY_CALL_STATUS = {
+    "completed": "answered",
+    "busy": "busy",
+    "no-answer": "no_answer",
+    "failed": "failed",
+    "canceled": "cancelled",
+}
+OUTCOMES = ("answered", "busy", "no_answer", "failed", "cancelled")
+
+# Lead states before an outcome is known.
+LEAD_QUEUED = "queued"
+LEAD_DIALING = "dialing"
+
+
+def is_terminal(call_status: str) -> bool:
+    """Whether Twilio will report nothing further for a call in this status."""
+    return call_status in TERMINAL_CALL_STATUSES
+
+
+def outcome_for(call_status: str) -> str:
+    """The lead outcome a terminal call status stands for."""
+    return OUTCOME_BY_CALL_STATUS[call_status]

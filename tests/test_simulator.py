@@ -1,0 +1,383 @@
+"""The carrier simulator, driven through the real twilio SDK as the dialer drives Twilio."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI, Request, Response
+from twilio.base.exceptions import TwilioRestException
+from twilio.http.async_http_client import AsyncTwilioHttpClient
+from twilio.request_validator import RequestValidator
+from twilio.rest import Client
+
+from telephony.simulator import SimulatorConfig, create_app
+from telephony.simulator.config import FinalStatus
+
+SID = "AC" + "1" * 32
+TOKEN = "test-auth-token"
+FROM = "+14155550100"
+TO = "+14155550111"
+OTHER_TO = "+14155550122"
+OTHER_FROM = "+14155550133"
+TWIML = "<Response><Say>hi</Say></Response>"
+ALL_EVENTS = ["initiated", "ringing", "answered", "completed"]
+
+# The SDK's own use of deprecated aiohttp auth arguments.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:twilio.*")
+
+
+@dataclass
+class Received:
+    """One status callback as the receiving endpoint saw it."""
+
+    url: str
+    form: dict[str, str]
+    signature: str
+
+
+@dataclass
+class Sim:
+    """A running simulator: its base URL and its config, which tests may change."""
+
+    url: str
+    config: SimulatorConfig
+
+
+async def _serve(app: FastAPI) -> AsyncIterator[str]:
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    await _wait_until(lambda: server.started or task.done(), "server start")
+    assert server.started, "uvicorn did not start"
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def _wait_until(condition: Callable[[], bool | Awaitable[bool]], what: str) -> None:
+    try:
+        async with asyncio.timeout(5):
+            while True:
+                met = condition()
+                if met if isinstance(met, bool) else await met:
+                    return
+                await asyncio.sleep(0.01)
+    except TimeoutError as exc:
+        raise AssertionError(f"timed out waiting for {what}") from exc
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[tuple[str, list[Received]]]:
+    """An HTTP endpoint that records every status callback it gets."""
+    received: list[Received] = []
+    app = FastAPI()
+
+    @app.api_route("/status", methods=["GET", "POST"])
+    async def status(request: Request) -> Response:
+        fields = request.query_params if request.method == "GET" else await request.form()
+        form = {k: str(v) for k, v in fields.items() if k not in ("run", "lead", "attempt")}
+        received.append(Received(str(request.url), form, request.headers.get("X-Twilio-Signature", "")))
+        return Response(status_code=204)
+
+    async for url in _serve(app):
+        yield url, received
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Sim]:
+    """A simulator with short ring and talk times, reachable over HTTP."""
+    config = SimulatorConfig(
+        account_sid=SID,
+        auth_token=TOKEN,
+        seed=7,
+        queue_seconds=(0.0, 0.02),
+        ring_seconds=(0.05, 0.15),
+        talk_seconds=(0.05, 0.15),
+    )
+    async for url in _serve(create_app(config)):
+        yield Sim(url, config)
+
+
+@pytest.fixture
+async def twilio(sim: Sim) -> AsyncIterator[Client]:
+    """The real twilio SDK, pointed at the simulator."""
+    http_client = AsyncTwilioHttpClient()
+    client = Client(SID, TOKEN, http_client=http_client)
+    client.api.base_url = sim.url
+    yield client
+    await http_client.close()
+
+
+async def _sim_get(sim: Sim, path: str) -> Any:
+    async with httpx.AsyncClient(base_url=sim.url) as http:
+        response = await http.get(path)
+        response.raise_for_status()
+        return response.json()
+
+
+def _terminal(received: list[Received], call_sid: str) -> list[Received]:
+    return [r for r in received if r.form["CallSid"] == call_sid and "CallDuration" in r.form]
+
+
+async def test_call_plays_out_with_signed_ordered_callbacks(
+    sim: Sim, twilio: Client, receiver: tuple[str, list[Received]]
+) -> None:
+    base, received = receiver
+    callback_url = f"{base}/status?run=1&lead=42&attempt=1"
+    sim.config.outcomes_by_to = {TO: "completed"}
+
+    call = await twilio.calls.create_async(
+        to=TO,
+        from_=FROM,
+        twiml=TWIML,
+        status_callback=callback_url,
+        status_callback_event=ALL_EVENTS,
+        machine_detection="Enable",
+    )
+    assert call.sid.startswith("CA") and len(call.sid) == 34
+    assert call.status == "queued"
+
+    await _wait_until(lambda: bool(_terminal(received, call.sid)), "terminal callback")
+    validator = RequestValidator(TOKEN)
+    for r in received:
+        assert r.url == callback_url
+        assert validator.validate(callback_url, r.form, r.signature), r.form
+    assert [r.form["SequenceNumber"] for r in received] == ["0", "1", "2", "3"]
+    assert [r.form["CallStatus"] for r in received] == ["initiated", "ringing", "in-progress", "completed"]
+    final = received[-1].form
+    assert final["CallSid"] == call.sid
+    assert final["To"] == TO and final["From"] == FROM and final["AccountSid"] == SID
+    assert final["AnsweredBy"] in ("human", "machine_start")
+    assert final["CalledCity"] == "" and final["CallDuration"] == final["Duration"]
+
+    fetched = await twilio.calls(call.sid).fetch_async()
+    assert fetched.status == "completed"
+    assert fetched.duration == final["CallDuration"]
+    assert fetched.answered_by == final["AnsweredBy"]
+
+
+@pytest.mark.parametrize("outcome", ["busy", "no-answer", "failed"])
+async def test_unanswered_outcome_sends_only_the_terminal_callback_by_default(
+    sim: Sim, twilio: Client, receiver: tuple[str, list[Received]], outcome: FinalStatus
+) -> None:
+    base, received = receiver
+    sim.config.outcomes_by_to = {TO: outcome}
+
+    call = await twilio.calls.create_async(
+        to=TO, from_=FROM, url=f"{base}/twiml", status_callback=f"{base}/status"
+    )
+
+    await _wait_until(lambda: bool(_terminal(received, call.sid)), "terminal callback")
+    assert [(r.form["CallStatus"], r.form["SequenceNumber"]) for r in received] == [(outcome, "0")]
+    assert received[0].form["CallDuration"] == "0"
+    assert (await twilio.calls(call.sid).fetch_async()).status == outcome
+
+
+@pytest.mark.parametrize(
+    ("to", "from_", "code"),
+    [("+1234", FROM, 21211), ("not-a-number", FROM, 21211), (TO, "+1555", 21212)],
+)
+async def test_invalid_numbers_are_rejected_like_twilio(
+    twilio: Client, to: str, from_: str, code: int
+) -> None:
+    with pytest.raises(TwilioRestException) as caught:
+        await twilio.calls.create_async(to=to, from_=from_, twiml=TWIML)
+    assert (caught.value.status, caught.value.code) == (400, code)
+
+
+async def test_missing_instructions_are_rejected(twilio: Client) -> None:
+    with pytest.raises(TwilioRestException) as caught:
+        await twilio.calls.create_async(to=TO, from_=FROM)
+    assert caught.value.code == 21205
+
+
+async def test_wrong_credentials_get_20003(sim: Sim) -> None:
+    http_client = AsyncTwilioHttpClient()
+    client = Client(SID, "wrong-token", http_client=http_client)
+    client.api.base_url = sim.url
+    try:
+        with pytest.raises(TwilioRestException) as caught:
+            await client.calls.create_async(to=TO, from_=FROM, twiml=TWIML)
+    finally:
+        await http_client.close()
+    assert (caught.value.status, caught.value.code) == (401, 20003)
+    assert (await _sim_get(sim, "/_sim/calls"))["calls"] == []
+
+
+async def test_unknown_call_is_404(twilio: Client) -> None:
+    with pytest.raises(TwilioRestException) as caught:
+        await twilio.calls("CA" + "0" * 32).fetch_async()
+    assert (caught.value.status, caught.value.code) == (404, 20404)
+
+
+async def test_cancel_a_ringing_call(sim: Sim, twilio: Client, receiver: tuple[str, list[Received]]) -> None:
+    base, received = receiver
+    sim.config.ring_seconds = (30.0, 30.0)
+    call = await twilio.calls.create_async(to=TO, from_=FROM, twiml=TWIML, status_callback=f"{base}/status")
+
+    async def ringing() -> bool:
+        return (await twilio.calls(call.sid).fetch_async()).status == "ringing"
+
+    await _wait_until(ringing, "the call to ring")
+
+    canceled = await twilio.calls(call.sid).update_async(status="canceled")
+    assert canceled.status == "canceled"
+    await _wait_until(lambda: bool(_terminal(received, call.sid)), "terminal callback")
+    assert [r.form["CallStatus"] for r in received] == ["canceled"]
+
+    with pytest.raises(TwilioRestException) as caught:
+        await twilio.calls(call.sid).update_async(status="canceled")
+    assert (caught.value.status, caught.value.code) == (400, 21220)
+
+
+async def test_list_filters_by_to_from_and_start_time(sim: Sim, twilio: Client) -> None:
+    before = datetime.now(UTC) - timedelta(seconds=2)
+    first = await twilio.calls.create_async(to=TO, from_=FROM, twiml=TWIML)
+    second = await twilio.calls.create_async(to=OTHER_TO, from_=OTHER_FROM, twiml=TWIML)
+
+    assert [c.sid for c in await twilio.calls.list_async(to=TO)] == [first.sid]
+    assert [c.sid for c in await twilio.calls.list_async(from_=OTHER_FROM)] == [second.sid]
+    newest_first = [second.sid, first.sid]
+    assert [c.sid for c in await twilio.calls.list_async(start_time_after=before)] == newest_first
+    assert [
+        c.sid for c in await twilio.calls.list_async(start_time_after=before, page_size=1)
+    ] == newest_first
+    later = datetime.now(UTC) + timedelta(minutes=1)
+    assert await twilio.calls.list_async(start_time_after=later) == []
+
+
+async def test_stats_count_creates_and_peak_concurrency(sim: Sim, twilio: Client) -> None:
+    sim.config.ring_seconds = (0.3, 0.3)
+    for to in (TO, TO, OTHER_TO):
+        await twilio.calls.create_async(to=to, from_=FROM, twiml=TWIML)
+    await twilio.calls.create_async(to=TO, from_=OTHER_FROM, twiml=TWIML)
+
+    stats = await _sim_get(sim, "/_sim/stats")
+    creates = {(c["to"], c["from"]): c["count"] for c in stats["creates"]}
+    assert creates == {(TO, FROM): 2, (OTHER_TO, FROM): 1, (TO, OTHER_FROM): 1}
+    peaks = {c["from"]: c["peak"] for c in stats["concurrency"]}
+    assert peaks == {FROM: 3, OTHER_FROM: 1}
+
+    async def all_ended() -> bool:
+        return (await _sim_get(sim, "/_sim/stats"))["in_flight"] == 0
+
+    await _wait_until(all_ended, "every call to end")
+    calls = (await _sim_get(sim, "/_sim/calls"))["calls"]
+    assert len(calls) == 4 and all(c["ended_at"] >= c["created_at"] for c in calls)
+
+
+async def test_5xx_after_create_places_the_call_but_fails_the_request(sim: Sim, twilio: Client) -> None:
+    sim.config.create_5xx_after_create_rate = 1.0
+    with pytest.raises(TwilioRestException) as caught:
+        await twilio.calls.create_async(to=TO, from_=FROM, twiml=TWIML)
+    assert caught.value.status == 500
+
+    found = await twilio.calls.list_async(
+        to=TO, from_=FROM, start_time_after=datetime.now(UTC) - timedelta(minutes=1)
+    )
+    assert len(found) == 1
+    stats = await _sim_get(sim, "/_sim/stats")
+    assert stats["faults"]["create_5xx_after_create"] == 1
+    assert stats["creates"] == [{"to": TO, "from": FROM, "count": 1}]
+
+
+async def test_429_creates_nothing(sim: Sim, twilio: Client) -> None:
+    sim.config.create_429_rate = 1.0
+    with pytest.raises(TwilioRestException) as caught:
+        await twilio.calls.create_async(to=TO, from_=FROM, twiml=TWIML)
+    assert (caught.value.status, caught.value.code) == (429, 20429)
+    assert (await _sim_get(sim, "/_sim/calls"))["calls"] == []
+
+
+async def test_config_and_reset_routes(sim: Sim, twilio: Client) -> None:
+    await twilio.calls.create_async(to=TO, from_=FROM, twiml=TWIML)
+    async with httpx.AsyncClient(base_url=sim.url) as http:
+        updated = await http.post("/_sim/config", json={"drop_callback_rate": 0.5, "ring_seconds": [1, 2]})
+        assert updated.status_code == 200
+        assert updated.json()["drop_callback_rate"] == 0.5
+        assert sim.config.ring_seconds == (1.0, 2.0)
+        assert "auth_token" not in updated.json()
+
+        rejected = await http.post("/_sim/config", json={"drop_callback_rate": 2, "seed": 1})
+        assert rejected.status_code == 422
+        assert sim.config.seed == 7
+
+        assert (await http.post("/_sim/reset")).status_code == 200
+        assert (await http.get("/_sim/calls")).json()["calls"] == []
+
+
+async def test_reordered_and_duplicated_callbacks(
+    sim: Sim, twilio: Client, receiver: tuple[str, list[Received]]
+) -> None:
+    base, received = receiver
+    sim.config.outcomes_by_to = {TO: "completed"}
+    sim.config.reorder_callback_rate = 1.0
+    sim.config.duplicate_callback_rate = 1.0
+    call = await twilio.calls.create_async(
+        to=TO, from_=FROM, twiml=TWIML, status_callback=f"{base}/status", status_callback_event=ALL_EVENTS
+    )
+
+    await _wait_until(lambda: len(received) == 6, "six callbacks")
+    # Each held-back callback follows the next one; each sent one arrives twice.
+    assert [r.form["SequenceNumber"] for r in received] == ["1", "1", "0", "3", "3", "2"]
+    assert received[0].form == received[1].form and received[0].signature == received[1].signature
+    stats = (await _sim_get(sim, "/_sim/stats"))["callbacks"]
+    assert (stats["sent"], stats["duplicated"], stats["reordered"]) == (6, 2, 2)
+    assert _terminal(received, call.sid)[0].form["CallStatus"] == "completed"
+
+
+async def test_callbacks_retry_until_the_endpoint_is_back(
+    sim: Sim, twilio: Client, receiver: tuple[str, list[Received]]
+) -> None:
+    base, received = receiver
+    sim.config.webhooks_unreachable_until = time.time() + 0.3
+    sim.config.callback_retry_attempts = 5
+    sim.config.callback_retry_backoff_seconds = 0.1
+    call = await twilio.calls.create_async(to=TO, from_=FROM, twiml=TWIML, status_callback=f"{base}/status")
+
+    await _wait_until(lambda: bool(_terminal(received, call.sid)), "terminal callback")
+    stats = (await _sim_get(sim, "/_sim/stats"))["callbacks"]
+    assert stats["retried"] >= 1 and stats["sent"] == 1 and stats["failed"] == 0
+
+
+async def test_dropped_callbacks_never_arrive(
+    sim: Sim, twilio: Client, receiver: tuple[str, list[Received]]
+) -> None:
+    base, received = receiver
+    sim.config.drop_callback_rate = 1.0
+    await twilio.calls.create_async(to=TO, from_=FROM, twiml=TWIML, status_callback=f"{base}/status")
+
+    await _wait_until(_stats_condition(sim, lambda s: s["callbacks"]["dropped"] == 1), "a dropped callback")
+    assert received == []
+
+
+async def test_get_callbacks_are_signed_over_the_full_url(
+    sim: Sim, twilio: Client, receiver: tuple[str, list[Received]]
+) -> None:
+    base, received = receiver
+    callback_url = f"{base}/status?run=7"
+    call = await twilio.calls.create_async(
+        to=TO, from_=FROM, twiml=TWIML, status_callback=callback_url, status_callback_method="GET"
+    )
+
+    await _wait_until(lambda: bool(_terminal(received, call.sid)), "terminal callback")
+    (only,) = received
+    assert only.url.startswith(callback_url + "&")
+    assert RequestValidator(TOKEN).validate(only.url, {}, only.signature)
+
+
+def _stats_condition(sim: Sim, predicate: Callable[[dict[str, Any]], bool]) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return predicate(await _sim_get(sim, "/_sim/stats"))
+
+    return check
