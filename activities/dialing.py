@@ -1,0 +1,244 @@
+"""Dialing activities: place a call exactly once, hang up, and ask Twilio what became of a call."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+from twilio.base import values
+from twilio.base.exceptions import TwilioRestException
+from twilio.rest import Client
+from twilio.rest.api.v2010.account.call import CallInstance
+
+from db.models import CallAttempt, Run, utcnow
+from db.upsert import insert_ignoring_conflict
+from telephony.twilio_client import (
+    ACCOUNT_ERROR_CODES,
+    BAD_NUMBER_CODES,
+    NOT_IN_PROGRESS,
+    status_callback_url,
+)
+
+log = logging.getLogger(__name__)
+
+INVALID_NUMBER = "InvalidNumber"
+RUN_CANCELLED = "RunCancelled"
+ACCOUNT_ERROR = "TwilioAccountError"
+STATUS_EVENTS = ["initiated", "ringing", "answered", "completed"]
+# Clock skew allowed between us and Twilio when looking for a call we may already have placed.
+LOOKUP_SKEW = timedelta(minutes=2)
+
+
+@dataclass
+class DialInput:
+    run_id: str
+    lead_id: int
+    attempt: int
+    to: str
+    from_: str
+    twiml: str
+    ring_timeout_seconds: int = 30
+    call_time_limit_seconds: int = 3600
+    machine_detection: bool = False
+
+
+@dataclass
+class DialOutput:
+    call_sid: str
+    status: str
+
+
+@dataclass
+class HangUpInput:
+    call_sid: str
+    answered: bool
+
+
+@dataclass
+class FetchCallInput:
+    call_sid: str
+
+
+@dataclass
+class CallSnapshot:
+    """What Twilio says of a call now; `found` is False when Twilio has no such call."""
+
+    found: bool
+    status: str
+    duration: int | None = None
+    answered_by: str | None = None
+
+
+class DialingActivities:
+    """Activities that talk to Twilio, built once in the worker with its clients."""
+
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], twilio: Client, public_base_url: str
+    ) -> None:
+        self.sessions = sessions
+        self.twilio = twilio
+        self.public_base_url = public_base_url
+
+    @activity.defn
+    async def place_call(self, input: DialInput) -> DialOutput:
+        """Place one call for (run, lead, attempt), at most once.
+
+        The attempt row is written before Twilio is called. If it already has a call SID, that call
+        is the answer. If it has none, an earlier try may still have reached Twilio (a lost response,
+        a killed worker), so Twilio is asked for a matching call before dialing again.
+        """
+        context = {"run": input.run_id, "lead": input.lead_id, "attempt": input.attempt}
+        attempt = await self._claim_attempt(input)
+        if attempt.call_sid:
+            log.info("call already placed", extra={**context, "call_sid": attempt.call_sid})
+            return DialOutput(attempt.call_sid, attempt.status)
+        if activity.info().attempt > 1:
+            found = await self._find_placed_call(input, attempt)
+            if found is not None:
+                log.info(
+                    "adopted call placed by an earlier try", extra={**context, "call_sid": found.call_sid}
+                )
+                return await self._store_sid(input, found)
+
+        async with self.sessions() as session, session.begin():
+            # The share lock makes a cancel wait for creates already under way, so once the API
+            # has acknowledged a cancel no call can be created (PostgreSQL; SQLite ignores it).
+            cancel_requested_at = await session.scalar(
+                select(Run.cancel_requested_at).where(Run.id == input.run_id).with_for_update(read=True)
+            )
+            if cancel_requested_at is not None:
+                raise ApplicationError(
+                    "the run was cancelled before this call was placed",
+                    type=RUN_CANCELLED,
+                    non_retryable=True,
+                )
+            try:
+                call = await self.twilio.calls.create_async(
+                    to=input.to,
+                    from_=input.from_,
+                    twiml=input.twiml,
+                    status_callback=status_callback_url(
+                        self.public_base_url, input.run_id, input.lead_id, input.attempt
+                    ),
+                    status_callback_event=STATUS_EVENTS,
+                    status_callback_method="POST",
+                    timeout=input.ring_timeout_seconds,
+                    time_limit=input.call_time_limit_seconds,
+                    machine_detection="Enable" if input.machine_detection else values.unset,
+                )
+            except TwilioRestException as error:
+                raise _classify(error) from None
+        placed = DialOutput(call.sid or "", call.status or "queued")
+        log.info("call placed", extra={**context, "call_sid": placed.call_sid})
+        return await self._store_sid(input, placed)
+
+    async def _claim_attempt(self, input: DialInput) -> CallAttempt:
+        async with self.sessions() as session, session.begin():
+            await insert_ignoring_conflict(
+                session,
+                CallAttempt,
+                [
+                    {
+                        "run_id": input.run_id,
+                        "lead_id": input.lead_id,
+                        "attempt": input.attempt,
+                        "status": "dialing",
+                    }
+                ],
+                ["run_id", "lead_id", "attempt"],
+            )
+            attempt = await session.scalar(
+                select(CallAttempt).where(
+                    CallAttempt.run_id == input.run_id,
+                    CallAttempt.lead_id == input.lead_id,
+                    CallAttempt.attempt == input.attempt,
+                )
+            )
+            assert attempt is not None
+            return attempt
+
+    async def _find_placed_call(self, input: DialInput, attempt: CallAttempt) -> DialOutput | None:
+        calls = await self.twilio.calls.list_async(
+            to=input.to, from_=input.from_, start_time_after=attempt.created_at - LOOKUP_SKEW, limit=20
+        )
+        async with self.sessions() as session:
+            known = set(
+                await session.scalars(
+                    select(CallAttempt.call_sid).where(
+                        CallAttempt.call_sid.in_([c.sid for c in calls if c.sid])
+                    )
+                )
+            )
+        for call in calls:
+            if call.sid and call.sid not in known:
+                return DialOutput(call.sid, call.status or "queued")
+        return None
+
+    async def _store_sid(self, input: DialInput, placed: DialOutput) -> DialOutput:
+        async with self.sessions() as session, session.begin():
+            await session.execute(
+                update(CallAttempt)
+                .where(
+                    CallAttempt.run_id == input.run_id,
+                    CallAttempt.lead_id == input.lead_id,
+                    CallAttempt.attempt == input.attempt,
+                    CallAttempt.call_sid.is_(None),
+                )
+                .values(call_sid=placed.call_sid, status="queued", updated_at=utcnow())
+            )
+        return placed
+
+    @activity.defn
+    async def hang_up(self, input: HangUpInput) -> CallSnapshot:
+        """End a call: cancel it if it has not been answered, complete it if it has. Returns what
+        Twilio says of the call afterwards: a call cancelled while queued gets no status callback,
+        so this answer is the only news of its end. A call that is already over is success."""
+        call_sid = input.call_sid
+        try:
+            call = await self.twilio.calls(call_sid).update_async(
+                status="completed" if input.answered else "canceled"
+            )
+            if call.status == "in-progress":
+                # Answered between our last news and the cancel: `canceled` does not end it.
+                call = await self.twilio.calls(call_sid).update_async(status="completed")
+        except TwilioRestException as error:
+            if error.code != NOT_IN_PROGRESS:
+                raise _classify(error) from None
+            call = await self.twilio.calls(call_sid).fetch_async()
+        log.info("hung up", extra={"call_sid": call_sid, "status": call.status})
+        return _snapshot(call)
+
+    @activity.defn
+    async def fetch_call(self, input: FetchCallInput) -> CallSnapshot:
+        """Ask Twilio for a call's current status, for a call whose callbacks went missing."""
+        try:
+            call = await self.twilio.calls(input.call_sid).fetch_async()
+        except TwilioRestException as error:
+            if error.status == 404:
+                return CallSnapshot(found=False, status="failed")
+            raise _classify(error) from None
+        return _snapshot(call)
+
+
+def _snapshot(call: CallInstance) -> CallSnapshot:
+    return CallSnapshot(
+        found=True,
+        status=call.status or "queued",
+        duration=int(call.duration) if call.duration else None,
+        answered_by=call.answered_by,
+    )
+
+
+def _classify(error: TwilioRestException) -> Exception:
+    """Turn a Twilio error into what the workflow should do: fail the lead, pause the run, or retry."""
+    message = f"Twilio error {error.code}: {error.msg}"
+    if error.code in BAD_NUMBER_CODES:
+        return ApplicationError(message, error.code, error.msg, type=INVALID_NUMBER, non_retryable=True)
+    if error.code in ACCOUNT_ERROR_CODES:
+        return ApplicationError(message, error.code, error.msg, type=ACCOUNT_ERROR, non_retryable=True)
+    return ApplicationError(message, error.code, error.msg, type=f"TwilioHttp{error.status}")

@@ -1,0 +1,147 @@
+"""Activities that read and write a run's records: leads in, outcomes out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from db.models import Business, CallAttempt, Lead, Run, utcnow
+from db.upsert import insert_ignoring_conflict
+from telephony.status import LEAD_QUEUED, outcome_for
+from workflows.messages import LeadRef, Outcome
+
+RUN_NOT_FOUND = "RunNotFound"
+
+
+@dataclass
+class LoadRunInput:
+    run_id: str
+
+
+@dataclass
+class RunFacts:
+    """What a run's workflow needs from the database once per history segment."""
+
+    business_id: str
+    caller_id: str
+    max_concurrent_calls: int
+    total_leads: int
+
+
+@dataclass
+class LoadLeadsInput:
+    run_id: str
+    after_lead_id: int
+    limit: int
+
+
+@dataclass
+class LoadLeadsOutput:
+    leads: list[LeadRef] = field(default_factory=list)
+
+
+@dataclass
+class RecordOutcomesInput:
+    run_id: str
+    outcomes: list[Outcome]
+
+
+@dataclass
+class SetRunStatusInput:
+    """A run's new status; a final status also ends every lead still queued as `cancelled`."""
+
+    run_id: str
+    status: str
+    reason: str | None = None
+    final: bool = False
+
+
+class RecordActivities:
+    """Database activities, built once in the worker with its session factory."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self.sessions = sessions
+
+    @activity.defn
+    async def load_run(self, input: LoadRunInput) -> RunFacts:
+        """Read the run and its business. The API commits the run after starting the workflow, so a
+        missing row is retried for a while before the run is given up."""
+        async with self.sessions() as session:
+            row = (
+                await session.execute(
+                    select(Run, Business)
+                    .join(Business, Run.business_id == Business.id)
+                    .where(Run.id == input.run_id)
+                )
+            ).first()
+        if row is None:
+            raise ApplicationError(f"run {input.run_id} is not in the database", type=RUN_NOT_FOUND)
+        run, business = row
+        return RunFacts(
+            business_id=business.id,
+            caller_id=business.caller_id,
+            max_concurrent_calls=business.max_concurrent_calls,
+            total_leads=run.total_leads,
+        )
+
+    @activity.defn
+    async def load_leads(self, input: LoadLeadsInput) -> LoadLeadsOutput:
+        """A page of the run's leads after the cursor, in upload order."""
+        async with self.sessions() as session:
+            rows = await session.execute(
+                select(Lead.id, Lead.phone)
+                .where(Lead.run_id == input.run_id, Lead.id > input.after_lead_id)
+                .order_by(Lead.id)
+                .limit(input.limit)
+            )
+            return LoadLeadsOutput([LeadRef(id=lead_id, phone=phone) for lead_id, phone in rows])
+
+    @activity.defn
+    async def record_outcomes(self, input: RecordOutcomesInput) -> None:
+        """Write final attempt statuses and lead outcomes in one transaction; safe to repeat."""
+        async with self.sessions() as session, session.begin():
+            await insert_ignoring_conflict(
+                session,
+                CallAttempt,
+                [
+                    {"run_id": input.run_id, "lead_id": o.lead_id, "attempt": o.attempt, "status": o.status}
+                    for o in input.outcomes
+                ],
+                ["run_id", "lead_id", "attempt"],
+            )
+            now = utcnow()
+            for o in input.outcomes:
+                values: dict[str, object] = {"status": o.status, "updated_at": now}
+                for name in ("call_sid", "duration", "answered_by", "error_code", "error_message"):
+                    if getattr(o, name) is not None:
+                        values[name] = getattr(o, name)
+                await session.execute(
+                    update(CallAttempt)
+                    .where(
+                        CallAttempt.run_id == input.run_id,
+                        CallAttempt.lead_id == o.lead_id,
+                        CallAttempt.attempt == o.attempt,
+                    )
+                    .values(**values)
+                )
+                await session.execute(
+                    update(Lead).where(Lead.id == o.lead_id).values(status=outcome_for(o.status))
+                )
+
+    @activity.defn
+    async def set_run_status(self, input: SetRunStatusInput) -> None:
+        """Set the run's status; at the end, leads never dialed become `cancelled`."""
+        async with self.sessions() as session, session.begin():
+            values: dict[str, object] = {"status": input.status, "status_reason": input.reason}
+            if input.final:
+                values["finished_at"] = func.coalesce(Run.finished_at, utcnow())
+                await session.execute(
+                    update(Lead)
+                    .where(Lead.run_id == input.run_id, Lead.status == LEAD_QUEUED)
+                    .values(status="cancelled")
+                )
+            await session.execute(update(Run).where(Run.id == input.run_id).values(**values))

@@ -1,0 +1,47 @@
+"""The one telephony code path: the real `twilio` SDK, pointed at Twilio or at the simulator."""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+from twilio.http.async_http_client import AsyncTwilioHttpClient
+from twilio.rest import Client
+
+from settings import Settings
+
+# Twilio error codes, by what they mean for a run.
+BAD_NUMBER_CODES = frozenset({21211, 21214, 21216, 21217})
+ACCOUNT_ERROR_CODES = frozenset({20003, 21210, 21212, 21215, 21219})
+NOT_IN_PROGRESS = 21220
+TOO_MANY_REQUESTS = 20429
+
+
+def create_twilio_client(settings: Settings) -> Client:
+    """An async Twilio client. Call it inside a running event loop (aiohttp wants one).
+
+    `max_retries` stays unset: the SDK's retrying client re-sends any request on a 5xx, and a
+    re-sent POST to Calls can place the same call twice.
+    """
+    http_client = AsyncTwilioHttpClient(timeout=20)
+    client = Client(
+        settings.TWILIO_ACCOUNT_SID,
+        settings.TWILIO_AUTH_TOKEN.get_secret_value(),
+        http_client=http_client,
+    )
+    if settings.TWILIO_API_BASE_URL:
+        client.api.base_url = settings.TWILIO_API_BASE_URL
+    return client
+
+
+async def close_twilio_client(client: Client) -> None:
+    """Close the client's HTTP session."""
+    http_client = client.http_client
+    if isinstance(http_client, AsyncTwilioHttpClient):
+        await http_client.close()
+
+
+def status_callback_url(public_base_url: str, run_id: str, lead_id: int, attempt: int) -> str:
+    """Where Twilio reports a call's progress; it names the attempt, so a callback for a call whose
+    create response was lost still finds its attempt."""
+    query = urlencode({"run": run_id, "lead": lead_id, "attempt": attempt})
+    return f"{public_base_url}/v1/webhooks/twilio/call-status?{query}"

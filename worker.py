@@ -1,0 +1,90 @@
+"""The worker: runs the workflows and activities. Start as many as you like on one task queue."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.dialing import DialingActivities
+from activities.gate import GateActivities
+from activities.records import RecordActivities
+from db.engine import create_engine, create_sessionmaker
+from logs import configure_logging
+from settings import Settings, get_settings
+from telephony.twilio_client import close_twilio_client, create_twilio_client
+from temporal_client import connect_temporal
+from workflows.business_lines import BusinessLinesWorkflow
+from workflows.names import dial_task_queue
+from workflows.outbound_run import OutboundRunWorkflow
+
+log = logging.getLogger("worker")
+
+
+@asynccontextmanager
+async def build_workers(settings: Settings, client: Client) -> AsyncIterator[list[Worker]]:
+    """The two workers of one process: workflows and most activities on TEMPORAL_TASK_QUEUE, and
+    call creation on its own queue, rate-limited by the Temporal server across all workers."""
+    engine = create_engine(settings.DATABASE_URL)
+    sessions = create_sessionmaker(engine)
+    twilio = create_twilio_client(settings)
+    records = RecordActivities(sessions)
+    dialing = DialingActivities(sessions, twilio, settings.PUBLIC_BASE_URL)
+    gate = GateActivities(client)
+    try:
+        yield [
+            Worker(
+                client,
+                task_queue=settings.TEMPORAL_TASK_QUEUE,
+                workflows=[OutboundRunWorkflow, BusinessLinesWorkflow],
+                activities=[
+                    records.load_run,
+                    records.load_leads,
+                    records.record_outcomes,
+                    records.set_run_status,
+                    dialing.hang_up,
+                    dialing.fetch_call,
+                    gate.request_lines,
+                    gate.closed_workflows,
+                ],
+            ),
+            Worker(
+                client,
+                task_queue=dial_task_queue(settings.TEMPORAL_TASK_QUEUE),
+                activities=[dialing.place_call],
+                max_task_queue_activities_per_second=settings.TWILIO_CALLS_PER_SECOND,
+            ),
+        ]
+    finally:
+        await close_twilio_client(twilio)
+        await engine.dispose()
+
+
+async def main() -> None:
+    """Run until SIGINT or SIGTERM, then finish the tasks in hand and stop."""
+    settings = get_settings()
+    configure_logging(settings.LOG_LEVEL)
+    client = await connect_temporal(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with build_workers(settings, client) as workers:
+        log.info("worker started", extra={"task_queue": settings.TEMPORAL_TASK_QUEUE})
+        runs = [asyncio.create_task(w.run()) for w in workers]
+        await stop.wait()
+        log.info("worker stopping")
+        await asyncio.gather(*(w.shutdown() for w in workers))
+        for task in runs:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,194 @@
+"""Inputs, outputs, signals and queries of the workflows. New fields get defaults so running
+workflows keep decoding old payloads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class RunOptions:
+    """Per-run dialing options, chosen when the run is created."""
+
+    max_attempts: int = 1
+    ring_timeout_seconds: int = 30
+    call_time_limit_seconds: int = 3600
+    hang_up_on_cancel: bool = True
+    machine_detection: bool = False
+    twiml: str = "<Response><Say>Hello. This is a call from your outbound campaign.</Say></Response>"
+    # Ask Twilio for a call's status when it has sent nothing for this long past the expected time.
+    reconcile_margin_seconds: int = 60
+
+
+@dataclass
+class LeadRef:
+    """A lead as the workflow needs it: an id and a number."""
+
+    id: int
+    phone: str
+
+
+@dataclass
+class InFlightCall:
+    """An attempt that holds a line: its create-call was sent, and no terminal status is known."""
+
+    lead_id: int
+    phone: str
+    attempt: int
+    call_sid: str | None = None
+    status: str = "dialing"
+    sequence_number: int = -1
+    answered: bool = False
+    last_news_at: float = 0.0  # workflow time (epoch seconds) of the last thing heard about the call
+
+
+@dataclass
+class CallStatusEvent:
+    """A status callback from Twilio, as the webhook passes it to the run (signal `call_status`)."""
+
+    lead_id: int
+    attempt: int
+    call_sid: str
+    status: str
+    sequence_number: int | None = None
+    duration: int | None = None
+    answered_by: str | None = None
+    error_code: int | None = None
+    error_message: str | None = None
+
+
+@dataclass
+class Outcome:
+    """The final word on one attempt, written to the attempts table."""
+
+    lead_id: int
+    attempt: int
+    status: str
+    call_sid: str | None = None
+    duration: int | None = None
+    answered_by: str | None = None
+    error_code: int | None = None
+    error_message: str | None = None
+
+
+@dataclass
+class RunProgress:
+    """Live progress of a run (query `progress`). `in_flight` counts only calls Twilio has a SID for."""
+
+    status: str = "running"
+    total: int = 0
+    queued: int = 0
+    dialing: int = 0
+    in_flight: int = 0
+    done: int = 0
+    outcomes: dict[str, int] = field(default_factory=dict)
+    status_reason: str | None = None
+
+
+@dataclass
+class CancelRequest:
+    """Signal `cancel`."""
+
+    reason: str = "cancelled by user"
+
+
+@dataclass
+class PauseRequest:
+    """Signal `pause`."""
+
+    reason: str = "paused by user"
+
+
+@dataclass
+class ResumeRequest:
+    """Signal `resume`."""
+
+
+@dataclass
+class LineDemand:
+    """From a run to its business's gate: lines given back, and how many it wants to hold now."""
+
+    run_workflow_id: str
+    seq: int
+    release: int = 0
+    want: int = 0
+    cap: int = 3
+    # The run is ending: every line it holds, including grants still on their way, is free.
+    done: bool = False
+
+
+@dataclass
+class LineGrant:
+    """From the gate to a run: `count` more lines are the run's to use."""
+
+    seq: int
+    count: int
+
+
+@dataclass
+class LineRecall:
+    """From the gate to a run: hold at most this many lines (give back lines as calls end)."""
+
+    seq: int
+    hold_at_most: int | None
+
+
+@dataclass
+class RunCarryOver:
+    """What a run carries across continue-as-new."""
+
+    next_lead_cursor: int = 0
+    leads_exhausted: bool = False
+    pending: list[LeadRef] = field(default_factory=list)
+    in_flight: list[InFlightCall] = field(default_factory=list)
+    unrecorded: list[Outcome] = field(default_factory=list)
+    outcomes: dict[str, int] = field(default_factory=dict)
+    done: int = 0
+    lines_held: int = 0
+    hold_at_most: int | None = None
+    demand_seq: int = 0
+    last_grant_seq: int = 0
+    last_recall_seq: int = 0
+    gate_contacted: bool = False
+    cancel_reason: str | None = None
+
+
+@dataclass
+class RunInput:
+    """Input of OutboundRunWorkflow. Leads are paged from the database, never passed here."""
+
+    run_id: str
+    business_id: str
+    options: RunOptions = field(default_factory=RunOptions)
+    carry_over: RunCarryOver | None = None
+    total_leads: int = 0
+
+
+@dataclass
+class RunResult:
+    """How a run ended."""
+
+    status: str
+    done: int
+    outcomes: dict[str, int]
+
+
+@dataclass
+class GateHolder:
+    """One run's standing at the gate."""
+
+    run_workflow_id: str
+    held: int = 0
+    want: int = 0
+    last_seq: int = 0
+    grant_seq: int = 0
+    recall_sent: int | None = None
+
+
+@dataclass
+class GateInput:
+    """Input of BusinessLinesWorkflow; `holders` is carried across continue-as-new."""
+
+    business_id: str
+    cap: int = 3
+    holders: list[GateHolder] = field(default_factory=list)

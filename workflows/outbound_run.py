@@ -1,0 +1,427 @@
+"""OutboundRunWorkflow: one durable workflow decides every dial of a run."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from datetime import timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError, FailureError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.dialing import (
+        ACCOUNT_ERROR,
+        INVALID_NUMBER,
+        RUN_CANCELLED,
+        CallSnapshot,
+        DialingActivities,
+        DialInput,
+        FetchCallInput,
+        HangUpInput,
+    )
+    from activities.gate import GateActivities, RequestLinesInput
+    from activities.records import (
+        RUN_NOT_FOUND,
+        LoadLeadsInput,
+        LoadRunInput,
+        RecordActivities,
+        RecordOutcomesInput,
+        RunFacts,
+        SetRunStatusInput,
+    )
+    from workflows.messages import (
+        CallStatusEvent,
+        CancelRequest,
+        InFlightCall,
+        LineDemand,
+        LineGrant,
+        LineRecall,
+        Outcome,
+        PauseRequest,
+        ResumeRequest,
+        RunCarryOver,
+        RunInput,
+        RunProgress,
+        RunResult,
+    )
+    from workflows.names import RUN_STATUS, dial_task_queue, gate_workflow_id, run_workflow_id
+    from workflows.run_book import LEAD_PAGE_SIZE, RunBook
+
+DB_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
+DIAL_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    maximum_interval=timedelta(seconds=30),
+    maximum_attempts=10,
+    non_retryable_error_types=[INVALID_NUMBER, ACCOUNT_ERROR, RUN_CANCELLED],
+)
+# The API commits the run row just after starting the workflow; give it time to appear.
+LOAD_RUN_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=5), maximum_attempts=20
+)
+
+
+@workflow.defn
+class OutboundRunWorkflow:
+    """Dials a run's leads through Twilio within the business's line cap (`outbound-run-{run_id}`).
+
+    Leads are paged in from the database. Each dial waits for a line from the business's gate,
+    places the call by activity and holds the line until Twilio reports a terminal status (by the
+    `call_status` signal) or, if Twilio goes quiet, until the call is fetched and found over.
+    Outcomes are written in batches. `cancel` stops dialing at once and hangs up calls in flight;
+    `pause` and `resume` hold and release new dials.
+    """
+
+    @workflow.init
+    def __init__(self, input: RunInput) -> None:
+        self._input = input
+        self._book = RunBook(input.total_leads, input.options, input.carry_over or RunCarryOver())
+        self._facts: RunFacts | None = None
+        self._status = "running"
+        self._reason: str | None = None
+        self._paused = False
+        self._pause_reason: str | None = None
+        self._recorded_pause = False
+        self._wake = False
+        # Activities started in the background: dials, hang-ups, outcome writes.
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._recording = False
+        self._hung_up: set[str] = set()
+
+    # Messages
+
+    @workflow.signal
+    def call_status(self, event: CallStatusEvent) -> None:
+        """A Twilio status callback for one of this run's attempts."""
+        outcome = self._book.apply_status(event, workflow.time())
+        if outcome is not None:
+            workflow.logger.info(
+                "call ended",
+                extra={
+                    "lead": outcome.lead_id,
+                    "attempt": outcome.attempt,
+                    "call_sid": outcome.call_sid,
+                    "status": outcome.status,
+                },
+            )
+        self._wake = True
+
+    @workflow.signal
+    def cancel(self, request: CancelRequest) -> None:
+        """Stop dialing now; hang up calls in flight; the rest of the leads end `cancelled`."""
+        if self._book.state.cancel_reason is None:
+            self._book.state.cancel_reason = request.reason
+        self._wake = True
+
+    @workflow.signal
+    def pause(self, request: PauseRequest) -> None:
+        """Dial nothing new; calls in flight finish."""
+        self._paused = True
+        self._pause_reason = request.reason
+        self._wake = True
+
+    @workflow.signal
+    def resume(self, _request: ResumeRequest) -> None:
+        """Dial again after a pause."""
+        self._paused = False
+        self._pause_reason = None
+        self._wake = True
+
+    @workflow.signal
+    def lines_granted(self, grant: LineGrant) -> None:
+        """Lines from the business's gate."""
+        if self._book.grant(grant.seq, grant.count):
+            self._wake = True
+
+    @workflow.signal
+    def lines_recalled(self, recall: LineRecall) -> None:
+        """The gate asks for lines back for a waiting run."""
+        if self._book.recall(recall.seq, recall.hold_at_most):
+            self._wake = True
+
+    @workflow.query
+    def progress(self) -> RunProgress:
+        """Live progress: counts agree with the attempts table once outcomes are written."""
+        return self._book.progress(self._display_status(), self._reason or self._pause_reason)
+
+    # The run
+
+    @workflow.run
+    async def run(self, input: RunInput) -> RunResult:
+        try:
+            facts = await workflow.execute_activity_method(
+                RecordActivities.load_run,
+                LoadRunInput(input.run_id),
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=LOAD_RUN_RETRY,
+            )
+        except ActivityError as error:
+            if isinstance(error.cause, ApplicationError) and error.cause.type == RUN_NOT_FOUND:
+                workflow.logger.warning("run never appeared in the database", extra={"run": input.run_id})
+                return RunResult(status="failed", done=0, outcomes={})
+            raise
+        self._facts = facts
+        self._book.total = facts.total_leads
+        # Not one of self._tasks: it sleeps for as long as calls are in flight.
+        reconciler = asyncio.create_task(self._reconcile_quiet_calls())
+
+        try:
+            await self._dial_until_done()
+        except asyncio.CancelledError:
+            # A cancel request from the Temporal Web UI or CLI is handled like the `cancel` signal.
+            self.cancel(CancelRequest("cancelled from Temporal"))
+            await self._dial_until_done()
+        reconciler.cancel()
+        return await self._finish()
+
+    async def _dial_until_done(self) -> None:
+        book = self._book
+        while True:
+            self._wake = False
+            cancelled = book.state.cancel_reason is not None
+            if cancelled:
+                book.cancel_undialed()
+                self._hang_up_calls()
+            elif book.needs_leads():
+                await self._load_leads()
+
+            dialing_allowed = not cancelled and not self._paused
+            while dialing_allowed and (call := book.next_dial(workflow.time())) is not None:
+                self._start_task(self._dial(call))
+            await self._settle_lines(dialing_allowed)
+            self._record_outcomes()
+            await self._show_pause()
+
+            if book.finished and not self._tasks:
+                return
+            if workflow.info().is_continue_as_new_suggested() and not self._tasks:
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                carry = book.carry_over()
+                workflow.continue_as_new(
+                    RunInput(
+                        self._input.run_id, self._input.business_id, self._input.options, carry, book.total
+                    )
+                )
+            workflow.set_current_details(self._details())
+            await workflow.wait_condition(lambda: self._wake)
+
+    async def _load_leads(self) -> None:
+        page = await workflow.execute_activity_method(
+            RecordActivities.load_leads,
+            LoadLeadsInput(self._input.run_id, self._book.state.next_lead_cursor, LEAD_PAGE_SIZE),
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=DB_RETRY,
+        )
+        self._book.add_leads(page.leads, LEAD_PAGE_SIZE)
+
+    async def _settle_lines(self, dialing_allowed: bool) -> None:
+        """Give back lines the run cannot use; ask for lines when it could dial more."""
+        book = self._book
+        give_back = book.lines_to_give_back(dialing_allowed)
+        want = book.lines_wanted(dialing_allowed)
+        if give_back:
+            book.released(give_back)
+            await self._send_demand(give_back, want)
+        elif not book.state.gate_contacted and want > 0:
+            await self._send_demand(0, want)
+
+    async def _send_demand(self, release: int, want: int, done: bool = False) -> None:
+        assert self._facts is not None
+        state = self._book.state
+        state.demand_seq += 1
+        demand = LineDemand(
+            run_workflow_id=run_workflow_id(self._input.run_id),
+            seq=state.demand_seq,
+            release=release,
+            want=want,
+            cap=self._facts.max_concurrent_calls,
+            done=done,
+        )
+        if state.gate_contacted:
+            try:
+                await workflow.get_external_workflow_handle(gate_workflow_id(self._facts.business_id)).signal(
+                    "demand", demand
+                )
+                return
+            except FailureError:
+                workflow.logger.info("gate not running; starting it", extra={"run": self._input.run_id})
+        await workflow.execute_activity_method(
+            GateActivities.request_lines,
+            RequestLinesInput(self._facts.business_id, workflow.info().task_queue, demand),
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=DB_RETRY,
+        )
+        state.gate_contacted = True
+
+    async def _dial(self, call: InFlightCall) -> None:
+        assert self._facts is not None
+        options = self._input.options
+        try:
+            placed = await workflow.execute_activity_method(
+                DialingActivities.place_call,
+                DialInput(
+                    run_id=self._input.run_id,
+                    lead_id=call.lead_id,
+                    attempt=call.attempt,
+                    to=call.phone,
+                    from_=self._facts.caller_id,
+                    twiml=options.twiml,
+                    ring_timeout_seconds=options.ring_timeout_seconds,
+                    call_time_limit_seconds=options.call_time_limit_seconds,
+                    machine_detection=options.machine_detection,
+                ),
+                task_queue=dial_task_queue(workflow.info().task_queue),
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=DIAL_RETRY,
+                summary=f"dial {call.phone[:5]}… (lead {call.lead_id}, attempt {call.attempt})",
+            )
+        except ActivityError as error:
+            cause = error.cause
+            code, message = None, str(cause or error)
+            if isinstance(cause, ApplicationError) and cause.details:
+                code, message = cause.details[0], f"{cause.details[1]}"
+            never_placed = isinstance(cause, ApplicationError) and cause.type == RUN_CANCELLED
+            workflow.logger.warning(
+                "dial failed", extra={"lead": call.lead_id, "attempt": call.attempt, "error": message}
+            )
+            self._book.dial_failed(
+                call.lead_id, call.attempt, code, message, status="canceled" if never_placed else "failed"
+            )
+        else:
+            self._book.dial_placed(
+                call.lead_id, call.attempt, placed.call_sid, placed.status, workflow.time()
+            )
+
+    def _hang_up_calls(self) -> None:
+        if not self._input.options.hang_up_on_cancel:
+            return
+        for call in list(self._book.calls.values()):
+            if call.call_sid and call.call_sid not in self._hung_up:
+                self._hung_up.add(call.call_sid)
+                self._start_task(self._hang_up(call))
+
+    async def _hang_up(self, call: InFlightCall) -> None:
+        assert call.call_sid is not None
+        snapshot = await workflow.execute_activity_method(
+            DialingActivities.hang_up,
+            HangUpInput(call.call_sid, call.answered),
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=RetryPolicy(maximum_attempts=5, non_retryable_error_types=[ACCOUNT_ERROR]),
+            summary=f"hang up {call.call_sid} (lead {call.lead_id}, attempt {call.attempt})",
+        )
+        self._apply_snapshot(call, snapshot)
+
+    def _record_outcomes(self) -> None:
+        if self._recording or not self._book.state.unrecorded:
+            return
+        self._recording = True
+        self._start_task(self._write_outcomes(self._book.take_unrecorded()))
+
+    async def _write_outcomes(self, batch: list[Outcome]) -> None:
+        try:
+            await workflow.execute_activity_method(
+                RecordActivities.record_outcomes,
+                RecordOutcomesInput(self._input.run_id, batch),
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=DB_RETRY,
+            )
+        finally:
+            self._recording = False
+
+    async def _reconcile_quiet_calls(self) -> None:
+        """Every margin, fetch calls Twilio has been quiet about for too long and apply the answer."""
+        interval = timedelta(seconds=max(5, self._input.options.reconcile_margin_seconds))
+        while True:
+            await workflow.wait_condition(lambda: bool(self._book.calls))
+            await workflow.sleep(interval)
+            for call in self._book.overdue_calls(workflow.time()):
+                assert call.call_sid is not None
+                snapshot: CallSnapshot = await workflow.execute_activity_method(
+                    DialingActivities.fetch_call,
+                    FetchCallInput(call.call_sid),
+                    start_to_close_timeout=timedelta(seconds=30),
+                    retry_policy=DB_RETRY,
+                    summary=f"fetch quiet call {call.call_sid}",
+                )
+                workflow.logger.info(
+                    "reconciled quiet call",
+                    extra={
+                        "lead": call.lead_id,
+                        "attempt": call.attempt,
+                        "call_sid": call.call_sid,
+                        "status": snapshot.status,
+                    },
+                )
+                self._apply_snapshot(call, snapshot)
+
+    def _apply_snapshot(self, call: InFlightCall, snapshot: CallSnapshot) -> None:
+        """Apply what Twilio said when asked, as if it were a status callback."""
+        assert call.call_sid is not None
+        self.call_status(
+            CallStatusEvent(
+                lead_id=call.lead_id,
+                attempt=call.attempt,
+                call_sid=call.call_sid,
+                status=snapshot.status,
+                duration=snapshot.duration,
+                answered_by=snapshot.answered_by,
+                error_message=None if snapshot.found else "Twilio has no record of this call",
+            )
+        )
+
+    async def _show_pause(self) -> None:
+        """Write a pause or resume to the run's row and search attributes once it takes effect."""
+        if self._paused == self._recorded_pause or self._book.state.cancel_reason:
+            return
+        self._recorded_pause = self._paused
+        status = "paused" if self._paused else "running"
+        await self._set_status(status, self._pause_reason, final=False)
+
+    async def _set_status(self, status: str, reason: str | None, final: bool) -> None:
+        await workflow.execute_activity_method(
+            RecordActivities.set_run_status,
+            SetRunStatusInput(self._input.run_id, status, reason, final=final),
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=DB_RETRY,
+        )
+        workflow.upsert_search_attributes([RUN_STATUS.value_set(status)])
+
+    async def _finish(self) -> RunResult:
+        book = self._book
+        self._status = "cancelled" if book.state.cancel_reason else "completed"
+        self._reason = book.state.cancel_reason
+        if book.state.gate_contacted:
+            held = book.state.lines_held
+            book.released(held)
+            await self._send_demand(held, 0, done=True)
+        await self._set_status(self._status, self._reason, final=True)
+        workflow.set_current_details(self._details())
+        return RunResult(status=self._status, done=book.state.done, outcomes=dict(book.state.outcomes))
+
+    # Helpers
+
+    def _start_task(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+
+        def _done(finished: asyncio.Task[None]) -> None:
+            self._tasks.discard(finished)
+            self._wake = True
+
+        task.add_done_callback(_done)
+
+    def _display_status(self) -> str:
+        if self._status != "running":
+            return self._status
+        if self._book.state.cancel_reason:
+            return "cancelling"
+        return "paused" if self._paused else "running"
+
+    def _details(self) -> str:
+        p = self._book.progress(self._display_status())
+        return (
+            f"{p.status}: {p.done}/{p.total} done, {p.in_flight} in flight, {p.dialing} dialing, "
+            f"{p.queued} queued, lines held {self._book.state.lines_held}"
+        )

@@ -1,0 +1,226 @@
+"""A run's bookkeeping as plain state: leads waiting, calls holding lines, outcomes to record.
+
+OutboundRunWorkflow orchestrates; every decision about what a status means, whether to dial or
+give a line back, and what progress to show lives here, where unit tests can drive it.
+"""
+
+from __future__ import annotations
+
+from telephony.status import OUTCOMES, is_terminal, outcome_for
+from workflows.messages import (
+    CallStatusEvent,
+    InFlightCall,
+    LeadRef,
+    Outcome,
+    RunCarryOver,
+    RunOptions,
+    RunProgress,
+)
+
+LEAD_PAGE_SIZE = 200
+
+
+class RunBook:
+    """Everything a run knows, carried whole across continue-as-new as a RunCarryOver."""
+
+    def __init__(self, total: int, options: RunOptions, state: RunCarryOver) -> None:
+        self.total = total
+        self.options = options
+        self.state = state
+        self.calls: dict[tuple[int, int], InFlightCall] = {(c.lead_id, c.attempt): c for c in state.in_flight}
+
+    # Leads
+
+    def needs_leads(self) -> bool:
+        """Whether to page more leads in: the buffer runs low and the database has more."""
+        return not self.state.leads_exhausted and len(self.state.pending) < LEAD_PAGE_SIZE // 2
+
+    def add_leads(self, leads: list[LeadRef], page_size: int) -> None:
+        """Append a page of leads read after the cursor."""
+        self.state.pending.extend(leads)
+        if leads:
+            self.state.next_lead_cursor = leads[-1].id
+        if len(leads) < page_size:
+            self.state.leads_exhausted = True
+
+    @property
+    def undialed(self) -> int:
+        """Leads with no outcome and no call in flight."""
+        return self.total - self.state.done - len(self.calls)
+
+    # Lines
+
+    @property
+    def free_lines(self) -> int:
+        """Lines held and not used by a call."""
+        return self.state.lines_held - len(self.calls)
+
+    @property
+    def dialable_lines(self) -> int:
+        """Free lines the run may dial on: a recall caps what it keeps using."""
+        usable = self.state.lines_held
+        if self.state.hold_at_most is not None:
+            usable = min(usable, self.state.hold_at_most)
+        return usable - len(self.calls)
+
+    def lines_wanted(self, dialing_allowed: bool) -> int:
+        """How many lines this run could use now."""
+        return len(self.calls) + (self.undialed if dialing_allowed else 0)
+
+    def lines_to_give_back(self, dialing_allowed: bool) -> int:
+        """Free lines the run should return: more than it can use, or more than the gate allows."""
+        free = self.free_lines
+        if free <= 0:
+            return 0
+        surplus = self.state.lines_held - self.lines_wanted(dialing_allowed)
+        limit = self.state.hold_at_most
+        if limit is not None:
+            surplus = max(surplus, self.state.lines_held - limit)
+        return max(0, min(free, surplus))
+
+    def grant(self, seq: int, count: int) -> bool:
+        """Take lines granted by the gate; a duplicate grant is ignored."""
+        if seq <= self.state.last_grant_seq:
+            return False
+        self.state.last_grant_seq = seq
+        self.state.lines_held += count
+        return True
+
+    def recall(self, seq: int, hold_at_most: int | None) -> bool:
+        """Apply the gate's recall target; stale ones are ignored."""
+        if seq <= self.state.last_recall_seq:
+            return False
+        self.state.last_recall_seq = seq
+        self.state.hold_at_most = hold_at_most
+        return True
+
+    def released(self, count: int) -> None:
+        """Record lines given back to the gate."""
+        self.state.lines_held -= count
+
+    # Dialing
+
+    def next_dial(self, now: float) -> InFlightCall | None:
+        """Take the next lead onto a free line, or None when there is no line or no lead."""
+        if self.dialable_lines <= 0 or not self.state.pending:
+            return None
+        lead = self.state.pending.pop(0)
+        call = InFlightCall(lead_id=lead.id, phone=lead.phone, attempt=1, last_news_at=now)
+        self.calls[(call.lead_id, call.attempt)] = call
+        return call
+
+    def dial_placed(self, lead_id: int, attempt: int, call_sid: str, status: str, now: float) -> None:
+        """The create-call returned: the call exists and has a SID."""
+        call = self.calls.get((lead_id, attempt))
+        if call is None:
+            return
+        call.call_sid = call_sid
+        if call.sequence_number < 0 and call.status == "dialing":
+            call.status = status
+        call.last_news_at = now
+
+    def dial_failed(
+        self, lead_id: int, attempt: int, code: int | None, message: str, status: str = "failed"
+    ) -> Outcome | None:
+        """The create-call failed for good: no call exists, the lead ends `status`, the line is free."""
+        call = self.calls.get((lead_id, attempt))
+        if call is None:
+            return None
+        return self._finish(
+            call,
+            Outcome(lead_id, attempt, status, call.call_sid, error_code=code, error_message=message),
+        )
+
+    def apply_status(self, event: CallStatusEvent, now: float) -> Outcome | None:
+        """Apply a status callback. Duplicates, stale (reordered) callbacks and callbacks for
+        calls this run no longer waits on change nothing. Returns the outcome on a terminal status."""
+        call = self.calls.get((event.lead_id, event.attempt))
+        if call is None:
+            return None
+        if call.call_sid is not None and call.call_sid != event.call_sid:
+            return None
+        call.call_sid = event.call_sid
+        call.last_news_at = now
+        if is_terminal(event.status):
+            return self._finish(
+                call,
+                Outcome(
+                    lead_id=call.lead_id,
+                    attempt=call.attempt,
+                    status=event.status,
+                    call_sid=event.call_sid,
+                    duration=event.duration,
+                    answered_by=event.answered_by,
+                    error_code=event.error_code,
+                    error_message=event.error_message,
+                ),
+            )
+        # A status fetched from Twilio has no sequence number; it is current when it is read.
+        if event.sequence_number is None or event.sequence_number > call.sequence_number:
+            call.sequence_number = max(call.sequence_number, event.sequence_number or -1)
+            call.status = event.status
+            call.answered = call.answered or event.status == "in-progress"
+        return None
+
+    def _finish(self, call: InFlightCall, outcome: Outcome) -> Outcome:
+        del self.calls[(call.lead_id, call.attempt)]
+        self.state.done += 1
+        name = outcome_for(outcome.status)
+        self.state.outcomes[name] = self.state.outcomes.get(name, 0) + 1
+        self.state.unrecorded.append(outcome)
+        return outcome
+
+    def overdue_calls(self, now: float) -> list[InFlightCall]:
+        """Calls Twilio has gone quiet about for longer than the call could last: ask Twilio."""
+        margin = self.options.reconcile_margin_seconds
+        overdue = []
+        for call in self.calls.values():
+            if call.call_sid is None:
+                continue
+            expected = (
+                self.options.call_time_limit_seconds if call.answered else self.options.ring_timeout_seconds
+            )
+            if now - call.last_news_at > expected + margin:
+                overdue.append(call)
+        return overdue
+
+    # Ending
+
+    def cancel_undialed(self) -> int:
+        """Drop every lead not yet dialed; they end `cancelled`. Returns how many."""
+        count = self.undialed
+        self.state.pending.clear()
+        self.state.leads_exhausted = True
+        self.state.done += count
+        self.state.outcomes["cancelled"] = self.state.outcomes.get("cancelled", 0) + count
+        return count
+
+    def take_unrecorded(self) -> list[Outcome]:
+        """Hand over the outcomes not yet written, for one batched write."""
+        batch, self.state.unrecorded = self.state.unrecorded, []
+        return batch
+
+    @property
+    def finished(self) -> bool:
+        """Every lead has an outcome."""
+        return self.state.done >= self.total and not self.calls
+
+    def progress(self, status: str, reason: str | None = None) -> RunProgress:
+        """What the person running the campaign sees."""
+        dialing = sum(1 for c in self.calls.values() if c.call_sid is None)
+        in_flight = len(self.calls) - dialing
+        return RunProgress(
+            status=status,
+            total=self.total,
+            queued=self.total - self.state.done - len(self.calls),
+            dialing=dialing,
+            in_flight=in_flight,
+            done=self.state.done,
+            outcomes={name: self.state.outcomes.get(name, 0) for name in OUTCOMES},
+            status_reason=reason,
+        )
+
+    def carry_over(self) -> RunCarryOver:
+        """State to continue-as-new with."""
+        self.state.in_flight = list(self.calls.values())
+        return self.state
