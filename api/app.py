@@ -1,0 +1,48 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from temporalio.client import Client
+
+from api.routes import businesses, runs, webhooks
+from db.engine import create_engine, create_sessionmaker
+from settings import Settings, get_settings
+from temporal_client import connect_temporal
+
+
+def create_app(settings: Settings | None = None, temporal: Client | None = None) -> FastAPI:
+    """Build the API. Clients are made in the lifespan and closed after; tests may pass their own
+    Temporal client."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_engine(settings.DATABASE_URL)
+        app.state.settings = settings
+        app.state.sessions = create_sessionmaker(engine)
+        app.state.temporal = temporal or await connect_temporal(settings)
+        try:
+            yield
+        finally:
+            await engine.dispose()
+
+    app = FastAPI(
+        title="Outbound dialer",
+        version="1",
+        summary="Outbound call campaigns on Temporal and Twilio.",
+        lifespan=lifespan,
+    )
+    app.include_router(businesses.router)
+    app.include_router(runs.router)
+    app.include_router(webhooks.router)
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        """Liveness: the process is up."""
+        return {"status": "ok"}
+
+    return app

@@ -1,0 +1,75 @@
+"""Dependencies: the request's session, the Temporal client, settings and who is calling."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+from temporalio.client import Client
+
+from api.security import hash_api_key, same_secret
+from db.models import Business
+from settings import Settings
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """A session that commits when the request succeeds and rolls back when it fails."""
+    async with request.app.state.sessions() as session:
+        try:
+            yield session
+            await session.commit()
+        except BaseException:
+            await session.rollback()
+            raise
+
+
+def get_temporal(request: Request) -> Client:
+    """The Temporal client made at start-up."""
+    client: Client = request.app.state.temporal
+    return client
+
+
+def get_app_settings(request: Request) -> Settings:
+    """The settings the app was built with."""
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+SessionDep = Annotated[AsyncSession, Depends(get_session)]
+TemporalDep = Annotated[Client, Depends(get_temporal)]
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+def _unauthorized(detail: str) -> HTTPException:
+    return HTTPException(status.HTTP_401_UNAUTHORIZED, detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+def require_admin(credentials: Credentials, settings: SettingsDep) -> None:
+    """Only the admin token passes."""
+    if credentials is None:
+        raise _unauthorized("send the admin token as 'Authorization: Bearer <token>'")
+    if not same_secret(credentials.credentials, settings.ADMIN_TOKEN.get_secret_value()):
+        raise _unauthorized("invalid admin token")
+
+
+async def current_business(credentials: Credentials, session: SessionDep) -> Business:
+    """The business whose API key the request carries."""
+    if credentials is None:
+        raise _unauthorized("send your business API key as 'Authorization: Bearer <api_key>'")
+    business = await session.scalar(
+        select(Business).where(Business.api_key_hash == hash_api_key(credentials.credentials))
+    )
+    if business is None:
+        raise _unauthorized("invalid API key")
+    return business
+
+
+AdminDep = Annotated[None, Depends(require_admin)]
+BusinessDep = Annotated[Business, Depends(current_business)]

@@ -1,0 +1,254 @@
+"""Runs: start one with its leads, watch it, list its calls, pause, resume or cancel it."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Annotated, Any
+from uuid import uuid4
+
+from fastapi import APIRouter, HTTPException, Query, status
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
+from temporalio.service import RPCError, RPCStatusCode
+
+from api.deps import BusinessDep, SessionDep, SettingsDep, TemporalDep
+from api.phones import InvalidPhone, to_e164
+from api.progress import progress_from_database, progress_from_workflow
+from api.schemas import Accepted, CallPublic, LeadIn, RunCreate, RunCreated, RunPublic
+from db.models import Business, CallAttempt, Lead, Run, utcnow
+from workflows.messages import CancelRequest, PauseRequest, ResumeRequest, RunInput, RunOptions
+from workflows.names import BUSINESS_ID, RUN_ID, RUN_STATUS, run_workflow_id
+from workflows.outbound_run import OutboundRunWorkflow
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1/runs", tags=["runs"])
+
+LIVE_STATUSES = ("running", "paused")
+QUERY_TIMEOUT = timedelta(seconds=5)
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=RunCreated)
+async def create_run(
+    body: RunCreate, business: BusinessDep, session: SessionDep, temporal: TemporalDep, settings: SettingsDep
+) -> RunCreated:
+    """Store the run and its leads, then start its workflow. A bad lead list is a 422 naming every
+    bad row, and nothing is stored or started."""
+    phones = _validated_phones(body.leads)
+    run_id = uuid4().hex
+    options = RunOptions(**body.options.model_dump(exclude_none=True))
+    session.add(
+        Run(
+            id=run_id,
+            business_id=business.id,
+            name=body.name,
+            status="running",
+            options=body.options.model_dump(exclude_none=True),
+            total_leads=len(phones),
+        )
+    )
+    await session.flush()
+    await session.execute(
+        insert(Lead),
+        [
+            {"run_id": run_id, "phone": p, "name": lead.name}
+            for p, lead in zip(phones, body.leads, strict=True)
+        ],
+    )
+    # Started before the commit: if the commit fails, the workflow finds no run and ends, so no
+    # row can say `running` without a workflow behind it.
+    workflow_id = run_workflow_id(run_id)
+    await temporal.start_workflow(
+        OutboundRunWorkflow.run,
+        RunInput(run_id=run_id, business_id=business.id, options=options, total_leads=len(phones)),
+        id=workflow_id,
+        task_queue=settings.TEMPORAL_TASK_QUEUE,
+        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+        search_attributes=TypedSearchAttributes(
+            [
+                SearchAttributePair(BUSINESS_ID, business.id),
+                SearchAttributePair(RUN_ID, run_id),
+                SearchAttributePair(RUN_STATUS, "running"),
+            ]
+        ),
+        static_summary=f"{body.name or 'Outbound run'}: {len(phones)} leads for {business.name}",
+    )
+    log.info("run started", extra={"run": run_id, "business": business.id, "leads": len(phones)})
+    return RunCreated(id=run_id, status="running", workflow_id=workflow_id)
+
+
+def _validated_phones(leads: list[LeadIn]) -> list[str]:
+    errors: list[dict[str, Any]] = []
+    phones: list[str] = []
+    first_row: dict[str, int] = {}
+    for row, lead in enumerate(leads):
+        try:
+            phone = to_e164(lead.phone)
+        except InvalidPhone as error:
+            errors.append(_row_error(row, lead.phone, "invalid_phone", str(error)))
+            continue
+        if phone in first_row:
+            message = f"{phone} is also lead {first_row[phone]}; each number once per run"
+            errors.append(_row_error(row, lead.phone, "duplicate_phone", message))
+            continue
+        first_row[phone] = row
+        phones.append(phone)
+    if errors:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=errors)
+    return phones
+
+
+def _row_error(row: int, phone: str, kind: str, message: str) -> dict[str, Any]:
+    return {
+        "loc": ["body", "leads", row, "phone"],
+        "type": kind,
+        "msg": f"lead {row}: {message}",
+        "input": phone,
+    }
+
+
+async def _own_run(session: AsyncSession, business: Business, run_id: str) -> Run:
+    run = await session.scalar(select(Run).where(Run.id == run_id, Run.business_id == business.id))
+    if run is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id} not found")
+    return run
+
+
+@router.get("", response_model=list[RunCreated])
+async def list_runs(
+    business: BusinessDep, session: SessionDep, limit: Annotated[int, Query(ge=1, le=500)] = 50
+) -> list[RunCreated]:
+    """The business's runs, newest first."""
+    runs = await session.scalars(
+        select(Run).where(Run.business_id == business.id).order_by(Run.created_at.desc()).limit(limit)
+    )
+    return [RunCreated(id=r.id, status=r.status, workflow_id=run_workflow_id(r.id)) for r in runs]
+
+
+@router.get("/{run_id}", response_model=RunPublic)
+async def read_run(
+    run_id: str, business: BusinessDep, session: SessionDep, temporal: TemporalDep
+) -> RunPublic:
+    """The run with live progress: from its workflow while it runs, from the database after."""
+    run = await _own_run(session, business, run_id)
+    run_status, reason = run.status, run.status_reason
+    progress = None
+    if run.status in LIVE_STATUSES:
+        handle = temporal.get_workflow_handle(run_workflow_id(run.id))
+        try:
+            live = await handle.query(OutboundRunWorkflow.progress, rpc_timeout=QUERY_TIMEOUT)
+            progress = progress_from_workflow(live)
+        except Exception as error:  # RPC errors, query failures, timeouts: all fall back the same way
+            log.warning("progress query failed", extra={"run": run.id, "error": str(error)})
+            run_status, reason = await _status_without_workflow(temporal, run)
+    if progress is None:
+        progress = await progress_from_database(session, run)
+    return RunPublic(
+        id=run.id,
+        name=run.name,
+        status=run_status,
+        status_reason=reason,
+        workflow_id=run_workflow_id(run.id),
+        progress=progress,
+        created_at=run.created_at,
+        finished_at=run.finished_at,
+    )
+
+
+async def _status_without_workflow(temporal: Client, run: Run) -> tuple[str, str | None]:
+    """When the workflow cannot answer, say whether it is alive: a run is never shown running
+    without a live workflow."""
+    try:
+        description = await temporal.get_workflow_handle(run_workflow_id(run.id)).describe(
+            rpc_timeout=QUERY_TIMEOUT
+        )
+    except RPCError:
+        return run.status, "progress is from the database: the workflow service did not answer"
+    if description.status == WorkflowExecutionStatus.RUNNING:
+        return run.status, "progress is from the database: no worker answered"
+    name = description.status.name.lower() if description.status else "closed"
+    return "failed", f"the run's workflow is {name}"
+
+
+@router.get("/{run_id}/calls", response_model=list[CallPublic])
+async def list_calls(
+    run_id: str,
+    business: BusinessDep,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> list[CallPublic]:
+    """Every call attempt of the run, in the order they were made."""
+    run = await _own_run(session, business, run_id)
+    rows = await session.execute(
+        select(CallAttempt, Lead.phone)
+        .join(Lead, Lead.id == CallAttempt.lead_id)
+        .where(CallAttempt.run_id == run.id)
+        .order_by(CallAttempt.id)
+        .limit(limit)
+        .offset(offset)
+    )
+    return [
+        CallPublic(
+            lead=a.lead_id,
+            phone=phone,
+            attempt=a.attempt,
+            call_sid=a.call_sid,
+            status=a.status,
+            duration=a.duration,
+            answered_by=a.answered_by,
+            error_code=a.error_code,
+            error_message=a.error_message,
+            created_at=a.created_at,
+            updated_at=a.updated_at,
+        )
+        for a, phone in rows
+    ]
+
+
+async def _signal_run(temporal: Client, run: Run, signal: str, arg: object) -> None:
+    if run.status not in LIVE_STATUSES:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"run {run.id} is already {run.status}")
+    try:
+        await temporal.get_workflow_handle(run_workflow_id(run.id)).signal(signal, arg)
+    except RPCError as error:
+        if error.status == RPCStatusCode.NOT_FOUND:
+            raise HTTPException(status.HTTP_409_CONFLICT, f"run {run.id} is no longer running") from None
+        raise
+
+
+@router.post("/{run_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted)
+async def cancel_run(
+    run_id: str, business: BusinessDep, session: SessionDep, temporal: TemporalDep
+) -> Accepted:
+    """Stop dialing now, hang up calls in flight, end the run `cancelled`."""
+    run = await _own_run(session, business, run_id)
+    if run.status in LIVE_STATUSES and run.cancel_requested_at is None:
+        # Committed before the signal: dials under way finish first, and none starts after this.
+        await session.execute(update(Run).where(Run.id == run.id).values(cancel_requested_at=utcnow()))
+        await session.commit()
+    await _signal_run(temporal, run, "cancel", CancelRequest())
+    log.info("run cancel requested", extra={"run": run.id})
+    return Accepted(id=run.id, status=run.status, detail="cancel accepted: no new calls will be placed")
+
+
+@router.post("/{run_id}/pause", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted)
+async def pause_run(
+    run_id: str, business: BusinessDep, session: SessionDep, temporal: TemporalDep
+) -> Accepted:
+    """Dial nothing new; calls in flight finish."""
+    run = await _own_run(session, business, run_id)
+    await _signal_run(temporal, run, "pause", PauseRequest())
+    return Accepted(id=run.id, status=run.status, detail="pause accepted")
+
+
+@router.post("/{run_id}/resume", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted)
+async def resume_run(
+    run_id: str, business: BusinessDep, session: SessionDep, temporal: TemporalDep
+) -> Accepted:
+    """Dial again after a pause."""
+    run = await _own_run(session, business, run_id)
+    await _signal_run(temporal, run, "resume", ResumeRequest())
+    return Accepted(id=run.id, status=run.status, detail="resume accepted")

@@ -1,0 +1,64 @@
+"""Twilio status callbacks: check the signature, signal the run, nothing else."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, HTTPException, Request, Response, status
+from temporalio.service import RPCError, RPCStatusCode
+from twilio.request_validator import RequestValidator
+
+from api.deps import SettingsDep, TemporalDep
+from workflows.messages import CallStatusEvent
+from workflows.names import run_workflow_id
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1/webhooks/twilio", tags=["webhooks"])
+
+
+def _int(value: str | None) -> int | None:
+    return int(value) if value not in (None, "") else None
+
+
+@router.post("/call-status", status_code=status.HTTP_204_NO_CONTENT)
+async def call_status(request: Request, settings: SettingsDep, temporal: TemporalDep) -> Response:
+    """A call's status from Twilio. A bad signature is a 403 and changes nothing; a callback for a
+    run that no longer exists is acknowledged, so Twilio stops retrying it."""
+    form = await request.form()
+    params = {key: str(value) for key, value in form.multi_items()}
+    # Behind a proxy the request URL differs from the one Twilio signed: PUBLIC_BASE_URL is the truth.
+    url = settings.PUBLIC_BASE_URL + request.url.path
+    if request.url.query:
+        url += "?" + request.url.query
+    validator = RequestValidator(settings.TWILIO_AUTH_TOKEN.get_secret_value())
+    if not validator.validate(url, params, request.headers.get("X-Twilio-Signature", "")):
+        log.warning("webhook signature rejected", extra={"call_sid": params.get("CallSid")})
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "invalid X-Twilio-Signature")
+
+    query = request.query_params
+    try:
+        run_id = query["run"]
+        event = CallStatusEvent(
+            lead_id=int(query["lead"]),
+            attempt=int(query["attempt"]),
+            call_sid=params["CallSid"],
+            status=params["CallStatus"],
+            sequence_number=_int(params.get("SequenceNumber")),
+            duration=_int(params.get("CallDuration")),
+            answered_by=params.get("AnsweredBy") or None,
+            error_code=_int(params.get("ErrorCode")),
+            error_message=params.get("ErrorMessage") or None,
+        )
+    except (KeyError, ValueError) as error:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, f"malformed status callback: {error}") from None
+
+    context = {"run": run_id, "lead": event.lead_id, "attempt": event.attempt, "call_sid": event.call_sid}
+    try:
+        await temporal.get_workflow_handle(run_workflow_id(run_id)).signal("call_status", event)
+    except RPCError as error:
+        if error.status != RPCStatusCode.NOT_FOUND:
+            raise
+        log.info("status for a run that is no longer running", extra={**context, "status": event.status})
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+    log.info("call status", extra={**context, "status": event.status, "seq": event.sequence_number})
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
