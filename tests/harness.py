@@ -1,0 +1,276 @@
+"""The system under test, assembled from real parts: an API and workers of our own against the
+session's Temporal dev server, PostgreSQL database and carrier simulator."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import phonenumbers
+import uvicorn
+from fastapi import FastAPI
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from temporalio.client import Client
+
+from api.app import create_app
+from db.engine import create_engine, create_sessionmaker
+from db.models import CallAttempt, Lead
+from settings import DEV_ADMIN_TOKEN, Settings
+from worker import build_workers
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@asynccontextmanager
+async def serve(app: FastAPI, port: int) -> AsyncIterator[str]:
+    """Serve an ASGI app with uvicorn in this event loop; yields its base URL."""
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
+    task = asyncio.create_task(server.serve())
+    await wait_for(lambda: _true(server.started), within=15, what="server start")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def wait_for(
+    check: Callable[[], Awaitable[Any]], *, within: float, what: str, interval: float = 0.05
+) -> Any:
+    """Poll `check` until it returns something truthy; fail the test with `what` at the deadline."""
+    deadline = time.monotonic() + within
+    while True:
+        result = await check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+_used_numbers: set[str] = set()
+
+
+_rng = random.Random()
+
+
+def new_number() -> str:
+    """A valid US number not used before in this session."""
+    while True:
+        candidate = f"+1{_rng.choice(['212', '312', '415', '646', '718'])}{_rng.randint(2000000, 9999999)}"
+        if candidate not in _used_numbers and phonenumbers.is_valid_number(phonenumbers.parse(candidate)):
+            _used_numbers.add(candidate)
+            return candidate
+
+
+@dataclass
+class Business:
+    id: str
+    caller_id: str
+    api_key: str
+    cap: int
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"}
+
+
+def overlap_peak(intervals: list[tuple[float, float]]) -> int:
+    """The most intervals open at one instant."""
+    edges = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    peak = current = 0
+    for _, step in edges:
+        current += step
+        peak = max(peak, current)
+    return peak
+
+
+@dataclass
+class Stack:
+    """Everything a test drives: the API over HTTP, the simulator's records, the database."""
+
+    settings: Settings
+    temporal: Client
+    http: httpx.AsyncClient
+    sim: httpx.AsyncClient
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    _worker_stop: Callable[[], Awaitable[None]] | None = None
+    _processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @classmethod
+    @asynccontextmanager
+    async def start(
+        cls, *, temporal: Client, database_url: str, simulator_url: str, api_port: int, task_queue: str
+    ) -> AsyncIterator[Stack]:
+        settings = Settings(
+            DATABASE_URL=database_url,
+            TEMPORAL_TASK_QUEUE=task_queue,
+            TWILIO_API_BASE_URL=simulator_url,
+            PUBLIC_BASE_URL=f"http://127.0.0.1:{api_port}",
+            TWILIO_CALLS_PER_SECOND=200,
+        )
+        engine = create_engine(database_url)
+        async with (
+            serve(create_app(settings, temporal), api_port) as api_url,
+            httpx.AsyncClient(base_url=api_url, timeout=30) as http,
+            httpx.AsyncClient(base_url=simulator_url, timeout=30) as sim,
+        ):
+            stack = cls(settings, temporal, http, sim, engine, create_sessionmaker(engine))
+            try:
+                await stack.start_worker()
+                yield stack
+            finally:
+                await stack.stop_worker()
+                for process in stack._processes:
+                    if process.poll() is None:
+                        process.kill()
+                    process.wait()
+                await engine.dispose()
+
+    # Workers
+
+    async def start_worker(self) -> None:
+        """Run the worker in this process."""
+        started = asyncio.Event()
+        stopping = asyncio.Event()
+
+        async def run() -> None:
+            async with build_workers(self.settings, self.temporal) as workers:
+                tasks = [asyncio.create_task(w.run()) for w in workers]
+                started.set()
+                await stopping.wait()
+                await asyncio.gather(*(w.shutdown() for w in workers))
+                for t in tasks:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await t
+
+        task = asyncio.create_task(run())
+        await started.wait()
+
+        async def stop() -> None:
+            stopping.set()
+            await task
+
+        self._worker_stop = stop
+
+    async def stop_worker(self) -> None:
+        """Stop the in-process worker, if one runs."""
+        if self._worker_stop is not None:
+            stop, self._worker_stop = self._worker_stop, None
+            await stop()
+
+    def spawn_worker_process(self) -> subprocess.Popen[bytes]:
+        """Run `worker.py` as its own process, configured like this stack."""
+        env = {
+            **os.environ,
+            "DATABASE_URL": self.settings.DATABASE_URL,
+            "TEMPORAL_ADDRESS": self.temporal.service_client.config.target_host,
+            "TEMPORAL_NAMESPACE": self.temporal.namespace,
+            "TEMPORAL_TASK_QUEUE": self.settings.TEMPORAL_TASK_QUEUE,
+            "TWILIO_API_BASE_URL": self.settings.TWILIO_API_BASE_URL or "",
+            "PUBLIC_BASE_URL": self.settings.PUBLIC_BASE_URL,
+            "TWILIO_CALLS_PER_SECOND": str(self.settings.TWILIO_CALLS_PER_SECOND),
+            "LOG_LEVEL": "WARNING",
+        }
+        process = subprocess.Popen([sys.executable, "worker.py"], cwd=ROOT, env=env)
+        self._processes.append(process)
+        return process
+
+    @staticmethod
+    def kill(process: subprocess.Popen[bytes]) -> None:
+        """SIGKILL: no chance to finish anything."""
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+
+    # API
+
+    async def create_business(self, cap: int = 3) -> Business:
+        caller_id = new_number()
+        response = await self.http.post(
+            "/v1/businesses",
+            json={"name": f"Business {caller_id}", "caller_id": caller_id, "max_concurrent_calls": cap},
+            headers={"Authorization": f"Bearer {DEV_ADMIN_TOKEN}"},
+        )
+        assert response.status_code == 201, response.text
+        body = response.json()
+        return Business(body["id"], caller_id, body["api_key"], cap)
+
+    async def start_run(
+        self, business: Business, phones: list[str], options: dict[str, Any] | None = None
+    ) -> str:
+        response = await self.http.post(
+            "/v1/runs",
+            json={"name": "test run", "leads": [{"phone": p} for p in phones], "options": options or {}},
+            headers=business.headers,
+        )
+        assert response.status_code == 201, response.text
+        return str(response.json()["id"])
+
+    async def run(self, business: Business, run_id: str) -> dict[str, Any]:
+        response = await self.http.get(f"/v1/runs/{run_id}", headers=business.headers)
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    async def wait_run_ends(self, business: Business, run_id: str, within: float = 60) -> dict[str, Any]:
+        async def ended() -> dict[str, Any] | None:
+            run = await self.run(business, run_id)
+            return run if run["status"] in ("completed", "cancelled", "failed") else None
+
+        return dict(await wait_for(ended, within=within, what=f"run {run_id} to end"))
+
+    # Simulator
+
+    async def force_outcomes(self, outcomes: dict[str, str]) -> None:
+        """Make the simulator end calls to these numbers with these statuses."""
+        config = (await self.sim.get("/_sim/config")).json()
+        merged = {**config.get("outcomes_by_to", {}), **outcomes}
+        response = await self.sim.post("/_sim/config", json={"outcomes_by_to": merged})
+        assert response.status_code == 200, response.text
+
+    async def sim_calls(self, caller_id: str) -> list[dict[str, Any]]:
+        """Every call the simulator has seen from this caller ID."""
+        calls = (await self.sim.get("/_sim/calls")).json()["calls"]
+        return [c for c in calls if c["from"] == caller_id]
+
+    async def peak_concurrency(self, caller_ids: list[str]) -> int:
+        """The most calls the simulator had in flight at once from these caller IDs."""
+        now = time.time()
+        intervals = []
+        for caller_id in caller_ids:
+            for call in await self.sim_calls(caller_id):
+                intervals.append((call["created_at"], call["ended_at"] or now))
+        return overlap_peak(intervals)
+
+    # Database
+
+    async def attempts(self, run_id: str) -> list[CallAttempt]:
+        async with self.sessions() as session:
+            return list(
+                await session.scalars(
+                    select(CallAttempt).where(CallAttempt.run_id == run_id).order_by(CallAttempt.id)
+                )
+            )
+
+    async def leads(self, run_id: str) -> list[Lead]:
+        async with self.sessions() as session:
+            return list(await session.scalars(select(Lead).where(Lead.run_id == run_id).order_by(Lead.id)))

@@ -1,0 +1,189 @@
+"""Runs end to end: the API, a worker, the Temporal dev server, PostgreSQL and the carrier simulator."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+
+from telephony.status import OUTCOME_BY_CALL_STATUS, TERMINAL_CALL_STATUSES
+from tests.harness import Stack, new_number, wait_for
+from workflows.names import run_workflow_id
+from workflows.outbound_run import OutboundRunWorkflow
+
+STATUSES = ["completed", "busy", "no-answer", "failed"]
+
+
+async def test_a_run_of_20_leads_completes_three_calls_at_a_time(stack: Stack) -> None:
+    business = await stack.create_business(cap=3)
+    phones = [new_number() for _ in range(20)]
+    played = {phone: STATUSES[i % len(STATUSES)] for i, phone in enumerate(phones)}
+    await stack.force_outcomes(played)
+    run_id = await stack.start_run(business, phones)
+
+    async def finished_while_checking_progress() -> dict | None:
+        run = await stack.run(business, run_id)
+        progress = run["progress"]
+        calls_that_exist = len(await stack.sim_calls(business.caller_id))
+        # I7: nothing shows as in flight, or done, without a call behind it.
+        assert progress["in_flight"] <= 3
+        assert progress["in_flight"] + progress["done"] <= calls_that_exist
+        assert progress["queued"] + progress["dialing"] + progress["in_flight"] + progress["done"] == 20
+        return run if run["status"] == "completed" else None
+
+    run = await wait_for(finished_while_checking_progress, within=90, what="the run to complete")
+
+    # I1: never more than three calls at once; and the lines were used.
+    assert await stack.peak_concurrency([business.caller_id]) == 3
+    # I2: every lead was called exactly once.
+    sim_calls = await stack.sim_calls(business.caller_id)
+    assert Counter(c["to"] for c in sim_calls) == Counter(phones)
+    # I3: every lead ended with the outcome the carrier played.
+    leads = await stack.leads(run_id)
+    assert {lead.phone: lead.status for lead in leads} == {
+        phone: OUTCOME_BY_CALL_STATUS[status] for phone, status in played.items()
+    }
+    assert run["finished_at"] is not None
+    # I7: progress equals the attempts table, from the API and from the workflow itself.
+    attempts = await stack.attempts(run_id)
+    assert all(a.status in TERMINAL_CALL_STATUSES and a.call_sid for a in attempts)
+    from_table = Counter(OUTCOME_BY_CALL_STATUS[a.status] for a in attempts)
+    assert {k: v for k, v in run["progress"]["outcomes"].items() if v} == dict(from_table)
+    live = await stack.temporal.get_workflow_handle(run_workflow_id(run_id)).query(
+        OutboundRunWorkflow.progress
+    )
+    assert {k: v for k, v in live.outcomes.items() if v} == dict(from_table)
+    assert (live.done, live.in_flight, live.queued) == (20, 0, 0)
+    # The calls list shows every attempt with its SID and outcome.
+    response = await stack.http.get(f"/v1/runs/{run_id}/calls", headers=business.headers)
+    assert sorted((c["phone"], c["status"]) for c in response.json()) == sorted(played.items())
+
+
+async def test_two_runs_of_one_business_share_three_lines_and_another_business_is_not_slowed(
+    stack: Stack,
+) -> None:
+    busy_business = await stack.create_business(cap=3)
+    other_business = await stack.create_business(cap=3)
+    first = [new_number() for _ in range(12)]
+    second = [new_number() for _ in range(12)]
+    other = [new_number() for _ in range(9)]
+    await stack.force_outcomes(dict.fromkeys(first + second + other, "completed"))
+
+    run_ids = await asyncio.gather(
+        stack.start_run(busy_business, first),
+        stack.start_run(busy_business, second),
+        stack.start_run(other_business, other),
+    )
+    runs = await asyncio.gather(
+        *(
+            stack.wait_run_ends(b, r, within=120)
+            for b, r in zip([busy_business, busy_business, other_business], run_ids, strict=True)
+        )
+    )
+    assert [r["status"] for r in runs] == ["completed"] * 3
+
+    assert await stack.peak_concurrency([busy_business.caller_id]) == 3
+    assert await stack.peak_concurrency([other_business.caller_id]) == 3
+    # Fair sharing: both runs were dialing at the same time, rather than one after the other.
+    calls = await stack.sim_calls(busy_business.caller_id)
+    first_calls = [c for c in calls if c["to"] in set(first)]
+    second_calls = [c for c in calls if c["to"] in set(second)]
+    assert min(c["created_at"] for c in second_calls) < max(c["ended_at"] for c in first_calls)
+    assert min(c["created_at"] for c in first_calls) < max(c["ended_at"] for c in second_calls)
+
+
+async def test_a_killed_worker_is_replaced_and_no_lead_is_dialed_twice(stack: Stack) -> None:
+    await stack.stop_worker()
+    process = stack.spawn_worker_process()
+    business = await stack.create_business(cap=3)
+    phones = [new_number() for _ in range(15)]
+    await stack.force_outcomes(dict.fromkeys(phones, "completed"))
+    run_id = await stack.start_run(business, phones)
+
+    async def some_calls_placed() -> bool:
+        return len(await stack.sim_calls(business.caller_id)) >= 4
+
+    await wait_for(some_calls_placed, within=60, what="calls to be placed")
+    stack.kill(process)
+    killed_at = time.time()
+    stack.spawn_worker_process()
+
+    run = await stack.wait_run_ends(business, run_id, within=120)
+    assert run["status"] == "completed"
+    sim_calls = await stack.sim_calls(business.caller_id)
+    assert Counter(c["to"] for c in sim_calls) == Counter(phones)  # I2: once each
+    assert any(c["created_at"] > killed_at for c in sim_calls)  # the new worker carried on
+    assert await stack.peak_concurrency([business.caller_id]) <= 3
+    assert {lead.status for lead in await stack.leads(run_id)} == {"answered"}
+
+
+async def test_cancel_stops_new_calls_at_once_and_ends_the_run_cancelled(stack: Stack) -> None:
+    business = await stack.create_business(cap=3)
+    phones = [new_number() for _ in range(30)]
+    await stack.force_outcomes(dict.fromkeys(phones, "completed"))
+    run_id = await stack.start_run(business, phones)
+
+    async def calls_under_way() -> bool:
+        return len(await stack.sim_calls(business.caller_id)) >= 5
+
+    await wait_for(calls_under_way, within=60, what="calls to be placed")
+    response = await stack.http.post(f"/v1/runs/{run_id}/cancel", headers=business.headers)
+    assert response.status_code == 202, response.text
+    acknowledged_at = time.time()
+
+    run = await stack.wait_run_ends(business, run_id)
+    assert run["status"] == "cancelled"
+    sim_calls = await stack.sim_calls(business.caller_id)
+    assert all(c["created_at"] < acknowledged_at for c in sim_calls)  # I6
+    assert len(sim_calls) < 30
+    progress = run["progress"]
+    assert progress["done"] == 30 and progress["in_flight"] == 0 and progress["queued"] == 0
+    assert progress["outcomes"]["cancelled"] >= 30 - len(sim_calls)
+    leads = await stack.leads(run_id)
+    assert all(lead.status in {"answered", "cancelled"} for lead in leads)
+    # Nothing is left ringing at the carrier.
+    assert all(c["status"] in TERMINAL_CALL_STATUSES for c in await stack.sim_calls(business.caller_id))
+
+
+async def test_a_business_cannot_see_or_touch_another_business_run(stack: Stack) -> None:
+    owner = await stack.create_business()
+    intruder = await stack.create_business()
+    phones = [new_number() for _ in range(2)]
+    await stack.force_outcomes(dict.fromkeys(phones, "completed"))
+    run_id = await stack.start_run(owner, phones)
+
+    for method, path in [
+        ("GET", f"/v1/runs/{run_id}"),
+        ("GET", f"/v1/runs/{run_id}/calls"),
+        ("POST", f"/v1/runs/{run_id}/cancel"),
+        ("POST", f"/v1/runs/{run_id}/pause"),
+        ("POST", f"/v1/runs/{run_id}/resume"),
+    ]:
+        response = await stack.http.request(method, path, headers=intruder.headers)
+        assert response.status_code == 404, (method, path, response.text)
+    listed = await stack.http.get("/v1/runs", headers=intruder.headers)
+    assert listed.json() == []
+    run = await stack.wait_run_ends(owner, run_id)
+    assert run["status"] == "completed"
+    no_key = await stack.http.get(f"/v1/runs/{run_id}")
+    assert no_key.status_code == 401
+
+
+async def test_a_bad_lead_list_is_refused_naming_the_rows_and_nothing_starts(stack: Stack) -> None:
+    business = await stack.create_business()
+    good = new_number()
+    response = await stack.http.post(
+        "/v1/runs",
+        json={"leads": [{"phone": good}, {"phone": "4155550100"}, {"phone": "+1 999"}, {"phone": good}]},
+        headers=business.headers,
+    )
+    assert response.status_code == 422
+    errors = response.json()["detail"]
+    assert [(e["loc"][2], e["type"]) for e in errors] == [
+        (1, "invalid_phone"),
+        (2, "invalid_phone"),
+        (3, "duplicate_phone"),
+    ]
+    assert "country code" in errors[0]["msg"]
+    assert (await stack.http.get("/v1/runs", headers=business.headers)).json() == []
+    assert await stack.sim_calls(business.caller_id) == []

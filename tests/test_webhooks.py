@@ -1,0 +1,113 @@
+"""Twilio's status webhooks: a bad signature changes nothing; duplicates and stale callbacks are harmless."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+from twilio.request_validator import RequestValidator
+
+from settings import DEV_AUTH_TOKEN
+from tests.harness import Business, Stack, new_number, wait_for
+
+
+def signed(stack: Stack, query: dict[str, Any], params: dict[str, str], token: str = DEV_AUTH_TOKEN) -> dict:
+    url = f"{stack.settings.PUBLIC_BASE_URL}/v1/webhooks/twilio/call-status?{urlencode(query)}"
+    return {
+        "url": url,
+        "data": params,
+        "headers": {"X-Twilio-Signature": RequestValidator(token).compute_signature(url, params)},
+    }
+
+
+def callback(sid: str, status: str, seq: int) -> dict[str, str]:
+    return {
+        "CallSid": sid,
+        "CallStatus": status,
+        "SequenceNumber": str(seq),
+        "AccountSid": "AC" + "0" * 32,
+        "CallDuration": "7",
+        "CalledCity": "",
+    }
+
+
+@pytest.fixture
+async def slow_ringing(stack: Stack) -> AsyncIterator[None]:
+    """Calls ring for a while, so a test can act while one is in flight."""
+    before = (await stack.sim.get("/_sim/config")).json()
+    await stack.sim.post("/_sim/config", json={"ring_seconds": [2.5, 2.5]})
+    yield
+    await stack.sim.post("/_sim/config", json={"ring_seconds": before["ring_seconds"]})
+
+
+async def progress(stack: Stack, business: Business, run_id: str) -> dict[str, Any]:
+    return dict((await stack.run(business, run_id))["progress"])
+
+
+async def test_forged_duplicate_and_stale_callbacks_change_nothing(stack: Stack, slow_ringing: None) -> None:
+    business = await stack.create_business(cap=1)
+    first, second = new_number(), new_number()
+    await stack.force_outcomes({first: "completed", second: "completed"})
+    run_id = await stack.start_run(business, [first, second])
+
+    async def second_call_ringing() -> dict[str, Any] | None:
+        calls = (await stack.http.get(f"/v1/runs/{run_id}/calls", headers=business.headers)).json()
+        by_phone = {c["phone"]: c for c in calls}
+        if by_phone.get(first, {}).get("status") == "completed" and by_phone.get(second, {}).get("call_sid"):
+            return by_phone
+        return None
+
+    calls = await wait_for(
+        second_call_ringing, within=30, what="the first call to end and the second to ring"
+    )
+    first_call, second_call = calls[first], calls[second]
+    before = await progress(stack, business, run_id)
+    assert (before["done"], before["in_flight"]) == (1, 1)
+
+    def query(call: dict[str, Any]) -> dict[str, Any]:
+        return {"run": run_id, "lead": call["lead"], "attempt": call["attempt"]}
+
+    # A forged "busy" for the ringing call: refused, nothing changes.
+    forged = signed(stack, query(second_call), callback(second_call["call_sid"], "busy", 9), token="wrong")
+    assert (await stack.http.post(**forged)).status_code == 403
+    # The first call's terminal callback again, now claiming busy: it already ended.
+    duplicate = signed(stack, query(first_call), callback(first_call["call_sid"], "busy", 4))
+    assert (await stack.http.post(**duplicate)).status_code == 204
+    # A callback for the ringing attempt that names some other call.
+    impostor = signed(stack, query(second_call), callback("CA" + "f" * 32, "failed", 9))
+    assert (await stack.http.post(**impostor)).status_code == 204
+    # A stale "queued" arriving late.
+    stale = signed(stack, query(second_call), callback(second_call["call_sid"], "queued", 0))
+    assert (await stack.http.post(**stale)).status_code == 204
+
+    after = await progress(stack, business, run_id)
+    assert (after["done"], after["in_flight"]) == (1, 1)
+    assert after["outcomes"]["busy"] == 0 and after["outcomes"]["failed"] == 0
+
+    run = await stack.wait_run_ends(business, run_id)
+    assert run["status"] == "completed"
+    assert run["progress"]["outcomes"]["answered"] == 2
+    assert {lead.status for lead in await stack.leads(run_id)} == {"answered"}
+
+
+async def test_a_bad_signature_is_refused(stack: Stack) -> None:
+    request = signed(
+        stack, {"run": "nope", "lead": 1, "attempt": 1}, callback("CA1", "completed", 1), token="x"
+    )
+    response = await stack.http.post(**request)
+    assert response.status_code == 403
+    unsigned = await stack.http.post(request["url"], data=request["data"])
+    assert unsigned.status_code == 403
+
+
+async def test_a_callback_for_a_run_that_no_longer_exists_is_acknowledged(stack: Stack) -> None:
+    request = signed(stack, {"run": "0" * 32, "lead": 1, "attempt": 1}, callback("CA1", "completed", 1))
+    assert (await stack.http.post(**request)).status_code == 204
+
+
+async def test_blank_fields_are_part_of_the_signature(stack: Stack) -> None:
+    request = signed(stack, {"run": "0" * 32, "lead": 1, "attempt": 1}, callback("CA1", "completed", 1))
+    del request["data"]["CalledCity"]  # dropping a blank field breaks the signature Twilio computed
+    assert (await stack.http.post(**request)).status_code == 403
