@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 INVALID_NUMBER = "InvalidNumber"
 RUN_CANCELLED = "RunCancelled"
 ACCOUNT_ERROR = "TwilioAccountError"
-STATUS_EVENTS = ["initiated", "ringing", "answered", "completed"]
+# Only what changes a decision: answered (the call may now last up to its time limit) and the end.
+STATUS_EVENTS = ["answered", "completed"]
 # Clock skew allowed between us and Twilio when looking for a call we may already have placed.
 LOOKUP_SKEW = timedelta(minutes=2)
 

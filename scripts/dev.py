@@ -7,6 +7,8 @@ of it.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import signal
 import subprocess
@@ -23,6 +25,7 @@ from workflows.names import SEARCH_ATTRIBUTES
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / ".data"
 TEMPORAL_PORT, TEMPORAL_UI_PORT, API_PORT, SIMULATOR_PORT = 7233, 8233, 8000, 8081
+PR_SET_PDEATHSIG = 1
 
 
 def dev_environment() -> dict[str, str]:
@@ -37,10 +40,16 @@ def dev_environment() -> dict[str, str]:
     return env
 
 
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM if this script dies, however it dies (Linux)."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def start(name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     print(f"  starting {name}")
     # Own process group: Ctrl-C reaches us once, and we stop the children in order.
-    return subprocess.Popen(args, cwd=ROOT, env=env, start_new_session=True)
+    return subprocess.Popen(args, cwd=ROOT, env=env, start_new_session=True, preexec_fn=_die_with_parent)
 
 
 def wait_http(url: str, name: str, seconds: float = 60) -> None:

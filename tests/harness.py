@@ -238,6 +238,13 @@ class Stack:
 
         return dict(await wait_for(ended, within=within, what=f"run {run_id} to end"))
 
+    async def save_history(self, workflow_id: str, name: str) -> None:
+        """Keep a workflow's history for the replay tests, when SAVE_HISTORIES is set."""
+        if not os.environ.get("SAVE_HISTORIES"):
+            return
+        history = await self.temporal.get_workflow_handle(workflow_id).fetch_history()
+        (ROOT / "tests" / "histories" / f"{name}.json").write_text(history.to_json())
+
     # Simulator
 
     async def force_outcomes(self, outcomes: dict[str, str]) -> None:

@@ -8,7 +8,7 @@ from collections import Counter
 
 from telephony.status import OUTCOME_BY_CALL_STATUS, TERMINAL_CALL_STATUSES
 from tests.harness import Stack, new_number, wait_for
-from workflows.names import run_workflow_id
+from workflows.names import gate_workflow_id, run_workflow_id
 from workflows.outbound_run import OutboundRunWorkflow
 
 STATUSES = ["completed", "busy", "no-answer", "failed"]
@@ -54,6 +54,8 @@ async def test_a_run_of_20_leads_completes_three_calls_at_a_time(stack: Stack) -
     )
     assert {k: v for k, v in live.outcomes.items() if v} == dict(from_table)
     assert (live.done, live.in_flight, live.queued) == (20, 0, 0)
+    await stack.save_history(run_workflow_id(run_id), "run_completed")
+    await stack.save_history(gate_workflow_id(business.id), "gate_one_run")
     # The calls list shows every attempt with its SID and outcome.
     response = await stack.http.get(f"/v1/runs/{run_id}/calls", headers=business.headers)
     assert sorted((c["phone"], c["status"]) for c in response.json()) == sorted(played.items())
@@ -90,6 +92,8 @@ async def test_two_runs_of_one_business_share_three_lines_and_another_business_i
     second_calls = [c for c in calls if c["to"] in set(second)]
     assert min(c["created_at"] for c in second_calls) < max(c["ended_at"] for c in first_calls)
     assert min(c["created_at"] for c in first_calls) < max(c["ended_at"] for c in second_calls)
+    await stack.save_history(run_workflow_id(run_ids[1]), "run_sharing_lines")
+    await stack.save_history(gate_workflow_id(busy_business.id), "gate_two_runs")
 
 
 async def test_a_killed_worker_is_replaced_and_no_lead_is_dialed_twice(stack: Stack) -> None:
@@ -141,6 +145,7 @@ async def test_cancel_stops_new_calls_at_once_and_ends_the_run_cancelled(stack: 
     assert progress["outcomes"]["cancelled"] >= 30 - len(sim_calls)
     leads = await stack.leads(run_id)
     assert all(lead.status in {"answered", "cancelled"} for lead in leads)
+    await stack.save_history(run_workflow_id(run_id), "run_cancelled")
     # Nothing is left ringing at the carrier.
     assert all(c["status"] in TERMINAL_CALL_STATUSES for c in await stack.sim_calls(business.caller_id))
 

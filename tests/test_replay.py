@@ -1,0 +1,28 @@
+"""Saved histories of real runs replay on today's workflow code: a change that would break runs in
+flight fails here, not in production. Refresh with `SAVE_HISTORIES=1 make pytest` only when a change
+is deliberately incompatible and guarded by `workflow.patched()`; keep the old files too."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from temporalio.client import WorkflowHistory
+from temporalio.worker import Replayer
+
+from workflows.business_lines import BusinessLinesWorkflow
+from workflows.outbound_run import OutboundRunWorkflow
+
+HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
+
+
+def test_histories_of_the_main_paths_are_kept() -> None:
+    names = {path.stem for path in HISTORIES}
+    assert {"run_completed", "run_cancelled", "run_sharing_lines", "gate_two_runs"} <= names
+
+
+@pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
+async def test_saved_history_replays(path: Path) -> None:
+    history = WorkflowHistory.from_json(path.stem, path.read_text())
+    replayer = Replayer(workflows=[OutboundRunWorkflow, BusinessLinesWorkflow])
+    await replayer.replay_workflow(history)
