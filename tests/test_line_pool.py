@@ -77,9 +77,18 @@ def test_random_demands_never_exceed_the_cap() -> None:
             release = rng.randint(0, held.get(run, 0))
             held[run] = held.get(run, 0) - release
             pool.apply(demand(run, seqs[run], want=rng.randint(0, 6), release=release, cap=cap))
-            if run not in pool.holders:
-                held[run] = 0
             for granted_run, grant in pool.rebalance().grants:
                 held[granted_run] = held.get(granted_run, 0) + grant.count
             assert pool.held <= cap
             assert sum(held.values()) <= cap
+
+
+def test_a_run_that_pauses_and_comes_back_gets_lines_it_will_accept() -> None:
+    pool = LinePool(3, [])
+    pool.apply(demand("a", 1, want=5))
+    first = pool.rebalance().grants[0][1]
+    pool.apply(demand("a", 2, release=3, want=0))  # paused: gives everything back
+    pool.apply(demand("a", 3, want=5))  # resumed
+    again = pool.rebalance().grants[0][1]
+    assert again.seq > first.seq
+    assert again.count == 3

@@ -192,3 +192,39 @@ async def test_a_bad_lead_list_is_refused_naming_the_rows_and_nothing_starts(sta
     assert "country code" in errors[0]["msg"]
     assert (await stack.http.get("/v1/runs", headers=business.headers)).json() == []
     assert await stack.sim_calls(business.caller_id) == []
+
+
+async def test_pause_lets_calls_finish_and_dials_nothing_until_resume(stack: Stack) -> None:
+    business = await stack.create_business(cap=2)
+    phones = [new_number() for _ in range(10)]
+    await stack.force_outcomes(dict.fromkeys(phones, "completed"))
+    run_id = await stack.start_run(business, phones)
+
+    async def some_calls_placed() -> bool:
+        return len(await stack.sim_calls(business.caller_id)) >= 2
+
+    await wait_for(some_calls_placed, within=30, what="calls to be placed")
+    response = await stack.http.post(f"/v1/runs/{run_id}/pause", headers=business.headers)
+    assert response.status_code == 202, response.text
+
+    async def paused_and_quiet() -> dict | None:
+        run = await stack.run(business, run_id)
+        progress = run["progress"]
+        quiet = run["status"] == "paused" and progress["in_flight"] == 0 and progress["dialing"] == 0
+        return run if quiet else None
+
+    paused = await wait_for(paused_and_quiet, within=30, what="the run to pause with no call in flight")
+    assert 0 < paused["progress"]["done"] < 10
+    placed = len(await stack.sim_calls(business.caller_id))
+    # While paused, nothing is dialed: give it the time several dials would take.
+    await asyncio.sleep(1.5)
+    assert len(await stack.sim_calls(business.caller_id)) == placed
+    assert (await stack.run(business, run_id))["status"] == "paused"
+
+    response = await stack.http.post(f"/v1/runs/{run_id}/resume", headers=business.headers)
+    assert response.status_code == 202
+    run = await stack.wait_run_ends(business, run_id)
+    assert run["status"] == "completed"
+    assert run["progress"]["outcomes"]["answered"] == 10
+    assert Counter(c["to"] for c in await stack.sim_calls(business.caller_id)) == Counter(phones)
+    assert await stack.peak_concurrency([business.caller_id]) <= 2

@@ -30,7 +30,7 @@ class BusinessLinesWorkflow:
     @workflow.init
     def __init__(self, input: GateInput) -> None:
         # Built here, not in run(): signals delivered with the start are applied before run() begins.
-        self._pool = LinePool(input.cap, input.holders)
+        self._pool = LinePool(input.cap, input.holders, input.seq)
         self._changed = True
 
     @workflow.run
@@ -51,7 +51,7 @@ class BusinessLinesWorkflow:
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 if not self._changed:
                     workflow.continue_as_new(
-                        GateInput(input.business_id, self._pool.cap, self._pool.snapshot())
+                        GateInput(input.business_id, self._pool.cap, self._pool.snapshot(), self._pool.seq)
                     )
 
     @workflow.signal

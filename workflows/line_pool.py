@@ -23,10 +23,13 @@ class LinePool:
     asked to give lines back as their calls end.
     """
 
-    def __init__(self, cap: int, holders: list[GateHolder]) -> None:
+    def __init__(self, cap: int, holders: list[GateHolder], seq: int = 0) -> None:
         self.cap = cap
         # Insertion order is arrival order, which breaks ties fairly.
         self.holders: dict[str, GateHolder] = {h.run_workflow_id: h for h in holders}
+        # One sequence for every message the gate sends, so a run can drop duplicates even if
+        # the gate forgot it in between.
+        self.seq = seq
 
     @property
     def held(self) -> int:
@@ -44,7 +47,7 @@ class LinePool:
         holder.held = max(0, holder.held - demand.release)
         holder.want = max(0, demand.want)
         self.cap = max(0, demand.cap)
-        if demand.done or (holder.held == 0 and holder.want == 0):
+        if demand.done:
             del self.holders[demand.run_workflow_id]
         return True
 
@@ -87,9 +90,8 @@ class LinePool:
 
         grants = []
         for run_id, count in granted.items():
-            holder = self.holders[run_id]
-            holder.grant_seq += 1
-            grants.append((run_id, LineGrant(seq=holder.grant_seq, count=count)))
+            self.seq += 1
+            grants.append((run_id, LineGrant(seq=self.seq, count=count)))
 
         someone_waits = any(h.held < shares[h.run_workflow_id] for h in self.holders.values())
         recalls = []
@@ -97,10 +99,10 @@ class LinePool:
             target = shares[run_id] if someone_waits and holder.held > shares[run_id] else None
             if target != holder.recall_sent:
                 holder.recall_sent = target
-                holder.grant_seq += 1
-                recalls.append((run_id, LineRecall(seq=holder.grant_seq, hold_at_most=target)))
+                self.seq += 1
+                recalls.append((run_id, LineRecall(seq=self.seq, hold_at_most=target)))
         return PoolMessages(grants=grants, recalls=recalls)
 
     def snapshot(self) -> list[GateHolder]:
-        """State to carry across continue-as-new."""
-        return list(self.holders.values())
+        """Holders to carry across continue-as-new; runs that hold and want nothing are dropped."""
+        return [h for h in self.holders.values() if h.held or h.want]

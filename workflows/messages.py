@@ -147,6 +147,7 @@ class RunCarryOver:
     lines_held: int = 0
     hold_at_most: int | None = None
     demand_seq: int = 0
+    want_sent: int = 0
     last_grant_seq: int = 0
     last_recall_seq: int = 0
     gate_contacted: bool = False
@@ -181,7 +182,6 @@ class GateHolder:
     held: int = 0
     want: int = 0
     last_seq: int = 0
-    grant_seq: int = 0
     recall_sent: int | None = None
 
 
@@ -192,3 +192,4 @@ class GateInput:
     business_id: str
     cap: int = 3
     holders: list[GateHolder] = field(default_factory=list)
+    seq: int = 0

@@ -224,13 +224,16 @@ class OutboundRunWorkflow:
         if give_back:
             book.released(give_back)
             await self._send_demand(give_back, want)
-        elif not book.state.gate_contacted and want > 0:
+        elif want > book.state.want_sent and want > book.state.lines_held:
+            # A gate that thinks we want fewer lines than we do would leave us waiting; one that
+            # thinks we want more only grants lines we hand straight back, so a fall is not sent.
             await self._send_demand(0, want)
 
     async def _send_demand(self, release: int, want: int, done: bool = False) -> None:
         assert self._facts is not None
         state = self._book.state
         state.demand_seq += 1
+        state.want_sent = want
         demand = LineDemand(
             run_workflow_id=run_workflow_id(self._input.run_id),
             seq=state.demand_seq,
