@@ -48,6 +48,7 @@ async def build_workers(settings: Settings, client: Client) -> AsyncIterator[lis
                     records.load_leads,
                     records.record_outcomes,
                     records.set_run_status,
+                    records.stop_dials,
                     dialing.hang_up,
                     dialing.fetch_call,
                     gate.request_lines,

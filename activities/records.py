@@ -133,6 +133,17 @@ class RecordActivities:
                 )
 
     @activity.defn
+    async def stop_dials(self, input: LoadRunInput) -> None:
+        """Mark the run cancelled for the dial activity, so a dial already under way places no call
+        (the API does the same before it acknowledges a cancel)."""
+        async with self.sessions() as session, session.begin():
+            await session.execute(
+                update(Run)
+                .where(Run.id == input.run_id, Run.cancel_requested_at.is_(None))
+                .values(cancel_requested_at=utcnow())
+            )
+
+    @activity.defn
     async def set_run_status(self, input: SetRunStatusInput) -> None:
         """Set the run's status; at the end, leads never dialed become `cancelled`."""
         async with self.sessions() as session, session.begin():

@@ -228,3 +228,33 @@ async def test_pause_lets_calls_finish_and_dials_nothing_until_resume(stack: Sta
     assert run["progress"]["outcomes"]["answered"] == 10
     assert Counter(c["to"] for c in await stack.sim_calls(business.caller_id)) == Counter(phones)
     assert await stack.peak_concurrency([business.caller_id]) <= 2
+
+
+async def test_a_cancel_from_the_temporal_web_ui_is_a_cancel(stack: Stack) -> None:
+    business = await stack.create_business(cap=3)
+    phones = [new_number() for _ in range(20)]
+    await stack.force_outcomes(dict.fromkeys(phones, "completed"))
+    run_id = await stack.start_run(business, phones)
+
+    async def calls_under_way() -> bool:
+        return len(await stack.sim_calls(business.caller_id)) >= 3
+
+    await wait_for(calls_under_way, within=30, what="calls to be placed")
+    await stack.temporal.get_workflow_handle(run_workflow_id(run_id)).cancel()
+
+    run = await stack.wait_run_ends(business, run_id)
+    assert run["status"] == "cancelled"
+    assert run["progress"]["done"] == 20 and run["progress"]["outcomes"]["cancelled"] > 0
+    assert all(c["status"] in TERMINAL_CALL_STATUSES for c in await stack.sim_calls(business.caller_id))
+    assert {lead.status for lead in await stack.leads(run_id)} <= {"answered", "cancelled"}
+
+
+async def test_a_run_whose_workflow_was_terminated_is_not_shown_running(stack: Stack) -> None:
+    business = await stack.create_business(cap=1)
+    phones = [new_number() for _ in range(5)]
+    await stack.force_outcomes(dict.fromkeys(phones, "completed"))
+    run_id = await stack.start_run(business, phones)
+    await stack.temporal.get_workflow_handle(run_workflow_id(run_id)).terminate("operator")
+    run = await stack.run(business, run_id)
+    assert run["status"] == "failed"
+    assert "terminated" in run["status_reason"]

@@ -89,6 +89,7 @@ class OutboundRunWorkflow:
         self._tasks: set[asyncio.Task[None]] = set()
         self._recording = False
         self._hung_up: set[str] = set()
+        self._dials_stopped = False
 
     # Messages
 
@@ -183,6 +184,7 @@ class OutboundRunWorkflow:
             cancelled = book.state.cancel_reason is not None
             if cancelled:
                 book.cancel_undialed()
+                await self._stop_dials()
                 self._hang_up_calls()
             elif book.needs_leads():
                 await self._load_leads()
@@ -295,6 +297,18 @@ class OutboundRunWorkflow:
         else:
             self._book.dial_placed(
                 call.lead_id, call.attempt, placed.call_sid, placed.status, workflow.time()
+            )
+
+    async def _stop_dials(self) -> None:
+        if self._dials_stopped:
+            return
+        self._dials_stopped = True
+        if any(call.call_sid is None for call in self._book.calls.values()):
+            await workflow.execute_activity_method(
+                RecordActivities.stop_dials,
+                LoadRunInput(self._input.run_id),
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=DB_RETRY,
             )
 
     def _hang_up_calls(self) -> None:
