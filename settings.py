@@ -29,6 +29,8 @@ class Settings(BaseSettings):
     TWILIO_ACCOUNT_SID: str = DEV_ACCOUNT_SID
     TWILIO_AUTH_TOKEN: SecretStr = SecretStr(DEV_AUTH_TOKEN)
     TWILIO_API_BASE_URL: str | None = None
+    # The secret of Twilio's webhook signing key, for accounts that sign with it (HMAC-SHA256).
+    TWILIO_WEBHOOK_SIGNING_KEY: SecretStr | None = None
     PUBLIC_BASE_URL: str = "http://127.0.0.1:8000"
     ADMIN_TOKEN: SecretStr = SecretStr(DEV_ADMIN_TOKEN)
     TWILIO_CALLS_PER_SECOND: float = 1.0

@@ -21,6 +21,7 @@ from telephony.twilio_client import (
     ACCOUNT_ERROR_CODES,
     BAD_NUMBER_CODES,
     NOT_IN_PROGRESS,
+    last_retry_after,
     status_callback_url,
 )
 
@@ -236,10 +237,18 @@ def _snapshot(call: CallInstance) -> CallSnapshot:
 
 
 def _classify(error: TwilioRestException) -> Exception:
-    """Turn a Twilio error into what the workflow should do: fail the lead, pause the run, or retry."""
+    """Turn a Twilio error into what the workflow should do: fail the lead, pause the run, or retry
+    (after Twilio's Retry-After, when it gave one)."""
     message = f"Twilio error {error.code}: {error.msg}"
     if error.code in BAD_NUMBER_CODES:
         return ApplicationError(message, error.code, error.msg, type=INVALID_NUMBER, non_retryable=True)
     if error.code in ACCOUNT_ERROR_CODES:
         return ApplicationError(message, error.code, error.msg, type=ACCOUNT_ERROR, non_retryable=True)
-    return ApplicationError(message, error.code, error.msg, type=f"TwilioHttp{error.status}")
+    retry_after = last_retry_after() if error.status == 429 else None
+    return ApplicationError(
+        message,
+        error.code,
+        error.msg,
+        type=f"TwilioHttp{error.status}",
+        next_retry_delay=timedelta(seconds=retry_after) if retry_after is not None else None,
+    )

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from contextvars import ContextVar
+from typing import Any
 from urllib.parse import urlencode
 
 from twilio.http.async_http_client import AsyncTwilioHttpClient
+from twilio.http.response import Response
 from twilio.rest import Client
 
 from settings import Settings
@@ -16,13 +19,39 @@ NOT_IN_PROGRESS = 21220
 TOO_MANY_REQUESTS = 20429
 
 
+# The Retry-After of the last 429 seen by the current task (each activity runs in its own task).
+_retry_after: ContextVar[float | None] = ContextVar("twilio_retry_after", default=None)
+
+
+class RateAwareHttpClient(AsyncTwilioHttpClient):
+    """The SDK's async HTTP client, remembering Retry-After from a 429 for the caller's backoff."""
+
+    async def request(self, *args: Any, **kwargs: Any) -> Response:
+        response: Response = await super().request(*args, **kwargs)
+        if response.status_code == 429:
+            _retry_after.set(_seconds(response.headers.get("Retry-After") if response.headers else None))
+        return response
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None
+
+
+def last_retry_after() -> float | None:
+    """Seconds Twilio asked us to wait after the last 429 in this task, if it said."""
+    return _retry_after.get()
+
+
 def create_twilio_client(settings: Settings) -> Client:
     """An async Twilio client. Call it inside a running event loop (aiohttp wants one).
 
     `max_retries` stays unset: the SDK's retrying client re-sends any request on a 5xx, and a
     re-sent POST to Calls can place the same call twice.
     """
-    http_client = AsyncTwilioHttpClient(timeout=20)
+    http_client = RateAwareHttpClient(timeout=10)
     client = Client(
         settings.TWILIO_ACCOUNT_SID,
         settings.TWILIO_AUTH_TOKEN.get_secret_value(),

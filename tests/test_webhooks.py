@@ -111,3 +111,20 @@ async def test_blank_fields_are_part_of_the_signature(stack: Stack) -> None:
     request = signed(stack, {"run": "0" * 32, "lead": 1, "attempt": 1}, callback("CA1", "completed", 1))
     del request["data"]["CalledCity"]  # dropping a blank field breaks the signature Twilio computed
     assert (await stack.http.post(**request)).status_code == 403
+
+
+async def test_webhooks_signed_with_hmac_sha256_are_accepted(stack: Stack) -> None:
+    """Twilio's newer signing names its algorithm in X-Twilio-Webhooks-Signature-Settings."""
+    query = {"run": "0" * 32, "lead": 1, "attempt": 1}
+    params = callback("CA1", "completed", 1)
+    url = f"{stack.settings.PUBLIC_BASE_URL}/v1/webhooks/twilio/call-status?{urlencode(query)}"
+    signature = RequestValidator(DEV_AUTH_TOKEN).compute_signature(url, params, algorithm="HMAC_SHA256")
+    headers = {
+        "X-Twilio-Signature": signature,
+        "X-Twilio-Webhooks-Signature-Settings": "algorithm=HMAC_SHA256",
+    }
+    assert (await stack.http.post(url, data=params, headers=headers)).status_code == 204
+    # The same signature claimed as SHA-1 does not pass.
+    assert (
+        await stack.http.post(url, data=params, headers={"X-Twilio-Signature": signature})
+    ).status_code == 403

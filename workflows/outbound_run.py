@@ -51,12 +51,14 @@ with workflow.unsafe.imports_passed_through():
     from workflows.run_book import LEAD_PAGE_SIZE, RunBook
 
 DB_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
+# Retried until DIAL_DEADLINE: a 429 was never processed and a 5xx or timeout is looked up before
+# dialing again, so a retry never places a second call.
 DIAL_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     maximum_interval=timedelta(seconds=30),
-    maximum_attempts=10,
     non_retryable_error_types=[INVALID_NUMBER, ACCOUNT_ERROR, RUN_CANCELLED],
 )
+DIAL_DEADLINE = timedelta(hours=1)
 # The API commits the run row just after starting the workflow; give it time to appear.
 LOAD_RUN_RETRY = RetryPolicy(
     initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=5), maximum_attempts=20
@@ -278,7 +280,8 @@ class OutboundRunWorkflow:
                     machine_detection=options.machine_detection,
                 ),
                 task_queue=dial_task_queue(workflow.info().task_queue),
-                start_to_close_timeout=timedelta(seconds=30),
+                start_to_close_timeout=timedelta(seconds=20),
+                schedule_to_close_timeout=DIAL_DEADLINE,
                 retry_policy=DIAL_RETRY,
                 summary=f"dial {call.phone[:5]}… (lead {call.lead_id}, attempt {call.attempt})",
             )
@@ -287,10 +290,16 @@ class OutboundRunWorkflow:
             code, message = None, str(cause or error)
             if isinstance(cause, ApplicationError) and cause.details:
                 code, message = cause.details[0], f"{cause.details[1]}"
-            never_placed = isinstance(cause, ApplicationError) and cause.type == RUN_CANCELLED
+            kind = cause.type if isinstance(cause, ApplicationError) else None
             workflow.logger.warning(
                 "dial failed", extra={"lead": call.lead_id, "attempt": call.attempt, "error": message}
             )
+            if kind == ACCOUNT_ERROR:
+                # Every dial would fail the same way: keep the lead, pause, and say why.
+                self._book.dial_refused(call.lead_id, call.attempt)
+                self.pause(PauseRequest(f"Twilio refused the call ({message}); fix the account, then resume"))
+                return
+            never_placed = kind == RUN_CANCELLED
             self._book.dial_failed(
                 call.lead_id, call.attempt, code, message, status="canceled" if never_placed else "failed"
             )

@@ -131,6 +131,13 @@ class RunBook:
             Outcome(lead_id, attempt, status, call.call_sid, error_code=code, error_message=message),
         )
 
+    def dial_refused(self, lead_id: int, attempt: int) -> None:
+        """Twilio refused the account, not the number: the lead waits, first in line, to be dialed
+        again with the same attempt (no call was placed)."""
+        call = self.calls.pop((lead_id, attempt), None)
+        if call is not None:
+            self.state.pending.insert(0, LeadRef(id=call.lead_id, phone=call.phone))
+
     def apply_status(self, event: CallStatusEvent, now: float) -> Outcome | None:
         """Apply a status callback. Duplicates, stale (reordered) callbacks and callbacks for
         calls this run no longer waits on change nothing. Returns the outcome on a terminal status."""

@@ -6,9 +6,10 @@ import logging
 
 from fastapi import APIRouter, HTTPException, Request, Response, status
 from temporalio.service import RPCError, RPCStatusCode
-from twilio.request_validator import RequestValidator
+from twilio.request_validator import SIGNATURE_SETTINGS_HEADER, RequestValidator, get_signature_algorithm
 
 from api.deps import SettingsDep, TemporalDep
+from settings import Settings
 from workflows.messages import CallStatusEvent
 from workflows.names import run_workflow_id
 
@@ -18,6 +19,20 @@ router = APIRouter(prefix="/v1/webhooks/twilio", tags=["webhooks"])
 
 def _int(value: str | None) -> int | None:
     return int(value) if value not in (None, "") else None
+
+
+def _signed_by_twilio(request: Request, settings: Settings, url: str, params: dict[str, str]) -> bool:
+    """Check X-Twilio-Signature. Accounts on Twilio's newer webhook signing say so in
+    X-Twilio-Webhooks-Signature-Settings: the algorithm is named there and the secret is the
+    account's webhook signing key; otherwise it is HMAC-SHA1 with the auth token."""
+    signature_settings = request.headers.get(SIGNATURE_SETTINGS_HEADER)
+    secret = settings.TWILIO_AUTH_TOKEN
+    algorithm = None
+    if signature_settings:
+        algorithm = get_signature_algorithm(signature_settings)
+        secret = settings.TWILIO_WEBHOOK_SIGNING_KEY or secret
+    validator = RequestValidator(secret.get_secret_value())
+    return bool(validator.validate(url, params, request.headers.get("X-Twilio-Signature", ""), algorithm))
 
 
 @router.post("/call-status", status_code=status.HTTP_204_NO_CONTENT)
@@ -30,8 +45,7 @@ async def call_status(request: Request, settings: SettingsDep, temporal: Tempora
     url = settings.PUBLIC_BASE_URL + request.url.path
     if request.url.query:
         url += "?" + request.url.query
-    validator = RequestValidator(settings.TWILIO_AUTH_TOKEN.get_secret_value())
-    if not validator.validate(url, params, request.headers.get("X-Twilio-Signature", "")):
+    if not _signed_by_twilio(request, settings, url, params):
         log.warning("webhook signature rejected", extra={"call_sid": params.get("CallSid")})
         raise HTTPException(status.HTTP_403_FORBIDDEN, "invalid X-Twilio-Signature")
 
