@@ -114,7 +114,9 @@ class Stack:
     sim: httpx.AsyncClient
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
+    api_port: int
     _worker_stop: Callable[[], Awaitable[None]] | None = None
+    _api_stop: Callable[[], Awaitable[None]] | None = None
     _processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @classmethod
@@ -131,21 +133,49 @@ class Stack:
         )
         engine = create_engine(database_url)
         async with (
-            serve(create_app(settings, temporal), api_port) as api_url,
-            httpx.AsyncClient(base_url=api_url, timeout=30) as http,
+            httpx.AsyncClient(base_url=settings.PUBLIC_BASE_URL, timeout=30) as http,
             httpx.AsyncClient(base_url=simulator_url, timeout=30) as sim,
         ):
-            stack = cls(settings, temporal, http, sim, engine, create_sessionmaker(engine))
+            stack = cls(settings, temporal, http, sim, engine, create_sessionmaker(engine), api_port)
             try:
+                await stack.start_api()
                 await stack.start_worker()
                 yield stack
             finally:
                 await stack.stop_worker()
+                await stack.stop_api()
                 for process in stack._processes:
                     if process.poll() is None:
                         process.kill()
                     process.wait()
                 await engine.dispose()
+
+    # The API
+
+    async def start_api(self) -> None:
+        """Serve the API on its port (again, after stop_api)."""
+        ready = asyncio.Event()
+        stopping = asyncio.Event()
+
+        async def run() -> None:
+            async with serve(create_app(self.settings, self.temporal), self.api_port):
+                ready.set()
+                await stopping.wait()
+
+        task = asyncio.create_task(run())
+        await ready.wait()
+
+        async def stop() -> None:
+            stopping.set()
+            await task
+
+        self._api_stop = stop
+
+    async def stop_api(self) -> None:
+        """Take the API down: webhooks to it fail as if it had crashed."""
+        if self._api_stop is not None:
+            stop, self._api_stop = self._api_stop, None
+            await stop()
 
     # Workers
 

@@ -1,0 +1,114 @@
+"""Twilio as it really behaves: lost, late, duplicated and ambiguous, and never a double dial."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from telephony.status import OUTCOME_BY_CALL_STATUS
+from tests.harness import Stack, new_number, wait_for
+
+# Quick reconciliation for tests: a quiet call is fetched within seconds, not minutes.
+QUICK_RECONCILE = {"reconcile_margin_seconds": 5, "call_time_limit_seconds": 10, "ring_timeout_seconds": 5}
+
+
+@pytest.fixture
+async def faults(stack: Stack) -> AsyncIterator[Any]:
+    """Set simulator faults for one test, and put the config back after it."""
+    before = (await stack.sim.get("/_sim/config")).json()
+    touched: set[str] = set()
+
+    async def inject(**knobs: Any) -> None:
+        touched.update(knobs)
+        response = await stack.sim.post("/_sim/config", json=knobs)
+        assert response.status_code == 200, response.text
+
+    yield inject
+    await stack.sim.post("/_sim/config", json={key: before[key] for key in touched})
+
+
+async def played_outcomes(stack: Stack, caller_id: str) -> dict[str, str]:
+    """What the carrier says happened to each number called from this caller ID."""
+    return {c["to"]: OUTCOME_BY_CALL_STATUS[c["status"]] for c in await stack.sim_calls(caller_id)}
+
+
+async def recorded_outcomes(stack: Stack, run_id: str) -> dict[str, str]:
+    return {lead.phone: lead.status for lead in await stack.leads(run_id)}
+
+
+async def test_a_5xx_after_the_call_was_created_does_not_dial_twice(stack: Stack, faults: Any) -> None:
+    await faults(create_5xx_after_create_rate=0.4, seed=11)
+    business = await stack.create_business(cap=3)
+    phones = [new_number() for _ in range(12)]
+    await stack.force_outcomes({p: ("completed", "busy")[i % 2] for i, p in enumerate(phones)})
+    before = (await stack.sim.get("/_sim/stats")).json()["faults"]["create_5xx_after_create"]
+    run_id = await stack.start_run(business, phones)
+
+    run = await stack.wait_run_ends(business, run_id)
+    assert run["status"] == "completed"
+    injected = (await stack.sim.get("/_sim/stats")).json()["faults"]["create_5xx_after_create"] - before
+    assert injected > 0, "the fault was never injected, so this test proved nothing"
+    sim_calls = await stack.sim_calls(business.caller_id)
+    assert Counter(c["to"] for c in sim_calls) == Counter(phones)  # exactly one call each
+    assert await recorded_outcomes(stack, run_id) == await played_outcomes(stack, business.caller_id)
+    attempts = await stack.attempts(run_id)
+    assert {a.call_sid for a in attempts} == {c["sid"] for c in sim_calls}
+
+
+async def test_duplicated_reordered_and_dropped_callbacks(stack: Stack, faults: Any) -> None:
+    await faults(duplicate_callback_rate=0.2, reorder_callback_rate=0.1, drop_callback_rate=0.05, seed=5)
+    business = await stack.create_business(cap=3)
+    phones = [new_number() for _ in range(50)]
+    statuses = ["completed", "busy", "no-answer", "failed"]
+    await stack.force_outcomes({p: statuses[i % 4] for i, p in enumerate(phones)})
+    callbacks_before = (await stack.sim.get("/_sim/stats")).json()["callbacks"]
+    run_id = await stack.start_run(business, phones, options=QUICK_RECONCILE)
+
+    run = await stack.wait_run_ends(business, run_id, within=120)
+    assert run["status"] == "completed"
+    callbacks = (await stack.sim.get("/_sim/stats")).json()["callbacks"]
+    assert callbacks["duplicated"] > callbacks_before["duplicated"]
+    assert await recorded_outcomes(stack, run_id) == await played_outcomes(stack, business.caller_id)
+    assert Counter(c["to"] for c in await stack.sim_calls(business.caller_id)) == Counter(phones)
+    assert await stack.peak_concurrency([business.caller_id]) <= 3
+    assert run["progress"]["done"] == 50
+
+
+async def test_the_api_down_for_30_seconds_while_calls_finish(stack: Stack) -> None:
+    business = await stack.create_business(cap=3)
+    phones = [new_number() for _ in range(6)]
+    await stack.force_outcomes({p: ("completed", "no-answer")[i % 2] for i, p in enumerate(phones)})
+    run_id = await stack.start_run(business, phones, options=QUICK_RECONCILE)
+
+    async def calls_under_way() -> bool:
+        return len(await stack.sim_calls(business.caller_id)) >= 3
+
+    await wait_for(calls_under_way, within=30, what="calls to be placed")
+    failed_before = (await stack.sim.get("/_sim/stats")).json()["callbacks"]["failed"]
+    await stack.stop_api()
+    await asyncio.sleep(30)  # the outage itself: every callback in this window is lost
+    await stack.start_api()
+    lost = (await stack.sim.get("/_sim/stats")).json()["callbacks"]["failed"] - failed_before
+    assert lost > 0, "no callback hit the outage, so this test proved nothing"
+
+    run = await stack.wait_run_ends(business, run_id, within=60)
+    assert run["status"] == "completed"
+    assert await recorded_outcomes(stack, run_id) == await played_outcomes(stack, business.caller_id)
+    assert Counter(c["to"] for c in await stack.sim_calls(business.caller_id)) == Counter(phones)
+
+
+async def test_answering_machine_detection_is_kept_on_the_attempt(stack: Stack) -> None:
+    business = await stack.create_business(cap=3)
+    phones = [new_number() for _ in range(4)]
+    await stack.force_outcomes(dict.fromkeys(phones, "completed"))
+    run_id = await stack.start_run(business, phones, options={"machine_detection": True})
+    run = await stack.wait_run_ends(business, run_id)
+    assert run["status"] == "completed"
+    calls = (await stack.http.get(f"/v1/runs/{run_id}/calls", headers=business.headers)).json()
+    by_sid = {c["sid"]: c["answered_by"] for c in await stack.sim_calls(business.caller_id)}
+    assert all(c["answered_by"] for c in calls)
+    assert {c["call_sid"]: c["answered_by"] for c in calls} == by_sid
