@@ -15,7 +15,7 @@ from twilio.base.exceptions import TwilioRestException
 from twilio.rest import Client
 from twilio.rest.api.v2010.account.call import CallInstance
 
-from db.models import CallAttempt, Run, utcnow
+from db.models import CallAttempt, DoNotCall, Run, utcnow
 from db.upsert import insert_ignoring_conflict
 from telephony.twilio_client import (
     ACCOUNT_ERROR_CODES,
@@ -28,6 +28,7 @@ from telephony.twilio_client import (
 log = logging.getLogger(__name__)
 
 INVALID_NUMBER = "InvalidNumber"
+DO_NOT_CALL = "DoNotCall"
 RUN_CANCELLED = "RunCancelled"
 ACCOUNT_ERROR = "TwilioAccountError"
 # Only what changes a decision: answered (the call may now last up to its time limit) and the end.
@@ -47,6 +48,7 @@ class DialInput:
     ring_timeout_seconds: int = 30
     call_time_limit_seconds: int = 3600
     machine_detection: bool = False
+    business_id: str = ""
 
 
 @dataclass
@@ -118,6 +120,15 @@ class DialingActivities:
                     "the run was cancelled before this call was placed",
                     type=RUN_CANCELLED,
                     non_retryable=True,
+                )
+            suppressed = await session.scalar(
+                select(DoNotCall.id).where(
+                    DoNotCall.business_id == input.business_id, DoNotCall.phone == input.to
+                )
+            )
+            if suppressed is not None:
+                raise ApplicationError(
+                    f"{input.to} is on the business's do-not-call list", type=DO_NOT_CALL, non_retryable=True
                 )
             try:
                 call = await self.twilio.calls.create_async(

@@ -11,7 +11,8 @@ from temporalio.exceptions import ApplicationError
 
 from db.models import Business, CallAttempt, Lead, Run, utcnow
 from db.upsert import insert_ignoring_conflict
-from telephony.status import LEAD_QUEUED, outcome_for
+from telephony.status import LEAD_QUEUED, LEAD_RETRYING, outcome_for
+from telephony.zones import lead_zones
 from workflows.messages import LeadRef, Outcome
 
 RUN_NOT_FOUND = "RunNotFound"
@@ -90,15 +91,26 @@ class RecordActivities:
 
     @activity.defn
     async def load_leads(self, input: LoadLeadsInput) -> LoadLeadsOutput:
-        """A page of the run's leads after the cursor, in upload order."""
+        """A page of the run's leads after the cursor, in upload order, each with the time zones
+        its calling window is read in."""
         async with self.sessions() as session:
+            fallback = await session.scalar(
+                select(Business.timezone)
+                .join(Run, Run.business_id == Business.id)
+                .where(Run.id == input.run_id)
+            )
             rows = await session.execute(
-                select(Lead.id, Lead.phone)
+                select(Lead.id, Lead.phone, Lead.timezone)
                 .where(Lead.run_id == input.run_id, Lead.id > input.after_lead_id)
                 .order_by(Lead.id)
                 .limit(input.limit)
             )
-            return LoadLeadsOutput([LeadRef(id=lead_id, phone=phone) for lead_id, phone in rows])
+            return LoadLeadsOutput(
+                [
+                    LeadRef(id=lead_id, phone=phone, zones=lead_zones(phone, timezone, fallback))
+                    for lead_id, phone, timezone in rows
+                ]
+            )
 
     @activity.defn
     async def record_outcomes(self, input: RecordOutcomesInput) -> None:
@@ -128,9 +140,8 @@ class RecordActivities:
                     )
                     .values(**values)
                 )
-                await session.execute(
-                    update(Lead).where(Lead.id == o.lead_id).values(status=outcome_for(o.status))
-                )
+                lead_status = outcome_for(o.status) if o.final else LEAD_RETRYING
+                await session.execute(update(Lead).where(Lead.id == o.lead_id).values(status=lead_status))
 
     @activity.defn
     async def stop_dials(self, input: LoadRunInput) -> None:
@@ -152,7 +163,7 @@ class RecordActivities:
                 values["finished_at"] = func.coalesce(Run.finished_at, utcnow())
                 await session.execute(
                     update(Lead)
-                    .where(Lead.run_id == input.run_id, Lead.status == LEAD_QUEUED)
+                    .where(Lead.run_id == input.run_id, Lead.status.in_([LEAD_QUEUED, LEAD_RETRYING]))
                     .values(status="cancelled")
                 )
             await session.execute(update(Run).where(Run.id == input.run_id).values(**values))

@@ -7,7 +7,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.schemas import Progress
 from db.models import CallAttempt, Lead, Run
-from telephony.status import OUTCOMES, TERMINAL_CALL_STATUSES
+from telephony.status import FINAL_ATTEMPT_STATUSES, LEAD_RETRYING, OUTCOMES
 from workflows.messages import RunProgress
 
 
@@ -23,7 +23,7 @@ async def progress_from_database(session: AsyncSession, run: Run) -> Progress:
     live = (
         await session.execute(
             select(CallAttempt.call_sid.is_not(None), func.count())
-            .where(CallAttempt.run_id == run.id, CallAttempt.status.not_in(TERMINAL_CALL_STATUSES))
+            .where(CallAttempt.run_id == run.id, CallAttempt.status.not_in(FINAL_ATTEMPT_STATUSES))
             .group_by(CallAttempt.call_sid.is_not(None))
         )
     ).all()
@@ -31,11 +31,13 @@ async def progress_from_database(session: AsyncSession, run: Run) -> Progress:
     dialing = sum(count for has_sid, count in live if not has_sid)
     outcomes = {name: lead_counts.get(name, 0) for name in OUTCOMES}
     done = sum(outcomes.values())
+    retry_waiting = lead_counts.get(LEAD_RETRYING, 0)
     return Progress(
         total=run.total_leads,
-        queued=max(0, run.total_leads - done - in_flight - dialing),
+        queued=max(0, run.total_leads - done - in_flight - dialing - retry_waiting),
         dialing=dialing,
         in_flight=in_flight,
+        retry_waiting=retry_waiting,
         done=done,
         outcomes=outcomes,
     )
@@ -48,6 +50,8 @@ def progress_from_workflow(progress: RunProgress) -> Progress:
         queued=progress.queued,
         dialing=progress.dialing,
         in_flight=progress.in_flight,
+        retry_waiting=progress.retry_waiting,
+        window_waiting=progress.window_waiting,
         done=progress.done,
         outcomes=progress.outcomes,
     )

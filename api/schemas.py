@@ -6,9 +6,13 @@ from datetime import datetime
 from typing import Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from api.phones import InvalidPhone, to_e164
+from workflows.calling_window import ALL_DAYS, CallingWindow, opens_ever
+from workflows.messages import RETRY_ON_DEFAULT
+
+RETRYABLE_OUTCOMES = ("busy", "no_answer", "failed", "answered")
 
 
 def _e164(value: str) -> str:
@@ -28,6 +32,24 @@ def _zone(value: str | None) -> str | None:
     return value
 
 
+class CallingWindowIn(BaseModel):
+    """Local hours when a lead may be called, in the called party's time zone."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    start: str = Field(default="08:00", pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+    end: str = Field(default="21:00", pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$|^24:00$")
+    days: list[int] = Field(default_factory=lambda: list(ALL_DAYS), description="0 is Monday, 6 is Sunday.")
+
+    @model_validator(mode="after")
+    def _opens(self) -> CallingWindowIn:
+        if any(day not in ALL_DAYS for day in self.days):
+            raise ValueError(f"days must be between 0 (Monday) and 6 (Sunday), got {self.days}")
+        if not opens_ever(CallingWindow(self.start, self.end, self.days)):
+            raise ValueError(f"the calling window {self.start}-{self.end} on days {self.days} never opens")
+        return self
+
+
 class BusinessCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -35,6 +57,9 @@ class BusinessCreate(BaseModel):
     caller_id: Annotated[str, AfterValidator(_e164)] = Field(description="The Twilio `From` number, E.164.")
     max_concurrent_calls: int = Field(default=3, ge=1, le=100)
     timezone: Annotated[str | None, AfterValidator(_zone)] = None
+    calling_window: CallingWindowIn | None = Field(
+        default=None, description="Default window for the business's runs (08:00-21:00 every day if unset)."
+    )
 
 
 class BusinessPublic(BaseModel):
@@ -54,18 +79,39 @@ class LeadIn(BaseModel):
 
     phone: str = Field(max_length=40)
     name: str | None = Field(default=None, max_length=200)
+    timezone: Annotated[str | None, AfterValidator(_zone)] = Field(
+        default=None, description="The lead's time zone, when the number does not tell it."
+    )
 
 
 class RunOptionsIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    max_attempts: int = Field(default=1, ge=1, le=1, description="Attempts per lead; retries come later.")
+    max_attempts: int = Field(default=1, ge=1, le=10, description="Calls per lead at most.")
+    retry_delay_seconds: int = Field(default=3600, ge=60, le=7 * 86400)
+    retry_backoff: float = Field(
+        default=1.0, ge=1.0, le=10.0, description="Each retry waits this much longer."
+    )
+    retry_on: list[str] = Field(
+        default_factory=lambda: list(RETRY_ON_DEFAULT), description="Outcomes that retry."
+    )
+    calling_window: CallingWindowIn | None = Field(
+        default=None, description="The business's window if unset."
+    )
     ring_timeout_seconds: int = Field(default=30, ge=5, le=600)
     call_time_limit_seconds: int = Field(default=3600, ge=10, le=14400)
     hang_up_on_cancel: bool = True
     machine_detection: bool = False
     twiml: str | None = Field(default=None, max_length=4000)
     reconcile_margin_seconds: int = Field(default=60, ge=5, le=3600)
+
+    @field_validator("retry_on")
+    @classmethod
+    def _known_outcomes(cls, names: list[str]) -> list[str]:
+        unknown = [name for name in names if name not in RETRYABLE_OUTCOMES]
+        if unknown:
+            raise ValueError(f"unknown outcomes {unknown}; choose from {list(RETRYABLE_OUTCOMES)}")
+        return names
 
 
 class RunCreate(BaseModel):
@@ -87,6 +133,8 @@ class Progress(BaseModel):
     queued: int
     dialing: int
     in_flight: int
+    retry_waiting: int = 0
+    window_waiting: int = 0
     done: int
     outcomes: dict[str, int]
 

@@ -55,6 +55,8 @@ class Business(Base):
     caller_id: Mapped[str] = mapped_column(String(20))
     max_concurrent_calls: Mapped[int] = mapped_column(Integer, default=3)
     timezone: Mapped[str | None] = mapped_column(String(64))
+    # Default calling window for the business's runs: {"start": "08:00", "end": "21:00", "days": [0..6]}.
+    calling_window: Mapped[dict[str, Any] | None]
     api_key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -88,6 +90,8 @@ class Lead(Base):
     phone: Mapped[str] = mapped_column(String(20))
     name: Mapped[str | None] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(16), default="queued")
+    # The called party's time zone, when the uploader knows better than the number.
+    timezone: Mapped[str | None] = mapped_column(String(64))
 
 
 class CallAttempt(Base):
@@ -108,3 +112,15 @@ class CallAttempt(Base):
     error_message: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class DoNotCall(Base):
+    """A number a business must not call; checked at dial time."""
+
+    __tablename__ = "do_not_call"
+    __table_args__ = (UniqueConstraint("business_id", "phone", name="uq_do_not_call_business_phone"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    business_id: Mapped[str] = mapped_column(ForeignKey("businesses.id"))
+    phone: Mapped[str] = mapped_column(String(20))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

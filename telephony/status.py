@@ -6,6 +6,9 @@ from __future__ import annotations
 TERMINAL_CALL_STATUSES = frozenset({"completed", "busy", "no-answer", "failed", "canceled"})
 CALL_STATUSES = frozenset({"queued", "initiated", "ringing", "in-progress"}) | TERMINAL_CALL_STATUSES
 
+# An attempt that was never dialed because the number is on the business's do-not-call list.
+SKIPPED_DNC = "skipped_dnc"
+
 # A lead's outcome, named for the person running the campaign.
 OUTCOME_BY_CALL_STATUS = {
     "completed": "answered",
@@ -13,12 +16,15 @@ OUTCOME_BY_CALL_STATUS = {
     "no-answer": "no_answer",
     "failed": "failed",
     "canceled": "cancelled",
+    SKIPPED_DNC: "skipped_dnc",
 }
-OUTCOMES = ("answered", "busy", "no_answer", "failed", "cancelled")
+OUTCOMES = ("answered", "busy", "no_answer", "failed", "cancelled", "skipped_dnc")
+# Attempt statuses after which nothing more happens to the attempt.
+FINAL_ATTEMPT_STATUSES = TERMINAL_CALL_STATUSES | {SKIPPED_DNC}
 
 # Lead states before an outcome is known.
 LEAD_QUEUED = "queued"
-LEAD_DIALING = "dialing"
+LEAD_RETRYING = "retrying"
 
 
 def is_terminal(call_status: str) -> bool:

@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
+from workflows.calling_window import CallingWindow
 from workflows.messages import CallStatusEvent, LeadRef, RunCarryOver, RunOptions
 from workflows.run_book import RunBook
 
+ALWAYS = CallingWindow("00:00", "24:00")
 
-def book_with_leads(count: int, lines: int = 3) -> RunBook:
-    book = RunBook(count, RunOptions(), RunCarryOver())
+
+def book_with_leads(count: int, lines: int = 3, **options: object) -> RunBook:
+    book = RunBook(count, RunOptions(**({"calling_window": ALWAYS} | options)), RunCarryOver())  # type: ignore[arg-type]
     book.add_leads([LeadRef(id=i, phone=f"+1415555{i:04d}") for i in range(1, count + 1)], page_size=200)
     book.grant(seq=1, count=lines)
     return book
 
 
-def status(lead: int, sid: str, call_status: str, seq: int | None = None) -> CallStatusEvent:
-    return CallStatusEvent(lead_id=lead, attempt=1, call_sid=sid, status=call_status, sequence_number=seq)
+def status(
+    lead: int, sid: str, call_status: str, seq: int | None = None, attempt: int = 1
+) -> CallStatusEvent:
+    return CallStatusEvent(
+        lead_id=lead, attempt=attempt, call_sid=sid, status=call_status, sequence_number=seq
+    )
 
 
 def test_dials_only_on_free_lines() -> None:
@@ -102,3 +111,72 @@ def test_a_recalled_line_is_not_dialed_on_again() -> None:
     book.apply_status(status(first.lead_id, "CA1", "completed"), 1)
     assert book.next_dial(2) is None
     assert book.lines_to_give_back(dialing_allowed=True) == 1
+
+
+def test_a_busy_lead_is_retried_after_the_delay_without_holding_a_line() -> None:
+    book = book_with_leads(1, lines=1, max_attempts=2, retry_delay_seconds=3600)
+    call = book.next_dial(0)
+    assert call is not None
+    outcome = book.apply_status(status(call.lead_id, "CA1", "busy"), 10)
+    assert outcome is not None and not outcome.final
+    progress = book.progress("running")
+    assert (progress.retry_waiting, progress.done, progress.outcomes["busy"]) == (1, 0, 0)
+    assert book.lines_wanted(dialing_allowed=True) == 0  # waiting holds no line
+    assert book.next_due() == 3610
+    assert book.release_due(3609) == 0
+    assert book.release_due(3610) == 1
+    retry = book.next_dial(3610)
+    assert retry is not None and retry.attempt == 2
+    final = book.apply_status(status(retry.lead_id, "CA2", "completed", attempt=2), 3700)
+    assert final is not None and final.final
+    assert book.finished
+    assert book.progress("completed").outcomes == {
+        **dict.fromkeys(book.progress("x").outcomes, 0),
+        "answered": 1,
+    }
+
+
+def test_retries_stop_at_max_attempts_and_only_for_chosen_outcomes() -> None:
+    book = book_with_leads(2, lines=2, max_attempts=2, retry_on=["busy"])
+    first, second = book.next_dial(0), book.next_dial(0)
+    assert first is not None and second is not None
+    assert book.apply_status(status(first.lead_id, "CA1", "no-answer"), 1).final  # type: ignore[union-attr]
+    assert not book.apply_status(status(second.lead_id, "CA2", "busy"), 1).final  # type: ignore[union-attr]
+    book.release_due(10_000)
+    again = book.next_dial(10_000)
+    assert again is not None and again.attempt == 2
+    assert book.apply_status(status(again.lead_id, "CA3", "busy", attempt=2), 10_001).final  # type: ignore[union-attr]
+    assert book.finished
+
+
+def test_a_lead_outside_its_window_waits_and_others_go_on() -> None:
+    book = RunBook(2, RunOptions(), RunCarryOver())  # 08:00-21:00 every day
+    book.grant(1, 2)
+    now = datetime(2026, 11, 28, 3, 0, tzinfo=UTC).timestamp()  # 22:00 in New York, 04:00 in Paris
+    book.add_leads(
+        [
+            LeadRef(1, "+12125551234", zones=["America/New_York"]),
+            LeadRef(2, "+33612345678", zones=["Europe/Paris"]),
+        ],
+        page_size=200,
+    )
+    call = book.next_dial(now)
+    assert call is None  # both closed: New York until 08:00 local, Paris until 08:00 local
+    assert book.progress("running").window_waiting == 2
+    paris_opens = datetime(2026, 11, 28, 7, 0, tzinfo=UTC).timestamp()
+    assert book.next_due() == paris_opens
+    book.release_due(paris_opens)
+    call = book.next_dial(paris_opens)
+    assert call is not None and call.lead_id == 2
+    new_york_opens = datetime(2026, 11, 28, 13, 0, tzinfo=UTC).timestamp()
+    assert book.next_due() == new_york_opens
+
+
+def test_cancel_also_ends_leads_waiting_on_timers() -> None:
+    book = book_with_leads(2, lines=1, max_attempts=3)
+    call = book.next_dial(0)
+    assert call is not None
+    book.apply_status(status(call.lead_id, "CA1", "busy"), 1)
+    assert book.cancel_undialed() == 2
+    assert book.finished
+    assert book.progress("cancelled").outcomes["cancelled"] == 2

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from workflows.calling_window import CallingWindow
+
+RETRY_ON_DEFAULT = ("busy", "no_answer", "failed")
+
 
 @dataclass
 class RunOptions:
@@ -18,6 +22,10 @@ class RunOptions:
     twiml: str = "<Response><Say>Hello. This is a call from your outbound campaign.</Say></Response>"
     # Ask Twilio for a call's status when it has sent nothing for this long past the expected time.
     reconcile_margin_seconds: int = 60
+    retry_delay_seconds: int = 3600
+    retry_backoff: float = 1.0
+    retry_on: list[str] = field(default_factory=lambda: list(RETRY_ON_DEFAULT))
+    calling_window: CallingWindow = field(default_factory=CallingWindow)
 
 
 @dataclass
@@ -26,6 +34,18 @@ class LeadRef:
 
     id: int
     phone: str
+    attempt: int = 1
+    # The called party's time zones (several when the number does not say which).
+    zones: list[str] = field(default_factory=list)
+
+
+@dataclass
+class WaitingLead:
+    """A lead waiting on a timer: for its retry, or for its calling window to open."""
+
+    lead: LeadRef
+    due: float  # epoch seconds, workflow time
+    reason: str  # "retry" or "window"
 
 
 @dataclass
@@ -36,6 +56,7 @@ class InFlightCall:
     phone: str
     attempt: int
     call_sid: str | None = None
+    zones: list[str] = field(default_factory=list)
     status: str = "dialing"
     sequence_number: int = -1
     answered: bool = False
@@ -69,6 +90,8 @@ class Outcome:
     answered_by: str | None = None
     error_code: int | None = None
     error_message: str | None = None
+    # False when the lead will be tried again: the attempt is recorded, the lead is not done.
+    final: bool = True
 
 
 @dataclass
@@ -80,6 +103,8 @@ class RunProgress:
     queued: int = 0
     dialing: int = 0
     in_flight: int = 0
+    retry_waiting: int = 0
+    window_waiting: int = 0
     done: int = 0
     outcomes: dict[str, int] = field(default_factory=dict)
     status_reason: str | None = None
@@ -140,6 +165,7 @@ class RunCarryOver:
     next_lead_cursor: int = 0
     leads_exhausted: bool = False
     pending: list[LeadRef] = field(default_factory=list)
+    waiting: list[WaitingLead] = field(default_factory=list)
     in_flight: list[InFlightCall] = field(default_factory=list)
     unrecorded: list[Outcome] = field(default_factory=list)
     outcomes: dict[str, int] = field(default_factory=dict)

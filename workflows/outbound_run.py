@@ -14,6 +14,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 with workflow.unsafe.imports_passed_through():
     from activities.dialing import (
         ACCOUNT_ERROR,
+        DO_NOT_CALL,
         INVALID_NUMBER,
         RUN_CANCELLED,
         CallSnapshot,
@@ -32,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
         RunFacts,
         SetRunStatusInput,
     )
+    from telephony.status import SKIPPED_DNC
     from workflows.messages import (
         CallStatusEvent,
         CancelRequest,
@@ -56,7 +58,7 @@ DB_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=t
 DIAL_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     maximum_interval=timedelta(seconds=30),
-    non_retryable_error_types=[INVALID_NUMBER, ACCOUNT_ERROR, RUN_CANCELLED],
+    non_retryable_error_types=[INVALID_NUMBER, ACCOUNT_ERROR, RUN_CANCELLED, DO_NOT_CALL],
 )
 DIAL_DEADLINE = timedelta(hours=1)
 # The API commits the run row just after starting the workflow; give it time to appear.
@@ -167,8 +169,11 @@ class OutboundRunWorkflow:
             raise
         self._facts = facts
         self._book.total = facts.total_leads
-        # Not one of self._tasks: it sleeps for as long as calls are in flight.
-        reconciler = asyncio.create_task(self._reconcile_quiet_calls())
+        # Not among self._tasks: these sleep on timers for as long as there is something to wait for.
+        timers = [
+            asyncio.create_task(self._reconcile_quiet_calls()),
+            asyncio.create_task(self._wake_waiting_leads()),
+        ]
 
         try:
             await self._dial_until_done()
@@ -176,7 +181,8 @@ class OutboundRunWorkflow:
             # A cancel request from the Temporal Web UI or CLI is handled like the `cancel` signal.
             self.cancel(CancelRequest("cancelled from Temporal"))
             await self._dial_until_done()
-        reconciler.cancel()
+        for timer in timers:
+            timer.cancel()
         return await self._finish()
 
     async def _dial_until_done(self) -> None:
@@ -188,8 +194,10 @@ class OutboundRunWorkflow:
                 book.cancel_undialed()
                 await self._stop_dials()
                 self._hang_up_calls()
-            elif book.needs_leads():
-                await self._load_leads()
+            else:
+                book.release_due(workflow.time())
+                if book.needs_leads():
+                    await self._load_leads()
 
             dialing_allowed = not cancelled and not self._paused
             while dialing_allowed and (call := book.next_dial(workflow.time())) is not None:
@@ -278,6 +286,7 @@ class OutboundRunWorkflow:
                     ring_timeout_seconds=options.ring_timeout_seconds,
                     call_time_limit_seconds=options.call_time_limit_seconds,
                     machine_detection=options.machine_detection,
+                    business_id=self._facts.business_id,
                 ),
                 task_queue=dial_task_queue(workflow.info().task_queue),
                 start_to_close_timeout=timedelta(seconds=20),
@@ -299,10 +308,8 @@ class OutboundRunWorkflow:
                 self._book.dial_refused(call.lead_id, call.attempt)
                 self.pause(PauseRequest(f"Twilio refused the call ({message}); fix the account, then resume"))
                 return
-            never_placed = kind == RUN_CANCELLED
-            self._book.dial_failed(
-                call.lead_id, call.attempt, code, message, status="canceled" if never_placed else "failed"
-            )
+            status = {RUN_CANCELLED: "canceled", DO_NOT_CALL: SKIPPED_DNC}.get(kind or "", "failed")
+            self._book.dial_failed(call.lead_id, call.attempt, code, message, workflow.time(), status)
         else:
             self._book.dial_placed(
                 call.lead_id, call.attempt, placed.call_sid, placed.status, workflow.time()
@@ -355,6 +362,32 @@ class OutboundRunWorkflow:
             )
         finally:
             self._recording = False
+
+    async def _wake_waiting_leads(self) -> None:
+        """One timer, for the earliest lead waiting on a retry or its calling window. A lead that
+        waits holds no line."""
+        while True:
+            await workflow.wait_condition(lambda: self._book.next_due() is not None)
+            armed_for = self._book.next_due()
+            assert armed_for is not None
+
+            def earlier_lead(armed_for: float = armed_for) -> bool:
+                due = self._book.next_due()
+                return due is not None and due < armed_for
+
+            def released(armed_for: float = armed_for) -> bool:
+                due = self._book.next_due()
+                return due is None or due > armed_for
+
+            try:
+                await workflow.wait_condition(
+                    earlier_lead,
+                    timeout=max(0.0, armed_for - workflow.time()),
+                    timeout_summary="next lead due",
+                )
+            except TimeoutError:
+                self._wake = True
+                await workflow.wait_condition(released)
 
     async def _reconcile_quiet_calls(self) -> None:
         """Every margin, fetch calls Twilio has been quiet about for too long and apply the answer."""

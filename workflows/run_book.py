@@ -1,12 +1,15 @@
 """A run's bookkeeping as plain state: leads waiting, calls holding lines, outcomes to record.
 
-OutboundRunWorkflow orchestrates; every decision about what a status means, whether to dial or
-give a line back, and what progress to show lives here, where unit tests can drive it.
+OutboundRunWorkflow orchestrates; every decision about what a status means, whether to dial, retry
+or give a line back, and what progress to show lives here, where unit tests can drive it.
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from telephony.status import OUTCOMES, is_terminal, outcome_for
+from workflows.calling_window import next_open
 from workflows.messages import (
     CallStatusEvent,
     InFlightCall,
@@ -15,9 +18,12 @@ from workflows.messages import (
     RunCarryOver,
     RunOptions,
     RunProgress,
+    WaitingLead,
 )
 
 LEAD_PAGE_SIZE = 200
+# Leads parked on timers are workflow state; past this many, paging waits for some to be dialed.
+MAX_WAITING = 2000
 
 
 class RunBook:
@@ -33,7 +39,11 @@ class RunBook:
 
     def needs_leads(self) -> bool:
         """Whether to page more leads in: the buffer runs low and the database has more."""
-        return not self.state.leads_exhausted and len(self.state.pending) < LEAD_PAGE_SIZE // 2
+        return (
+            not self.state.leads_exhausted
+            and len(self.state.pending) < LEAD_PAGE_SIZE // 2
+            and len(self.state.waiting) < MAX_WAITING
+        )
 
     def add_leads(self, leads: list[LeadRef], page_size: int) -> None:
         """Append a page of leads read after the cursor."""
@@ -45,8 +55,13 @@ class RunBook:
 
     @property
     def undialed(self) -> int:
-        """Leads with no outcome and no call in flight."""
+        """Leads with no outcome and no call in flight (waiting ones included)."""
         return self.total - self.state.done - len(self.calls)
+
+    @property
+    def ready(self) -> int:
+        """Leads that could be dialed now if there were lines: not in flight, not on a timer."""
+        return self.undialed - len(self.state.waiting)
 
     # Lines
 
@@ -64,8 +79,8 @@ class RunBook:
         return usable - len(self.calls)
 
     def lines_wanted(self, dialing_allowed: bool) -> int:
-        """How many lines this run could use now."""
-        return len(self.calls) + (self.undialed if dialing_allowed else 0)
+        """How many lines this run could use now. Leads on timers hold none."""
+        return len(self.calls) + (self.ready if dialing_allowed else 0)
 
     def lines_to_give_back(self, dialing_allowed: bool) -> int:
         """Free lines the run should return: more than it can use, or more than the gate allows."""
@@ -98,16 +113,37 @@ class RunBook:
         """Record lines given back to the gate."""
         self.state.lines_held -= count
 
+    # Timers
+
+    def next_due(self) -> float | None:
+        """When the next waiting lead's timer fires."""
+        return min((w.due for w in self.state.waiting), default=None)
+
+    def release_due(self, now: float) -> int:
+        """Move leads whose timer has fired to the front of the line, earliest first."""
+        due = sorted((w for w in self.state.waiting if w.due <= now), key=lambda w: w.due)
+        if due:
+            self.state.waiting = [w for w in self.state.waiting if w.due > now]
+            self.state.pending[:0] = [w.lead for w in due]
+        return len(due)
+
     # Dialing
 
     def next_dial(self, now: float) -> InFlightCall | None:
-        """Take the next lead onto a free line, or None when there is no line or no lead."""
-        if self.dialable_lines <= 0 or not self.state.pending:
-            return None
-        lead = self.state.pending.pop(0)
-        call = InFlightCall(lead_id=lead.id, phone=lead.phone, attempt=1, last_news_at=now)
-        self.calls[(call.lead_id, call.attempt)] = call
-        return call
+        """Take the next lead onto a free line, or None when there is no line or no lead. A lead
+        outside its calling window is parked until the window opens, and the next one is tried."""
+        while self.dialable_lines > 0 and self.state.pending:
+            lead = self.state.pending.pop(0)
+            opens = next_open(self.options.calling_window, lead.zones, datetime.fromtimestamp(now, UTC))
+            if opens is not None:
+                self.state.waiting.append(WaitingLead(lead, opens.timestamp(), "window"))
+                continue
+            call = InFlightCall(
+                lead_id=lead.id, phone=lead.phone, attempt=lead.attempt, zones=lead.zones, last_news_at=now
+            )
+            self.calls[(call.lead_id, call.attempt)] = call
+            return call
+        return None
 
     def dial_placed(self, lead_id: int, attempt: int, call_sid: str, status: str, now: float) -> None:
         """The create-call returned: the call exists and has a SID."""
@@ -120,23 +156,22 @@ class RunBook:
         call.last_news_at = now
 
     def dial_failed(
-        self, lead_id: int, attempt: int, code: int | None, message: str, status: str = "failed"
+        self, lead_id: int, attempt: int, code: int | None, message: str, now: float, status: str = "failed"
     ) -> Outcome | None:
-        """The create-call failed for good: no call exists, the lead ends `status`, the line is free."""
+        """The create-call failed for good: no call exists, the lead ends `status` (it is not
+        retried: the number or the lead is the problem), and the line is free."""
         call = self.calls.get((lead_id, attempt))
         if call is None:
             return None
-        return self._finish(
-            call,
-            Outcome(lead_id, attempt, status, call.call_sid, error_code=code, error_message=message),
-        )
+        outcome = Outcome(lead_id, attempt, status, call.call_sid, error_code=code, error_message=message)
+        return self._finish(call, outcome, now, retry=False)
 
     def dial_refused(self, lead_id: int, attempt: int) -> None:
         """Twilio refused the account, not the number: the lead waits, first in line, to be dialed
         again with the same attempt (no call was placed)."""
         call = self.calls.pop((lead_id, attempt), None)
         if call is not None:
-            self.state.pending.insert(0, LeadRef(id=call.lead_id, phone=call.phone))
+            self.state.pending.insert(0, LeadRef(call.lead_id, call.phone, call.attempt, call.zones))
 
     def apply_status(self, event: CallStatusEvent, now: float) -> Outcome | None:
         """Apply a status callback. Duplicates, stale (reordered) callbacks and callbacks for
@@ -149,19 +184,17 @@ class RunBook:
         call.call_sid = event.call_sid
         call.last_news_at = now
         if is_terminal(event.status):
-            return self._finish(
-                call,
-                Outcome(
-                    lead_id=call.lead_id,
-                    attempt=call.attempt,
-                    status=event.status,
-                    call_sid=event.call_sid,
-                    duration=event.duration,
-                    answered_by=event.answered_by,
-                    error_code=event.error_code,
-                    error_message=event.error_message,
-                ),
+            outcome = Outcome(
+                lead_id=call.lead_id,
+                attempt=call.attempt,
+                status=event.status,
+                call_sid=event.call_sid,
+                duration=event.duration,
+                answered_by=event.answered_by,
+                error_code=event.error_code,
+                error_message=event.error_message,
             )
+            return self._finish(call, outcome, now, retry=self.state.cancel_reason is None)
         # A status fetched from Twilio has no sequence number; it is current when it is read.
         if event.sequence_number is None or event.sequence_number > call.sequence_number:
             call.sequence_number = max(call.sequence_number, event.sequence_number or -1)
@@ -169,11 +202,17 @@ class RunBook:
             call.answered = call.answered or event.status == "in-progress"
         return None
 
-    def _finish(self, call: InFlightCall, outcome: Outcome) -> Outcome:
+    def _finish(self, call: InFlightCall, outcome: Outcome, now: float, retry: bool) -> Outcome:
         del self.calls[(call.lead_id, call.attempt)]
-        self.state.done += 1
         name = outcome_for(outcome.status)
-        self.state.outcomes[name] = self.state.outcomes.get(name, 0) + 1
+        if retry and name in self.options.retry_on and call.attempt < self.options.max_attempts:
+            delay = self.options.retry_delay_seconds * self.options.retry_backoff ** (call.attempt - 1)
+            lead = LeadRef(call.lead_id, call.phone, call.attempt + 1, call.zones)
+            self.state.waiting.append(WaitingLead(lead, now + delay, "retry"))
+            outcome.final = False
+        else:
+            self.state.done += 1
+            self.state.outcomes[name] = self.state.outcomes.get(name, 0) + 1
         self.state.unrecorded.append(outcome)
         return outcome
 
@@ -194,9 +233,10 @@ class RunBook:
     # Ending
 
     def cancel_undialed(self) -> int:
-        """Drop every lead not yet dialed; they end `cancelled`. Returns how many."""
+        """Drop every lead not yet dialed, waiting ones too; they end `cancelled`. Returns how many."""
         count = self.undialed
         self.state.pending.clear()
+        self.state.waiting.clear()
         self.state.leads_exhausted = True
         self.state.done += count
         self.state.outcomes["cancelled"] = self.state.outcomes.get("cancelled", 0) + count
@@ -215,13 +255,16 @@ class RunBook:
     def progress(self, status: str, reason: str | None = None) -> RunProgress:
         """What the person running the campaign sees."""
         dialing = sum(1 for c in self.calls.values() if c.call_sid is None)
-        in_flight = len(self.calls) - dialing
+        retry_waiting = sum(1 for w in self.state.waiting if w.reason == "retry")
+        window_waiting = len(self.state.waiting) - retry_waiting
         return RunProgress(
             status=status,
             total=self.total,
-            queued=self.total - self.state.done - len(self.calls),
+            queued=self.ready,
             dialing=dialing,
-            in_flight=in_flight,
+            in_flight=len(self.calls) - dialing,
+            retry_waiting=retry_waiting,
+            window_waiting=window_waiting,
             done=self.state.done,
             outcomes={name: self.state.outcomes.get(name, 0) for name in OUTCOMES},
             status_reason=reason,

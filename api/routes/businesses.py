@@ -24,6 +24,7 @@ async def create_business(body: BusinessCreate, session: SessionDep, _admin: Adm
         caller_id=body.caller_id,
         max_concurrent_calls=body.max_concurrent_calls,
         timezone=body.timezone,
+        calling_window=body.calling_window.model_dump() if body.calling_window else None,
         api_key_hash=hash_api_key(api_key),
     )
     session.add(business)

@@ -17,8 +17,9 @@ from temporalio.service import RPCError, RPCStatusCode
 from api.deps import BusinessDep, SessionDep, SettingsDep, TemporalDep
 from api.phones import InvalidPhone, to_e164
 from api.progress import progress_from_database, progress_from_workflow
-from api.schemas import Accepted, CallPublic, LeadIn, RunCreate, RunCreated, RunPublic
+from api.schemas import Accepted, CallingWindowIn, CallPublic, LeadIn, RunCreate, RunCreated, RunPublic
 from db.models import Business, CallAttempt, Lead, Run, utcnow
+from workflows.calling_window import CallingWindow
 from workflows.messages import CancelRequest, PauseRequest, ResumeRequest, RunInput, RunOptions
 from workflows.names import BUSINESS_ID, RUN_ID, RUN_STATUS, run_workflow_id
 from workflows.outbound_run import OutboundRunWorkflow
@@ -38,14 +39,18 @@ async def create_run(
     bad row, and nothing is stored or started."""
     phones = _validated_phones(body.leads)
     run_id = uuid4().hex
-    options = RunOptions(**body.options.model_dump(exclude_none=True))
+    window = body.options.calling_window or (
+        CallingWindowIn(**business.calling_window) if business.calling_window else CallingWindowIn()
+    )
+    stored_options = body.options.model_dump(exclude_none=True) | {"calling_window": window.model_dump()}
+    options = RunOptions(**(stored_options | {"calling_window": CallingWindow(**window.model_dump())}))
     session.add(
         Run(
             id=run_id,
             business_id=business.id,
             name=body.name,
             status="running",
-            options=body.options.model_dump(exclude_none=True),
+            options=stored_options,
             total_leads=len(phones),
         )
     )
@@ -53,7 +58,7 @@ async def create_run(
     await session.execute(
         insert(Lead),
         [
-            {"run_id": run_id, "phone": p, "name": lead.name}
+            {"run_id": run_id, "phone": p, "name": lead.name, "timezone": lead.timezone}
             for p, lead in zip(phones, body.leads, strict=True)
         ],
     )
