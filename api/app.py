@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from temporalio.client import Client
 
-from api.routes import businesses, runs, webhooks
+from api.routes import businesses, dnc, runs, webhooks
 from db.engine import create_engine, create_sessionmaker
 from settings import Settings, get_settings
 from temporal_client import connect_temporal
@@ -38,6 +38,7 @@ def create_app(settings: Settings | None = None, temporal: Client | None = None)
     )
     app.include_router(businesses.router)
     app.include_router(runs.router)
+    app.include_router(dnc.router)
     app.include_router(webhooks.router)
 
     @app.get("/healthz", tags=["health"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 
 from telephony.simulator import SimulatorConfig, create_app
+from telephony.simulator.__main__ import FAULTS_ENV, parse
 from telephony.simulator.config import FinalStatus
 
 SID = "AC" + "1" * 32
@@ -51,7 +53,8 @@ class Sim:
     config: SimulatorConfig
 
 
-async def _serve(app: FastAPI) -> AsyncIterator[str]:
+async def serve_app(app: FastAPI) -> AsyncIterator[str]:
+    """Serve an app on a free local port for the duration of a test; yields its base URL."""
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
     task = asyncio.create_task(server.serve())
     await _wait_until(lambda: server.started or task.done(), "server start")
@@ -89,7 +92,7 @@ async def receiver() -> AsyncIterator[tuple[str, list[Received]]]:
         received.append(Received(str(request.url), form, request.headers.get("X-Twilio-Signature", "")))
         return Response(status_code=204)
 
-    async for url in _serve(app):
+    async for url in serve_app(app):
         yield url, received
 
 
@@ -104,7 +107,7 @@ async def sim() -> AsyncIterator[Sim]:
         ring_seconds=(0.05, 0.15),
         talk_seconds=(0.05, 0.15),
     )
-    async for url in _serve(create_app(config)):
+    async for url in serve_app(create_app(config)):
         yield Sim(url, config)
 
 
@@ -381,3 +384,55 @@ def _stats_condition(sim: Sim, predicate: Callable[[dict[str, Any]], bool]) -> C
         return predicate(await _sim_get(sim, "/_sim/stats"))
 
     return check
+
+
+def test_fault_flags_reach_the_config() -> None:
+    argv = [
+        *(
+            "--drop-callback-rate",
+            "0.05",
+            "--duplicate-callback-rate",
+            "0.2",
+            "--reorder-callback-rate",
+            "0.1",
+        ),
+        *("--callback-delay-seconds", "2", "--create-429-rate", "0.1", "--create-5xx-rate", "0.05"),
+        *("--create-5xx-after-create-rate", "0.05", "--callback-retry-attempts", "3", "--seed", "7"),
+        *("--ring-seconds", "1", "2", "--no-validate-requests", "--port", "9000"),
+    ]
+    args, config = parse(argv, {"TWILIO_ACCOUNT_SID": SID, "TWILIO_AUTH_TOKEN": TOKEN})
+    assert args.port == 9000
+    assert (config.account_sid, config.auth_token) == (SID, TOKEN)
+    assert config.drop_callback_rate == 0.05 and config.duplicate_callback_rate == 0.2
+    assert config.reorder_callback_rate == 0.1 and config.callback_delay_seconds == 2.0
+    assert (config.create_429_rate, config.create_5xx_rate, config.create_5xx_after_create_rate) == (
+        0.1,
+        0.05,
+        0.05,
+    )
+    assert config.callback_retry_attempts == 3 and config.seed == 7
+    assert config.ring_seconds == (1.0, 2.0) and config.validate_requests is False
+
+
+def test_faults_from_the_environment_yield_to_flags() -> None:
+    faults = {"drop_callback_rate": 0.05, "create_429_rate": 0.3, "outcomes_by_to": {TO: "busy"}}
+    environ = {FAULTS_ENV: json.dumps(faults)}
+    _, config = parse(["--create-429-rate", "0.1"], environ)
+    assert config.drop_callback_rate == 0.05
+    assert config.create_429_rate == 0.1
+    assert config.outcomes_by_to == {TO: "busy"}
+    assert parse([], {})[1] == SimulatorConfig()
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ"),
+    [
+        (["--drop-callback-rate", "2"], {}),
+        ([], {FAULTS_ENV: "{not json"}),
+        ([], {FAULTS_ENV: '{"drop_calback_rate": 0.1}'}),
+    ],
+)
+def test_bad_fault_settings_stop_the_start(argv: list[str], environ: dict[str, str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        parse(argv, environ)
+    assert exited.value.code == 2

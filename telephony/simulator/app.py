@@ -20,7 +20,8 @@ from starlette.datastructures import FormData
 from telephony.simulator.calls import API_VERSION, Call, TimeFilter, parse_time
 from telephony.simulator.config import SimulatorConfig
 from telephony.simulator.engine import CallRequest, Simulator
-from telephony.simulator.errors import TwilioApiError, not_found
+from telephony.simulator.errors import TwilioApiError, missing_parameter, not_found
+from telephony.simulator.fidelity import check_request
 
 _E164 = re.compile(r"^\+[1-9]\d{1,14}$")
 _CALLBACK_EVENTS = frozenset({"initiated", "ringing", "answered", "completed"})
@@ -64,7 +65,12 @@ def _twilio_routes(sim: Simulator) -> APIRouter:
             raise TwilioApiError(401, 20003, "Authenticate")
         return account_sid
 
-    router = APIRouter(prefix=_ACCOUNT_PATH, dependencies=[Depends(authenticate)])
+    async def conform(request: Request) -> None:
+        if sim.config.validate_requests:
+            await check_request(request)
+
+    # Dependencies run in order: Twilio answers bad credentials before it looks at parameters.
+    router = APIRouter(prefix=_ACCOUNT_PATH, dependencies=[Depends(authenticate), Depends(conform)])
 
     def find(account_sid: str, sid: str, path: str) -> Call:
         call = sim.calls.get(sid)
@@ -179,8 +185,8 @@ def _call_request(account_sid: str, form: FormData) -> CallRequest:
         value = form.get(name)
         return (value.strip() or None) if isinstance(value, str) else None
 
-    to = _phone(text("To"), 21201, "No 'To' number is specified", 21211, "Invalid 'To' Phone Number")
-    from_ = _phone(text("From"), 21213, "No 'From' number is specified", 21212, "Invalid 'From' Phone Number")
+    to = _phone("To", text("To"), 21211, "Invalid 'To' Phone Number")
+    from_ = _phone("From", text("From"), 21212, "Invalid 'From' Phone Number")
     if not any(text(name) for name in ("Url", "Twiml", "ApplicationSid")):
         raise TwilioApiError(400, 21205, "Url parameter is required.")
     method = (text("StatusCallbackMethod") or "POST").upper()
@@ -203,9 +209,9 @@ def _call_request(account_sid: str, form: FormData) -> CallRequest:
     )
 
 
-def _phone(value: str | None, missing_code: int, missing: str, invalid_code: int, invalid: str) -> str:
+def _phone(name: str, value: str | None, invalid_code: int, invalid: str) -> str:
     if value is None:
-        raise TwilioApiError(400, missing_code, missing)
+        raise missing_parameter(name)
     try:
         valid = bool(_E164.match(value)) and phonenumbers.is_valid_number(phonenumbers.parse(value))
     except phonenumbers.NumberParseException:

@@ -30,22 +30,37 @@ class SimulatorConfig(BaseModel):
 
     outcome_weights: dict[FinalStatus, float] = Field(default_factory=_dev_outcome_weights)
     outcomes_by_to: dict[str, FinalStatus] = Field(default_factory=dict)
-    queue_seconds: Seconds = (0.0, 0.1)
-    ring_seconds: Seconds = (1.0, 3.0)
-    talk_seconds: Seconds = (2.0, 8.0)
-    seed: int | None = None
+    queue_seconds: Seconds = Field(default=(0.0, 0.1), description="time a call waits before it is initiated")
+    ring_seconds: Seconds = Field(default=(1.0, 3.0), description="time a call rings before its outcome")
+    talk_seconds: Seconds = Field(default=(2.0, 8.0), description="length of an answered call")
+    seed: int | None = Field(default=None, description="seed for reproducible outcomes and faults")
+    validate_requests: bool = Field(
+        default=True, description="reject requests that break Twilio's published API description"
+    )
 
-    drop_callback_rate: float = Field(default=0.0, ge=0, le=1)
-    duplicate_callback_rate: float = Field(default=0.0, ge=0, le=1)
-    reorder_callback_rate: float = Field(default=0.0, ge=0, le=1)
-    callback_delay_seconds: float = Field(default=0.0, ge=0)
-    create_429_rate: float = Field(default=0.0, ge=0, le=1)
-    create_5xx_rate: float = Field(default=0.0, ge=0, le=1)
-    create_5xx_after_create_rate: float = Field(default=0.0, ge=0, le=1)
+    drop_callback_rate: float = Field(default=0.0, ge=0, le=1, description="chance a callback is never sent")
+    duplicate_callback_rate: float = Field(
+        default=0.0, ge=0, le=1, description="chance a callback is sent twice"
+    )
+    reorder_callback_rate: float = Field(
+        default=0.0, ge=0, le=1, description="chance a callback is held back until after the next one"
+    )
+    callback_delay_seconds: float = Field(default=0.0, ge=0, description="delay before each callback is sent")
+    create_429_rate: float = Field(
+        default=0.0, ge=0, le=1, description="chance a create answers 429 without placing the call"
+    )
+    create_5xx_rate: float = Field(
+        default=0.0, ge=0, le=1, description="chance a create answers 500 without placing the call"
+    )
+    create_5xx_after_create_rate: float = Field(
+        default=0.0, ge=0, le=1, description="chance a create places the call and still answers 500"
+    )
     webhooks_unreachable_until: float | None = None
-    callback_retry_attempts: int = Field(default=0, ge=0)
-    callback_retry_backoff_seconds: float = Field(default=0.5, ge=0)
-    callback_timeout_seconds: float = Field(default=5.0, gt=0)
+    callback_retry_attempts: int = Field(default=0, ge=0, description="retries of a callback that failed")
+    callback_retry_backoff_seconds: float = Field(
+        default=0.5, ge=0, description="wait before the first retry, doubling after each"
+    )
+    callback_timeout_seconds: float = Field(default=5.0, gt=0, description="HTTP timeout of one callback")
 
     @field_validator("queue_seconds", "ring_seconds", "talk_seconds")
     @classmethod

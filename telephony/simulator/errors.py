@@ -37,3 +37,21 @@ def too_many_requests() -> TwilioApiError:
 def internal_error() -> TwilioApiError:
     """A 500 that tells the client nothing about whether the request took effect."""
     return TwilioApiError(500, 20500, "Internal Server Error")
+
+
+# Twilio's own codes and messages for a required create-call parameter that is absent.
+MISSING_PARAMETER: dict[str, tuple[int, str]] = {
+    "To": (21201, "No 'To' number is specified"),
+    "From": (21213, "No 'From' number is specified"),
+}
+
+
+def missing_parameter(name: str) -> TwilioApiError:
+    """Twilio's 400 for a required parameter that is absent."""
+    code, message = MISSING_PARAMETER.get(name, (20001, f"Missing required parameter {name}"))
+    return TwilioApiError(400, code, message)
+
+
+def invalid_parameter(name: str, reason: str) -> TwilioApiError:
+    """Twilio's generic 400 for a parameter whose value the API does not accept."""
+    return TwilioApiError(400, 20001, f"Invalid parameter {name}: {reason}")

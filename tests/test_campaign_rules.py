@@ -1,0 +1,321 @@
+"""Campaign rules over days of virtual time: retries, calling windows, pauses. The run workflow and
+the line gate are the real ones, on a Temporal dev server with time skipping; the database and the
+carrier are replaced by same-named fake activities (the end-to-end tests cover those)."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, available_timezones
+
+import pytest
+from temporalio import activity
+from temporalio.client import Client, WorkflowHandle
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from activities.dialing import CallSnapshot, DialInput, DialOutput, FetchCallInput, HangUpInput
+from activities.gate import GateActivities
+from activities.records import (
+    LoadLeadsInput,
+    LoadLeadsOutput,
+    LoadRunInput,
+    RecordOutcomesInput,
+    RunFacts,
+    SetRunStatusInput,
+)
+from tests.conftest import free_port
+from tests.harness import wait_for
+from workflows.business_lines import BusinessLinesWorkflow
+from workflows.calling_window import CallingWindow
+from workflows.messages import (
+    CallStatusEvent,
+    LeadRef,
+    Outcome,
+    PauseRequest,
+    ResumeRequest,
+    RunInput,
+    RunOptions,
+    RunResult,
+)
+from workflows.names import SEARCH_ATTRIBUTES, dial_task_queue, run_workflow_id
+from workflows.outbound_run import OutboundRunWorkflow
+
+ALWAYS = CallingWindow("00:00", "24:00")
+
+
+@pytest.fixture(scope="module")
+async def skipping() -> AsyncIterator[WorkflowEnvironment]:
+    """A dev server whose workflows skip idle time: hours of timers pass in moments."""
+    async with await WorkflowEnvironment.start_time_skipping_v2(
+        dev_server_existing_path=str(Path(sys.executable).parent / "temporal"),
+        dev_server_extra_args=["--dynamic-config-value", "frontend.WorkflowTimeSkippingEnabled=true"],
+        search_attributes=SEARCH_ATTRIBUTES,
+        port=free_port(),
+    ) as env:
+        yield env
+
+
+@dataclass
+class Dial:
+    lead: int
+    attempt: int
+    at: datetime
+
+
+@dataclass
+class FakeWorld:
+    """The run's leads and the carrier's script: the status each attempt at a number ends with."""
+
+    env: WorkflowEnvironment
+    leads: list[LeadRef]
+    script: dict[str, list[str]]
+    business_id: str = field(default_factory=lambda: f"biz-{uuid.uuid4().hex[:8]}")
+    dials: list[Dial] = field(default_factory=list)
+    outcomes: list[Outcome] = field(default_factory=list)
+    statuses: list[str] = field(default_factory=list)
+
+    @activity.defn(name="load_run")
+    async def load_run(self, input: LoadRunInput) -> RunFacts:
+        return RunFacts(self.business_id, "+14155550100", 3, len(self.leads))
+
+    @activity.defn(name="load_leads")
+    async def load_leads(self, input: LoadLeadsInput) -> LoadLeadsOutput:
+        after = [lead for lead in self.leads if lead.id > input.after_lead_id]
+        return LoadLeadsOutput(after[: input.limit])
+
+    @activity.defn(name="record_outcomes")
+    async def record_outcomes(self, input: RecordOutcomesInput) -> None:
+        self.outcomes.extend(input.outcomes)
+
+    @activity.defn(name="set_run_status")
+    async def set_run_status(self, input: SetRunStatusInput) -> None:
+        self.statuses.append(input.status)
+
+    @activity.defn(name="stop_dials")
+    async def stop_dials(self, input: LoadRunInput) -> None:
+        return None
+
+    @activity.defn(name="hang_up")
+    async def hang_up(self, input: HangUpInput) -> CallSnapshot:
+        return CallSnapshot(found=True, status="canceled")
+
+    @activity.defn(name="fetch_call")
+    async def fetch_call(self, input: FetchCallInput) -> CallSnapshot:
+        return CallSnapshot(found=True, status="in-progress")
+
+    @activity.defn(name="place_call")
+    async def place_call(self, input: DialInput) -> DialOutput:
+        handle = self.env.client.get_workflow_handle(activity.info().workflow_id or "")
+        self.dials.append(Dial(input.lead_id, input.attempt, await self.env.get_current_time(handle)))
+        sid = f"CA{uuid.uuid4().hex}"
+        status = self.script[input.to][input.attempt - 1]
+        await handle.signal("call_status", CallStatusEvent(input.lead_id, input.attempt, sid, status))
+        return DialOutput(sid, "queued")
+
+
+class WorldRunner:
+    """Runs OutboundRunWorkflow against a FakeWorld, with workers that can be restarted."""
+
+    def __init__(self, env: WorkflowEnvironment, plain: Client) -> None:
+        self.env = env
+        self.plain = plain  # the gate keeps real time: only the run's clock skips
+        self.workers: list[Worker] = []
+        self.world: FakeWorld | None = None
+        self.task_queue = f"rules-{uuid.uuid4().hex[:8]}"
+
+    async def start_workers(self) -> None:
+        world = self.world
+        assert world is not None
+        gate = GateActivities(self.plain)
+        activities: list[Callable[..., Any]] = [
+            world.load_run,
+            world.load_leads,
+            world.record_outcomes,
+            world.set_run_status,
+            world.stop_dials,
+            world.hang_up,
+            world.fetch_call,
+            gate.request_lines,
+            gate.closed_workflows,
+        ]
+        workflows = [OutboundRunWorkflow, BusinessLinesWorkflow]
+        self.workers = [
+            Worker(self.env.client, task_queue=self.task_queue, workflows=workflows, activities=activities),
+            Worker(
+                self.env.client, task_queue=dial_task_queue(self.task_queue), activities=[world.place_call]
+            ),
+        ]
+        for worker in self.workers:
+            await worker.__aenter__()
+
+    async def stop_workers(self) -> None:
+        for worker in self.workers:
+            await worker.__aexit__(None, None, None)
+        self.workers = []
+
+    async def __call__(
+        self, world: FakeWorld, options: RunOptions, auto_skip: bool = True
+    ) -> WorkflowHandle[OutboundRunWorkflow, RunResult]:
+        """Start a run. With auto_skip, idle time passes at once; without, only by fast_forward."""
+        self.world = world
+        await self.start_workers()
+        run_id = uuid.uuid4().hex
+        with contextlib.nullcontext() if auto_skip else self.env.with_time_skipping_disabled():
+            return await self.env.client.start_workflow(
+                OutboundRunWorkflow.run,
+                RunInput(run_id, world.business_id, options, total_leads=len(world.leads)),
+                id=run_workflow_id(run_id),
+                task_queue=self.task_queue,
+            )
+
+
+@pytest.fixture
+async def world_runner(skipping: WorkflowEnvironment) -> AsyncIterator[WorldRunner]:
+    runner = WorldRunner(skipping, await Client.connect(skipping.client.service_client.config.target_host))
+    yield runner
+    await runner.stop_workers()
+
+
+def zone_where_it_is(hour: int) -> str:
+    """An IANA zone whose local time is now within the given hour."""
+    now = datetime.now(UTC)
+    for name in sorted(available_timezones()):
+        if name.startswith(("Etc/", "SystemV/")) or "/" not in name:
+            continue
+        if now.astimezone(ZoneInfo(name)).hour == hour:
+            return name
+    raise AssertionError(f"no zone is at {hour}:00 now")
+
+
+async def test_busy_then_answered_on_the_second_attempt_an_hour_later(
+    skipping: WorkflowEnvironment, world_runner: WorldRunner
+) -> None:
+    world = FakeWorld(skipping, [LeadRef(1, "+14155550101")], {"+14155550101": ["busy", "completed"]})
+    options = RunOptions(max_attempts=3, retry_delay_seconds=3600, calling_window=ALWAYS)
+    handle = await world_runner(world, options)
+    result = await handle.result()
+
+    assert result.status == "completed"
+    assert result.outcomes == {"answered": 1}
+    assert [(d.lead, d.attempt) for d in world.dials] == [(1, 1), (1, 2)]
+    assert world.dials[1].at - world.dials[0].at >= timedelta(hours=1)
+    assert [(o.attempt, o.status, o.final) for o in world.outcomes] == [
+        (1, "busy", False),
+        (2, "completed", True),
+    ]
+
+
+async def test_a_lead_where_it_is_22_00_waits_until_08_00_local(
+    skipping: WorkflowEnvironment, world_runner: WorldRunner
+) -> None:
+    zone = zone_where_it_is(22)
+    night = LeadRef(1, "+14155550102", zones=[zone])
+    day = LeadRef(2, "+14155550103", zones=[zone_where_it_is(12)])
+    world = FakeWorld(skipping, [night, day], {night.phone: ["completed"], day.phone: ["completed"]})
+    started = datetime.now(UTC)
+    handle = await world_runner(world, RunOptions())  # 08:00-21:00 local, every day
+    result = await handle.result()
+
+    assert result.outcomes == {"answered": 2}
+    assert [d.lead for d in world.dials] == [2, 1]  # the other lead went on at once
+    night_dial = world.dials[1]
+    local = night_dial.at.astimezone(ZoneInfo(zone))
+    assert (local.hour, local.minute) == (8, 0), local
+    assert night_dial.at - started > timedelta(hours=9)
+
+
+async def test_a_retry_timer_that_fires_while_paused_waits_for_resume(
+    skipping: WorkflowEnvironment, world_runner: WorldRunner
+) -> None:
+    lead = LeadRef(1, "+14155550104")
+    world = FakeWorld(skipping, [lead], {lead.phone: ["no-answer", "completed"]})
+    options = RunOptions(max_attempts=2, retry_delay_seconds=3600, calling_window=ALWAYS)
+    handle = await world_runner(world, options, auto_skip=False)
+
+    async def first_attempt_ended() -> bool:
+        progress = await handle.query(OutboundRunWorkflow.progress)
+        return progress.retry_waiting == 1
+
+    await wait_for(first_attempt_ended, within=30, what="the first attempt to end")
+    await handle.signal(OutboundRunWorkflow.pause, PauseRequest("lunch"))
+    # Let the retry timer fire in virtual time while paused.
+    await skipping.fast_forward(handle, timedelta(hours=2))
+    progress = await handle.query(OutboundRunWorkflow.progress)
+    assert progress.status == "paused"
+    assert len(world.dials) == 1
+    assert progress.queued == 1 and progress.retry_waiting == 0
+
+    await handle.signal(OutboundRunWorkflow.resume, ResumeRequest())
+    result = await handle.result()
+    assert result.outcomes == {"answered": 1}
+    assert [d.attempt for d in world.dials] == [1, 2]
+    assert world.dials[1].at - world.dials[0].at >= timedelta(hours=2)
+
+
+async def test_a_week_long_run_with_pauses(skipping: WorkflowEnvironment, world_runner: WorldRunner) -> None:
+    leads = [LeadRef(i, f"+1415555011{i}") for i in range(1, 4)]
+    script = {lead.phone: ["no-answer", "busy", "no-answer", "completed"] for lead in leads}
+    world = FakeWorld(skipping, leads, script)
+    options = RunOptions(max_attempts=4, retry_delay_seconds=2 * 86400, calling_window=ALWAYS)
+    handle = await world_runner(world, options, auto_skip=False)
+
+    async def dialed_and_waiting(dials: int) -> bool:
+        progress = await handle.query(OutboundRunWorkflow.progress)
+        return len(world.dials) == dials and progress.retry_waiting == 3
+
+    await wait_for(lambda: dialed_and_waiting(3), within=30, what="first attempts")
+    await skipping.fast_forward(handle, timedelta(days=2))
+    await wait_for(lambda: dialed_and_waiting(6), within=30, what="second attempts")
+
+    await handle.signal(OutboundRunWorkflow.pause, PauseRequest("long weekend"))
+    await skipping.fast_forward(handle, timedelta(days=3))  # the third attempts fall due while paused
+    assert len(world.dials) == 6, "nothing is dialed while paused"
+    assert (await handle.query(OutboundRunWorkflow.progress)).queued == 3
+    await handle.signal(OutboundRunWorkflow.resume, ResumeRequest())
+
+    await wait_for(lambda: dialed_and_waiting(9), within=30, what="third attempts")
+    await skipping.fast_forward(handle, timedelta(days=2))
+    result = await handle.result()
+
+    assert result.outcomes == {"answered": 3}
+    assert sorted((d.lead, d.attempt) for d in world.dials) == [
+        (i, a) for i in (1, 2, 3) for a in (1, 2, 3, 4)
+    ]
+    assert world.dials[-1].at - world.dials[0].at >= timedelta(days=7)
+    assert len([o for o in world.outcomes if o.final]) == 3 and len(world.outcomes) == 12
+
+
+async def test_a_restarted_worker_dials_waiting_leads_once_and_on_time(
+    skipping: WorkflowEnvironment, world_runner: WorldRunner
+) -> None:
+    retried = LeadRef(1, "+14155550121", zones=[zone_where_it_is(12)])
+    night = LeadRef(2, "+14155550122", zones=[zone_where_it_is(22)])
+    world = FakeWorld(
+        skipping, [retried, night], {retried.phone: ["busy", "completed"], night.phone: ["completed"]}
+    )
+    options = RunOptions(max_attempts=2, retry_delay_seconds=3600)
+    started = datetime.now(UTC)
+    handle = await world_runner(world, options)
+
+    async def both_waiting() -> bool:
+        progress = await handle.query(OutboundRunWorkflow.progress)
+        return progress.retry_waiting == 1 and progress.window_waiting == 1
+
+    await wait_for(both_waiting, within=30, what="one lead waiting to retry and one for its window")
+    await world_runner.stop_workers()
+    await world_runner.start_workers()
+    result = await handle.result()
+
+    assert result.outcomes == {"answered": 2}
+    assert sorted((d.lead, d.attempt) for d in world.dials) == [(1, 1), (1, 2), (2, 1)]
+    by_key = {(d.lead, d.attempt): d.at for d in world.dials}
+    assert by_key[(1, 2)] - by_key[(1, 1)] >= timedelta(hours=1)
+    assert by_key[(2, 1)].astimezone(ZoneInfo(night.zones[0])).hour == 8
+    assert by_key[(2, 1)] - started > timedelta(hours=9)

@@ -1,0 +1,86 @@
+"""Do-not-call lists and run options, through the API and a real run."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from tests.harness import Stack, new_number, wait_for
+
+
+@pytest.fixture
+async def slow_ringing(stack: Stack) -> AsyncIterator[None]:
+    before = (await stack.sim.get("/_sim/config")).json()
+    await stack.sim.post("/_sim/config", json={"ring_seconds": [1.0, 1.0]})
+    yield
+    await stack.sim.post("/_sim/config", json={"ring_seconds": before["ring_seconds"]})
+
+
+async def test_dnc_added_mid_run_suppresses_leads_not_yet_dialed_only(
+    stack: Stack, slow_ringing: None
+) -> None:
+    business = await stack.create_business(cap=1)
+    first, second, third, fourth = (new_number() for _ in range(4))
+    await stack.force_outcomes(dict.fromkeys([first, second, third, fourth], "completed"))
+    run_id = await stack.start_run(business, [first, second, third, fourth])
+
+    async def first_done() -> bool:
+        return (await stack.run(business, run_id))["progress"]["done"] >= 1
+
+    await wait_for(first_done, within=30, what="the first lead to finish")
+    # The first lead is finished and the second is ringing; the third has not been dialed.
+    response = await stack.http.post("/v1/dnc", json={"phones": [first, third]}, headers=business.headers)
+    assert response.status_code == 201, response.text
+    assert response.json() == {"added": 2, "total": 2}
+
+    run = await stack.wait_run_ends(business, run_id)
+    assert run["status"] == "completed"
+    statuses = {lead.phone: lead.status for lead in await stack.leads(run_id)}
+    assert statuses == {first: "answered", second: "answered", third: "skipped_dnc", fourth: "answered"}
+    assert third not in {c["to"] for c in await stack.sim_calls(business.caller_id)}
+    assert run["progress"]["outcomes"]["skipped_dnc"] == 1
+
+
+async def test_the_dnc_list_is_kept_per_business_in_e164(stack: Stack) -> None:
+    business, other = await stack.create_business(), await stack.create_business()
+    number = new_number()
+    spaced = f"{number[:2]} {number[2:5]} {number[5:8]} {number[8:]}"
+    added = await stack.http.post("/v1/dnc", json={"phones": [spaced, number]}, headers=business.headers)
+    assert added.json() == {"added": 1, "total": 1}
+    csv_body = f"name,phone\nAda,{new_number()}\nBob,{number}\n"
+    imported = await stack.http.post(
+        "/v1/dnc/import", content=csv_body, headers={**business.headers, "Content-Type": "text/csv"}
+    )
+    assert imported.status_code == 201 and imported.json() == {"added": 1, "total": 2}
+    bad = await stack.http.post("/v1/dnc/import", content="phone\n12345\n", headers=business.headers)
+    assert bad.status_code == 422 and "row 0" in bad.json()["detail"][0]["msg"]
+
+    listed = (await stack.http.get("/v1/dnc", headers=business.headers)).json()
+    assert number in [entry["phone"] for entry in listed] and len(listed) == 2
+    assert (await stack.http.get("/v1/dnc", headers=other.headers)).json() == []
+    assert (await stack.http.delete(f"/v1/dnc/{number}", headers=other.headers)).status_code == 404
+    assert (await stack.http.delete(f"/v1/dnc/{number}", headers=business.headers)).status_code == 204
+    assert len((await stack.http.get("/v1/dnc", headers=business.headers)).json()) == 1
+
+
+@pytest.mark.parametrize(
+    ("options", "complaint"),
+    [
+        ({"retry_on": ["busy", "voicemail"]}, "unknown outcomes ['voicemail']"),
+        ({"calling_window": {"start": "21:00", "end": "08:00"}}, "never opens"),
+        ({"calling_window": {"days": []}}, "never opens"),
+        ({"calling_window": {"start": "8am"}}, "string should match pattern"),
+        ({"max_attempts": 11}, "less than or equal to 10"),
+        ({"max_attempts": 0}, "greater than or equal to 1"),
+        ({"retries": 3}, "extra inputs are not permitted"),
+    ],
+)
+async def test_bad_run_options_are_refused_with_a_reason(stack: Stack, options: dict, complaint: str) -> None:
+    business = await stack.create_business()
+    response = await stack.http.post(
+        "/v1/runs", json={"leads": [{"phone": new_number()}], "options": options}, headers=business.headers
+    )
+    assert response.status_code == 422
+    assert complaint in response.text.lower()
+    assert (await stack.http.get("/v1/runs", headers=business.headers)).json() == []
