@@ -123,14 +123,21 @@ class Stack:
     @classmethod
     @asynccontextmanager
     async def start(
-        cls, *, temporal: Client, database_url: str, simulator_url: str, api_port: int, task_queue: str
+        cls,
+        *,
+        temporal: Client,
+        database_url: str,
+        simulator_url: str,
+        api_port: int,
+        task_queue: str,
+        calls_per_second: float = 200,
     ) -> AsyncIterator[Stack]:
         settings = Settings(
             DATABASE_URL=database_url,
             TEMPORAL_TASK_QUEUE=task_queue,
             TWILIO_API_BASE_URL=simulator_url,
             PUBLIC_BASE_URL=f"http://127.0.0.1:{api_port}",
-            TWILIO_CALLS_PER_SECOND=200,
+            TWILIO_CALLS_PER_SECOND=calls_per_second,
         )
         engine = create_engine(database_url)
         async with (

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from temporalio.testing import WorkflowEnvironment
 
 from telephony.status import OUTCOME_BY_CALL_STATUS
+from tests.conftest import free_port
 from tests.harness import Stack, new_number, wait_for
 
 # Quick reconciliation for tests: a quiet call is fetched within seconds, not minutes.
@@ -112,3 +115,93 @@ async def test_answering_machine_detection_is_kept_on_the_attempt(stack: Stack) 
     by_sid = {c["sid"]: c["answered_by"] for c in await stack.sim_calls(business.caller_id)}
     assert all(c["answered_by"] for c in calls)
     assert {c["call_sid"]: c["answered_by"] for c in calls} == by_sid
+
+
+async def test_an_account_error_pauses_the_run_with_a_reason_and_resume_finishes_it(
+    stack: Stack, faults: Any
+) -> None:
+    business = await stack.create_business(cap=2)
+    phones = [new_number() for _ in range(4)]
+    await stack.force_outcomes(dict.fromkeys(phones, "completed"))
+    await faults(errors_by_from={business.caller_id: 21210})
+    run_id = await stack.start_run(business, phones)
+
+    async def paused() -> dict[str, Any] | None:
+        run = await stack.run(business, run_id)
+        return run if run["status"] == "paused" else None
+
+    run = await wait_for(paused, within=30, what="the run to pause")
+    assert "21210" in run["status_reason"] and "resume" in run["status_reason"]
+    assert await stack.sim_calls(business.caller_id) == []
+    assert run["progress"]["done"] == 0 and run["progress"]["queued"] == 4
+
+    await faults(errors_by_from={})  # the account is fixed
+    assert (await stack.http.post(f"/v1/runs/{run_id}/resume", headers=business.headers)).status_code == 202
+    run = await stack.wait_run_ends(business, run_id)
+    assert run["status"] == "completed" and run["progress"]["outcomes"]["answered"] == 4
+    assert Counter(c["to"] for c in await stack.sim_calls(business.caller_id)) == Counter(phones)
+
+
+async def test_a_worker_killed_between_create_and_recording_the_sid_does_not_dial_again(
+    stack: Stack, faults: Any
+) -> None:
+    await stack.stop_worker()
+    worker = stack.spawn_worker_process()
+    business = await stack.create_business(cap=1)
+    phones = [new_number() for _ in range(2)]
+    await stack.force_outcomes(dict.fromkeys(phones, "completed"))
+    await faults(create_response_delay_seconds=5)
+    run_id = await stack.start_run(business, phones)
+
+    async def first_call_created() -> bool:
+        return len(await stack.sim_calls(business.caller_id)) == 1
+
+    await wait_for(first_call_created, within=30, what="the first call to be created")
+    stack.kill(worker)  # Twilio has the call; the worker never heard back
+    attempts = await stack.attempts(run_id)
+    assert [a.call_sid for a in attempts] == [None]
+    await faults(create_response_delay_seconds=0)
+    stack.spawn_worker_process()
+
+    run = await stack.wait_run_ends(business, run_id, within=90)
+    assert run["status"] == "completed"
+    sim_calls = await stack.sim_calls(business.caller_id)
+    assert Counter(c["to"] for c in sim_calls) == Counter(phones)  # no second call
+    assert {a.call_sid for a in await stack.attempts(run_id)} == {c["sid"] for c in sim_calls}
+
+
+async def test_a_429_storm_delays_calls_and_two_workers_keep_the_global_rate(
+    temporal_env: WorkflowEnvironment, database_url: str, simulator: str
+) -> None:
+    rate = 4.0
+    async with Stack.start(
+        temporal=temporal_env.client,
+        database_url=database_url,
+        simulator_url=simulator,
+        api_port=free_port(),
+        task_queue=f"test-{uuid.uuid4().hex[:8]}",
+        calls_per_second=rate,
+    ) as stack:
+        stack.spawn_worker_process()  # a second worker beside the in-process one
+        before = (await stack.sim.get("/_sim/stats")).json()["faults"]["create_429"]
+        await stack.sim.post("/_sim/config", json={"create_429_rate": 0.5})
+        try:
+            business = await stack.create_business(cap=8)
+            phones = [new_number() for _ in range(16)]
+            await stack.force_outcomes(dict.fromkeys(phones, "completed"))
+            run_id = await stack.start_run(business, phones)
+            run = await stack.wait_run_ends(business, run_id, within=120)
+        finally:
+            await stack.sim.post("/_sim/config", json={"create_429_rate": 0.0})
+        stats = (await stack.sim.get("/_sim/stats")).json()
+        placed = Counter(c["to"] for c in await stack.sim_calls(business.caller_id))
+
+    assert run["status"] == "completed" and run["progress"]["outcomes"]["answered"] == 16
+    assert stats["faults"]["create_429"] > before
+    assert placed == Counter(phones)
+    # The server's limiter lets a short burst through, then holds the rate: count over 3 seconds.
+    requests = sorted(stats["create_requests"][business.caller_id])
+    window = 3.0
+    busiest = max(sum(1 for t in requests if start <= t < start + window) for start in requests)
+    assert busiest <= rate * window + rate, f"{busiest} create requests in {window}s at {rate}/s"
+    assert len(requests) > len(phones), "429s were retried"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import re
@@ -81,7 +82,10 @@ def _twilio_routes(sim: Simulator) -> APIRouter:
     @router.post("/Calls.json", status_code=201)
     async def create_call(account_sid: str, request: Request) -> dict[str, Any]:
         call_request = _call_request(account_sid, await request.form())
-        return sim.create_call(call_request).resource()
+        call = sim.create_call(call_request)
+        if sim.config.create_response_delay_seconds:
+            await asyncio.sleep(sim.config.create_response_delay_seconds)
+        return call.resource()
 
     @router.get("/Calls.json")
     async def list_calls(account_sid: str, request: Request) -> dict[str, Any]:

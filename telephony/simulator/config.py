@@ -55,6 +55,12 @@ class SimulatorConfig(BaseModel):
     create_5xx_after_create_rate: float = Field(
         default=0.0, ge=0, le=1, description="chance a create places the call and still answers 500"
     )
+    create_response_delay_seconds: float = Field(
+        default=0.0, ge=0, description="the call is placed at once; the answer to the client waits this long"
+    )
+    # Every create from this caller ID is refused with this Twilio code, as Twilio does for account
+    # problems (21210 unverified caller ID, 21219 trial restrictions, ...).
+    errors_by_from: dict[str, int] = Field(default_factory=dict)
     webhooks_unreachable_until: float | None = None
     callback_retry_attempts: int = Field(default=0, ge=0, description="retries of a callback that failed")
     callback_retry_backoff_seconds: float = Field(

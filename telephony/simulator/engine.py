@@ -8,7 +8,7 @@ import logging
 import math
 import random
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,6 +80,7 @@ class Simulator:
         self._in_flight: Counter[str] = Counter()
         self._peak: Counter[str] = Counter()
         self._peak_total = 0
+        self._create_requests: defaultdict[str, list[float]] = defaultdict(list)
 
     async def start(self) -> None:
         """Get ready to send callbacks."""
@@ -110,6 +111,12 @@ class Simulator:
         With ``create_5xx_after_create_rate`` the call is placed and plays out, yet the client gets a 500.
         """
         config = self.config
+        self._create_requests[request.from_].append(time.time())
+        refused = config.errors_by_from.get(request.from_)
+        if refused is not None:
+            raise TwilioApiError(
+                400, refused, f"The caller ID {request.from_} cannot place calls (error {refused})"
+            )
         if self._chance(config.create_429_rate):
             self.faults.create_429 += 1
             raise too_many_requests()
@@ -271,6 +278,8 @@ class Simulator:
             "peak_in_flight": self._peak_total,
             "callbacks": self.callbacks.counters.as_dict(),
             "faults": vars(self.faults).copy(),
+            # When each create request arrived (placed or refused), per caller ID: the call rate seen.
+            "create_requests": dict(self._create_requests),
         }
 
 
