@@ -205,3 +205,40 @@ async def test_a_429_storm_delays_calls_and_two_workers_keep_the_global_rate(
     busiest = max(sum(1 for t in requests if start <= t < start + window) for start in requests)
     assert busiest <= rate * window + rate, f"{busiest} create requests in {window}s at {rate}/s"
     assert len(requests) > len(phones), "429s were retried"
+
+
+async def test_a_bad_number_fails_that_lead_with_twilios_reason_and_the_run_goes_on(
+    stack: Stack, faults: Any
+) -> None:
+    business = await stack.create_business(cap=2)
+    good, bad = new_number(), new_number()
+    await stack.force_outcomes({good: "completed"})
+    await faults(errors_by_to={bad: 21211})
+    run_id = await stack.start_run(business, [bad, good])
+
+    run = await stack.wait_run_ends(business, run_id)
+    assert run["status"] == "completed"
+    assert run["progress"]["outcomes"]["failed"] == 1 and run["progress"]["outcomes"]["answered"] == 1
+    response = await stack.http.get(f"/v1/runs/{run_id}/calls", headers=business.headers)
+    calls = {c["phone"]: c for c in response.json()}
+    assert calls[bad]["status"] == "failed" and calls[bad]["call_sid"] is None
+    assert calls[bad]["error_code"] == 21211 and bad in calls[bad]["error_message"]
+
+
+async def test_a_call_twilio_never_heard_of_ends_failed_with_the_reason(stack: Stack, faults: Any) -> None:
+    business = await stack.create_business(cap=1)
+    phone = new_number()
+    await stack.force_outcomes({phone: "completed"})
+    await faults(ring_seconds=(3.0, 3.0))
+    run_id = await stack.start_run(business, [phone], options=QUICK_RECONCILE)
+
+    async def ringing() -> bool:
+        return len(await stack.sim_calls(business.caller_id)) == 1
+
+    await wait_for(ringing, within=30, what="the call to ring")
+    await stack.sim.post("/_sim/reset")  # the carrier forgets the call: no callback will ever come
+
+    run = await stack.wait_run_ends(business, run_id, within=60)
+    assert run["status"] == "completed" and run["progress"]["outcomes"]["failed"] == 1
+    (attempt,) = await stack.attempts(run_id)
+    assert attempt.status == "failed" and attempt.error_message == "Twilio has no record of this call"

@@ -6,11 +6,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlencode
 
+import httpx
 import pytest
 from twilio.request_validator import RequestValidator
 
+from api.app import create_app
 from settings import DEV_AUTH_TOKEN
-from tests.harness import Business, Stack, new_number, wait_for
+from tests.conftest import free_port
+from tests.harness import Business, Stack, new_number, serve, wait_for
 
 
 def signed(stack: Stack, query: dict[str, Any], params: dict[str, str], token: str = DEV_AUTH_TOKEN) -> dict:
@@ -128,3 +131,20 @@ async def test_webhooks_signed_with_hmac_sha256_are_accepted(stack: Stack) -> No
     assert (
         await stack.http.post(url, data=params, headers={"X-Twilio-Signature": signature})
     ).status_code == 403
+
+
+async def test_behind_a_tls_proxy_the_public_url_is_what_twilio_signed(stack: Stack) -> None:
+    """Twilio signs https://public-host/...; the API sees http://127.0.0.1:port/... from the proxy."""
+    public = "https://dialer.example.com/outbound"
+    settings = stack.settings.model_copy(update={"PUBLIC_BASE_URL": public})
+    async with serve(create_app(settings, stack.temporal), free_port()) as local_url:
+        query = urlencode({"run": "0" * 32, "lead": 1, "attempt": 1})
+        params = callback("CA1", "completed", 1)
+        path = f"/v1/webhooks/twilio/call-status?{query}"
+        as_twilio_saw_it = RequestValidator(DEV_AUTH_TOKEN).compute_signature(public + path, params)
+        as_the_api_sees_it = RequestValidator(DEV_AUTH_TOKEN).compute_signature(local_url + path, params)
+        async with httpx.AsyncClient(base_url=local_url) as client:
+            ok = await client.post(path, data=params, headers={"X-Twilio-Signature": as_twilio_saw_it})
+            refused = await client.post(path, data=params, headers={"X-Twilio-Signature": as_the_api_sees_it})
+    assert ok.status_code == 204
+    assert refused.status_code == 403

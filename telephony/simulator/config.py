@@ -61,6 +61,8 @@ class SimulatorConfig(BaseModel):
     # Every create from this caller ID is refused with this Twilio code, as Twilio does for account
     # problems (21210 unverified caller ID, 21219 trial restrictions, ...).
     errors_by_from: dict[str, int] = Field(default_factory=dict)
+    # Every create to this number is refused with this Twilio code (21211 invalid number, ...).
+    errors_by_to: dict[str, int] = Field(default_factory=dict)
     webhooks_unreachable_until: float | None = None
     callback_retry_attempts: int = Field(default=0, ge=0, description="retries of a callback that failed")
     callback_retry_backoff_seconds: float = Field(

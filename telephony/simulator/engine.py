@@ -117,6 +117,9 @@ class Simulator:
             raise TwilioApiError(
                 400, refused, f"The caller ID {request.from_} cannot place calls (error {refused})"
             )
+        refused = config.errors_by_to.get(request.to)
+        if refused is not None:
+            raise TwilioApiError(400, refused, f"The number {request.to} cannot be called (error {refused})")
         if self._chance(config.create_429_rate):
             self.faults.create_429 += 1
             raise too_many_requests()
