@@ -71,6 +71,14 @@ async def wait_for(
 _used_numbers: set[str] = set()
 
 
+async def save_history(client: Client, workflow_id: str, name: str) -> None:
+    """Keep a workflow's history under tests/histories for the replay tests, when SAVE_HISTORIES is set."""
+    if not os.environ.get("SAVE_HISTORIES"):
+        return
+    history = await client.get_workflow_handle(workflow_id).fetch_history()
+    (ROOT / "tests" / "histories" / f"{name}.json").write_text(history.to_json())
+
+
 _rng = random.Random()
 
 
@@ -280,10 +288,7 @@ class Stack:
 
     async def save_history(self, workflow_id: str, name: str) -> None:
         """Keep a workflow's history for the replay tests, when SAVE_HISTORIES is set."""
-        if not os.environ.get("SAVE_HISTORIES"):
-            return
-        history = await self.temporal.get_workflow_handle(workflow_id).fetch_history()
-        (ROOT / "tests" / "histories" / f"{name}.json").write_text(history.to_json())
+        await save_history(self.temporal, workflow_id, name)
 
     # Simulator
 

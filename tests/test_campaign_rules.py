@@ -31,7 +31,7 @@ from activities.records import (
     SetRunStatusInput,
 )
 from tests.conftest import free_port
-from tests.harness import wait_for
+from tests.harness import save_history, wait_for
 from workflows.business_lines import BusinessLinesWorkflow
 from workflows.calling_window import CallingWindow
 from workflows.messages import (
@@ -210,6 +210,7 @@ async def test_busy_then_answered_on_the_second_attempt_an_hour_later(
         (1, "busy", False),
         (2, "completed", True),
     ]
+    await save_history(skipping.client, handle.id, "run_retried")
 
 
 async def test_a_lead_where_it_is_22_00_waits_until_08_00_local(
@@ -229,6 +230,7 @@ async def test_a_lead_where_it_is_22_00_waits_until_08_00_local(
     local = night_dial.at.astimezone(ZoneInfo(zone))
     assert (local.hour, local.minute) == (8, 0), local
     assert night_dial.at - started > timedelta(hours=9)
+    await save_history(skipping.client, handle.id, "run_waited_for_window")
 
 
 async def test_a_retry_timer_that_fires_while_paused_waits_for_resume(

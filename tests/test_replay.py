@@ -19,7 +19,8 @@ HISTORIES = {
 
 
 def test_histories_of_the_main_paths_are_kept() -> None:
-    assert {"run_completed", "run_cancelled", "run_sharing_lines", "gate_two_runs"} <= set(HISTORIES)
+    main_paths = {"run_completed", "run_cancelled", "run_sharing_lines", "gate_two_runs", "run_retried"}
+    assert main_paths | {"run_waited_for_window", "run_reconciled"} <= set(HISTORIES)
 
 
 @pytest.mark.parametrize("name", sorted(HISTORIES))

@@ -14,6 +14,7 @@ from temporalio.testing import WorkflowEnvironment
 from telephony.status import OUTCOME_BY_CALL_STATUS
 from tests.conftest import free_port
 from tests.harness import Stack, new_number, wait_for
+from workflows.names import run_workflow_id
 
 # Quick reconciliation for tests: a quiet call is fetched within seconds, not minutes.
 QUICK_RECONCILE = {"reconcile_margin_seconds": 5, "call_time_limit_seconds": 10, "ring_timeout_seconds": 5}
@@ -242,3 +243,4 @@ async def test_a_call_twilio_never_heard_of_ends_failed_with_the_reason(stack: S
     assert run["status"] == "completed" and run["progress"]["outcomes"]["failed"] == 1
     (attempt,) = await stack.attempts(run_id)
     assert attempt.status == "failed" and attempt.error_message == "Twilio has no record of this call"
+    await stack.save_history(run_workflow_id(run_id), "run_reconciled")
