@@ -8,8 +8,10 @@ import os
 import socket
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -77,14 +79,47 @@ async def simulator() -> AsyncIterator[str]:
         yield url
 
 
+SimulatorKnobs = Callable[..., Awaitable[None]]
+
+
 @pytest.fixture
-async def stack(temporal_env: WorkflowEnvironment, database_url: str, simulator: str) -> AsyncIterator[Stack]:
-    """A worker and an API of this test's own, on their own task queue."""
-    async with Stack.start(
-        temporal=temporal_env.client,
-        database_url=database_url,
-        simulator_url=simulator,
-        api_port=free_port(),
-        task_queue=f"test-{uuid.uuid4().hex[:8]}",
-    ) as stack:
+def stack_on(
+    temporal_env: WorkflowEnvironment, simulator: str
+) -> Callable[..., AbstractAsyncContextManager[Stack]]:
+    """Start a stack of a test's own (its own API, worker and task queue) on a given database."""
+
+    def start(database_url: str, **options: Any) -> AbstractAsyncContextManager[Stack]:
+        return Stack.start(
+            temporal=temporal_env.client,
+            database_url=database_url,
+            simulator_url=simulator,
+            api_port=free_port(),
+            task_queue=f"test-{uuid.uuid4().hex[:8]}",
+            **options,
+        )
+
+    return start
+
+
+@pytest.fixture
+async def stack(
+    stack_on: Callable[..., AbstractAsyncContextManager[Stack]], database_url: str
+) -> AsyncIterator[Stack]:
+    """A worker and an API of this test's own, on the session's PostgreSQL database."""
+    async with stack_on(database_url) as stack:
         yield stack
+
+
+@pytest.fixture
+async def sim_knobs(stack: Stack) -> AsyncIterator[SimulatorKnobs]:
+    """Change the shared simulator's behaviour for one test; it is put back afterwards."""
+    before = (await stack.sim.get("/_sim/config")).json()
+    touched: set[str] = set()
+
+    async def set_knobs(**knobs: Any) -> None:
+        touched.update(knobs)
+        response = await stack.sim.post("/_sim/config", json=knobs)
+        assert response.status_code == 200, response.text
+
+    yield set_knobs
+    await stack.sim.post("/_sim/config", json={key: before[key] for key in touched})

@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 
+from tests.conftest import SimulatorKnobs
 from tests.harness import Stack, new_number, wait_for
 
 
-@pytest.fixture
-async def slow_ringing(stack: Stack) -> AsyncIterator[None]:
-    before = (await stack.sim.get("/_sim/config")).json()
-    await stack.sim.post("/_sim/config", json={"ring_seconds": [1.0, 1.0]})
-    yield
-    await stack.sim.post("/_sim/config", json={"ring_seconds": before["ring_seconds"]})
-
-
 async def test_dnc_added_mid_run_suppresses_leads_not_yet_dialed_only(
-    stack: Stack, slow_ringing: None
+    stack: Stack, sim_knobs: SimulatorKnobs
 ) -> None:
+    await sim_knobs(ring_seconds=(1.0, 1.0))  # the second call rings while the list changes
     business = await stack.create_business(cap=1)
     first, second, third, fourth = (new_number() for _ in range(4))
     await stack.force_outcomes(dict.fromkeys([first, second, third, fourth], "completed"))

@@ -3,32 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import pytest
-from temporalio.testing import WorkflowEnvironment
 
 from db.migrate import upgrade
-from tests.conftest import free_port
 from tests.harness import Stack, new_number
 
 
 @pytest.fixture
 async def sqlite_stack(
-    temporal_env: WorkflowEnvironment, simulator: str, tmp_path: Path
+    stack_on: Callable[..., AbstractAsyncContextManager[Stack]], tmp_path: Path
 ) -> AsyncIterator[Stack]:
     url = f"sqlite+aiosqlite:///{tmp_path / 'outbound.db'}"
     await asyncio.to_thread(upgrade, url)
-    async with Stack.start(
-        temporal=temporal_env.client,
-        database_url=url,
-        simulator_url=simulator,
-        api_port=free_port(),
-        task_queue=f"test-{uuid.uuid4().hex[:8]}",
-    ) as stack:
+    async with stack_on(url) as stack:
         yield stack
 
 

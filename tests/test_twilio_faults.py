@@ -3,36 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-import pytest
-from temporalio.testing import WorkflowEnvironment
-
 from telephony.status import OUTCOME_BY_CALL_STATUS
-from tests.conftest import free_port
+from tests.conftest import SimulatorKnobs
 from tests.harness import Stack, new_number, wait_for
 from workflows.names import run_workflow_id
 
 # Quick reconciliation for tests: a quiet call is fetched within seconds, not minutes.
 QUICK_RECONCILE = {"reconcile_margin_seconds": 5, "call_time_limit_seconds": 10, "ring_timeout_seconds": 5}
-
-
-@pytest.fixture
-async def faults(stack: Stack) -> AsyncIterator[Any]:
-    """Set simulator faults for one test, and put the config back after it."""
-    before = (await stack.sim.get("/_sim/config")).json()
-    touched: set[str] = set()
-
-    async def inject(**knobs: Any) -> None:
-        touched.update(knobs)
-        response = await stack.sim.post("/_sim/config", json=knobs)
-        assert response.status_code == 200, response.text
-
-    yield inject
-    await stack.sim.post("/_sim/config", json={key: before[key] for key in touched})
 
 
 async def played_outcomes(stack: Stack, caller_id: str) -> dict[str, str]:
@@ -44,8 +26,10 @@ async def recorded_outcomes(stack: Stack, run_id: str) -> dict[str, str]:
     return {lead.phone: lead.status for lead in await stack.leads(run_id)}
 
 
-async def test_a_5xx_after_the_call_was_created_does_not_dial_twice(stack: Stack, faults: Any) -> None:
-    await faults(create_5xx_after_create_rate=0.4, seed=11)
+async def test_a_5xx_after_the_call_was_created_does_not_dial_twice(
+    stack: Stack, sim_knobs: SimulatorKnobs
+) -> None:
+    await sim_knobs(create_5xx_after_create_rate=0.4, seed=11)
     business = await stack.create_business(cap=3)
     phones = [new_number() for _ in range(12)]
     await stack.force_outcomes({p: ("completed", "busy")[i % 2] for i, p in enumerate(phones)})
@@ -63,8 +47,8 @@ async def test_a_5xx_after_the_call_was_created_does_not_dial_twice(stack: Stack
     assert {a.call_sid for a in attempts} == {c["sid"] for c in sim_calls}
 
 
-async def test_duplicated_reordered_and_dropped_callbacks(stack: Stack, faults: Any) -> None:
-    await faults(duplicate_callback_rate=0.2, reorder_callback_rate=0.1, drop_callback_rate=0.05, seed=5)
+async def test_duplicated_reordered_and_dropped_callbacks(stack: Stack, sim_knobs: SimulatorKnobs) -> None:
+    await sim_knobs(duplicate_callback_rate=0.2, reorder_callback_rate=0.1, drop_callback_rate=0.05, seed=5)
     business = await stack.create_business(cap=3)
     phones = [new_number() for _ in range(50)]
     statuses = ["completed", "busy", "no-answer", "failed"]
@@ -119,12 +103,12 @@ async def test_answering_machine_detection_is_kept_on_the_attempt(stack: Stack) 
 
 
 async def test_an_account_error_pauses_the_run_with_a_reason_and_resume_finishes_it(
-    stack: Stack, faults: Any
+    stack: Stack, sim_knobs: SimulatorKnobs
 ) -> None:
     business = await stack.create_business(cap=2)
     phones = [new_number() for _ in range(4)]
     await stack.force_outcomes(dict.fromkeys(phones, "completed"))
-    await faults(errors_by_from={business.caller_id: 21210})
+    await sim_knobs(errors_by_from={business.caller_id: 21210})
     run_id = await stack.start_run(business, phones)
 
     async def paused() -> dict[str, Any] | None:
@@ -136,7 +120,7 @@ async def test_an_account_error_pauses_the_run_with_a_reason_and_resume_finishes
     assert await stack.sim_calls(business.caller_id) == []
     assert run["progress"]["done"] == 0 and run["progress"]["queued"] == 4
 
-    await faults(errors_by_from={})  # the account is fixed
+    await sim_knobs(errors_by_from={})  # the account is fixed
     assert (await stack.http.post(f"/v1/runs/{run_id}/resume", headers=business.headers)).status_code == 202
     run = await stack.wait_run_ends(business, run_id)
     assert run["status"] == "completed" and run["progress"]["outcomes"]["answered"] == 4
@@ -144,14 +128,14 @@ async def test_an_account_error_pauses_the_run_with_a_reason_and_resume_finishes
 
 
 async def test_a_worker_killed_between_create_and_recording_the_sid_does_not_dial_again(
-    stack: Stack, faults: Any
+    stack: Stack, sim_knobs: SimulatorKnobs
 ) -> None:
     await stack.stop_worker()
     worker = stack.spawn_worker_process()
     business = await stack.create_business(cap=1)
     phones = [new_number() for _ in range(2)]
     await stack.force_outcomes(dict.fromkeys(phones, "completed"))
-    await faults(create_response_delay_seconds=5)
+    await sim_knobs(create_response_delay_seconds=5)
     run_id = await stack.start_run(business, phones)
 
     async def first_call_created() -> bool:
@@ -161,7 +145,7 @@ async def test_a_worker_killed_between_create_and_recording_the_sid_does_not_dia
     stack.kill(worker)  # Twilio has the call; the worker never heard back
     attempts = await stack.attempts(run_id)
     assert [a.call_sid for a in attempts] == [None]
-    await faults(create_response_delay_seconds=0)
+    await sim_knobs(create_response_delay_seconds=0)
     stack.spawn_worker_process()
 
     run = await stack.wait_run_ends(business, run_id, within=90)
@@ -172,17 +156,10 @@ async def test_a_worker_killed_between_create_and_recording_the_sid_does_not_dia
 
 
 async def test_a_429_storm_delays_calls_and_two_workers_keep_the_global_rate(
-    temporal_env: WorkflowEnvironment, database_url: str, simulator: str
+    stack_on: Callable[..., AbstractAsyncContextManager[Stack]], database_url: str
 ) -> None:
     rate = 4.0
-    async with Stack.start(
-        temporal=temporal_env.client,
-        database_url=database_url,
-        simulator_url=simulator,
-        api_port=free_port(),
-        task_queue=f"test-{uuid.uuid4().hex[:8]}",
-        calls_per_second=rate,
-    ) as stack:
+    async with stack_on(database_url, calls_per_second=rate) as stack:
         stack.spawn_worker_process()  # a second worker beside the in-process one
         before = (await stack.sim.get("/_sim/stats")).json()["faults"]["create_429"]
         await stack.sim.post("/_sim/config", json={"create_429_rate": 0.5})
@@ -209,12 +186,12 @@ async def test_a_429_storm_delays_calls_and_two_workers_keep_the_global_rate(
 
 
 async def test_a_bad_number_fails_that_lead_with_twilios_reason_and_the_run_goes_on(
-    stack: Stack, faults: Any
+    stack: Stack, sim_knobs: SimulatorKnobs
 ) -> None:
     business = await stack.create_business(cap=2)
     good, bad = new_number(), new_number()
     await stack.force_outcomes({good: "completed"})
-    await faults(errors_by_to={bad: 21211})
+    await sim_knobs(errors_by_to={bad: 21211})
     run_id = await stack.start_run(business, [bad, good])
 
     run = await stack.wait_run_ends(business, run_id)
@@ -226,11 +203,13 @@ async def test_a_bad_number_fails_that_lead_with_twilios_reason_and_the_run_goes
     assert calls[bad]["error_code"] == 21211 and bad in calls[bad]["error_message"]
 
 
-async def test_a_call_twilio_never_heard_of_ends_failed_with_the_reason(stack: Stack, faults: Any) -> None:
+async def test_a_call_twilio_never_heard_of_ends_failed_with_the_reason(
+    stack: Stack, sim_knobs: SimulatorKnobs
+) -> None:
     business = await stack.create_business(cap=1)
     phone = new_number()
     await stack.force_outcomes({phone: "completed"})
-    await faults(ring_seconds=(3.0, 3.0))
+    await sim_knobs(ring_seconds=(3.0, 3.0))
     run_id = await stack.start_run(business, [phone], options=QUICK_RECONCILE)
 
     async def ringing() -> bool:

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlencode
 
 import httpx
-import pytest
 from twilio.request_validator import RequestValidator
 
 from api.app import create_app
 from settings import DEV_AUTH_TOKEN
-from tests.conftest import free_port
+from tests.conftest import SimulatorKnobs, free_port
 from tests.harness import Business, Stack, new_number, serve, wait_for
 
 
@@ -36,20 +34,14 @@ def callback(sid: str, status: str, seq: int) -> dict[str, str]:
     }
 
 
-@pytest.fixture
-async def slow_ringing(stack: Stack) -> AsyncIterator[None]:
-    """Calls ring for a while, so a test can act while one is in flight."""
-    before = (await stack.sim.get("/_sim/config")).json()
-    await stack.sim.post("/_sim/config", json={"ring_seconds": [2.5, 2.5]})
-    yield
-    await stack.sim.post("/_sim/config", json={"ring_seconds": before["ring_seconds"]})
-
-
 async def progress(stack: Stack, business: Business, run_id: str) -> dict[str, Any]:
     return dict((await stack.run(business, run_id))["progress"])
 
 
-async def test_forged_duplicate_and_stale_callbacks_change_nothing(stack: Stack, slow_ringing: None) -> None:
+async def test_forged_duplicate_and_stale_callbacks_change_nothing(
+    stack: Stack, sim_knobs: SimulatorKnobs
+) -> None:
+    await sim_knobs(ring_seconds=(2.5, 2.5))  # a call rings while the test sends callbacks
     business = await stack.create_business(cap=1)
     first, second = new_number(), new_number()
     await stack.force_outcomes({first: "completed", second: "completed"})
