@@ -39,5 +39,5 @@ def configure_logging(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # The SDK's HTTP client logs request bodies and headers at DEBUG.
-    logging.getLogger("twilio").setLevel(max(logging.INFO, root.level))
+    # The SDK logs every request over several INFO lines; our own logs name each call already.
+    logging.getLogger("twilio").setLevel(logging.DEBUG if root.level <= logging.DEBUG else logging.WARNING)
