@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     ADMIN_TOKEN: SecretStr = SecretStr(DEV_ADMIN_TOKEN)
     TWILIO_CALLS_PER_SECOND: float = 1.0
     LOG_LEVEL: str = "INFO"
+    # How often a business's line gate checks that the runs holding its lines are still running.
+    GATE_REAP_SECONDS: float = 60.0
 
     @field_validator("DATABASE_URL")
     @classmethod

@@ -36,7 +36,7 @@ async def build_workers(settings: Settings, client: Client) -> AsyncIterator[lis
     twilio = create_twilio_client(settings)
     records = RecordActivities(sessions)
     dialing = DialingActivities(sessions, twilio, settings.PUBLIC_BASE_URL)
-    gate = GateActivities(client)
+    gate = GateActivities(client, settings.GATE_REAP_SECONDS)
     try:
         yield [
             Worker(

@@ -33,15 +33,20 @@ class ClosedWorkflowsOutput:
 class GateActivities:
     """Activities holding a Temporal client, built once in the worker."""
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, reap_interval_seconds: float = 60.0) -> None:
         self.client = client
+        self.reap_interval_seconds = reap_interval_seconds
 
     @activity.defn
     async def request_lines(self, input: RequestLinesInput) -> None:
         """Deliver a run's demand to its business's gate, starting the gate if it is not running."""
         await self.client.start_workflow(
             "BusinessLinesWorkflow",
-            GateInput(business_id=input.business_id, cap=input.demand.cap),
+            GateInput(
+                business_id=input.business_id,
+                cap=input.demand.cap,
+                reap_interval_seconds=self.reap_interval_seconds,
+            ),
             id=gate_workflow_id(input.business_id),
             task_queue=input.task_queue,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,

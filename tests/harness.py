@@ -146,6 +146,7 @@ class Stack:
             TWILIO_API_BASE_URL=simulator_url,
             PUBLIC_BASE_URL=f"http://127.0.0.1:{api_port}",
             TWILIO_CALLS_PER_SECOND=calls_per_second,
+            GATE_REAP_SECONDS=2,
         )
         engine = create_engine(database_url)
         async with (
@@ -236,6 +237,7 @@ class Stack:
             "TWILIO_API_BASE_URL": self.settings.TWILIO_API_BASE_URL or "",
             "PUBLIC_BASE_URL": self.settings.PUBLIC_BASE_URL,
             "TWILIO_CALLS_PER_SECOND": str(self.settings.TWILIO_CALLS_PER_SECOND),
+            "GATE_REAP_SECONDS": str(self.settings.GATE_REAP_SECONDS),
             "LOG_LEVEL": "WARNING",
         }
         process = subprocess.Popen([sys.executable, "worker.py"], cwd=ROOT, env=env)

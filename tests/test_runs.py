@@ -258,3 +258,21 @@ async def test_a_run_whose_workflow_was_terminated_is_not_shown_running(stack: S
     run = await stack.run(business, run_id)
     assert run["status"] == "failed"
     assert "terminated" in run["status_reason"]
+
+
+async def test_lines_of_a_run_terminated_by_an_operator_come_back_to_the_business(stack: Stack) -> None:
+    business = await stack.create_business(cap=2)
+    first = [new_number() for _ in range(10)]
+    second = [new_number() for _ in range(3)]
+    await stack.force_outcomes(dict.fromkeys(first + second, "completed"))
+    terminated = await stack.start_run(business, first)
+
+    async def holding_lines() -> bool:
+        return len(await stack.sim_calls(business.caller_id)) >= 2
+
+    await wait_for(holding_lines, within=30, what="the first run to take the lines")
+    # Terminated, it can never give its lines back; the gate's reaper takes them.
+    await stack.temporal.get_workflow_handle(run_workflow_id(terminated)).terminate("operator")
+    run_id = await stack.start_run(business, second)
+    run = await stack.wait_run_ends(business, run_id, within=60)
+    assert run["status"] == "completed" and run["progress"]["outcomes"]["answered"] == 3

@@ -13,9 +13,6 @@ with workflow.unsafe.imports_passed_through():
     from workflows.line_pool import LinePool
     from workflows.messages import GateInput, LineDemand, LineGrant, LineRecall
 
-# How often the gate checks that runs holding lines are still alive.
-REAP_INTERVAL = timedelta(minutes=1)
-
 
 @workflow.defn
 class BusinessLinesWorkflow:
@@ -31,6 +28,7 @@ class BusinessLinesWorkflow:
     def __init__(self, input: GateInput) -> None:
         # Built here, not in run(): signals delivered with the start are applied before run() begins.
         self._pool = LinePool(input.cap, input.holders, input.seq)
+        self._reap_interval = timedelta(seconds=input.reap_interval_seconds)
         self._changed = True
 
     @workflow.run
@@ -38,7 +36,7 @@ class BusinessLinesWorkflow:
         while True:
             try:
                 await workflow.wait_condition(
-                    lambda: self._changed, timeout=REAP_INTERVAL if self._pool.holders else None
+                    lambda: self._changed, timeout=self._reap_interval if self._pool.holders else None
                 )
             except TimeoutError:
                 await self._reap()
@@ -51,7 +49,13 @@ class BusinessLinesWorkflow:
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 if not self._changed:
                     workflow.continue_as_new(
-                        GateInput(input.business_id, self._pool.cap, self._pool.snapshot(), self._pool.seq)
+                        GateInput(
+                            input.business_id,
+                            self._pool.cap,
+                            self._pool.snapshot(),
+                            self._pool.seq,
+                            input.reap_interval_seconds,
+                        )
                     )
 
     @workflow.signal

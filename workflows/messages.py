@@ -219,3 +219,5 @@ class GateInput:
     cap: int = 3
     holders: list[GateHolder] = field(default_factory=list)
     seq: int = 0
+    # How often to check that runs holding lines are still running.
+    reap_interval_seconds: float = 60.0
