@@ -1,0 +1,229 @@
+"""Next-dial latency, and the engine's own floor measured in the same process.
+
+Next-dial latency: for each terminal status callback of a business that still has leads waiting,
+the time from the callback reaching the API to the next create-call request of that business
+reaching the carrier.
+
+- "Callback received" is taken by an ASGI middleware wrapped around the API inside this benchmark
+  (`bench.common.WebhookTimer`): the wall-clock time the POST to /v1/webhooks/twilio/call-status
+  entered the app, before the signature check and the signal. Only terminal CallStatus values count.
+- "Create sent" is the simulator's own record of each create request (`/_sim/stats`
+  `create_requests`), same machine, same clock.
+- Matching: with `cap` lines, the first `cap` creates need no line to be freed; after that, each
+  create is made on a line freed by a terminal callback. So the k-th terminal callback (in arrival
+  order) is paired with create number cap + k. Callbacks after the last create (no lead waiting)
+  are not samples.
+
+Floor: `bench.floor` - signal a waiting workflow, which runs one activity that POSTs to a small
+local endpoint; floor = signal sent -> that POST received. Measured twice: with the activity on the
+workflow's own task queue (the plain floor, which the server may hand to the worker eagerly) and
+on a separate rate-limited queue, as the product's dial activity is.
+
+The latency is also split by the run's history into where the time goes: API (callback in ->
+signal recorded), workflow task (signal -> place_call scheduled), activity dispatch (scheduled ->
+started) and the dial activity itself (started -> create request at the carrier).
+
+    .venv/bin/python -m bench.latency [--leads 200] [--cap 3] [--talk-seconds 1] [--floor-samples 100] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from typing import Any
+
+from bench.common import (
+    BenchEnv,
+    add_env_arguments,
+    bench_env,
+    configure_simulator,
+    create_times,
+    event_time,
+    event_type,
+    execution_chain,
+    free_port,
+    log,
+    machine,
+    payload_json,
+    percentiles,
+    run_main,
+    run_to_end,
+)
+from bench.floor import Endpoint, FloorSamples, floor_workers, measure_floor
+from telephony.status import TERMINAL_CALL_STATUSES
+from tests.harness import serve
+from workflows.names import run_workflow_id
+
+GOAL_P50_RATIO = 1.5
+GOAL_P99_RATIO = 3.0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line flags; `--quick` shrinks the run to a few seconds."""
+    parser = argparse.ArgumentParser(prog="python -m bench.latency", description=__doc__)
+    parser.add_argument("--leads", type=int, default=200)
+    parser.add_argument(
+        "--talk-seconds",
+        type=float,
+        default=1.0,
+        help="mean call length; each call lasts 0.5x to 1.5x this, so lines do not end in lockstep",
+    )
+    parser.add_argument("--cap", type=int, default=3)
+    parser.add_argument("--floor-samples", type=int, default=100)
+    add_env_arguments(parser)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.leads, args.talk_seconds, args.floor_samples = 30, 0.3, 20
+    return args
+
+
+def _ms(values: Sequence[float]) -> dict[str, float | int]:
+    return percentiles([1000 * v for v in values])
+
+
+async def _stages(
+    env: BenchEnv, run_id: str, cap: int, arrivals: list[float], creates: list[float]
+) -> dict[str, Any]:
+    """Split each sample at the history events between callback and create."""
+    signals: list[float] = []
+    scheduled: list[tuple[float, float | None]] = []
+    for history in await execution_chain(env.client, run_workflow_id(run_id)):
+        started_at: dict[int, float] = {}
+        dials: list[tuple[int, float]] = []
+        for event in history.events:
+            kind = event_type(event)
+            if kind == "WorkflowExecutionSignaled":
+                attrs = event.workflow_execution_signaled_event_attributes
+                body = payload_json(attrs.input)
+                if attrs.signal_name == "call_status" and body.get("status") in TERMINAL_CALL_STATUSES:
+                    signals.append(event_time(event))
+            elif kind == "ActivityTaskScheduled":
+                if event.activity_task_scheduled_event_attributes.activity_type.name == "place_call":
+                    dials.append((event.event_id, event_time(event)))
+            elif kind == "ActivityTaskStarted":
+                started_at[event.activity_task_started_event_attributes.scheduled_event_id] = event_time(
+                    event
+                )
+        scheduled.extend((at, started_at.get(event_id)) for event_id, at in dials)
+    signals.sort()
+    scheduled.sort()
+    api, task, dispatch, activity = [], [], [], []
+    for k, arrived in enumerate(arrivals):
+        if cap + k >= min(len(creates), len(scheduled)) or k >= len(signals):
+            break
+        dial_scheduled, dial_started = scheduled[cap + k]
+        api.append(signals[k] - arrived)
+        task.append(dial_scheduled - signals[k])
+        if dial_started is not None:
+            dispatch.append(dial_started - dial_scheduled)
+            activity.append(creates[cap + k] - dial_started)
+    return {
+        "api_callback_to_signal_recorded_ms": _ms(api),
+        "workflow_task_signal_to_dial_scheduled_ms": _ms(task),
+        "activity_dispatch_scheduled_to_started_ms": _ms(dispatch),
+        "dial_activity_started_to_create_ms": _ms(activity),
+    }
+
+
+def _floor_stages(samples: FloorSamples) -> dict[str, Any]:
+    return {
+        "signal_sent_to_recorded_ms": _ms(samples.signal_recorded),
+        "workflow_task_signal_to_activity_scheduled_ms": _ms(samples.workflow_task),
+        "activity_dispatch_scheduled_to_started_ms": _ms(samples.dispatch),
+        "activity_started_to_request_ms": _ms(samples.activity),
+    }
+
+
+async def measure(
+    env: BenchEnv, *, leads: int, cap: int, talk_seconds: float, floor_samples: int
+) -> dict[str, Any]:
+    """Run `leads` calls on `cap` lines, then the floor; report both and their ratios."""
+    await configure_simulator(
+        env, ring_seconds=(0.0, 0.0), talk_seconds=(0.5 * talk_seconds, 1.5 * talk_seconds)
+    )
+    run = await run_to_end(env, cap=cap, leads=leads, within=60 + 4 * leads * talk_seconds / cap)
+    caller_id = run.business.caller_id
+    arrivals = [a.at for a in env.stack.webhooks.for_caller(caller_id)]
+    creates = await create_times(env, caller_id)
+    samples = [creates[cap + k] - at for k, at in enumerate(arrivals) if cap + k < len(creates)]
+    negative = sum(1 for s in samples if s < 0)
+    stages = await _stages(env, run.run_id, cap, arrivals, creates)
+    log.info(
+        "next-dial latency: %d samples (%d terminal callbacks, %d creates)",
+        len(samples),
+        len(arrivals),
+        len(creates),
+    )
+
+    endpoint = Endpoint({}, {})
+    port = free_port()
+    async with serve(endpoint.app(), port) as base, floor_workers(env.client) as (queue, act_queue):
+        url = f"{base}/ping"
+        floor = await measure_floor(
+            env.client, endpoint, url, task_queue=queue, activity_task_queue=None, samples=floor_samples
+        )
+        floor_separate = await measure_floor(
+            env.client, endpoint, url, task_queue=queue, activity_task_queue=act_queue, samples=floor_samples
+        )
+
+    latency_ms = _ms(samples)
+    floor_ms = _ms(floor.total)
+    separate_ms = _ms(floor_separate.total)
+
+    def ratio(a: dict[str, float | int], b: dict[str, float | int], key: str) -> float | None:
+        return round(a[key] / b[key], 2) if b.get(key) else None
+
+    ratio_p50 = ratio(latency_ms, floor_ms, "p50")
+    ratio_p99 = ratio(latency_ms, floor_ms, "p99")
+    return {
+        "bench": "latency",
+        "leads": leads,
+        "cap": cap,
+        "talk_seconds": [round(0.5 * talk_seconds, 3), round(1.5 * talk_seconds, 3)],
+        "simulator": env.simulator,
+        "run_status": run.result.get("status"),
+        "terminal_callbacks": len(arrivals),
+        "creates": len(creates),
+        "negative_samples": negative,
+        "callback_received": "ASGI middleware in front of the API, time the POST entered the app",
+        "create_sent": "simulator create_requests time",
+        "next_dial_ms": latency_ms,
+        "next_dial_stages": stages,
+        "floor_ms": floor_ms,
+        "floor_stages": _floor_stages(floor),
+        "floor_separate_activity_queue_ms": separate_ms,
+        "floor_separate_activity_queue_stages": _floor_stages(floor_separate),
+        "ratio_p50": ratio_p50,
+        "ratio_p99": ratio_p99,
+        "ratio_vs_separate_queue_floor": {
+            "p50": ratio(latency_ms, separate_ms, "p50"),
+            "p99": ratio(latency_ms, separate_ms, "p99"),
+        },
+        "goal": {"ratio_p50": GOAL_P50_RATIO, "ratio_p99": GOAL_P99_RATIO},
+        "goal_met": {
+            "p50": ratio_p50 is not None and ratio_p50 <= GOAL_P50_RATIO,
+            "p99": ratio_p99 is not None and ratio_p99 <= GOAL_P99_RATIO,
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Start everything, measure, print one JSON object."""
+    args = parse_args(argv)
+
+    async def go() -> dict[str, Any]:
+        async with bench_env(simulator=args.simulator) as env:
+            result = await measure(
+                env,
+                leads=args.leads,
+                cap=args.cap,
+                talk_seconds=args.talk_seconds,
+                floor_samples=args.floor_samples,
+            )
+        return {**result, "machine": machine()}
+
+    run_main(go)
+
+
+if __name__ == "__main__":
+    main()
