@@ -185,6 +185,33 @@ async def test_a_429_storm_delays_calls_and_two_workers_keep_the_global_rate(
     assert len(requests) > len(phones), "429s were retried"
 
 
+async def test_a_429_is_retried_after_the_wait_twilio_asks_for(
+    stack: Stack, sim_knobs: SimulatorKnobs
+) -> None:
+    business = await stack.create_business(cap=1)
+    phone = new_number()
+    await stack.force_outcomes({phone: "completed"})
+    # Without Retry-After the first retry would come after the dial policy's 1 s.
+    await sim_knobs(create_429_rate=1.0, retry_after_seconds=3)
+    run_id = await stack.start_run(business, [phone])
+
+    async def requests() -> list[float]:
+        stats = (await stack.sim.get("/_sim/stats")).json()
+        return sorted(stats["create_requests"].get(business.caller_id, []))
+
+    async def refused_twice() -> bool:
+        return len(await requests()) >= 2
+
+    await wait_for(refused_twice, within=30, what="two refused creates")
+    await sim_knobs(create_429_rate=0.0)
+    run = await stack.wait_run_ends(business, run_id)
+
+    assert run["status"] == "completed" and run["progress"]["outcomes"]["answered"] == 1
+    first, second = (await requests())[:2]
+    assert second - first >= 3.0, f"retried {second - first:.2f}s after a 429 that asked for 3s"
+    assert Counter(c["to"] for c in await stack.sim_calls(business.caller_id)) == {phone: 1}
+
+
 async def test_a_bad_number_fails_that_lead_with_twilios_reason_and_the_run_goes_on(
     stack: Stack, sim_knobs: SimulatorKnobs
 ) -> None:

@@ -47,8 +47,7 @@ def create_app(config: SimulatorConfig) -> FastAPI:
 
     @app.exception_handler(TwilioApiError)
     async def twilio_error(request: Request, exc: TwilioApiError) -> JSONResponse:
-        headers = {"WWW-Authenticate": 'Basic realm="Twilio API"'} if exc.status == 401 else None
-        return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers())
 
     app.include_router(_twilio_routes(simulator))
     app.include_router(_control_routes(simulator))

@@ -49,6 +49,9 @@ class SimulatorConfig(BaseModel):
     create_429_rate: float = Field(
         default=0.0, ge=0, le=1, description="chance a create answers 429 without placing the call"
     )
+    retry_after_seconds: float | None = Field(
+        default=1.0, ge=0, description="the Retry-After a 429 carries; none when null"
+    )
     create_5xx_rate: float = Field(
         default=0.0, ge=0, le=1, description="chance a create answers 500 without placing the call"
     )

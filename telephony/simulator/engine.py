@@ -122,7 +122,7 @@ class Simulator:
             raise TwilioApiError(400, refused, f"The number {request.to} cannot be called (error {refused})")
         if self._chance(config.create_429_rate):
             self.faults.create_429 += 1
-            raise too_many_requests()
+            raise too_many_requests(config.retry_after_seconds)
         if self._chance(config.create_5xx_rate):
             self.faults.create_5xx += 1
             raise internal_error()

@@ -8,11 +8,20 @@ from typing import Any
 class TwilioApiError(Exception):
     """An error the simulator answers in Twilio's shape: HTTP status plus a Twilio error code."""
 
-    def __init__(self, status: int, code: int, message: str) -> None:
+    def __init__(self, status: int, code: int, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str] | None:
+        """The headers Twilio sends with this error."""
+        if self.status == 401:
+            return {"WWW-Authenticate": 'Basic realm="Twilio API"'}
+        if self.retry_after is not None:
+            return {"Retry-After": f"{self.retry_after:g}"}
+        return None
 
     def body(self) -> dict[str, Any]:
         """The JSON body Twilio sends with this error."""
@@ -29,9 +38,9 @@ def not_found(path: str) -> TwilioApiError:
     return TwilioApiError(404, 20404, f"The requested resource {path} was not found")
 
 
-def too_many_requests() -> TwilioApiError:
-    """Twilio's 429: the request was not processed and is safe to retry."""
-    return TwilioApiError(429, 20429, "Too Many Requests")
+def too_many_requests(retry_after: float | None = None) -> TwilioApiError:
+    """Twilio's 429: the request was not processed and is safe to retry, after ``retry_after`` s if given."""
+    return TwilioApiError(429, 20429, "Too Many Requests", retry_after)
 
 
 def internal_error() -> TwilioApiError:
