@@ -27,9 +27,8 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qs
 
-import asyncpg
 import httpx
-from sqlalchemy.engine import make_url
+from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from temporalio.api.common.v1 import Payloads
 from temporalio.api.enums.v1 import EventType
@@ -38,12 +37,11 @@ from temporalio.client import Client, WorkflowHistory
 from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app
-from db.migrate import upgrade
 from settings import DEV_ACCOUNT_SID, DEV_AUTH_TOKEN, Settings
 from telephony.simulator import SimulatorConfig
 from telephony.simulator import create_app as create_simulator_app
 from telephony.status import TERMINAL_CALL_STATUSES
-from tests.harness import ROOT, Business, Stack, new_number, serve, wait_for
+from tests.harness import ROOT, Business, Stack, new_number, scratch_database, serve, wait_for
 from workflows.names import SEARCH_ATTRIBUTES, run_workflow_id
 
 log = logging.getLogger("bench")
@@ -150,26 +148,11 @@ class BenchStack(Stack):
             update={"GATE_REAP_SECONDS": Settings.model_fields["GATE_REAP_SECONDS"].default}
         )
 
-    async def start_api(self) -> None:
-        """Serve the API on its port, as `Stack.start_api` does, with the webhook timer added."""
-        ready = asyncio.Event()
-        stopping = asyncio.Event()
+    def build_app(self) -> FastAPI:
+        """The API with the webhook timer added."""
         app = create_app(self.settings, self.temporal)
         app.add_middleware(WebhookTimer, clock=self.webhooks)
-
-        async def run() -> None:
-            async with serve(app, self.api_port):
-                ready.set()
-                await stopping.wait()
-
-        task = asyncio.create_task(run())
-        await ready.wait()
-
-        async def stop() -> None:
-            stopping.set()
-            await task
-
-        self._api_stop = stop
+        return app
 
 
 # Servers
@@ -179,19 +162,10 @@ class BenchStack(Stack):
 async def fresh_database() -> AsyncIterator[str]:
     """A new PostgreSQL database, migrated to head, dropped afterwards (`BENCH_DATABASE_URL` names
     the server; the default is the local `test` database with trust auth)."""
-    base = make_url(os.environ.get("BENCH_DATABASE_URL") or DEFAULT_DATABASE)
-    name = f"outbound_bench_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(base.set(drivername="postgresql").render_as_string(hide_password=False))
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        url = base.set(drivername="postgresql+asyncpg", database=name).render_as_string(hide_password=False)
-        try:
-            await asyncio.to_thread(upgrade, url)
-            yield url
-        finally:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with scratch_database(
+        os.environ.get("BENCH_DATABASE_URL") or DEFAULT_DATABASE, "outbound_bench"
+    ) as url:
+        yield url
 
 
 @asynccontextmanager

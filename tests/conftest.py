@@ -3,7 +3,6 @@ once per session; per test, its own task queue, worker and API."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 import sys
@@ -13,15 +12,13 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 from temporalio.testing import WorkflowEnvironment
 
-from db.migrate import upgrade
 from settings import DEV_ACCOUNT_SID, DEV_AUTH_TOKEN
 from telephony.simulator import SimulatorConfig, create_app
-from tests.harness import Stack, serve
+from tests.harness import Stack, scratch_database, serve
 from workflows.names import SEARCH_ATTRIBUTES
 
 DEFAULT_TEST_DATABASE = "postgresql://postgres@127.0.0.1:5432/test"
@@ -48,22 +45,11 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
 @pytest.fixture(scope="session")
 async def database_url() -> AsyncIterator[str]:
     """A fresh PostgreSQL database for this session, migrated with Alembic, dropped afterwards."""
-    base = make_url(
-        os.environ.get("TEST_DATABASE_URL") or os.environ.get("DATABASE_URL") or DEFAULT_TEST_DATABASE
-    )
-    if base.get_backend_name() != "postgresql":
-        base = make_url(DEFAULT_TEST_DATABASE)
-    name = f"outbound_test_{uuid.uuid4().hex[:12]}"
-    admin_dsn = base.set(drivername="postgresql").render_as_string(hide_password=False)
-    admin = await asyncpg.connect(admin_dsn)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = base.set(drivername="postgresql+asyncpg", database=name).render_as_string(hide_password=False)
-    try:
-        await asyncio.to_thread(upgrade, url)
+    server = os.environ.get("TEST_DATABASE_URL") or os.environ.get("DATABASE_URL") or DEFAULT_TEST_DATABASE
+    if make_url(server).get_backend_name() != "postgresql":
+        server = DEFAULT_TEST_DATABASE
+    async with scratch_database(server, "outbound_test") as url:
         yield url
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 @pytest.fixture(scope="session")

@@ -11,28 +11,51 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import phonenumbers
 import uvicorn
 from fastapi import FastAPI
 from sqlalchemy import select
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from temporalio.client import Client
 
 from api.app import create_app
 from db.engine import create_engine, create_sessionmaker
+from db.migrate import upgrade
 from db.models import CallAttempt, Lead
 from settings import DEV_ADMIN_TOKEN, Settings
 from worker import build_workers
 
 ROOT = Path(__file__).resolve().parent.parent
 ALWAYS_OPEN = {"start": "00:00", "end": "24:00"}
+
+
+@asynccontextmanager
+async def scratch_database(server_url: str, prefix: str) -> AsyncIterator[str]:
+    """A new PostgreSQL database on the server `server_url` names, migrated with Alembic to head,
+    dropped afterwards; yields its asyncpg URL."""
+    base = make_url(server_url)
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(base.set(drivername="postgresql").render_as_string(hide_password=False))
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        url = base.set(drivername="postgresql+asyncpg", database=name).render_as_string(hide_password=False)
+        try:
+            await asyncio.to_thread(upgrade, url)
+            yield url
+        finally:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
 
 
 @asynccontextmanager
@@ -169,13 +192,17 @@ class Stack:
 
     # The API
 
+    def build_app(self) -> FastAPI:
+        """The API application start_api serves."""
+        return create_app(self.settings, self.temporal)
+
     async def start_api(self) -> None:
         """Serve the API on its port (again, after stop_api)."""
         ready = asyncio.Event()
         stopping = asyncio.Event()
 
         async def run() -> None:
-            async with serve(create_app(self.settings, self.temporal), self.api_port):
+            async with serve(self.build_app(), self.api_port):
                 ready.set()
                 await stopping.wait()
 
