@@ -19,7 +19,11 @@ _bearer = HTTPBearer(auto_error=False)
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
-    """A session that commits when the request succeeds and rolls back when it fails."""
+    """A session that commits when the route succeeds and rolls back when it fails.
+
+    It is scoped to the route function, so the commit happens before the response is sent: a
+    client told 201 or 204 reads its own write on the next request, and a commit that fails is
+    answered as an error, never as a success."""
     async with request.app.state.sessions() as session:
         try:
             yield session
@@ -41,7 +45,7 @@ def get_app_settings(request: Request) -> Settings:
     return settings
 
 
-SessionDep = Annotated[AsyncSession, Depends(get_session)]
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 TemporalDep = Annotated[Client, Depends(get_temporal)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import httpx
 import pytest
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from api.app import create_app
 from tests.conftest import SimulatorKnobs
 from tests.harness import Stack, new_number, wait_for
 
@@ -54,6 +58,24 @@ async def test_the_dnc_list_is_kept_per_business_in_e164(stack: Stack) -> None:
     assert (await stack.http.delete(f"/v1/dnc/{number}", headers=other.headers)).status_code == 404
     assert (await stack.http.delete(f"/v1/dnc/{number}", headers=business.headers)).status_code == 204
     assert len((await stack.http.get("/v1/dnc", headers=business.headers)).json()) == 1
+
+
+class _CommitRefused(AsyncSession):
+    async def commit(self) -> None:
+        raise OperationalError("COMMIT", None, ConnectionResetError("the database went away"))
+
+
+async def test_a_write_the_database_did_not_commit_is_not_answered_as_done(stack: Stack) -> None:
+    business = await stack.create_business()
+    app = create_app(stack.settings, stack.temporal)
+    app.state.settings = stack.settings
+    app.state.temporal = stack.temporal
+    app.state.sessions = async_sessionmaker(stack.engine, class_=_CommitRefused, expire_on_commit=False)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+        response = await client.post("/v1/dnc", json={"phones": [new_number()]}, headers=business.headers)
+    assert response.status_code == 500, response.text
+    assert (await stack.http.get("/v1/dnc", headers=business.headers)).json() == []
 
 
 @pytest.mark.parametrize(
