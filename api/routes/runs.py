@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Annotated, Any
 from uuid import uuid4
 
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.client import Client, WorkflowExecutionStatus
@@ -15,10 +18,21 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes, Workfl
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import BusinessDep, SessionDep, SettingsDep, TemporalDep
+from api.lead_upload import CSV_TYPES, JSON_LINES_TYPES, Record, UploadError, csv_records, json_lines_records
 from api.phones import InvalidPhone, to_e164
 from api.progress import progress_from_database, progress_from_workflow
-from api.schemas import Accepted, CallingWindowIn, CallPublic, LeadIn, RunCreate, RunCreated, RunPublic
+from api.schemas import (
+    Accepted,
+    CallingWindowIn,
+    CallPublic,
+    LeadIn,
+    RunCreate,
+    RunCreated,
+    RunOptionsIn,
+    RunPublic,
+)
 from db.models import Business, CallAttempt, Lead, Run, utcnow
+from settings import Settings
 from workflows.calling_window import CallingWindow
 from workflows.messages import CancelRequest, PauseRequest, ResumeRequest, RunInput, RunOptions
 from workflows.names import BUSINESS_ID, RUN_ID, RUN_STATUS, run_workflow_id
@@ -28,6 +42,9 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
 
 LIVE_STATUSES = ("running", "paused")
+MAX_STREAMED_LEADS = 1_000_000
+MAX_LISTED_ERRORS = 100
+INSERT_BATCH = 5_000
 QUERY_TIMEOUT = timedelta(seconds=5)
 
 
@@ -36,52 +53,198 @@ async def create_run(
     body: RunCreate, business: BusinessDep, session: SessionDep, temporal: TemporalDep, settings: SettingsDep
 ) -> RunCreated:
     """Store the run and its leads, then start its workflow. A bad lead list is a 422 naming every
-    bad row, and nothing is stored or started."""
+    bad row, and nothing is stored or started. For lists of many thousands, `POST /v1/runs/import`
+    streams CSV or JSON lines instead."""
     phones = _validated_phones(body.leads)
-    run_id = uuid4().hex
-    window = body.options.calling_window or (
-        CallingWindowIn(**business.calling_window) if business.calling_window else CallingWindowIn()
-    )
-    stored_options = body.options.model_dump(exclude_none=True) | {"calling_window": window.model_dump()}
-    options = RunOptions(**(stored_options | {"calling_window": CallingWindow(**window.model_dump())}))
-    session.add(
-        Run(
-            id=run_id,
-            business_id=business.id,
-            name=body.name,
-            status="running",
-            options=stored_options,
-            total_leads=len(phones),
-        )
-    )
-    await session.flush()
+    run, options = await _new_run(session, business, body.name, body.options)
     await session.execute(
         insert(Lead),
         [
-            {"run_id": run_id, "phone": p, "name": lead.name, "timezone": lead.timezone}
+            {"run_id": run.id, "phone": p, "name": lead.name, "timezone": lead.timezone}
             for p, lead in zip(phones, body.leads, strict=True)
         ],
     )
-    # Started before the commit: if the commit fails, the workflow finds no run and ends, so no
-    # row can say `running` without a workflow behind it.
-    workflow_id = run_workflow_id(run_id)
+    return await _start_run(temporal, settings, business, run, options, len(phones))
+
+
+@router.post(
+    "/import",
+    status_code=status.HTTP_201_CREATED,
+    response_model=RunCreated,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "text/csv": {
+                    "schema": {"type": "string"},
+                    "example": "phone,name\n+14155550100,Ada\n+14155550101,Grace\n",
+                },
+                "application/x-ndjson": {
+                    "schema": {"type": "string"},
+                    "example": '{"phone": "+14155550100", "name": "Ada"}\n',
+                },
+            },
+        }
+    },
+)
+async def import_run(
+    request: Request,
+    business: BusinessDep,
+    session: SessionDep,
+    temporal: TemporalDep,
+    settings: SettingsDep,
+    name: Annotated[str | None, Query(max_length=200, description="The run's name.")] = None,
+    options: Annotated[
+        str | None, Query(description="The run's options as a JSON object, as in `POST /v1/runs`.")
+    ] = None,
+) -> RunCreated:
+    """Start a run whose leads are streamed in the body, up to a million: CSV with a header row
+    naming a `phone` column (`name` and `timezone` are read too), or JSON lines, one
+    `{"phone", "name"?, "timezone"?}` object per line. The body is read a chunk at a time and the
+    leads are stored as they come. Errors name the line they are on; with any error nothing is
+    stored or started."""
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type in CSV_TYPES:
+        records = csv_records(request.stream())
+    elif media_type in JSON_LINES_TYPES:
+        records = json_lines_records(request.stream())
+    else:
+        raise HTTPException(
+            status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+            f"send the leads as text/csv or application/x-ndjson, not {media_type or 'an unnamed type'}",
+        )
+    run, run_options = await _new_run(session, business, name, _options_from_query(options))
+    try:
+        total = await _store_streamed_leads(session, run.id, records)
+    except UploadError as error:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(error)) from None
+    return await _start_run(temporal, settings, business, run, run_options, total)
+
+
+def _options_from_query(raw: str | None) -> RunOptionsIn:
+    if raw is None:
+        return RunOptionsIn()
+    try:
+        return RunOptionsIn.model_validate_json(raw)
+    except ValidationError as error:
+        raise RequestValidationError(
+            [{**e, "loc": ("query", "options", *e["loc"])} for e in error.errors(include_url=False)]
+        ) from None
+
+
+async def _store_streamed_leads(session: AsyncSession, run_id: str, records: AsyncIterator[Record]) -> int:
+    """Validate and insert the leads as they arrive; a 422 naming the bad lines if any is bad."""
+    errors: list[dict[str, Any]] = []
+    error_count = 0
+    first_line: dict[str, int] = {}
+    batch: list[dict[str, Any]] = []
+
+    def bad(line: int, value: object, kind: str, message: str) -> None:
+        nonlocal error_count
+        error_count += 1
+        if len(errors) < MAX_LISTED_ERRORS:
+            errors.append(
+                {
+                    "loc": ["body", "line", line],
+                    "type": kind,
+                    "msg": f"line {line}: {message}",
+                    "input": value,
+                }
+            )
+
+    async for record in records:
+        if record.fields is None:
+            bad(record.line, None, "unreadable_lead", record.problem or "unreadable")
+            continue
+        try:
+            lead = LeadIn.model_validate(record.fields)
+        except ValidationError as error:
+            for e in error.errors(include_url=False):
+                where = ".".join(str(part) for part in e["loc"]) or "lead"
+                bad(record.line, e.get("input"), e["type"], f"{where}: {e['msg']}")
+            continue
+        try:
+            phone = to_e164(lead.phone)
+        except InvalidPhone as error:
+            bad(record.line, lead.phone, "invalid_phone", str(error))
+            continue
+        if phone in first_line:
+            message = f"{phone} is also on line {first_line[phone]}; each number once per run"
+            bad(record.line, lead.phone, "duplicate_phone", message)
+            continue
+        if len(first_line) >= MAX_STREAMED_LEADS:
+            raise UploadError(f"more than {MAX_STREAMED_LEADS} leads: split the list into several runs")
+        first_line[phone] = record.line
+        if error_count:
+            continue  # nothing will be stored: only look for more errors
+        batch.append({"run_id": run_id, "phone": phone, "name": lead.name, "timezone": lead.timezone})
+        if len(batch) >= INSERT_BATCH:
+            await session.execute(insert(Lead), batch)
+            batch = []
+    if error_count:
+        if error_count > len(errors):
+            errors.append(
+                {
+                    "loc": ["body"],
+                    "type": "more_errors",
+                    "msg": f"{error_count - len(errors)} more bad lines not listed",
+                    "input": None,
+                }
+            )
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=errors)
+    if not first_line:
+        raise UploadError("the list has no leads")
+    if batch:
+        await session.execute(insert(Lead), batch)
+    return len(first_line)
+
+
+async def _new_run(
+    session: AsyncSession, business: Business, name: str | None, options_in: RunOptionsIn
+) -> tuple[Run, RunOptions]:
+    """The run's row (flushed, not committed) and the options its workflow is started with."""
+    window = options_in.calling_window or (
+        CallingWindowIn(**business.calling_window) if business.calling_window else CallingWindowIn()
+    )
+    stored_options = options_in.model_dump(exclude_none=True) | {"calling_window": window.model_dump()}
+    options = RunOptions(**(stored_options | {"calling_window": CallingWindow(**window.model_dump())}))
+    run = Run(
+        id=uuid4().hex,
+        business_id=business.id,
+        name=name,
+        status="running",
+        options=stored_options,
+        total_leads=0,
+    )
+    session.add(run)
+    await session.flush()
+    return run, options
+
+
+async def _start_run(
+    temporal: Client, settings: Settings, business: Business, run: Run, options: RunOptions, total: int
+) -> RunCreated:
+    """Start the run's workflow. Started before the request's commit: if the commit fails, the
+    workflow finds no run and ends, so no row can say `running` without a workflow behind it."""
+    run.total_leads = total
+    workflow_id = run_workflow_id(run.id)
     await temporal.start_workflow(
         OutboundRunWorkflow.run,
-        RunInput(run_id=run_id, business_id=business.id, options=options, total_leads=len(phones)),
+        RunInput(run_id=run.id, business_id=business.id, options=options, total_leads=total),
         id=workflow_id,
         task_queue=settings.TEMPORAL_TASK_QUEUE,
         id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
         search_attributes=TypedSearchAttributes(
             [
                 SearchAttributePair(BUSINESS_ID, business.id),
-                SearchAttributePair(RUN_ID, run_id),
+                SearchAttributePair(RUN_ID, run.id),
                 SearchAttributePair(RUN_STATUS, "running"),
             ]
         ),
-        static_summary=f"{body.name or 'Outbound run'}: {len(phones)} leads for {business.name}",
+        static_summary=f"{run.name or 'Outbound run'}: {total} leads for {business.name}",
     )
-    log.info("run started", extra={"run": run_id, "business": business.id, "leads": len(phones)})
-    return RunCreated(id=run_id, status="running", workflow_id=workflow_id)
+    log.info("run started", extra={"run": run.id, "business": business.id, "leads": total})
+    return RunCreated(id=run.id, status="running", workflow_id=workflow_id)
 
 
 def _validated_phones(leads: list[LeadIn]) -> list[str]:

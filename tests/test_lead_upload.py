@@ -1,0 +1,135 @@
+"""Runs started from a streamed lead list: CSV or JSON lines, read a chunk at a time."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+
+from api.lead_upload import Record, UploadError, csv_records, json_lines_records
+from tests.harness import ALWAYS_OPEN, Stack, new_number
+
+OPEN_AROUND_THE_CLOCK = json.dumps({"calling_window": ALWAYS_OPEN})
+
+
+async def _in_chunks(body: bytes, size: int) -> AsyncIterator[bytes]:
+    for start in range(0, len(body), size):
+        yield body[start : start + size]
+
+
+async def _read(records: AsyncIterator[Record]) -> list[Record]:
+    return [record async for record in records]
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 7, 4096])
+async def test_a_csv_split_anywhere_reads_the_same(chunk_size: int) -> None:
+    body = (
+        '\ufeffName,Phone,Notes\r\n"Zoë ""Z"" Ng",+14155550100,x\r\n'
+        '"Ada,\nLovelace",+14155550101,\r\n\r\n'
+        "Grace,+14155550102\n"
+    ).encode()
+    records = await _read(csv_records(_in_chunks(body, chunk_size)))
+    assert [(r.line, r.fields) for r in records] == [
+        (2, {"name": 'Zoë "Z" Ng', "phone": "+14155550100"}),
+        (3, {"name": "Ada,\nLovelace", "phone": "+14155550101"}),
+        (6, {"name": "Grace", "phone": "+14155550102"}),
+    ]
+
+
+async def test_a_csv_that_cannot_be_a_lead_list_says_why() -> None:
+    with pytest.raises(UploadError, match="no 'phone' column"):
+        await _read(csv_records(_in_chunks(b"name,number\nAda,+14155550100\n", 5)))
+    with pytest.raises(UploadError, match="line 2: a quoted field is never closed"):
+        await _read(csv_records(_in_chunks(b'phone,name\n+14155550100,"Ada\n', 5)))
+    with pytest.raises(UploadError, match="not UTF-8"):
+        await _read(csv_records(_in_chunks(b"phone\n\xff\xfe\n", 5)))
+
+
+async def test_json_lines_name_the_line_of_each_bad_record() -> None:
+    body = b'{"phone": "+14155550100"}\n\n[1, 2]\n{"phone": \n{"phone": "+14155550101", "name": "Ada"}'
+    records = await _read(json_lines_records(_in_chunks(body, 4)))
+    assert [(r.line, r.fields, r.problem is not None) for r in records] == [
+        (1, {"phone": "+14155550100"}, False),
+        (3, None, True),
+        (4, None, True),
+        (5, {"phone": "+14155550101", "name": "Ada"}, False),
+    ]
+    assert "expected a JSON object" in (records[1].problem or "")
+
+
+async def test_a_run_uploaded_as_csv_calls_every_lead_in_the_list(stack: Stack) -> None:
+    business = await stack.create_business()
+    phones = [new_number() for _ in range(4)]
+    await stack.force_outcomes(dict.fromkeys(phones, "completed"))
+    rows = "".join(f'"Lead, {i}",{phone},ignored\r\n' for i, phone in enumerate(phones))
+
+    async def body() -> AsyncIterator[bytes]:
+        data = f"name,phone,crm_id\r\n{rows}".encode()
+        for start in range(0, len(data), 10):
+            yield data[start : start + 10]
+
+    response = await stack.http.post(
+        "/v1/runs/import",
+        params={"name": "from csv", "options": OPEN_AROUND_THE_CLOCK},
+        content=body(),
+        headers={**business.headers, "Content-Type": "text/csv"},
+    )
+    assert response.status_code == 201, response.text
+    run_id = response.json()["id"]
+    run = await stack.wait_run_ends(business, run_id)
+    assert run["status"] == "completed" and run["name"] == "from csv"
+    assert run["progress"]["total"] == 4 and run["progress"]["outcomes"]["answered"] == 4
+    leads = await stack.leads(run_id)
+    assert [(lead.phone, lead.name) for lead in leads] == [(p, f"Lead, {i}") for i, p in enumerate(phones)]
+
+
+async def test_a_bad_streamed_list_names_each_bad_line_and_nothing_starts(stack: Stack) -> None:
+    business = await stack.create_business()
+    good = new_number()
+    lines = [
+        json.dumps({"phone": good}),
+        json.dumps({"phone": "4155550100"}),
+        "not json",
+        json.dumps({"phone": good}),
+        json.dumps({"phone": new_number(), "timezone": "Mars/Olympus"}),
+    ]
+    response = await stack.http.post(
+        "/v1/runs/import",
+        params={"options": OPEN_AROUND_THE_CLOCK},
+        content="\n".join(lines),
+        headers={**business.headers, "Content-Type": "application/x-ndjson"},
+    )
+    assert response.status_code == 422
+    errors = response.json()["detail"]
+    assert [(e["loc"][2], e["type"]) for e in errors] == [
+        (2, "invalid_phone"),
+        (3, "unreadable_lead"),
+        (4, "duplicate_phone"),
+        (5, "value_error"),
+    ]
+    assert "also on line 1" in errors[2]["msg"] and "IANA time zone" in errors[3]["msg"]
+    assert (await stack.http.get("/v1/runs", headers=business.headers)).json() == []
+    assert await stack.sim_calls(business.caller_id) == []
+
+
+async def test_the_import_refuses_what_it_cannot_read(stack: Stack) -> None:
+    business = await stack.create_business()
+    lead = f"phone\n{new_number()}\n"
+    wrong_type = await stack.http.post(
+        "/v1/runs/import", content=lead, headers={**business.headers, "Content-Type": "text/plain"}
+    )
+    assert wrong_type.status_code == 415 and "text/csv" in wrong_type.json()["detail"]
+    bad_options = await stack.http.post(
+        "/v1/runs/import",
+        params={"options": json.dumps({"max_attempts": 99})},
+        content=lead,
+        headers={**business.headers, "Content-Type": "text/csv"},
+    )
+    assert bad_options.status_code == 422
+    assert bad_options.json()["detail"][0]["loc"] == ["query", "options", "max_attempts"]
+    empty = await stack.http.post(
+        "/v1/runs/import", content="phone\n", headers={**business.headers, "Content-Type": "text/csv"}
+    )
+    assert empty.status_code == 422 and "no leads" in empty.json()["detail"]
+    assert (await stack.http.get("/v1/runs", headers=business.headers)).json() == []
