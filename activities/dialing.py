@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from sqlalchemy import select, update
@@ -15,6 +15,7 @@ from twilio.base.exceptions import TwilioRestException
 from twilio.rest import Client
 from twilio.rest.api.v2010.account.call import CallInstance
 
+from activities.records import write_outcomes
 from db.models import CallAttempt, DoNotCall, Run, utcnow
 from db.upsert import insert_ignoring_conflict
 from telephony.twilio_client import (
@@ -24,6 +25,7 @@ from telephony.twilio_client import (
     last_retry_after,
     status_callback_url,
 )
+from workflows.messages import Outcome
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,9 @@ class DialInput:
     call_time_limit_seconds: int = 3600
     machine_detection: bool = False
     business_id: str = ""
+    # Outcomes of the run's earlier calls, written with this attempt's row instead of by an
+    # activity of their own.
+    outcomes: list[Outcome] = field(default_factory=list)
 
 
 @dataclass
@@ -92,8 +97,8 @@ class DialingActivities:
     async def place_call(self, input: DialInput) -> DialOutput:
         """Place one call for (run, lead, attempt), at most once.
 
-        The attempt row is written before Twilio is called. If it already has a call SID, that call
-        is the answer. If it has none, an earlier try may still have reached Twilio (a lost response,
+        The attempt row is written before Twilio is called, in one transaction with the outcomes
+        the dial carries. If the row already has a call SID, that call is the answer. If it has none, an earlier try may still have reached Twilio (a lost response,
         a killed worker), so Twilio is asked for a matching call before dialing again.
         """
         context = {"run": input.run_id, "lead": input.lead_id, "attempt": input.attempt}
@@ -152,6 +157,7 @@ class DialingActivities:
 
     async def _claim_attempt(self, input: DialInput) -> CallAttempt:
         async with self.sessions() as session, session.begin():
+            await write_outcomes(session, input.run_id, input.outcomes)
             await insert_ignoring_conflict(
                 session,
                 CallAttempt,

@@ -116,32 +116,7 @@ class RecordActivities:
     async def record_outcomes(self, input: RecordOutcomesInput) -> None:
         """Write final attempt statuses and lead outcomes in one transaction; safe to repeat."""
         async with self.sessions() as session, session.begin():
-            await insert_ignoring_conflict(
-                session,
-                CallAttempt,
-                [
-                    {"run_id": input.run_id, "lead_id": o.lead_id, "attempt": o.attempt, "status": o.status}
-                    for o in input.outcomes
-                ],
-                ["run_id", "lead_id", "attempt"],
-            )
-            now = utcnow()
-            for o in input.outcomes:
-                values: dict[str, object] = {"status": o.status, "updated_at": now}
-                for name in ("call_sid", "duration", "answered_by", "error_code", "error_message"):
-                    if getattr(o, name) is not None:
-                        values[name] = getattr(o, name)
-                await session.execute(
-                    update(CallAttempt)
-                    .where(
-                        CallAttempt.run_id == input.run_id,
-                        CallAttempt.lead_id == o.lead_id,
-                        CallAttempt.attempt == o.attempt,
-                    )
-                    .values(**values)
-                )
-                lead_status = outcome_for(o.status) if o.final else LEAD_RETRYING
-                await session.execute(update(Lead).where(Lead.id == o.lead_id).values(status=lead_status))
+            await write_outcomes(session, input.run_id, input.outcomes)
 
     @activity.defn
     async def stop_dials(self, input: LoadRunInput) -> None:
@@ -167,3 +142,48 @@ class RecordActivities:
                     .values(status="cancelled")
                 )
             await session.execute(update(Run).where(Run.id == input.run_id).values(**values))
+
+
+async def write_outcomes(session: AsyncSession, run_id: str, outcomes: list[Outcome]) -> None:
+    """Write attempts' final statuses and their leads' outcomes. Safe to repeat and to apply late
+    or out of order: an attempt's row only ever gets its own final word, and a lead takes its
+    status from its latest attempt only."""
+    if not outcomes:
+        return
+    await insert_ignoring_conflict(
+        session,
+        CallAttempt,
+        [
+            {"run_id": run_id, "lead_id": o.lead_id, "attempt": o.attempt, "status": o.status}
+            for o in outcomes
+        ],
+        ["run_id", "lead_id", "attempt"],
+    )
+    now = utcnow()
+    for o in outcomes:
+        values: dict[str, object] = {"status": o.status, "updated_at": now}
+        for name in ("call_sid", "duration", "answered_by", "error_code", "error_message"):
+            if getattr(o, name) is not None:
+                values[name] = getattr(o, name)
+        await session.execute(
+            update(CallAttempt)
+            .where(
+                CallAttempt.run_id == run_id,
+                CallAttempt.lead_id == o.lead_id,
+                CallAttempt.attempt == o.attempt,
+            )
+            .values(**values)
+        )
+        later_attempt = (
+            select(CallAttempt.id)
+            .where(
+                CallAttempt.run_id == run_id,
+                CallAttempt.lead_id == o.lead_id,
+                CallAttempt.attempt > o.attempt,
+            )
+            .exists()
+        )
+        lead_status = outcome_for(o.status) if o.final else LEAD_RETRYING
+        await session.execute(
+            update(Lead).where(Lead.id == o.lead_id, ~later_attempt).values(status=lead_status)
+        )

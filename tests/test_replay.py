@@ -1,6 +1,8 @@
 """Saved histories of real runs replay on today's workflow code: a change that would break runs in
 flight fails here, not in production. Refresh with `SAVE_HISTORIES=1 make pytest` only when a change
-is deliberately incompatible and guarded by `workflow.patched()`; keep the old files too."""
+is deliberately incompatible and guarded by `workflow.patched()`, after moving today's files into a
+folder of their own under `histories/` (`v1/` holds those from before the `outcomes-ride-dials`
+patch): every folder keeps replaying."""
 
 from __future__ import annotations
 
@@ -13,14 +15,18 @@ from temporalio.worker import Replayer
 from workflows.business_lines import BusinessLinesWorkflow
 from workflows.outbound_run import OutboundRunWorkflow
 
+FOLDER = Path(__file__).parent / "histories"
 HISTORIES = {
-    path.stem: path.read_text() for path in sorted((Path(__file__).parent / "histories").glob("*.json"))
+    path.relative_to(FOLDER).with_suffix("").as_posix(): path.read_text()
+    for path in sorted(FOLDER.rglob("*.json"))
 }
 
 
 def test_histories_of_the_main_paths_are_kept() -> None:
     main_paths = {"run_completed", "run_cancelled", "run_sharing_lines", "gate_two_runs", "run_retried"}
-    assert main_paths | {"run_waited_for_window", "run_reconciled"} <= set(HISTORIES)
+    main_paths |= {"run_waited_for_window", "run_reconciled"}
+    assert main_paths <= set(HISTORIES), "today's code"
+    assert {f"v1/{name}" for name in main_paths} <= set(HISTORIES), "before outcomes rode dials"
 
 
 @pytest.mark.parametrize("name", sorted(HISTORIES))
