@@ -17,7 +17,7 @@ from twilio.rest.api.v2010.account.call import CallInstance
 
 from activities.records import write_outcomes
 from db.models import CallAttempt, DoNotCall, Run, utcnow
-from db.upsert import insert_ignoring_conflict
+from db.upsert import dialect_insert
 from telephony.twilio_client import (
     ACCOUNT_ERROR_CODES,
     BAD_NUMBER_CODES,
@@ -97,15 +97,16 @@ class DialingActivities:
     async def place_call(self, input: DialInput) -> DialOutput:
         """Place one call for (run, lead, attempt), at most once.
 
-        The attempt row is written before Twilio is called, in one transaction with the outcomes
-        the dial carries. If the row already has a call SID, that call is the answer. If it has none, an earlier try may still have reached Twilio (a lost response,
+        The attempt row is written before Twilio is called. If it already has a call SID, that call
+        is the answer. The outcomes the dial carries are written with the SID, once the call is
+        placed (or found placed). If it has none, an earlier try may still have reached Twilio (a lost response,
         a killed worker), so Twilio is asked for a matching call before dialing again.
         """
         context = {"run": input.run_id, "lead": input.lead_id, "attempt": input.attempt}
         attempt = await self._claim_attempt(input)
         if attempt.call_sid:
             log.info("call already placed", extra={**context, "call_sid": attempt.call_sid})
-            return DialOutput(attempt.call_sid, attempt.status)
+            return await self._store_sid(input, DialOutput(attempt.call_sid, attempt.status))
         if activity.info().attempt > 1:
             found = await self._find_placed_call(input, attempt)
             if found is not None:
@@ -117,21 +118,25 @@ class DialingActivities:
         async with self.sessions() as session, session.begin():
             # The share lock makes a cancel wait for creates already under way, so once the API
             # has acknowledged a cancel no call can be created (PostgreSQL; SQLite ignores it).
-            cancel_requested_at = await session.scalar(
-                select(Run.cancel_requested_at).where(Run.id == input.run_id).with_for_update(read=True)
+            suppressed = (
+                select(DoNotCall.id)
+                .where(DoNotCall.business_id == input.business_id, DoNotCall.phone == input.to)
+                .exists()
             )
-            if cancel_requested_at is not None:
+            fence = (
+                await session.execute(
+                    select(Run.cancel_requested_at, suppressed)
+                    .where(Run.id == input.run_id)
+                    .with_for_update(read=True, of=Run)
+                )
+            ).one()
+            if fence[0] is not None:
                 raise ApplicationError(
                     "the run was cancelled before this call was placed",
                     type=RUN_CANCELLED,
                     non_retryable=True,
                 )
-            suppressed = await session.scalar(
-                select(DoNotCall.id).where(
-                    DoNotCall.business_id == input.business_id, DoNotCall.phone == input.to
-                )
-            )
-            if suppressed is not None:
+            if fence[1]:
                 raise ApplicationError(
                     f"{input.to} is on the business's do-not-call list", type=DO_NOT_CALL, non_retryable=True
                 )
@@ -156,28 +161,20 @@ class DialingActivities:
         return await self._store_sid(input, placed)
 
     async def _claim_attempt(self, input: DialInput) -> CallAttempt:
+        """The attempt's row: written now (status `dialing`, no SID) unless an earlier try wrote it."""
+        key = (
+            CallAttempt.run_id == input.run_id,
+            CallAttempt.lead_id == input.lead_id,
+            CallAttempt.attempt == input.attempt,
+        )
         async with self.sessions() as session, session.begin():
-            await write_outcomes(session, input.run_id, input.outcomes)
-            await insert_ignoring_conflict(
-                session,
-                CallAttempt,
-                [
-                    {
-                        "run_id": input.run_id,
-                        "lead_id": input.lead_id,
-                        "attempt": input.attempt,
-                        "status": "dialing",
-                    }
-                ],
-                ["run_id", "lead_id", "attempt"],
+            claimed = await session.scalar(
+                dialect_insert(session, CallAttempt)
+                .values(run_id=input.run_id, lead_id=input.lead_id, attempt=input.attempt, status="dialing")
+                .on_conflict_do_nothing(index_elements=["run_id", "lead_id", "attempt"])
+                .returning(CallAttempt)
             )
-            attempt = await session.scalar(
-                select(CallAttempt).where(
-                    CallAttempt.run_id == input.run_id,
-                    CallAttempt.lead_id == input.lead_id,
-                    CallAttempt.attempt == input.attempt,
-                )
-            )
+            attempt = claimed or await session.scalar(select(CallAttempt).where(*key))
             assert attempt is not None
             return attempt
 
@@ -199,7 +196,10 @@ class DialingActivities:
         return None
 
     async def _store_sid(self, input: DialInput, placed: DialOutput) -> DialOutput:
+        """Record the call's SID on its attempt, with the outcomes the dial carries: after the
+        create, so they add nothing to the time before it."""
         async with self.sessions() as session, session.begin():
+            await write_outcomes(session, input.run_id, input.outcomes)
             await session.execute(
                 update(CallAttempt)
                 .where(

@@ -15,6 +15,13 @@ async def insert_ignoring_conflict(
     """Insert rows, leaving any row whose `keys` already exist untouched."""
     if not rows:
         return
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    await session.execute(insert(model).values(rows).on_conflict_do_nothing(index_elements=keys))
+    await session.execute(
+        dialect_insert(session, model).values(rows).on_conflict_do_nothing(index_elements=keys)
+    )
+
+
+def dialect_insert(session: AsyncSession, model: type[DeclarativeBase]) -> postgresql.Insert | sqlite.Insert:
+    """An INSERT for the session's database, with its ON CONFLICT clauses."""
+    if session.get_bind().dialect.name == "postgresql":
+        return postgresql.insert(model)
+    return sqlite.insert(model)

@@ -61,8 +61,6 @@ DIAL_RETRY = RetryPolicy(
     non_retryable_error_types=[INVALID_NUMBER, ACCOUNT_ERROR, RUN_CANCELLED, DO_NOT_CALL],
 )
 DIAL_DEADLINE = timedelta(hours=1)
-# Dial failures raised after the attempt (and the outcomes it carries) was written.
-CLAIMED_BEFORE_FAILING = (INVALID_NUMBER, ACCOUNT_ERROR, RUN_CANCELLED, DO_NOT_CALL)
 # Outcomes ride the next dial (written in the transaction that claims its attempt) rather than an
 # activity of their own, as long as dials run promptly; see _outcomes_to_carry.
 OUTCOMES_RIDE_DIALS = "outcomes-ride-dials"
@@ -315,11 +313,10 @@ class OutboundRunWorkflow:
             )
         except ActivityError as error:
             self._last_dial_seconds = workflow.time() - scheduled_at
+            # A failed dial may not have written the outcomes it carried; writing twice is harmless.
+            self._book.state.unrecorded.extend(carried)
             cause = error.cause
             kind = cause.type if isinstance(cause, ApplicationError) else None
-            if carried and kind not in CLAIMED_BEFORE_FAILING:
-                # The attempt may never have been claimed, so its carried outcomes may be unwritten.
-                self._book.state.unrecorded.extend(carried)
             code, message = None, str(cause or error)
             if isinstance(cause, ApplicationError) and cause.details:
                 code, message = cause.details[0], f"{cause.details[1]}"
