@@ -27,6 +27,9 @@ from workflows.outbound_run import OutboundRunWorkflow
 log = logging.getLogger("worker")
 
 
+DIAL_POLLERS = 12
+
+
 @asynccontextmanager
 async def build_workers(settings: Settings, client: Client) -> AsyncIterator[list[Worker]]:
     """The two workers of one process: workflows and most activities on TEMPORAL_TASK_QUEUE, and
@@ -60,6 +63,9 @@ async def build_workers(settings: Settings, client: Client) -> AsyncIterator[lis
                 task_queue=dial_task_queue(settings.TEMPORAL_TASK_QUEUE),
                 activities=[dialing.place_call],
                 max_task_queue_activities_per_second=settings.TWILIO_CALLS_PER_SECOND,
+                # A poller waiting on every partition of the queue at all times: with the SDK's
+                # default of 5 a dial could wait ~40 ms for a poller to reach its partition.
+                max_concurrent_activity_task_polls=DIAL_POLLERS,
             ),
         ]
     finally:
