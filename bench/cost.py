@@ -78,6 +78,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cap", type=int, default=3)
     parser.add_argument("--talk-seconds", type=float, default=0.3)
     parser.add_argument(
+        "--ring-seconds",
+        type=float,
+        default=0.0,
+        help="how long each call rings before it is answered (0: the answer comes with the create)",
+    )
+    parser.add_argument(
         "--outcome",
         choices=("completed", "mixed"),
         default="completed",
@@ -188,13 +194,18 @@ async def measure(
     leads: int,
     cap: int,
     talk_seconds: float,
+    ring_seconds: float = 0.0,
     outcome: Literal["completed", "mixed"] = "completed",
 ) -> dict[str, Any]:
     """Run `leads` short calls and count the run's and the gate's history events and actions."""
     await configure_simulator(
-        env, ring_seconds=(0.0, 0.0), talk_seconds=(talk_seconds, talk_seconds), outcome=outcome
+        env,
+        ring_seconds=(ring_seconds, ring_seconds),
+        talk_seconds=(talk_seconds, talk_seconds),
+        outcome=outcome,
     )
-    run = await run_to_end(env, cap=cap, leads=leads, within=60 + 4 * leads * talk_seconds / cap)
+    call_seconds = ring_seconds + talk_seconds
+    run = await run_to_end(env, cap=cap, leads=leads, within=60 + 4 * leads * call_seconds / cap)
     calls = await sim_calls(env, run.business.caller_id)
     run_histories = await execution_chain(env.client, run_workflow_id(run.run_id))
     gate_histories = await execution_chain(env.client, gate_workflow_id(run.business.id))
@@ -216,6 +227,7 @@ async def measure(
         "leads": leads,
         "cap": cap,
         "talk_seconds": talk_seconds,
+        "ring_seconds": ring_seconds,
         "outcome": outcome,
         "simulator": env.simulator,
         "run_status": run.result.get("status"),
@@ -245,7 +257,12 @@ def main(argv: list[str] | None = None) -> None:
     async def go() -> dict[str, Any]:
         async with bench_env(simulator=args.simulator) as env:
             result = await measure(
-                env, leads=args.leads, cap=args.cap, talk_seconds=args.talk_seconds, outcome=args.outcome
+                env,
+                leads=args.leads,
+                cap=args.cap,
+                talk_seconds=args.talk_seconds,
+                ring_seconds=args.ring_seconds,
+                outcome=args.outcome,
             )
         return {**result, "machine": machine()}
 
