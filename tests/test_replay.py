@@ -24,9 +24,10 @@ HISTORIES = {
 
 def test_histories_of_the_main_paths_are_kept() -> None:
     main_paths = {"run_completed", "run_cancelled", "run_sharing_lines", "gate_two_runs", "run_retried"}
-    main_paths |= {"run_waited_for_window", "run_reconciled"}
+    main_paths |= {"run_waited_for_window", "run_reconciled", "run_continued_as_new"}
     assert main_paths <= set(HISTORIES), "today's code"
-    assert {f"v1/{name}" for name in main_paths} <= set(HISTORIES), "before outcomes rode dials"
+    before = main_paths - {"run_continued_as_new"}
+    assert {f"v1/{name}" for name in before} <= set(HISTORIES), "before outcomes rode dials"
 
 
 @pytest.mark.parametrize("name", sorted(HISTORIES))

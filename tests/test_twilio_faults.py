@@ -10,7 +10,8 @@ from typing import Any
 
 from telephony.status import OUTCOME_BY_CALL_STATUS
 from tests.conftest import SimulatorKnobs
-from tests.harness import Stack, new_number, wait_for
+from tests.harness import Stack, execution_chain, new_number, save_history, wait_for
+from workflows.messages import RunInput
 from workflows.names import run_workflow_id
 
 # Quick reconciliation for tests: a quiet call is fetched within seconds, not minutes.
@@ -64,6 +65,39 @@ async def test_duplicated_reordered_and_dropped_callbacks(stack: Stack, sim_knob
     assert Counter(c["to"] for c in await stack.sim_calls(business.caller_id)) == Counter(phones)
     assert await stack.peak_concurrency([business.caller_id]) <= 3
     assert run["progress"]["done"] == 50
+
+
+async def test_a_run_that_continues_as_new_carries_its_calls_in_flight_and_loses_no_callback(
+    stack: Stack, sim_knobs: SimulatorKnobs
+) -> None:
+    await sim_knobs(duplicate_callback_rate=0.3, reorder_callback_rate=0.2, seed=9)
+    business = await stack.create_business(cap=3)
+    phones = [new_number() for _ in range(45)]
+    statuses = ["completed", "busy", "completed", "no-answer"]
+    await stack.force_outcomes({p: statuses[i % 4] for i, p in enumerate(phones)})
+    run_id = await stack.start_run(business, phones)
+
+    run = await stack.wait_run_ends(business, run_id, within=120)
+    chain = await execution_chain(stack.temporal, run_workflow_id(run_id))
+    assert len(chain) >= 2, "the run never continued as new, so this test proved nothing"
+    converter = stack.temporal.data_converter
+    carried = [
+        (
+            await converter.decode(
+                history.events[0].workflow_execution_started_event_attributes.input.payloads, [RunInput]
+            )
+        )[0]
+        for history in chain[1:]
+    ]
+    assert any(c.carry_over and c.carry_over.in_flight for c in carried), "no call was in flight across it"
+    assert all(c.total_leads == 45 for c in carried)
+
+    assert run["status"] == "completed"
+    assert run["progress"]["done"] == 45 and sum(run["progress"]["outcomes"].values()) == 45
+    assert await recorded_outcomes(stack, run_id) == await played_outcomes(stack, business.caller_id)
+    assert Counter(c["to"] for c in await stack.sim_calls(business.caller_id)) == Counter(phones)
+    assert await stack.peak_concurrency([business.caller_id]) <= 3
+    await save_history(stack.temporal, run_workflow_id(run_id), "run_continued_as_new", first_execution=True)
 
 
 async def test_the_api_down_for_30_seconds_while_calls_finish(stack: Stack) -> None:
