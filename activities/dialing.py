@@ -209,6 +209,7 @@ class DialingActivities:
                     CallAttempt.call_sid.is_(None),
                 )
                 .values(call_sid=placed.call_sid, status="queued", updated_at=utcnow())
+                .execution_options(synchronize_session=False)
             )
         return placed
 

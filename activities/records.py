@@ -173,6 +173,7 @@ async def write_outcomes(session: AsyncSession, run_id: str, outcomes: list[Outc
                 CallAttempt.attempt == o.attempt,
             )
             .values(**values)
+            .execution_options(synchronize_session=False)
         )
         later_attempt = (
             select(CallAttempt.id)
@@ -185,5 +186,8 @@ async def write_outcomes(session: AsyncSession, run_id: str, outcomes: list[Outc
         )
         lead_status = outcome_for(o.status) if o.final else LEAD_RETRYING
         await session.execute(
-            update(Lead).where(Lead.id == o.lead_id, ~later_attempt).values(status=lead_status)
+            update(Lead)
+            .where(Lead.id == o.lead_id, ~later_attempt)
+            .values(status=lead_status)
+            .execution_options(synchronize_session=False)
         )
