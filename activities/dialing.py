@@ -5,9 +5,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import Row, Table, bindparam, exists, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.sql import Executable
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 from twilio.base import values
@@ -17,7 +20,6 @@ from twilio.rest.api.v2010.account.call import CallInstance
 
 from activities.records import write_outcomes
 from db.models import CallAttempt, DoNotCall, Run, utcnow
-from db.upsert import dialect_insert
 from telephony.twilio_client import (
     ACCOUNT_ERROR_CODES,
     BAD_NUMBER_CODES,
@@ -37,6 +39,55 @@ ACCOUNT_ERROR = "TwilioAccountError"
 STATUS_EVENTS = ["answered", "completed"]
 # Clock skew allowed between us and Twilio when looking for a call we may already have placed.
 LOOKUP_SKEW = timedelta(minutes=2)
+
+# The statements of the dial path, built once: only their parameters change from call to call.
+_ATTEMPTS = cast(Table, CallAttempt.__table__)
+_RUNS = cast(Table, Run.__table__)
+_DNC = cast(Table, DoNotCall.__table__)
+_KEY = (
+    _ATTEMPTS.c.run_id == bindparam("a_run"),
+    _ATTEMPTS.c.lead_id == bindparam("a_lead"),
+    _ATTEMPTS.c.attempt == bindparam("a_attempt"),
+)
+_CLAIMED = select(_ATTEMPTS.c.call_sid, _ATTEMPTS.c.status, _ATTEMPTS.c.created_at).where(*_KEY)
+_CLAIMS: dict[str, Executable] = {}
+# The share lock makes a cancel wait for creates already under way, so once the API has
+# acknowledged a cancel no call can be created (PostgreSQL; SQLite ignores it).
+_FENCE = (
+    select(
+        _RUNS.c.cancel_requested_at,
+        exists().where(_DNC.c.business_id == bindparam("f_business"), _DNC.c.phone == bindparam("f_to")),
+    )
+    .where(_RUNS.c.id == bindparam("f_run"))
+    .with_for_update(read=True, of=_RUNS)
+)
+_STORE_SID = (
+    update(_ATTEMPTS)
+    .where(*_KEY, _ATTEMPTS.c.call_sid.is_(None))
+    .values(call_sid=bindparam("a_sid"), status="queued", updated_at=bindparam("a_now"))
+)
+
+
+def _claim_statement(dialect: str) -> Executable:
+    """INSERT the attempt unless it exists, returning it; one statement per database kind."""
+    if dialect not in _CLAIMS:
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        _CLAIMS[dialect] = (
+            insert(_ATTEMPTS)
+            .values(
+                run_id=bindparam("a_run"),
+                lead_id=bindparam("a_lead"),
+                attempt=bindparam("a_attempt"),
+                status="dialing",
+            )
+            .on_conflict_do_nothing(index_elements=["run_id", "lead_id", "attempt"])
+            .returning(_ATTEMPTS.c.call_sid, _ATTEMPTS.c.status, _ATTEMPTS.c.created_at)
+        )
+    return _CLAIMS[dialect]
+
+
+def _attempt_key(input: DialInput) -> dict[str, Any]:
+    return {"a_run": input.run_id, "a_lead": input.lead_id, "a_attempt": input.attempt}
 
 
 @dataclass
@@ -98,9 +149,9 @@ class DialingActivities:
         """Place one call for (run, lead, attempt), at most once.
 
         The attempt row is written before Twilio is called. If it already has a call SID, that call
-        is the answer. The outcomes the dial carries are written with the SID, once the call is
-        placed (or found placed). If it has none, an earlier try may still have reached Twilio (a lost response,
-        a killed worker), so Twilio is asked for a matching call before dialing again.
+        is the answer. If it has none, an earlier try may still have reached Twilio (a lost response,
+        a killed worker), so Twilio is asked for a matching call before dialing again. The outcomes
+        the dial carries are written with the SID, once the call is placed (or found placed).
         """
         context = {"run": input.run_id, "lead": input.lead_id, "attempt": input.attempt}
         attempt = await self._claim_attempt(input)
@@ -116,27 +167,18 @@ class DialingActivities:
                 return await self._store_sid(input, found)
 
         async with self.sessions() as session, session.begin():
-            # The share lock makes a cancel wait for creates already under way, so once the API
-            # has acknowledged a cancel no call can be created (PostgreSQL; SQLite ignores it).
-            suppressed = (
-                select(DoNotCall.id)
-                .where(DoNotCall.business_id == input.business_id, DoNotCall.phone == input.to)
-                .exists()
-            )
-            fence = (
-                await session.execute(
-                    select(Run.cancel_requested_at, suppressed)
-                    .where(Run.id == input.run_id)
-                    .with_for_update(read=True, of=Run)
+            cancel_requested_at, suppressed = (
+                await (await session.connection()).execute(
+                    _FENCE, {"f_run": input.run_id, "f_business": input.business_id, "f_to": input.to}
                 )
             ).one()
-            if fence[0] is not None:
+            if cancel_requested_at is not None:
                 raise ApplicationError(
                     "the run was cancelled before this call was placed",
                     type=RUN_CANCELLED,
                     non_retryable=True,
                 )
-            if fence[1]:
+            if suppressed:
                 raise ApplicationError(
                     f"{input.to} is on the business's do-not-call list", type=DO_NOT_CALL, non_retryable=True
                 )
@@ -160,25 +202,18 @@ class DialingActivities:
         log.info("call placed", extra={**context, "call_sid": placed.call_sid})
         return await self._store_sid(input, placed)
 
-    async def _claim_attempt(self, input: DialInput) -> CallAttempt:
-        """The attempt's row: written now (status `dialing`, no SID) unless an earlier try wrote it."""
-        key = (
-            CallAttempt.run_id == input.run_id,
-            CallAttempt.lead_id == input.lead_id,
-            CallAttempt.attempt == input.attempt,
-        )
+    async def _claim_attempt(self, input: DialInput) -> Row[Any]:
+        """The attempt's row (call_sid, status, created_at): written now (status `dialing`, no SID)
+        unless an earlier try wrote it."""
         async with self.sessions() as session, session.begin():
-            claimed = await session.scalar(
-                dialect_insert(session, CallAttempt)
-                .values(run_id=input.run_id, lead_id=input.lead_id, attempt=input.attempt, status="dialing")
-                .on_conflict_do_nothing(index_elements=["run_id", "lead_id", "attempt"])
-                .returning(CallAttempt)
-            )
-            attempt = claimed or await session.scalar(select(CallAttempt).where(*key))
+            connection = await session.connection()
+            key = _attempt_key(input)
+            claimed = (await connection.execute(_claim_statement(connection.dialect.name), key)).first()
+            attempt = claimed or (await connection.execute(_CLAIMED, key)).first()
             assert attempt is not None
             return attempt
 
-    async def _find_placed_call(self, input: DialInput, attempt: CallAttempt) -> DialOutput | None:
+    async def _find_placed_call(self, input: DialInput, attempt: Row[Any]) -> DialOutput | None:
         calls = await self.twilio.calls.list_async(
             to=input.to, from_=input.from_, start_time_after=attempt.created_at - LOOKUP_SKEW, limit=20
         )
@@ -200,16 +235,8 @@ class DialingActivities:
         create, so they add nothing to the time before it."""
         async with self.sessions() as session, session.begin():
             await write_outcomes(session, input.run_id, input.outcomes)
-            await session.execute(
-                update(CallAttempt)
-                .where(
-                    CallAttempt.run_id == input.run_id,
-                    CallAttempt.lead_id == input.lead_id,
-                    CallAttempt.attempt == input.attempt,
-                    CallAttempt.call_sid.is_(None),
-                )
-                .values(call_sid=placed.call_sid, status="queued", updated_at=utcnow())
-                .execution_options(synchronize_session=False)
+            await (await session.connection()).execute(
+                _STORE_SID, {**_attempt_key(input), "a_sid": placed.call_sid, "a_now": utcnow()}
             )
         return placed
 

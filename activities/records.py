@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Table, bindparam, exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -144,6 +145,41 @@ class RecordActivities:
             await session.execute(update(Run).where(Run.id == input.run_id).values(**values))
 
 
+_ATTEMPTS = cast(Table, CallAttempt.__table__)
+_LEADS = cast(Table, Lead.__table__)
+
+# Built once: each write runs the same statements with new parameters, so SQLAlchemy neither
+# builds nor compiles a statement per outcome, and all of a batch's rows go in one executemany.
+_FINISH_ATTEMPT = (
+    update(_ATTEMPTS)
+    .where(
+        _ATTEMPTS.c.run_id == bindparam("o_run"),
+        _ATTEMPTS.c.lead_id == bindparam("o_lead"),
+        _ATTEMPTS.c.attempt == bindparam("o_attempt"),
+    )
+    .values(
+        status=bindparam("o_status"),
+        updated_at=bindparam("o_now"),
+        **{
+            name: func.coalesce(bindparam(f"o_{name}", type_=_ATTEMPTS.c[name].type), _ATTEMPTS.c[name])
+            for name in ("call_sid", "duration", "answered_by", "error_code", "error_message")
+        },
+    )
+)
+_SETTLE_LEAD = (
+    update(_LEADS)
+    .where(
+        _LEADS.c.id == bindparam("o_lead"),
+        ~exists().where(
+            _ATTEMPTS.c.run_id == bindparam("o_run"),
+            _ATTEMPTS.c.lead_id == bindparam("o_lead"),
+            _ATTEMPTS.c.attempt > bindparam("o_attempt"),
+        ),
+    )
+    .values(status=bindparam("o_lead_status"))
+)
+
+
 async def write_outcomes(session: AsyncSession, run_id: str, outcomes: list[Outcome]) -> None:
     """Write attempts' final statuses and their leads' outcomes. Safe to repeat and to apply late
     or out of order: an attempt's row only ever gets its own final word, and a lead takes its
@@ -160,34 +196,22 @@ async def write_outcomes(session: AsyncSession, run_id: str, outcomes: list[Outc
         ["run_id", "lead_id", "attempt"],
     )
     now = utcnow()
-    for o in outcomes:
-        values: dict[str, object] = {"status": o.status, "updated_at": now}
-        for name in ("call_sid", "duration", "answered_by", "error_code", "error_message"):
-            if getattr(o, name) is not None:
-                values[name] = getattr(o, name)
-        await session.execute(
-            update(CallAttempt)
-            .where(
-                CallAttempt.run_id == run_id,
-                CallAttempt.lead_id == o.lead_id,
-                CallAttempt.attempt == o.attempt,
-            )
-            .values(**values)
-            .execution_options(synchronize_session=False)
-        )
-        later_attempt = (
-            select(CallAttempt.id)
-            .where(
-                CallAttempt.run_id == run_id,
-                CallAttempt.lead_id == o.lead_id,
-                CallAttempt.attempt > o.attempt,
-            )
-            .exists()
-        )
-        lead_status = outcome_for(o.status) if o.final else LEAD_RETRYING
-        await session.execute(
-            update(Lead)
-            .where(Lead.id == o.lead_id, ~later_attempt)
-            .values(status=lead_status)
-            .execution_options(synchronize_session=False)
-        )
+    rows = [
+        {
+            "o_run": run_id,
+            "o_lead": o.lead_id,
+            "o_attempt": o.attempt,
+            "o_status": o.status,
+            "o_now": now,
+            "o_call_sid": o.call_sid,
+            "o_duration": o.duration,
+            "o_answered_by": o.answered_by,
+            "o_error_code": o.error_code,
+            "o_error_message": o.error_message,
+            "o_lead_status": outcome_for(o.status) if o.final else LEAD_RETRYING,
+        }
+        for o in outcomes
+    ]
+    connection = await session.connection()
+    await connection.execute(_FINISH_ATTEMPT, rows)
+    await connection.execute(_SETTLE_LEAD, rows)

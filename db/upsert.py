@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
+from sqlalchemy import Table
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase
@@ -15,13 +16,16 @@ async def insert_ignoring_conflict(
     """Insert rows, leaving any row whose `keys` already exist untouched."""
     if not rows:
         return
-    await session.execute(
-        dialect_insert(session, model).values(rows).on_conflict_do_nothing(index_elements=keys)
+    statement = dialect_insert(session, cast(Table, model.__table__)).on_conflict_do_nothing(
+        index_elements=keys
     )
+    await (await session.connection()).execute(statement, rows)
 
 
-def dialect_insert(session: AsyncSession, model: type[DeclarativeBase]) -> postgresql.Insert | sqlite.Insert:
+def dialect_insert(
+    session: AsyncSession, target: type[DeclarativeBase] | Table
+) -> postgresql.Insert | sqlite.Insert:
     """An INSERT for the session's database, with its ON CONFLICT clauses."""
     if session.get_bind().dialect.name == "postgresql":
-        return postgresql.insert(model)
-    return sqlite.insert(model)
+        return postgresql.insert(target)
+    return sqlite.insert(target)
