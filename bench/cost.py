@@ -46,7 +46,6 @@ from bench.common import (
     bench_env,
     configure_simulator,
     event_type,
-    execution_chain,
     log,
     machine,
     payload_json,
@@ -54,6 +53,7 @@ from bench.common import (
     run_to_end,
     sim_calls,
 )
+from tests.harness import execution_chain
 from workflows.names import gate_workflow_id, run_workflow_id
 
 GOAL_EVENTS = 12

@@ -40,7 +40,6 @@ from bench.common import (
     create_times,
     event_time,
     event_type,
-    execution_chain,
     free_port,
     log,
     machine,
@@ -51,7 +50,7 @@ from bench.common import (
 )
 from bench.floor import Endpoint, FloorSamples, floor_workers, measure_floor
 from telephony.status import TERMINAL_CALL_STATUSES
-from tests.harness import serve
+from tests.harness import execution_chain, serve
 from workflows.names import run_workflow_id
 
 GOAL_P50_RATIO = 1.5

@@ -9,7 +9,9 @@ busy line-seconds = sum over calls of (ended_at - created_at); wall = first crea
 limit is 1.0; what is lost is the time a line sits free between one call's end and the next create
 (the next-dial latency, see `bench.latency`) plus the ramp-up and the tail of the run.
 
-    .venv/bin/python -m bench.utilisation [--leads 300] [--cap 3] [--talk-seconds 2] [--quick]
+`--plot PATH` draws the lines in use over time against the cap (PNG, from the same records).
+
+    .venv/bin/python -m bench.utilisation [--leads 300] [--cap 3] [--talk-seconds 2] [--plot PATH] [--quick]
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from bench.common import (
     run_to_end,
     sim_calls,
 )
+from bench.plots import plot_business
 
 GOAL = 0.97
 
@@ -38,6 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--leads", type=int, default=300)
     parser.add_argument("--cap", type=int, default=3)
     parser.add_argument("--talk-seconds", type=float, default=2.0)
+    parser.add_argument("--plot", metavar="PATH", help="write a PNG of lines in use over time")
     add_env_arguments(parser)
     args = parser.parse_args(argv)
     if args.quick:
@@ -45,7 +49,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-async def measure(env: BenchEnv, *, leads: int, cap: int, talk_seconds: float) -> dict[str, Any]:
+async def measure(
+    env: BenchEnv, *, leads: int, cap: int, talk_seconds: float, plot: str | None = None
+) -> dict[str, Any]:
     """Run `leads` answered calls of `talk_seconds` on `cap` lines and report the utilisation."""
     await configure_simulator(env, ring_seconds=(0.0, 0.0), talk_seconds=(talk_seconds, talk_seconds))
     # The ideal wall is leads x talk / cap; allow four times that plus start-up before giving up.
@@ -69,6 +75,11 @@ async def measure(env: BenchEnv, *, leads: int, cap: int, talk_seconds: float) -
     while_waiting = busy_in_window / (cap * window) if window > 0 else None
 
     log.info("utilisation %.4f over %.1fs wall, %d calls", utilisation, wall, len(calls))
+    if plot:
+        title = (
+            f"1 business, cap {cap}, {len(calls)} calls of {talk_seconds:g} s: utilisation {utilisation:.4f}"
+        )
+        plot_business(intervals, cap, plot, title)
     return {
         "bench": "utilisation",
         "leads": leads,
@@ -91,6 +102,7 @@ async def measure(env: BenchEnv, *, leads: int, cap: int, talk_seconds: float) -
         "shortfall": round(max(0.0, GOAL - utilisation), 4),
         # CPU of this process (API and worker; the simulator too when inline) while the run lasted.
         "bench_process_cpu_seconds_per_1000_calls": round(1000 * run.cpu_seconds / len(calls), 2),
+        **({"plot": plot} if plot else {}),
     }
 
 
@@ -100,7 +112,9 @@ def main(argv: list[str] | None = None) -> None:
 
     async def go() -> dict[str, Any]:
         async with bench_env(simulator=args.simulator) as env:
-            result = await measure(env, leads=args.leads, cap=args.cap, talk_seconds=args.talk_seconds)
+            result = await measure(
+                env, leads=args.leads, cap=args.cap, talk_seconds=args.talk_seconds, plot=args.plot
+            )
         return {**result, "machine": machine()}
 
     run_main(go)
