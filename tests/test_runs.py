@@ -254,6 +254,12 @@ async def test_a_run_whose_workflow_was_terminated_is_not_shown_running(stack: S
     phones = [new_number() for _ in range(5)]
     await stack.force_outcomes(dict.fromkeys(phones, "completed"))
     run_id = await stack.start_run(business, phones)
+
+    async def first_call_done() -> bool:
+        return (await stack.run(business, run_id))["progress"]["done"] >= 1
+
+    # Well under way, so its history is one a worker could replay to answer a query.
+    await wait_for(first_call_done, within=30, what="the first call to end")
     await stack.temporal.get_workflow_handle(run_workflow_id(run_id)).terminate("operator")
     run = await stack.run(business, run_id)
     assert run["status"] == "failed"

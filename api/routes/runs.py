@@ -14,7 +14,12 @@ from pydantic import ValidationError
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.client import Client, WorkflowExecutionStatus
-from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
+from temporalio.common import (
+    QueryRejectCondition,
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDReusePolicy,
+)
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import BusinessDep, SessionDep, SettingsDep, TemporalDep
@@ -306,11 +311,16 @@ async def read_run(
     if run.status in LIVE_STATUSES:
         handle = temporal.get_workflow_handle(run_workflow_id(run.id))
         try:
-            live = await handle.query(OutboundRunWorkflow.progress, rpc_timeout=QUERY_TIMEOUT)
+            # A closed workflow can still answer queries from its history: ask only an open one.
+            live = await handle.query(
+                OutboundRunWorkflow.progress,
+                rpc_timeout=QUERY_TIMEOUT,
+                reject_condition=QueryRejectCondition.NOT_OPEN,
+            )
             progress = progress_from_workflow(live)
         except Exception as error:  # RPC errors, query failures, timeouts: all fall back the same way
             log.warning("progress query failed", extra={"run": run.id, "error": str(error)})
-            run_status, reason = await _status_without_workflow(temporal, run)
+            run_status, reason = await _status_without_workflow(session, temporal, run)
     if progress is None:
         progress = await progress_from_database(session, run)
     return RunPublic(
@@ -325,9 +335,11 @@ async def read_run(
     )
 
 
-async def _status_without_workflow(temporal: Client, run: Run) -> tuple[str, str | None]:
+async def _status_without_workflow(
+    session: AsyncSession, temporal: Client, run: Run
+) -> tuple[str, str | None]:
     """When the workflow cannot answer, say whether it is alive: a run is never shown running
-    without a live workflow."""
+    without a live workflow. One that has just completed wrote its final status first."""
     try:
         description = await temporal.get_workflow_handle(run_workflow_id(run.id)).describe(
             rpc_timeout=QUERY_TIMEOUT
@@ -336,6 +348,9 @@ async def _status_without_workflow(temporal: Client, run: Run) -> tuple[str, str
         return run.status, "progress is from the database: the workflow service did not answer"
     if description.status == WorkflowExecutionStatus.RUNNING:
         return run.status, "progress is from the database: no worker answered"
+    if description.status == WorkflowExecutionStatus.COMPLETED:
+        await session.refresh(run)
+        return run.status, run.status_reason
     name = description.status.name.lower() if description.status else "closed"
     return "failed", f"the run's workflow is {name}"
 
