@@ -6,6 +6,8 @@ from typing import Any
 from urllib.parse import urlencode
 
 import httpx
+from temporalio.client import Client, WorkflowHandle
+from temporalio.service import RPCError, RPCStatusCode
 from twilio.request_validator import RequestValidator
 
 from api.app import create_app
@@ -85,6 +87,51 @@ async def test_forged_duplicate_and_stale_callbacks_change_nothing(
     assert run["status"] == "completed"
     assert run["progress"]["outcomes"]["answered"] == 2
     assert {lead.status for lead in await stack.leads(run_id)} == {"answered"}
+
+
+class _ClosingFor:
+    """The real Temporal client, except that its first `refusals` signals are refused the way the
+    server refuses them while a run is continuing as new."""
+
+    def __init__(self, client: Client, refusals: int) -> None:
+        self.client, self.refusals = client, refusals
+
+    def get_workflow_handle(self, workflow_id: str) -> _ClosingFor:
+        self.handle: WorkflowHandle[Any, Any] = self.client.get_workflow_handle(workflow_id)
+        return self
+
+    async def signal(self, name: str, arg: Any) -> None:
+        if self.refusals:
+            self.refusals -= 1
+            message = "workflow operation can not be applied because workflow is closing"
+            raise RPCError(message, RPCStatusCode.RESOURCE_EXHAUSTED, b"")
+        await self.handle.signal(name, arg)
+
+
+async def test_a_status_refused_while_the_run_continues_as_new_is_delivered(
+    stack: Stack, sim_knobs: SimulatorKnobs
+) -> None:
+    await sim_knobs(ring_seconds=(20.0, 20.0))  # the call rings until the test's callback ends it
+    business = await stack.create_business(cap=1)
+    run_id = await stack.start_run(business, [new_number()])
+
+    async def ringing() -> dict[str, Any] | None:
+        calls = (await stack.http.get(f"/v1/runs/{run_id}/calls", headers=business.headers)).json()
+        return calls[0] if calls and calls[0]["call_sid"] else None
+
+    call = await wait_for(ringing, within=30, what="the call to be placed")
+    app = create_app(stack.settings)
+    app.state.settings = stack.settings
+    app.state.temporal = _ClosingFor(stack.temporal, refusals=3)
+    request = signed(
+        stack, {"run": run_id, "lead": call["lead"], "attempt": 1}, callback(call["call_sid"], "busy", 3)
+    )
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport) as client:
+        response = await client.post(**request)
+    assert response.status_code == 204, response.text
+    run = await stack.wait_run_ends(business, run_id)
+    assert run["progress"]["outcomes"]["busy"] == 1
 
 
 async def test_a_bad_signature_is_refused(stack: Stack) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from fastapi import APIRouter, HTTPException, Request, Response, status
+from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 from twilio.request_validator import SIGNATURE_SETTINGS_HEADER, RequestValidator, get_signature_algorithm
 
@@ -15,6 +17,7 @@ from workflows.names import run_workflow_id
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/webhooks/twilio", tags=["webhooks"])
+SIGNAL_PATIENCE_SECONDS = 10.0
 
 
 def _int(value: str | None) -> int | None:
@@ -33,6 +36,24 @@ def _signed_by_twilio(request: Request, settings: Settings, url: str, params: di
         secret = settings.TWILIO_WEBHOOK_SIGNING_KEY or secret
     validator = RequestValidator(secret.get_secret_value())
     return bool(validator.validate(url, params, request.headers.get("X-Twilio-Signature", ""), algorithm))
+
+
+async def _signal_patiently(temporal: Client, run_id: str, event: CallStatusEvent) -> None:
+    """Signal the run. While a run continues as new, the server refuses signals for a moment
+    ("workflow is closing", RESOURCE_EXHAUSTED) and Twilio does not send a callback twice, so keep
+    trying for most of the 15 s Twilio waits for an answer."""
+    loop = asyncio.get_running_loop()
+    give_up_at = loop.time() + SIGNAL_PATIENCE_SECONDS
+    pause = 0.05
+    while True:
+        try:
+            await temporal.get_workflow_handle(run_workflow_id(run_id)).signal("call_status", event)
+            return
+        except RPCError as error:
+            if error.status != RPCStatusCode.RESOURCE_EXHAUSTED or loop.time() + pause > give_up_at:
+                raise
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 1.0)
 
 
 @router.post("/call-status", status_code=status.HTTP_204_NO_CONTENT)
@@ -68,11 +89,14 @@ async def call_status(request: Request, settings: SettingsDep, temporal: Tempora
 
     context = {"run": run_id, "lead": event.lead_id, "attempt": event.attempt, "call_sid": event.call_sid}
     try:
-        await temporal.get_workflow_handle(run_workflow_id(run_id)).signal("call_status", event)
+        await _signal_patiently(temporal, run_id, event)
     except RPCError as error:
-        if error.status != RPCStatusCode.NOT_FOUND:
-            raise
-        log.info("status for a run that is no longer running", extra={**context, "status": event.status})
-        return Response(status_code=status.HTTP_204_NO_CONTENT)
+        if error.status == RPCStatusCode.NOT_FOUND:
+            log.info("status for a run that is no longer running", extra={**context, "status": event.status})
+            return Response(status_code=status.HTTP_204_NO_CONTENT)
+        log.error("status not delivered", extra={**context, "status": event.status, "error": error.message})
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, "the run could not take the status now; send it again"
+        ) from None
     log.info("call status", extra={**context, "status": event.status, "seq": event.sequence_number})
     return Response(status_code=status.HTTP_204_NO_CONTENT)
