@@ -65,6 +65,7 @@ DIAL_DEADLINE = timedelta(hours=1)
 # activity of their own, as long as dials run promptly; see _outcomes_to_carry.
 OUTCOMES_RIDE_DIALS = "outcomes-ride-dials"
 RIDE_WHILE_DIALS_TAKE_AT_MOST = 1.0
+DRAIN_BEFORE_CONTINUE_AS_NEW = "drain-before-continue-as-new"
 # The API commits the run row just after starting the workflow; give it time to appear.
 LOAD_RUN_RETRY = RetryPolicy(
     initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=5), maximum_attempts=20
@@ -205,10 +206,14 @@ class OutboundRunWorkflow:
                     await self._load_leads()
 
             dialing_allowed = not cancelled and not self._paused
-            while dialing_allowed and (call := book.next_dial(workflow.time())) is not None:
+            # Once the server suggests continuing as new, start nothing until the activities
+            # under way are done, so that moment comes however busy the run is. Lines are kept.
+            draining = self._draining()
+            while dialing_allowed and not draining and (call := book.next_dial(workflow.time())) is not None:
                 self._start_task(self._dial(call, self._outcomes_to_carry()))
             await self._settle_lines(dialing_allowed)
-            self._record_outcomes()
+            if not draining:
+                self._record_outcomes()
             await self._show_pause()
 
             if book.finished and not self._tasks:
@@ -274,6 +279,12 @@ class OutboundRunWorkflow:
             retry_policy=DB_RETRY,
         )
         state.gate_contacted = True
+
+    def _draining(self) -> bool:
+        """Whether to let the activities under way finish, then continue as new."""
+        return workflow.info().is_continue_as_new_suggested() and workflow.patched(
+            DRAIN_BEFORE_CONTINUE_AS_NEW
+        )
 
     def _outcomes_to_carry(self) -> list[Outcome]:
         """The outcomes the next dial writes with its attempt row: one activity (and workflow task)
