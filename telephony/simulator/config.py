@@ -71,7 +71,9 @@ class SimulatorConfig(BaseModel):
     callback_retry_backoff_seconds: float = Field(
         default=0.5, ge=0, description="wait before the first retry, doubling after each"
     )
-    callback_timeout_seconds: float = Field(default=5.0, gt=0, description="HTTP timeout of one callback")
+    callback_timeout_seconds: float = Field(
+        default=15.0, gt=0, description="HTTP timeout of one callback (Twilio waits 15 s by default)"
+    )
 
     @field_validator("queue_seconds", "ring_seconds", "talk_seconds")
     @classmethod
