@@ -8,7 +8,6 @@ from datetime import timedelta
 from typing import Any, cast
 
 from sqlalchemy import Row, Table, bindparam, exists, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.sql import Executable
 from temporalio import activity
@@ -20,6 +19,7 @@ from twilio.rest.api.v2010.account.call import CallInstance
 
 from activities.records import write_outcomes
 from db.models import CallAttempt, DoNotCall, Run, utcnow
+from db.upsert import dialect_insert
 from telephony.twilio_client import (
     ACCOUNT_ERROR_CODES,
     BAD_NUMBER_CODES,
@@ -71,9 +71,8 @@ _STORE_SID = (
 def _claim_statement(dialect: str) -> Executable:
     """INSERT the attempt unless it exists, returning it; one statement per database kind."""
     if dialect not in _CLAIMS:
-        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
         _CLAIMS[dialect] = (
-            insert(_ATTEMPTS)
+            dialect_insert(dialect, _ATTEMPTS)
             .values(
                 run_id=bindparam("a_run"),
                 lead_id=bindparam("a_lead"),

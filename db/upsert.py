@@ -16,16 +16,13 @@ async def insert_ignoring_conflict(
     """Insert rows, leaving any row whose `keys` already exist untouched."""
     if not rows:
         return
-    statement = dialect_insert(session, cast(Table, model.__table__)).on_conflict_do_nothing(
+    table = cast(Table, model.__table__)
+    statement = dialect_insert(session.get_bind().dialect.name, table).on_conflict_do_nothing(
         index_elements=keys
     )
     await (await session.connection()).execute(statement, rows)
 
 
-def dialect_insert(
-    session: AsyncSession, target: type[DeclarativeBase] | Table
-) -> postgresql.Insert | sqlite.Insert:
-    """An INSERT for the session's database, with its ON CONFLICT clauses."""
-    if session.get_bind().dialect.name == "postgresql":
-        return postgresql.insert(target)
-    return sqlite.insert(target)
+def dialect_insert(dialect: str, table: Table) -> postgresql.Insert | sqlite.Insert:
+    """An INSERT for this kind of database (a dialect name), with its ON CONFLICT clauses."""
+    return postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
