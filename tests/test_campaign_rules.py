@@ -80,6 +80,8 @@ class FakeWorld:
     dials: list[Dial] = field(default_factory=list)
     outcomes: list[Outcome] = field(default_factory=list)
     statuses: list[str] = field(default_factory=list)
+    # What Twilio says when the run fetches a call it has heard nothing about for too long.
+    fetched: CallSnapshot = field(default_factory=lambda: CallSnapshot(found=True, status="in-progress"))
 
     @activity.defn(name="load_run")
     async def load_run(self, input: LoadRunInput) -> RunFacts:
@@ -108,12 +110,13 @@ class FakeWorld:
 
     @activity.defn(name="fetch_call")
     async def fetch_call(self, input: FetchCallInput) -> CallSnapshot:
-        return CallSnapshot(found=True, status="in-progress")
+        return self.fetched
 
     @activity.defn(name="place_call")
     async def place_call(self, input: DialInput) -> DialOutput:
         handle = self.env.client.get_workflow_handle(activity.info().workflow_id or "")
         self.dials.append(Dial(input.lead_id, input.attempt, await self.env.get_current_time(handle)))
+        self.outcomes.extend(input.outcomes)
         sid = f"CA{uuid.uuid4().hex}"
         status = self.script[input.to][input.attempt - 1]
         await handle.signal("call_status", CallStatusEvent(input.lead_id, input.attempt, sid, status))
@@ -211,6 +214,23 @@ async def test_busy_then_answered_on_the_second_attempt_an_hour_later(
         (2, "completed", True),
     ]
     await save_history(skipping.client, handle.id, "run_retried")
+
+
+async def test_an_answered_call_whose_end_was_never_heard_of_frees_its_line_in_minutes(
+    skipping: WorkflowEnvironment, world_runner: WorldRunner
+) -> None:
+    # Answered, then silence: the `completed` callback was lost. Twilio, asked, says it ended.
+    world = FakeWorld(skipping, [LeadRef(1, "+14155550104")], {"+14155550104": ["in-progress"]})
+    world.fetched = CallSnapshot(found=True, status="completed", duration=240)
+    options = RunOptions(calling_window=ALWAYS, call_time_limit_seconds=3600)
+    handle = await world_runner(world, options)
+    result = await handle.result()
+
+    assert result.outcomes == {"answered": 1}
+    ended = (await handle.fetch_history()).events[-1].event_time.ToDatetime(tzinfo=UTC)
+    assert ended - world.dials[0].at < timedelta(minutes=10)  # not the call's hour-long time limit
+    assert [(o.status, o.duration) for o in world.outcomes] == [("completed", 240)]
+    await save_history(skipping.client, handle.id, "run_rechecked_answered_call")
 
 
 async def test_a_lead_where_it_is_22_00_waits_until_08_00_local(

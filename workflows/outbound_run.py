@@ -66,6 +66,11 @@ DIAL_DEADLINE = timedelta(hours=1)
 OUTCOMES_RIDE_DIALS = "outcomes-ride-dials"
 RIDE_WHILE_DIALS_TAKE_AT_MOST = 1.0
 DRAIN_BEFORE_CONTINUE_AS_NEW = "drain-before-continue-as-new"
+# An answered call Twilio has said nothing about for this long (plus the reconcile margin) is
+# fetched, and again after as long if it is still going: a lost `completed` callback holds its line
+# minutes, not up to the call time limit (an hour by default).
+RECHECK_ANSWERED_CALLS = "recheck-answered-calls"
+ANSWERED_RECHECK_SECONDS = 300
 # The API commits the run row just after starting the workflow; give it time to appear.
 LOAD_RUN_RETRY = RetryPolicy(
     initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=5), maximum_attempts=20
@@ -427,7 +432,8 @@ class OutboundRunWorkflow:
         while True:
             await workflow.wait_condition(lambda: bool(self._book.calls))
             await workflow.sleep(interval)
-            for call in self._book.overdue_calls(workflow.time()):
+            recheck = ANSWERED_RECHECK_SECONDS if workflow.patched(RECHECK_ANSWERED_CALLS) else None
+            for call in self._book.overdue_calls(workflow.time(), recheck):
                 assert call.call_sid is not None
                 snapshot: CallSnapshot = await workflow.execute_activity_method(
                     DialingActivities.fetch_call,

@@ -216,16 +216,20 @@ class RunBook:
         self.state.unrecorded.append(outcome)
         return outcome
 
-    def overdue_calls(self, now: float) -> list[InFlightCall]:
-        """Calls Twilio has gone quiet about for longer than the call could last: ask Twilio."""
+    def overdue_calls(self, now: float, answered_recheck_seconds: float | None = None) -> list[InFlightCall]:
+        """Calls Twilio has gone quiet about for longer than the call could last: ask Twilio. An
+        answered call is asked about every `answered_recheck_seconds` of silence, when given, rather
+        than only once it could have reached its time limit."""
         margin = self.options.reconcile_margin_seconds
         overdue = []
         for call in self.calls.values():
             if call.call_sid is None:
                 continue
-            expected = (
-                self.options.call_time_limit_seconds if call.answered else self.options.ring_timeout_seconds
-            )
+            expected: float = self.options.ring_timeout_seconds
+            if call.answered:
+                expected = self.options.call_time_limit_seconds
+                if answered_recheck_seconds is not None:
+                    expected = min(expected, answered_recheck_seconds)
             if now - call.last_news_at > expected + margin:
                 overdue.append(call)
         return overdue
