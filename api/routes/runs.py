@@ -192,7 +192,7 @@ async def _store_streamed_leads(session: AsyncSession, run_id: str, records: Asy
                 {
                     "loc": ["body"],
                     "type": "more_errors",
-                    "msg": f"{error_count - len(errors)} more bad lines not listed",
+                    "msg": f"{error_count - len(errors)} more errors not listed",
                     "input": None,
                 }
             )
