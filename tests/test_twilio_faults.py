@@ -74,21 +74,23 @@ async def test_duplicated_reordered_and_dropped_callbacks(stack: Stack, sim_knob
     [(3, (0.2, 0.6)), (30, (0.0, 0.0))],  # the second keeps dials under way at every moment
     ids=["cap-3", "cap-30-instant-calls"],
 )
-async def test_a_run_that_continues_as_new_carries_its_calls_in_flight_and_loses_no_callback(
+async def test_a_run_that_continues_as_new_carries_its_calls_in_flight_and_every_outcome(
     stack: Stack, sim_knobs: SimulatorKnobs, cap: int, talk_seconds: tuple[float, float]
 ) -> None:
     await sim_knobs(duplicate_callback_rate=0.3, reorder_callback_rate=0.2, seed=9, talk_seconds=talk_seconds)
     business = await stack.create_business(cap=cap)
-    phones = [new_number() for _ in range(45 if cap == 3 else 150)]
+    phones = [new_number() for _ in range(45 if cap == 3 else 250)]
     statuses = ["completed", "busy", "completed", "no-answer"]
     await stack.force_outcomes({p: statuses[i % 4] for i, p in enumerate(phones)})
-    run_id = await stack.start_run(business, phones)
+    # A callback refused for longer than Twilio waits while a run closes is found by asking Twilio.
+    run_id = await stack.start_run(business, phones, options=QUICK_RECONCILE)
 
     run = await stack.wait_run_ends(business, run_id, within=120)
     chain = await execution_chain(stack.temporal, run_workflow_id(run_id))
     assert len(chain) >= 2, "the run never continued as new, so this test proved nothing"
-    # However busy the run, it continues as new soon after the server suggests it.
-    assert max(len(h.events) for h in chain) < 2 * SUGGEST_CONTINUE_AS_NEW_AFTER_EVENTS
+    # However busy the run, it continues as new soon after the server suggests it (without waiting
+    # for a moment with no dial under way, the 250-lead run's one segment had about 1,500 events).
+    assert max(len(h.events) for h in chain) < 3 * SUGGEST_CONTINUE_AS_NEW_AFTER_EVENTS
     converter = stack.temporal.data_converter
     carried = [
         (

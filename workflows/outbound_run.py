@@ -213,15 +213,19 @@ class OutboundRunWorkflow:
             dialing_allowed = not cancelled and not self._paused
             # Once the server suggests continuing as new, start nothing until the activities
             # under way are done, so that moment comes however busy the run is. Lines are kept.
-            draining = self._draining()
-            while dialing_allowed and not draining and (call := book.next_dial(workflow.time())) is not None:
+            while (
+                dialing_allowed
+                and not self._draining()
+                and (call := book.next_dial(workflow.time())) is not None
+            ):
                 self._start_task(self._dial(call, self._outcomes_to_carry()))
             await self._settle_lines(dialing_allowed)
-            if not draining:
+            # Asked again: the awaits above may have let the last call end.
+            if not self._draining():
                 self._record_outcomes()
             await self._show_pause()
 
-            if book.finished and not self._tasks:
+            if book.finished and not self._tasks and not book.state.unrecorded:
                 return
             if workflow.info().is_continue_as_new_suggested() and not self._tasks:
                 await workflow.wait_condition(workflow.all_handlers_finished)
@@ -286,9 +290,12 @@ class OutboundRunWorkflow:
         state.gate_contacted = True
 
     def _draining(self) -> bool:
-        """Whether to let the activities under way finish, then continue as new."""
-        return workflow.info().is_continue_as_new_suggested() and workflow.patched(
-            DRAIN_BEFORE_CONTINUE_AS_NEW
+        """Whether to let the activities under way finish, then continue as new. A run with
+        nothing left to dial finishes instead, writing its last outcomes first."""
+        return (
+            not self._book.finished
+            and workflow.info().is_continue_as_new_suggested()
+            and workflow.patched(DRAIN_BEFORE_CONTINUE_AS_NEW)
         )
 
     def _outcomes_to_carry(self) -> list[Outcome]:
