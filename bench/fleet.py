@@ -66,11 +66,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cap", type=int, default=3)
     parser.add_argument("--talk-seconds", type=float, default=2.0)
     parser.add_argument("--plot", metavar="PATH", help="write a PNG of lines in use over time")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes on the same task queues (the split is reported)",
+    )
     add_env_arguments(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.businesses, args.leads_per_business = 20, 6
     return args
+
+
+def worker_split(cpu: dict[str, Any]) -> dict[str, float]:
+    """Each worker process's share of the workers' CPU: how the task queues spread the load."""
+    used = {name: p["cpu_seconds"] for name, p in cpu["processes"].items() if name.startswith("worker")}
+    total = sum(used.values()) or 1.0
+    return {name: round(seconds / total, 3) for name, seconds in used.items()}
 
 
 def spread(values: Sequence[float], digits: int = 4) -> dict[str, float | int]:
@@ -241,6 +254,7 @@ async def measure(
         if waiting > 0:
             while_waiting.append(busy_inside(spans, spans[0][0], spans[-1][0]) / (cap * waiting))
         peaks.append(overlap_peak(spans))
+    steady_cpu = sampler.cpu_report(low, high, steady["creates"])
 
     result: dict[str, Any] = {
         "bench": "fleet",
@@ -267,7 +281,8 @@ async def measure(
         "per_business_utilisation_while_leads_wait": spread(while_waiting),
         "per_business_peak_lines": max(peaks, default=0),
         "businesses_over_cap": sum(1 for p in peaks if p > cap),
-        "cpu_steady_window": sampler.cpu_report(low, high, steady["creates"]),
+        "cpu_steady_window": steady_cpu,
+        "worker_split": worker_split(steady_cpu),
         "cpu_whole_run": sampler.cpu_report(first_start, finished, len(every)),
         "rss_mib_at_end": {
             w.name: round((sampler.rss_at(w.name, finished) or 0) / 2**20, 1) for w in sampler.watched
@@ -299,7 +314,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
 
     async def go() -> dict[str, Any]:
-        async with process_env(simulator=args.simulator, calls_per_second=CALLS_PER_SECOND_LIMIT) as env:
+        async with process_env(
+            simulator=args.simulator, calls_per_second=CALLS_PER_SECOND_LIMIT, workers=args.workers
+        ) as env:
             result = await measure(
                 env,
                 businesses=args.businesses,

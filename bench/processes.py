@@ -449,6 +449,8 @@ class ProcessEnv(BenchEnv):
 
     api: Spawned | None = None
     worker: Spawned | None = None
+    # More worker processes on the same task queues, when asked for (`worker-2`, ...).
+    more_workers: list[Spawned] = field(default_factory=list)
     temporal_pid: int | None = None
     simulator_pid: int | None = None
     log_dir: Path = field(default_factory=Path)
@@ -457,6 +459,7 @@ class ProcessEnv(BenchEnv):
         """The processes worth sampling: worker, API, dev server, simulator, and this one."""
         found = [
             Watched("worker", self.worker.pid) if self.worker else None,
+            *(Watched(w.name, w.pid) for w in self.more_workers),
             Watched("api", self.api.pid) if self.api else None,
             Watched("temporal", self.temporal_pid, cores=float(os.cpu_count() or 1))
             if self.temporal_pid
@@ -469,7 +472,8 @@ class ProcessEnv(BenchEnv):
 
     def log_summaries(self) -> dict[str, Any]:
         """What the API and the worker logged."""
-        return {s.name: s.log_summary() for s in (self.worker, self.api) if s is not None}
+        spawned = (self.worker, *self.more_workers, self.api)
+        return {s.name: s.log_summary() for s in spawned if s is not None}
 
 
 @asynccontextmanager
@@ -479,6 +483,7 @@ async def process_env(
     calls_per_second: float = 10_000,
     log_level: str = "WARNING",
     dev_server_args: Iterable[str] = (),
+    workers: int = 1,
 ) -> AsyncIterator[ProcessEnv]:
     """Start the dev server, a fresh migrated database and the simulator, then the worker
     (`python worker.py`) and the API (`python -m api`) as processes configured by environment
@@ -510,9 +515,12 @@ async def process_env(
         env = settings_environment(settings)
         log_dir = Path(tempfile.mkdtemp(prefix="bench-logs-"))
         log.info("API and worker logs in %s", log_dir)
-        worker = await exits.enter_async_context(
-            spawned("worker", [sys.executable, "worker.py"], env, log_dir)
-        )
+        worker, *more_workers = [
+            await exits.enter_async_context(
+                spawned("worker" if n == 1 else f"worker-{n}", [sys.executable, "worker.py"], env, log_dir)
+            )
+            for n in range(1, workers + 1)
+        ]
         api = await exits.enter_async_context(
             spawned("api", [sys.executable, "-m", "api", "--port", str(api_port)], env, log_dir)
         )
@@ -526,7 +534,8 @@ async def process_env(
             settings, temporal.client, http, sim, engine, create_sessionmaker(engine), api_port
         )
         await wait_until_api_serves(http, api)
-        await wait_until_worker_polls(temporal.client, settings.TEMPORAL_TASK_QUEUE, worker)
+        for each in (worker, *more_workers):
+            await wait_until_worker_polls(temporal.client, settings.TEMPORAL_TASK_QUEUE, each)
         log.info(
             "environment up in %.1fs: worker pid %d, API pid %d, dev server pid %s, simulator pid %s",
             time.monotonic() - started,
@@ -541,6 +550,7 @@ async def process_env(
             simulator,
             api=api,
             worker=worker,
+            more_workers=more_workers,
             temporal_pid=temporal_pid,
             simulator_pid=simulator_pid,
             log_dir=log_dir,
