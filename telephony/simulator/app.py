@@ -7,6 +7,7 @@ import base64
 import binascii
 import re
 import secrets
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -17,6 +18,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.datastructures import FormData
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from telephony.simulator.calls import API_VERSION, Call, TimeFilter, parse_time
 from telephony.simulator.config import SimulatorConfig
@@ -44,6 +46,7 @@ def create_app(config: SimulatorConfig) -> FastAPI:
 
     app = FastAPI(title="Carrier simulator", lifespan=lifespan)
     app.state.simulator = simulator
+    app.add_middleware(_ArrivalTime)
 
     @app.exception_handler(TwilioApiError)
     async def twilio_error(request: Request, exc: TwilioApiError) -> JSONResponse:
@@ -52,6 +55,20 @@ def create_app(config: SimulatorConfig) -> FastAPI:
     app.include_router(_twilio_routes(simulator))
     app.include_router(_control_routes(simulator))
     return app
+
+
+class _ArrivalTime:
+    """ASGI middleware: the wall-clock time each request reached the carrier, before the carrier
+    reads, authenticates or validates it (``request.state.received_at``). The simulator's own
+    checks are the carrier's time, not the caller's."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope.setdefault("state", {})["received_at"] = time.time()
+        await self.app(scope, receive, send)
 
 
 def _twilio_routes(sim: Simulator) -> APIRouter:
@@ -80,7 +97,7 @@ def _twilio_routes(sim: Simulator) -> APIRouter:
 
     @router.post("/Calls.json", status_code=201)
     async def create_call(account_sid: str, request: Request) -> dict[str, Any]:
-        call_request = _call_request(account_sid, await request.form())
+        call_request = _call_request(account_sid, await request.form(), request.state.received_at)
         call = sim.create_call(call_request)
         if sim.config.create_response_delay_seconds:
             await asyncio.sleep(sim.config.create_response_delay_seconds)
@@ -105,6 +122,7 @@ def _twilio_routes(sim: Simulator) -> APIRouter:
             from_=query.get("From"),
             status=query.get("Status"),
             start=TimeFilter(query.get("StartTime"), query.get("StartTime>"), query.get("StartTime<")),
+            created_before=time.time() - sim.config.list_lag_seconds if sim.config.list_lag_seconds else None,
         )
         start = page * page_size
         selected = calls[start : start + page_size]
@@ -181,7 +199,7 @@ def _basic_credentials(header: str) -> tuple[str, str] | None:
     return (user, password) if sep else None
 
 
-def _call_request(account_sid: str, form: FormData) -> CallRequest:
+def _call_request(account_sid: str, form: FormData, received_at: float) -> CallRequest:
     """Validate a create-call form the way Twilio does, first error wins."""
 
     def text(name: str) -> str | None:
@@ -209,6 +227,7 @@ def _call_request(account_sid: str, form: FormData) -> CallRequest:
         machine_detection=(text("MachineDetection") or "").lower() in ("enable", "detectmessageend"),
         timeout=_seconds(text("Timeout"), "Timeout") or 60.0,
         time_limit=_seconds(text("TimeLimit"), "TimeLimit"),
+        received_at=received_at,
     )
 
 

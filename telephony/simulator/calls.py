@@ -215,16 +215,19 @@ class CallStore:
         from_: str | None = None,
         status: str | None = None,
         start: TimeFilter | None = None,
+        created_before: float | None = None,
     ) -> list[Call]:
         """Calls matching Twilio's list filters, newest first.
 
         A call still queued has no start time; it is matched on its creation time so that a client
-        looking for a call whose create response was lost still finds it.
+        looking for a call whose create response was lost still finds it. With `created_before`,
+        calls created later are left out, as Twilio's lists lag behind new calls.
         """
         found: Iterable[Call] = (
             c
             for c in reversed(self._calls.values())
             if c.account_sid == account_sid
+            and (created_before is None or c.created_at <= created_before)
             and (to is None or c.to == to)
             and (from_ is None or c.from_ == from_)
             and (status is None or c.status == status)

@@ -61,6 +61,9 @@ class SimulatorConfig(BaseModel):
     create_response_delay_seconds: float = Field(
         default=0.0, ge=0, description="the call is placed at once; the answer to the client waits this long"
     )
+    list_lag_seconds: float = Field(
+        default=0.0, ge=0, description="a new call shows in call lists only this long after it was created"
+    )
     # Every create from this caller ID is refused with this Twilio code, as Twilio does for account
     # problems (21210 unverified caller ID, 21219 trial restrictions, ...).
     errors_by_from: dict[str, int] = Field(default_factory=dict)

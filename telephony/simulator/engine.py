@@ -9,7 +9,7 @@ import math
 import random
 import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import phonenumbers
@@ -52,6 +52,8 @@ class CallRequest:
     machine_detection: bool = False
     timeout: float = 60.0
     time_limit: float | None = None
+    # When the request reached the carrier, before the carrier's own checks of it.
+    received_at: float = field(default_factory=time.time)
 
 
 @dataclass
@@ -111,7 +113,7 @@ class Simulator:
         With ``create_5xx_after_create_rate`` the call is placed and plays out, yet the client gets a 500.
         """
         config = self.config
-        self._create_requests[request.from_].append(time.time())
+        self._create_requests[request.from_].append(request.received_at)
         refused = config.errors_by_from.get(request.from_)
         if refused is not None:
             raise TwilioApiError(
