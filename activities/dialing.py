@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, cast
 
-from sqlalchemy import Row, Table, bindparam, exists, select, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import Table, bindparam, exists, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 from sqlalchemy.sql import Executable
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -49,29 +49,29 @@ _KEY = (
     _ATTEMPTS.c.lead_id == bindparam("a_lead"),
     _ATTEMPTS.c.attempt == bindparam("a_attempt"),
 )
-_CLAIMED = select(_ATTEMPTS.c.call_sid, _ATTEMPTS.c.status, _ATTEMPTS.c.created_at).where(*_KEY)
-_CLAIMS: dict[str, Executable] = {}
-# The share lock makes a cancel wait for creates already under way, so once the API has
-# acknowledged a cancel no call can be created (PostgreSQL; SQLite ignores it).
-_FENCE = (
-    select(
-        _RUNS.c.cancel_requested_at,
-        exists().where(_DNC.c.business_id == bindparam("f_business"), _DNC.c.phone == bindparam("f_to")),
-    )
-    .where(_RUNS.c.id == bindparam("f_run"))
-    .with_for_update(read=True, of=_RUNS)
+_CLAIMED = select(_ATTEMPTS.c.call_sid, _ATTEMPTS.c.status).where(*_KEY)
+_DIAL_BLOCKERS = (
+    _RUNS.c.cancel_requested_at,
+    exists().where(_DNC.c.business_id == bindparam("f_business"), _DNC.c.phone == bindparam("f_to")),
 )
+# The share lock makes a cancel wait for creates already under way, so once the API has
+# acknowledged a cancel no call can be created (PostgreSQL; SQLite, one writer at a time, has no
+# row locks).
+_FENCE = select(*_DIAL_BLOCKERS).where(_RUNS.c.id == bindparam("f_run")).with_for_update(read=True, of=_RUNS)
 _STORE_SID = (
     update(_ATTEMPTS)
     .where(*_KEY, _ATTEMPTS.c.call_sid.is_(None))
     .values(call_sid=bindparam("a_sid"), status="queued", updated_at=bindparam("a_now"))
 )
+_CLAIMS: dict[str, Executable] = {}
 
 
 def _claim_statement(dialect: str) -> Executable:
-    """INSERT the attempt unless it exists, returning it; one statement per database kind."""
+    """INSERT the attempt unless it exists, returning a row only when it was written now; one
+    statement per database kind. On PostgreSQL the same statement takes the cancel fence and reads
+    the do-not-call list (one round trip before the create instead of two)."""
     if dialect not in _CLAIMS:
-        _CLAIMS[dialect] = (
+        insert = (
             dialect_insert(dialect, _ATTEMPTS)
             .values(
                 run_id=bindparam("a_run"),
@@ -80,9 +80,38 @@ def _claim_statement(dialect: str) -> Executable:
                 status="dialing",
             )
             .on_conflict_do_nothing(index_elements=["run_id", "lead_id", "attempt"])
-            .returning(_ATTEMPTS.c.call_sid, _ATTEMPTS.c.status, _ATTEMPTS.c.created_at)
+            .returning(_ATTEMPTS.c.id)
         )
+        if dialect == "postgresql":
+            claim = insert.cte("claim")
+            _CLAIMS[dialect] = _FENCE.add_columns(exists(select(claim.c.id)))
+        else:
+            _CLAIMS[dialect] = insert
     return _CLAIMS[dialect]
+
+
+@dataclass(frozen=True)
+class _Claim:
+    """The attempt's row as the dial found it, and what may stop the dial."""
+
+    new: bool
+    cancel_requested_at: object
+    on_do_not_call: bool
+
+
+async def _claim(connection: AsyncConnection, input: DialInput) -> _Claim:
+    """Write the attempt's row unless an earlier try did, take the cancel fence, read the DNC list."""
+    dialect = connection.dialect.name
+    key = _attempt_key(input)
+    fence = {"f_run": input.run_id, "f_business": input.business_id, "f_to": input.to}
+    if dialect == "postgresql":
+        cancel_requested_at, suppressed, new = (
+            await connection.execute(_claim_statement(dialect), {**key, **fence})
+        ).one()
+    else:
+        new = (await connection.execute(_claim_statement(dialect), key)).first() is not None
+        cancel_requested_at, suppressed = (await connection.execute(_FENCE, fence)).one()
+    return _Claim(bool(new), cancel_requested_at, bool(suppressed))
 
 
 def _attempt_key(input: DialInput) -> dict[str, Any]:
@@ -147,37 +176,38 @@ class DialingActivities:
     async def place_call(self, input: DialInput) -> DialOutput:
         """Place one call for (run, lead, attempt), at most once.
 
-        The attempt row is written before Twilio is called. If it already has a call SID, that call
-        is the answer. If it has none, an earlier try may still have reached Twilio (a lost response,
-        a killed worker), so Twilio is asked for a matching call before dialing again. The outcomes
-        the dial carries are written with the SID, once the call is placed (or found placed).
+        One transaction, held open across the create: it writes the attempt's row under its unique
+        key (a second try of the same dial waits on it, then finds the call), takes the run's
+        cancel fence and checks the do-not-call list, places the call, and stores the call's SID
+        with the outcomes the dial carries. A row that already has a SID is the answer. A retry is
+        never blind: an earlier try may have reached Twilio (a lost response, a killed worker), so
+        Twilio is asked for a matching call placed since the dial was first scheduled.
         """
         context = {"run": input.run_id, "lead": input.lead_id, "attempt": input.attempt}
-        attempt = await self._claim_attempt(input)
-        if attempt.call_sid:
-            log.info("call already placed", extra={**context, "call_sid": attempt.call_sid})
-            return await self._store_sid(input, DialOutput(attempt.call_sid, attempt.status))
-        if activity.info().attempt > 1:
-            found = await self._find_placed_call(input, attempt)
-            if found is not None:
-                log.info(
-                    "adopted call placed by an earlier try", extra={**context, "call_sid": found.call_sid}
-                )
-                return await self._store_sid(input, found)
-
         async with self.sessions() as session, session.begin():
-            cancel_requested_at, suppressed = (
-                await (await session.connection()).execute(
-                    _FENCE, {"f_run": input.run_id, "f_business": input.business_id, "f_to": input.to}
-                )
-            ).one()
-            if cancel_requested_at is not None:
+            claim = await _claim(await session.connection(), input)
+            if not claim.new:
+                earlier = (await (await session.connection()).execute(_CLAIMED, _attempt_key(input))).one()
+                if earlier.call_sid:
+                    log.info("call already placed", extra={**context, "call_sid": earlier.call_sid})
+                    placed = DialOutput(earlier.call_sid, earlier.status)
+                    await self._store_sid(session, input, placed)
+                    return placed
+            if activity.info().attempt > 1:
+                found = await self._find_placed_call(session, input)
+                if found is not None:
+                    log.info(
+                        "adopted call placed by an earlier try", extra={**context, "call_sid": found.call_sid}
+                    )
+                    await self._store_sid(session, input, found)
+                    return found
+            if claim.cancel_requested_at is not None:
                 raise ApplicationError(
                     "the run was cancelled before this call was placed",
                     type=RUN_CANCELLED,
                     non_retryable=True,
                 )
-            if suppressed:
+            if claim.on_do_not_call:
                 raise ApplicationError(
                     f"{input.to} is on the business's do-not-call list", type=DO_NOT_CALL, non_retryable=True
                 )
@@ -197,47 +227,37 @@ class DialingActivities:
                 )
             except TwilioRestException as error:
                 raise _classify(error) from None
-        placed = DialOutput(call.sid or "", call.status or "queued")
-        log.info("call placed", extra={**context, "call_sid": placed.call_sid})
-        return await self._store_sid(input, placed)
+            placed = DialOutput(call.sid or "", call.status or "queued")
+            log.info("call placed", extra={**context, "call_sid": placed.call_sid})
+            await self._store_sid(session, input, placed)
+        return placed
 
-    async def _claim_attempt(self, input: DialInput) -> Row[Any]:
-        """The attempt's row (call_sid, status, created_at): written now (status `dialing`, no SID)
-        unless an earlier try wrote it."""
-        async with self.sessions() as session, session.begin():
-            connection = await session.connection()
-            key = _attempt_key(input)
-            claimed = (await connection.execute(_claim_statement(connection.dialect.name), key)).first()
-            attempt = claimed or (await connection.execute(_CLAIMED, key)).first()
-            assert attempt is not None
-            return attempt
-
-    async def _find_placed_call(self, input: DialInput, attempt: Row[Any]) -> DialOutput | None:
+    async def _find_placed_call(self, session: AsyncSession, input: DialInput) -> DialOutput | None:
+        """A call to this number from this caller ID, placed since the dial was first scheduled,
+        that no attempt has recorded: one an earlier try placed without learning its SID."""
         calls = await self.twilio.calls.list_async(
-            to=input.to, from_=input.from_, start_time_after=attempt.created_at - LOOKUP_SKEW, limit=20
+            to=input.to,
+            from_=input.from_,
+            start_time_after=activity.info().scheduled_time - LOOKUP_SKEW,
+            limit=20,
         )
-        async with self.sessions() as session:
-            known = set(
-                await session.scalars(
-                    select(CallAttempt.call_sid).where(
-                        CallAttempt.call_sid.in_([c.sid for c in calls if c.sid])
-                    )
-                )
+        known = set(
+            await session.scalars(
+                select(CallAttempt.call_sid).where(CallAttempt.call_sid.in_([c.sid for c in calls if c.sid]))
             )
+        )
         for call in calls:
             if call.sid and call.sid not in known:
                 return DialOutput(call.sid, call.status or "queued")
         return None
 
-    async def _store_sid(self, input: DialInput, placed: DialOutput) -> DialOutput:
+    async def _store_sid(self, session: AsyncSession, input: DialInput, placed: DialOutput) -> None:
         """Record the call's SID on its attempt, with the outcomes the dial carries: after the
         create, so they add nothing to the time before it."""
-        async with self.sessions() as session, session.begin():
-            await write_outcomes(session, input.run_id, input.outcomes)
-            await (await session.connection()).execute(
-                _STORE_SID, {**_attempt_key(input), "a_sid": placed.call_sid, "a_now": utcnow()}
-            )
-        return placed
+        await write_outcomes(session, input.run_id, input.outcomes)
+        await (await session.connection()).execute(
+            _STORE_SID, {**_attempt_key(input), "a_sid": placed.call_sid, "a_now": utcnow()}
+        )
 
     @activity.defn
     async def hang_up(self, input: HangUpInput) -> CallSnapshot:

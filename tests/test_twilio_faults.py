@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import pytest
+from temporalio.testing import ActivityEnvironment
 
+from activities.dialing import DialingActivities, DialInput
+from db.models import Lead, Run
 from telephony.status import OUTCOME_BY_CALL_STATUS
+from telephony.twilio_client import close_twilio_client, create_twilio_client
 from tests.conftest import SUGGEST_CONTINUE_AS_NEW_AFTER_EVENTS, SimulatorKnobs
 from tests.harness import Stack, execution_chain, new_number, save_history, wait_for
 from workflows.messages import RunInput
@@ -191,8 +197,7 @@ async def test_a_worker_killed_between_create_and_recording_the_sid_does_not_dia
 
     await wait_for(first_call_created, within=30, what="the first call to be created")
     stack.kill(worker)  # Twilio has the call; the worker never heard back
-    attempts = await stack.attempts(run_id)
-    assert [a.call_sid for a in attempts] == [None]
+    assert not any(a.call_sid for a in await stack.attempts(run_id))
     await sim_knobs(create_response_delay_seconds=0)
     stack.spawn_worker_process()
 
@@ -201,6 +206,45 @@ async def test_a_worker_killed_between_create_and_recording_the_sid_does_not_dia
     sim_calls = await stack.sim_calls(business.caller_id)
     assert Counter(c["to"] for c in sim_calls) == Counter(phones)  # no second call
     assert {a.call_sid for a in await stack.attempts(run_id)} == {c["sid"] for c in sim_calls}
+
+
+async def test_a_second_try_that_overlaps_the_first_waits_for_it_and_finds_its_call(
+    stack: Stack, sim_knobs: SimulatorKnobs
+) -> None:
+    """A dial tried again while its first try still waits for Twilio's answer (the try timed out,
+    its worker is alive) must not place a second call, even though Twilio's call list does not
+    show the first call yet: the second try waits on the first one's attempt row."""
+    business = await stack.create_business(cap=1)
+    phone = new_number()
+    run_id = uuid.uuid4().hex
+    async with stack.sessions() as session, session.begin():
+        session.add(Run(id=run_id, business_id=business.id, status="running", total_leads=1, options={}))
+        await session.flush()
+        lead = Lead(run_id=run_id, phone=phone)
+        session.add(lead)
+    await sim_knobs(create_response_delay_seconds=2, list_lag_seconds=60)
+    twilio = create_twilio_client(stack.settings)
+    try:
+        dialing = DialingActivities(stack.sessions, twilio, stack.settings.PUBLIC_BASE_URL)
+        dial = DialInput(
+            run_id, lead.id, 1, phone, business.caller_id, "<Response/>", business_id=business.id
+        )
+        first = asyncio.create_task(ActivityEnvironment().run(dialing.place_call, dial))
+
+        async def call_created() -> bool:
+            return len(await stack.sim_calls(business.caller_id)) == 1
+
+        await wait_for(call_created, within=10, what="the first try's call")
+        retry = ActivityEnvironment()
+        retry.info = dataclasses.replace(retry.info, attempt=2)
+        second = await retry.run(dialing.place_call, dial)
+        assert first.done()  # the second try waited for the first
+        assert second.call_sid == (await first).call_sid
+    finally:
+        await close_twilio_client(twilio)
+    sim_calls = await stack.sim_calls(business.caller_id)
+    assert [c["to"] for c in sim_calls] == [phone]
+    assert [a.call_sid for a in await stack.attempts(run_id)] == [sim_calls[0]["sid"]]
 
 
 async def test_a_429_storm_delays_calls_and_two_workers_keep_the_global_rate(
