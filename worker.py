@@ -34,7 +34,8 @@ DIAL_POLLERS = 12
 async def build_workers(settings: Settings, client: Client) -> AsyncIterator[list[Worker]]:
     """The two workers of one process: workflows and most activities on TEMPORAL_TASK_QUEUE, and
     call creation on its own queue, rate-limited by the Temporal server across all workers."""
-    engine = create_engine(settings.DATABASE_URL)
+    # Activities are retried, so a connection the database dropped costs one try, not a ping per use.
+    engine = create_engine(settings.DATABASE_URL, ping_on_checkout=False)
     sessions = create_sessionmaker(engine)
     twilio = create_twilio_client(settings)
     records = RecordActivities(sessions)

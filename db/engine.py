@@ -10,11 +10,16 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 
-def create_engine(url: str) -> AsyncEngine:
-    """An async engine; SQLite gets WAL and a busy timeout so the API and worker can share the file."""
+def create_engine(url: str, *, ping_on_checkout: bool = True) -> AsyncEngine:
+    """An async engine; SQLite gets WAL and a busy timeout so the API and worker can share the file.
+
+    `ping_on_checkout` tests each pooled connection before use (one round trip each time), so a
+    connection the database dropped is replaced rather than failing a request. Code that is retried
+    anyway, such as activities, can do without: a dropped connection fails one try, and the pool
+    then replaces every connection older than the failure."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_async_engine(url, pool_pre_ping=True)
+        return create_async_engine(url, pool_pre_ping=ping_on_checkout)
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_async_engine(url, connect_args={"timeout": 30})
