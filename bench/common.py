@@ -367,6 +367,36 @@ def event_time(event: HistoryEvent) -> float:
     return event.event_time.seconds + event.event_time.nanos / 1e9
 
 
+@dataclass(frozen=True)
+class TaskTimes:
+    """The workflow task that scheduled an activity: when the server scheduled it, when a worker
+    picked it up, and when the worker's answer was recorded (epoch seconds)."""
+
+    scheduled: float
+    started: float
+    completed: float
+
+
+def scheduling_tasks(events: Sequence[HistoryEvent]) -> dict[int, TaskTimes]:
+    """For each ActivityTaskScheduled event (by id), the workflow task whose answer scheduled it."""
+    at = {event.event_id: event_time(event) for event in events}
+    tasks: dict[int, TaskTimes] = {}
+    completed: dict[int, HistoryEvent] = {}
+    for event in events:
+        if event.HasField("workflow_task_completed_event_attributes"):
+            completed[event.event_id] = event
+        elif event.HasField("activity_task_scheduled_event_attributes"):
+            done = completed.get(
+                event.activity_task_scheduled_event_attributes.workflow_task_completed_event_id
+            )
+            if done is not None:
+                attrs = done.workflow_task_completed_event_attributes
+                tasks[event.event_id] = TaskTimes(
+                    at[attrs.scheduled_event_id], at[attrs.started_event_id], at[done.event_id]
+                )
+    return tasks
+
+
 def payload_json(payloads: Payloads) -> Any:
     """The first payload of a signal or activity input, decoded from the default JSON converter."""
     return json.loads(payloads.payloads[0].data) if payloads.payloads else None

@@ -27,6 +27,8 @@ with workflow.unsafe.imports_passed_through():
     from temporalio.client import Client
     from temporalio.worker import Worker
 
+    from bench.common import scheduling_tasks
+
 
 @dataclass
 class PingInput:
@@ -102,8 +104,8 @@ class Endpoint:
     waiting: dict[int, asyncio.Event]
 
     def app(self) -> FastAPI:
-        """A one-route app; the arrival time is taken when the route runs, as the simulator takes
-        its create-request time."""
+        """A one-route app; the arrival time is taken when the route starts, before the body is
+        read, as the simulator takes a create request's time at its door."""
         app = FastAPI()
 
         @app.post("/ping")
@@ -152,6 +154,8 @@ class FloorSamples:
     total: list[float] = field(default_factory=list)
     signal_recorded: list[float] = field(default_factory=list)
     workflow_task: list[float] = field(default_factory=list)
+    task_pickup: list[float] = field(default_factory=list)
+    task_work: list[float] = field(default_factory=list)
     dispatch: list[float] = field(default_factory=list)
     activity: list[float] = field(default_factory=list)
 
@@ -193,7 +197,9 @@ async def measure_floor(
     signaled: dict[int, float] = {}
     scheduled: dict[int, tuple[int, float]] = {}
     started: dict[int, float] = {}
-    for event in (await handle.fetch_history()).events:
+    events = (await handle.fetch_history()).events
+    tasks = scheduling_tasks(events)
+    for event in events:
         at = event.event_time.seconds + event.event_time.nanos / 1e9
         if event.HasField("workflow_execution_signaled_event_attributes"):
             attrs = event.workflow_execution_signaled_event_attributes
@@ -210,6 +216,8 @@ async def measure_floor(
         result.total.append(endpoint.arrivals[n] - sent[n])
         result.signal_recorded.append(signaled[n] - sent[n])
         result.workflow_task.append(scheduled_at - signaled[n])
+        result.task_pickup.append(tasks[event_id].started - signaled[n])
+        result.task_work.append(tasks[event_id].completed - tasks[event_id].started)
         result.dispatch.append(started[event_id] - scheduled_at)
         result.activity.append(endpoint.arrivals[n] - started[event_id])
     return result

@@ -1,4 +1,8 @@
-"""Next-dial latency, and the engine's own floor measured in the same process.
+"""Next-dial latency, and the engine's own floor measured in the same run.
+
+The worker runs as its own process, as deployed (`python worker.py`); the API is served in this
+process so that the time each callback reaches it can be taken (`--worker-in-process` puts the
+worker here too, beside the API, as earlier versions of this benchmark did).
 
 Next-dial latency: for each terminal status callback of a business that still has leads waiting,
 the time from the callback reaching the API to the next create-call request of that business
@@ -20,10 +24,13 @@ workflow's own task queue (the plain floor, which the server may hand to the wor
 on a separate rate-limited queue, as the product's dial activity is.
 
 The latency is also split by the run's history into where the time goes: API (callback in ->
-signal recorded), workflow task (signal -> place_call scheduled), activity dispatch (scheduled ->
-started) and the dial activity itself (started -> create request at the carrier).
+signal recorded), workflow task (signal -> place_call scheduled; of which: signal -> a worker picks
+the workflow task up, and picked up -> the worker's answer recorded), activity dispatch (scheduled ->
+started) and the dial activity itself (started -> create request at the carrier). The floor is split
+the same way.
 
-    .venv/bin/python -m bench.latency [--leads 200] [--cap 3] [--talk-seconds 1] [--floor-samples 100] [--quick]
+    .venv/bin/python -m bench.latency [--leads 200] [--cap 3] [--talk-seconds 1] [--floor-samples 100]
+        [--worker-in-process] [--quick]
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from typing import Any
 
 from bench.common import (
     BenchEnv,
+    TaskTimes,
     add_env_arguments,
     bench_env,
     configure_simulator,
@@ -47,8 +55,10 @@ from bench.common import (
     percentiles,
     run_main,
     run_to_end,
+    scheduling_tasks,
 )
 from bench.floor import Endpoint, FloorSamples, floor_workers, measure_floor
+from bench.processes import process_env
 from telephony.status import TERMINAL_CALL_STATUSES
 from tests.harness import execution_chain, serve
 from workflows.names import run_workflow_id
@@ -69,6 +79,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--cap", type=int, default=3)
     parser.add_argument("--floor-samples", type=int, default=100)
+    parser.add_argument(
+        "--worker-in-process",
+        action="store_true",
+        help="run the worker in this process beside the API (default: its own process, as deployed)",
+    )
     add_env_arguments(parser)
     args = parser.parse_args(argv)
     if args.quick:
@@ -85,8 +100,9 @@ async def _stages(
 ) -> dict[str, Any]:
     """Split each sample at the history events between callback and create."""
     signals: list[float] = []
-    scheduled: list[tuple[float, float | None]] = []
+    scheduled: list[tuple[float, float | None, TaskTimes | None]] = []
     for history in await execution_chain(env.client, run_workflow_id(run_id)):
+        tasks = scheduling_tasks(history.events)
         started_at: dict[int, float] = {}
         dials: list[tuple[int, float]] = []
         for event in history.events:
@@ -103,22 +119,27 @@ async def _stages(
                 started_at[event.activity_task_started_event_attributes.scheduled_event_id] = event_time(
                     event
                 )
-        scheduled.extend((at, started_at.get(event_id)) for event_id, at in dials)
+        scheduled.extend((at, started_at.get(event_id), tasks.get(event_id)) for event_id, at in dials)
     signals.sort()
-    scheduled.sort()
-    api, task, dispatch, activity = [], [], [], []
+    scheduled.sort(key=lambda dial: dial[0])
+    api, task, pickup, work, dispatch, activity = [], [], [], [], [], []
     for k, arrived in enumerate(arrivals):
         if cap + k >= min(len(creates), len(scheduled)) or k >= len(signals):
             break
-        dial_scheduled, dial_started = scheduled[cap + k]
+        dial_scheduled, dial_started, by_task = scheduled[cap + k]
         api.append(signals[k] - arrived)
         task.append(dial_scheduled - signals[k])
+        if by_task is not None:
+            pickup.append(by_task.started - signals[k])
+            work.append(by_task.completed - by_task.started)
         if dial_started is not None:
             dispatch.append(dial_started - dial_scheduled)
             activity.append(creates[cap + k] - dial_started)
     return {
         "api_callback_to_signal_recorded_ms": _ms(api),
         "workflow_task_signal_to_dial_scheduled_ms": _ms(task),
+        "of_which_signal_to_task_picked_up_ms": _ms(pickup),
+        "of_which_task_picked_up_to_answered_ms": _ms(work),
         "activity_dispatch_scheduled_to_started_ms": _ms(dispatch),
         "dial_activity_started_to_create_ms": _ms(activity),
     }
@@ -128,6 +149,8 @@ def _floor_stages(samples: FloorSamples) -> dict[str, Any]:
     return {
         "signal_sent_to_recorded_ms": _ms(samples.signal_recorded),
         "workflow_task_signal_to_activity_scheduled_ms": _ms(samples.workflow_task),
+        "of_which_signal_to_task_picked_up_ms": _ms(samples.task_pickup),
+        "of_which_task_picked_up_to_answered_ms": _ms(samples.task_work),
         "activity_dispatch_scheduled_to_started_ms": _ms(samples.dispatch),
         "activity_started_to_request_ms": _ms(samples.activity),
     }
@@ -211,7 +234,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
 
     async def go() -> dict[str, Any]:
-        async with bench_env(simulator=args.simulator) as env:
+        environment = (
+            bench_env(simulator=args.simulator)
+            if args.worker_in_process
+            else process_env(simulator=args.simulator, calls_per_second=1000, api_in_process=True)
+        )
+        async with environment as env:
             result = await measure(
                 env,
                 leads=args.leads,
@@ -219,7 +247,8 @@ def main(argv: list[str] | None = None) -> None:
                 talk_seconds=args.talk_seconds,
                 floor_samples=args.floor_samples,
             )
-        return {**result, "machine": machine()}
+        worker = "this process, beside the API" if args.worker_in_process else "its own process"
+        return {**result, "worker": worker, "machine": machine()}
 
     run_main(go)
 

@@ -484,11 +484,15 @@ async def process_env(
     log_level: str = "WARNING",
     dev_server_args: Iterable[str] = (),
     workers: int = 1,
+    api_in_process: bool = False,
 ) -> AsyncIterator[ProcessEnv]:
     """Start the dev server, a fresh migrated database and the simulator, then the worker
     (`python worker.py`) and the API (`python -m api`) as processes configured by environment
     variables; tear all of it down afterwards, in reverse order. Their logs stay in a temporary
-    directory (named in the log and in `ProcessEnv.log_dir`)."""
+    directory (named in the log and in `ProcessEnv.log_dir`).
+
+    With `api_in_process` the API is served in this process instead, with the webhook timer of
+    `BenchStack` in front of it (the worker is still a process of its own)."""
     async with AsyncExitStack() as exits:
         started = time.monotonic()
         temporal = await exits.enter_async_context(dev_server(list(dev_server_args)))
@@ -521,8 +525,12 @@ async def process_env(
             )
             for n in range(1, workers + 1)
         ]
-        api = await exits.enter_async_context(
-            spawned("api", [sys.executable, "-m", "api", "--port", str(api_port)], env, log_dir)
+        api = (
+            None
+            if api_in_process
+            else await exits.enter_async_context(
+                spawned("api", [sys.executable, "-m", "api", "--port", str(api_port)], env, log_dir)
+            )
         )
         http = await exits.enter_async_context(
             httpx.AsyncClient(base_url=settings.PUBLIC_BASE_URL, timeout=60)
@@ -533,14 +541,18 @@ async def process_env(
         stack = BenchStack(
             settings, temporal.client, http, sim, engine, create_sessionmaker(engine), api_port
         )
-        await wait_until_api_serves(http, api)
+        if api is None:
+            await stack.start_api()
+            exits.push_async_callback(stack.stop_api)
+        else:
+            await wait_until_api_serves(http, api)
         for each in (worker, *more_workers):
             await wait_until_worker_polls(temporal.client, settings.TEMPORAL_TASK_QUEUE, each)
         log.info(
-            "environment up in %.1fs: worker pid %d, API pid %d, dev server pid %s, simulator pid %s",
+            "environment up in %.1fs: worker pid %d, API pid %s, dev server pid %s, simulator pid %s",
             time.monotonic() - started,
             worker.pid,
-            api.pid,
+            api.pid if api else "(this process)",
             temporal_pid,
             simulator_pid,
         )
