@@ -159,6 +159,12 @@ class FloorSamples:
     dispatch: list[float] = field(default_factory=list)
     activity: list[float] = field(default_factory=list)
 
+    def __add__(self, other: FloorSamples) -> FloorSamples:
+        """Both sets of samples, pooled."""
+        return FloorSamples(
+            *(getattr(self, name) + getattr(other, name) for name in self.__dataclass_fields__)
+        )
+
 
 async def measure_floor(
     client: Client,

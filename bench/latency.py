@@ -19,9 +19,10 @@ reaching the carrier.
   are not samples.
 
 Floor: `bench.floor` - signal a waiting workflow, which runs one activity that POSTs to a small
-local endpoint; floor = signal sent -> that POST received. Measured twice: with the activity on the
-workflow's own task queue (the plain floor, which the server may hand to the worker eagerly) and
-on a separate rate-limited queue, as the product's dial activity is.
+local endpoint; floor = signal sent -> that POST received. Measured with the activity on the
+workflow's own task queue (the plain floor, which the server may hand to the worker eagerly), half
+of the samples before the product run and half after, pooled; and once more after the run on a
+separate rate-limited queue, as the product's dial activity is.
 
 The latency is also split by the run's history into where the time goes: API (callback in ->
 signal recorded), workflow task (signal -> place_call scheduled; of which: signal -> a worker picks
@@ -159,11 +160,33 @@ def _floor_stages(samples: FloorSamples) -> dict[str, Any]:
 async def measure(
     env: BenchEnv, *, leads: int, cap: int, talk_seconds: float, floor_samples: int
 ) -> dict[str, Any]:
-    """Run `leads` calls on `cap` lines, then the floor; report both and their ratios."""
+    """Measure the floor, run `leads` calls on `cap` lines, measure the floor again; report the
+    run, the pooled floor and their ratios. The floor is taken on both sides of the run so that a
+    machine that speeds up or slows down meanwhile does not tilt the ratio either way."""
     await configure_simulator(
         env, ring_seconds=(0.0, 0.0), talk_seconds=(0.5 * talk_seconds, 1.5 * talk_seconds)
     )
-    run = await run_to_end(env, cap=cap, leads=leads, within=60 + 4 * leads * talk_seconds / cap)
+    endpoint = Endpoint({}, {})
+    port = free_port()
+    async with serve(endpoint.app(), port) as base, floor_workers(env.client) as (queue, act_queue):
+        url = f"{base}/ping"
+
+        async def floor_now(samples: int, activity_task_queue: str | None = None) -> FloorSamples:
+            return await measure_floor(
+                env.client,
+                endpoint,
+                url,
+                task_queue=queue,
+                activity_task_queue=activity_task_queue,
+                samples=samples,
+            )
+
+        floor_before = await floor_now(floor_samples // 2)
+        run = await run_to_end(env, cap=cap, leads=leads, within=60 + 4 * leads * talk_seconds / cap)
+        floor_after = await floor_now(floor_samples - floor_samples // 2)
+        floor_separate = await floor_now(floor_samples, act_queue)
+    floor = floor_before + floor_after
+
     caller_id = run.business.caller_id
     arrivals = [a.at for a in env.stack.webhooks.for_caller(caller_id)]
     creates = await create_times(env, caller_id)
@@ -176,17 +199,6 @@ async def measure(
         len(arrivals),
         len(creates),
     )
-
-    endpoint = Endpoint({}, {})
-    port = free_port()
-    async with serve(endpoint.app(), port) as base, floor_workers(env.client) as (queue, act_queue):
-        url = f"{base}/ping"
-        floor = await measure_floor(
-            env.client, endpoint, url, task_queue=queue, activity_task_queue=None, samples=floor_samples
-        )
-        floor_separate = await measure_floor(
-            env.client, endpoint, url, task_queue=queue, activity_task_queue=act_queue, samples=floor_samples
-        )
 
     latency_ms = _ms(samples)
     floor_ms = _ms(floor.total)
@@ -212,6 +224,8 @@ async def measure(
         "next_dial_ms": latency_ms,
         "next_dial_stages": stages,
         "floor_ms": floor_ms,
+        "floor_before_run_p50_ms": _ms(floor_before.total).get("p50"),
+        "floor_after_run_p50_ms": _ms(floor_after.total).get("p50"),
         "floor_stages": _floor_stages(floor),
         "floor_separate_activity_queue_ms": separate_ms,
         "floor_separate_activity_queue_stages": _floor_stages(floor_separate),
