@@ -1,7 +1,8 @@
 """Lead lists streamed as CSV or JSON lines: read a chunk at a time, never the whole body at once.
 
 Each record comes out with the line it starts on (1 is the first line of the body, the CSV header
-included), so an error can name the line a user sees in their editor or spreadsheet.
+included), so an error can name the line a user sees in their editor or spreadsheet. A lead's
+fields other than phone, name and timezone are kept as its metadata.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import json
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
+
+from api.schemas import check_metadata_keys
 
 CSV_TYPES = ("text/csv",)
 JSON_LINES_TYPES = ("application/x-ndjson", "application/jsonl", "application/json-lines")
@@ -27,7 +30,8 @@ class UploadError(ValueError):
 class Record:
     line: int
     fields: dict[str, Any] | None
-    """The lead's fields, or None when the record itself is unreadable (see `problem`)."""
+    """The lead's fields as `LeadIn` reads them (its other fields under `metadata`), or None when
+    the record itself is unreadable (see `problem`)."""
     problem: str | None = None
 
 
@@ -57,8 +61,9 @@ async def _lines(chunks: AsyncIterable[bytes]) -> AsyncIterator[tuple[int, str]]
 
 
 async def csv_records(chunks: AsyncIterable[bytes]) -> AsyncIterator[Record]:
-    """Leads from CSV with a header row naming a `phone` column (`name` and `timezone` are read too,
-    other columns are ignored). A quoted field may span lines."""
+    """Leads from CSV with a header row naming a `phone` column (`name` and `timezone` are read too;
+    every other named column is the lead's metadata, empty cells left out). A quoted field may span
+    lines."""
     columns: list[str] | None = None
     text, first_line = "", 0
     async for number, line in _lines(chunks):
@@ -80,17 +85,20 @@ async def csv_records(chunks: AsyncIterable[bytes]) -> AsyncIterator[Record]:
             yield Record(first_line, None, f"not valid CSV ({error})")
             continue
         if columns is None:
-            columns = [cell.strip().lower() for cell in cells]
-            if "phone" not in columns:
-                raise UploadError(
-                    f"line {first_line}: the header row has no 'phone' column (it has {columns})"
-                )
+            columns = _header(first_line, cells)
             continue
-        fields = {
-            column: cell.strip()
-            for column, cell in zip(columns, cells, strict=False)
-            if column in LEAD_COLUMNS and cell.strip()
-        }
+        fields: dict[str, Any] = {}
+        metadata: dict[str, str] = {}
+        for column, cell in zip(columns, cells, strict=False):
+            value = cell.strip()
+            if not column or not value:
+                continue
+            if column in LEAD_COLUMNS:
+                fields[column] = value
+            else:
+                metadata[column] = value
+        if metadata:
+            fields["metadata"] = metadata
         yield Record(first_line, fields)
     if text:
         raise UploadError(f"line {first_line}: a quoted field is never closed")
@@ -98,8 +106,45 @@ async def csv_records(chunks: AsyncIterable[bytes]) -> AsyncIterator[Record]:
         raise UploadError("the CSV is empty: it needs a header row with a 'phone' column and a lead per row")
 
 
+def _header(line: int, cells: list[str]) -> list[str]:
+    """The CSV's column names: phone, name and timezone in any case, the others as written; an
+    unnamed column is read as nothing."""
+    columns = [cell.strip() for cell in cells]
+    columns = [column.lower() if column.lower() in LEAD_COLUMNS else column for column in columns]
+    if "phone" not in columns:
+        raise UploadError(f"line {line}: the header row has no 'phone' column (it has {columns})")
+    named = [column for column in columns if column]
+    twice = sorted({column for column in named if named.count(column) > 1})
+    if twice:
+        raise UploadError(f"line {line}: the header row names {twice} more than once")
+    try:
+        check_metadata_keys(column for column in named if column not in LEAD_COLUMNS)
+    except ValueError as error:
+        raise UploadError(f"line {line}: {error}") from None
+    return columns
+
+
+def _json_lead(value: dict[str, Any]) -> dict[str, Any] | str:
+    """A JSON-lines lead as `LeadIn` reads it: its keys other than phone, name and timezone, and
+    the fields of a `metadata` object, are its metadata. Or what is wrong with it."""
+    fields = {key: item for key, item in value.items() if key in LEAD_COLUMNS}
+    metadata = {key: item for key, item in value.items() if key not in (*LEAD_COLUMNS, "metadata")}
+    nested = value.get("metadata")
+    if isinstance(nested, dict):
+        both = sorted(metadata.keys() & nested.keys())
+        if both:
+            return f"{both} given both as keys and inside 'metadata'"
+        metadata |= nested
+    elif nested is not None:
+        metadata["metadata"] = nested
+    if metadata:
+        fields["metadata"] = metadata
+    return fields
+
+
 async def json_lines_records(chunks: AsyncIterable[bytes]) -> AsyncIterator[Record]:
-    """Leads from JSON lines: one object such as {"phone": "+14155550100", "name": "Ada"} per line."""
+    """Leads from JSON lines: one object such as {"phone": "+14155550100", "name": "Ada"} per line;
+    other keys, or a `metadata` object, are the lead's metadata."""
     async for number, line in _lines(chunks):
         if not line.strip():
             continue
@@ -111,4 +156,8 @@ async def json_lines_records(chunks: AsyncIterable[bytes]) -> AsyncIterator[Reco
         if not isinstance(value, dict):
             yield Record(number, None, f"expected a JSON object with a 'phone', got {type(value).__name__}")
             continue
-        yield Record(number, value)
+        lead = _json_lead(value)
+        if isinstance(lead, str):
+            yield Record(number, None, lead)
+            continue
+        yield Record(number, lead)

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from api.phones import InvalidPhone, to_e164
 from workflows.calling_window import ALL_DAYS, CallingWindow, opens_ever
@@ -74,6 +84,48 @@ class BusinessCreated(BusinessPublic):
     api_key: str = Field(description="Shown once; keep it. Send as `Authorization: Bearer <api_key>`.")
 
 
+MetadataValue = str | int | float | bool | None
+MAX_METADATA_KEYS = 50
+MAX_METADATA_KEY_CHARS = 100
+MAX_METADATA_VALUE_CHARS = 1000
+# Different field names across a run's leads: each is a column of the run's calls.csv.
+MAX_RUN_METADATA_KEYS = 200
+
+
+def check_metadata_keys(keys: Iterable[str]) -> None:
+    """Refuse more keys than a lead may carry, and keys that are empty or too long."""
+    keys = list(keys)
+    if len(keys) > MAX_METADATA_KEYS:
+        raise ValueError(f"{len(keys)} metadata fields; a lead may carry at most {MAX_METADATA_KEYS}")
+    for key in keys:
+        if not key.strip():
+            raise ValueError("a metadata field needs a name")
+        if len(key) > MAX_METADATA_KEY_CHARS:
+            raise ValueError(
+                f"the metadata field name {key[:20]!r}... is {len(key)} characters; "
+                f"at most {MAX_METADATA_KEY_CHARS}"
+            )
+
+
+def _metadata(value: object) -> object:
+    """One clear error for a bad metadata object, rather than one per type a value is not."""
+    if value is None or not isinstance(value, dict):
+        return value  # null, or the type error pydantic reports
+    check_metadata_keys(value)
+    for key, item in value.items():
+        if isinstance(item, dict | list):
+            raise ValueError(
+                f"metadata {key!r} is {type(item).__name__}; values are text, numbers, true/false or null"
+            )
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ValueError(f"metadata {key!r} is not a finite number")
+        if isinstance(item, str) and len(item) > MAX_METADATA_VALUE_CHARS:
+            raise ValueError(
+                f"metadata {key!r} is {len(item)} characters; at most {MAX_METADATA_VALUE_CHARS}"
+            )
+    return value
+
+
 class LeadIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -81,6 +133,14 @@ class LeadIn(BaseModel):
     name: str | None = Field(default=None, max_length=200)
     timezone: Annotated[str | None, AfterValidator(_zone)] = Field(
         default=None, description="The lead's time zone, when the number does not tell it."
+    )
+    metadata: Annotated[dict[str, MetadataValue] | None, BeforeValidator(_metadata)] = Field(
+        default=None,
+        description=(
+            f"Anything else to keep with the lead and see in the run's calls.csv: at most "
+            f"{MAX_METADATA_KEYS} fields, names up to {MAX_METADATA_KEY_CHARS} characters, "
+            f"text up to {MAX_METADATA_VALUE_CHARS}."
+        ),
     )
 
 
@@ -120,6 +180,19 @@ class RunCreate(BaseModel):
     name: str | None = Field(default=None, max_length=200)
     leads: list[LeadIn] = Field(min_length=1, max_length=100_000)
     options: RunOptionsIn = Field(default_factory=RunOptionsIn)
+
+    @field_validator("leads")
+    @classmethod
+    def _few_metadata_columns(cls, leads: list[LeadIn]) -> list[LeadIn]:
+        seen: set[str] = set()
+        for row, lead in enumerate(leads):
+            seen.update(lead.metadata or ())
+            if len(seen) > MAX_RUN_METADATA_KEYS:
+                raise ValueError(
+                    f"lead {row}: the run's leads use more than {MAX_RUN_METADATA_KEYS} different "
+                    "metadata fields"
+                )
+        return leads
 
 
 class RunCreated(BaseModel):

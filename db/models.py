@@ -92,6 +92,10 @@ class Lead(Base):
     status: Mapped[str] = mapped_column(String(16), default="queued")
     # The called party's time zone, when the uploader knows better than the number.
     timezone: Mapped[str | None] = mapped_column(String(64))
+    # The lead's other fields from the upload (a CSV's other columns), stored in the column
+    # `metadata`; the attribute has another name because declarative classes keep `metadata` for
+    # the schema. NULL, not JSON null, when there are none.
+    extra: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON(none_as_null=True))
 
 
 class CallAttempt(Base):

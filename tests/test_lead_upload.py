@@ -31,7 +31,7 @@ async def test_a_csv_split_anywhere_reads_the_same(chunk_size: int) -> None:
     ).encode()
     records = await _read(csv_records(_in_chunks(body, chunk_size)))
     assert [(r.line, r.fields) for r in records] == [
-        (2, {"name": 'Zoë "Z" Ng', "phone": "+14155550100"}),
+        (2, {"name": 'Zoë "Z" Ng', "phone": "+14155550100", "metadata": {"Notes": "x"}}),
         (3, {"name": "Ada,\nLovelace", "phone": "+14155550101"}),
         (6, {"name": "Grace", "phone": "+14155550102"}),
     ]
@@ -62,7 +62,7 @@ async def test_a_run_uploaded_as_csv_calls_every_lead_in_the_list(stack: Stack) 
     business = await stack.create_business()
     phones = [new_number() for _ in range(4)]
     await stack.force_outcomes(dict.fromkeys(phones, "completed"))
-    rows = "".join(f'"Lead, {i}",{phone},ignored\r\n' for i, phone in enumerate(phones))
+    rows = "".join(f'"Lead, {i}",{phone},crm-{i}\r\n' for i, phone in enumerate(phones))
 
     async def body() -> AsyncIterator[bytes]:
         data = f"name,phone,crm_id\r\n{rows}".encode()
@@ -81,7 +81,9 @@ async def test_a_run_uploaded_as_csv_calls_every_lead_in_the_list(stack: Stack) 
     assert run["status"] == "completed" and run["name"] == "from csv"
     assert run["progress"]["total"] == 4 and run["progress"]["outcomes"]["answered"] == 4
     leads = await stack.leads(run_id)
-    assert [(lead.phone, lead.name) for lead in leads] == [(p, f"Lead, {i}") for i, p in enumerate(phones)]
+    assert [(lead.phone, lead.name, lead.extra) for lead in leads] == [
+        (p, f"Lead, {i}", {"crm_id": f"crm-{i}"}) for i, p in enumerate(phones)
+    ]
 
 
 async def test_a_bad_streamed_list_names_each_bad_line_and_nothing_starts(stack: Stack) -> None:

@@ -10,9 +10,10 @@ from uuid import uuid4
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 from sqlalchemy import insert, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.common import (
     QueryRejectCondition,
@@ -22,11 +23,13 @@ from temporalio.common import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
+from api.calls_export import calls_csv, metadata_keys
 from api.deps import BusinessDep, SessionDep, SettingsDep, TemporalDep
 from api.lead_upload import CSV_TYPES, JSON_LINES_TYPES, Record, UploadError, csv_records, json_lines_records
 from api.phones import InvalidPhone, to_e164
 from api.progress import progress_from_database, progress_from_workflow
 from api.schemas import (
+    MAX_RUN_METADATA_KEYS,
     Accepted,
     CallingWindowIn,
     CallPublic,
@@ -65,7 +68,13 @@ async def create_run(
     await session.execute(
         insert(Lead),
         [
-            {"run_id": run.id, "phone": p, "name": lead.name, "timezone": lead.timezone}
+            {
+                "run_id": run.id,
+                "phone": p,
+                "name": lead.name,
+                "timezone": lead.timezone,
+                "extra": lead.metadata,
+            }
             for p, lead in zip(phones, body.leads, strict=True)
         ],
     )
@@ -104,9 +113,10 @@ async def import_run(
     ] = None,
 ) -> RunCreated:
     """Start a run whose leads are streamed in the body, up to a million: CSV with a header row
-    naming a `phone` column (`name` and `timezone` are read too), or JSON lines, one
-    `{"phone", "name"?, "timezone"?}` object per line. The body is read a chunk at a time and the
-    leads are stored as they come. Errors name the line they are on; with any error nothing is
+    naming a `phone` column (`name` and `timezone` are read too, every other column is kept as the
+    lead's metadata), or JSON lines, one `{"phone", "name"?, "timezone"?, ...}` object per line
+    (other keys, or a `metadata` object, are the metadata). The body is read a chunk at a time and
+    the leads are stored as they come. Errors name the line they are on; with any error nothing is
     stored or started."""
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type in CSV_TYPES:
@@ -142,6 +152,7 @@ async def _store_streamed_leads(session: AsyncSession, run_id: str, records: Asy
     errors: list[dict[str, Any]] = []
     error_count = 0
     first_line: dict[str, int] = {}
+    metadata_keys: set[str] = set()
     batch: list[dict[str, Any]] = []
 
     def bad(line: int, value: object, kind: str, message: str) -> None:
@@ -177,12 +188,26 @@ async def _store_streamed_leads(session: AsyncSession, run_id: str, records: Asy
             message = f"{phone} is also on line {first_line[phone]}; each number once per run"
             bad(record.line, lead.phone, "duplicate_phone", message)
             continue
+        new_keys = (lead.metadata or {}).keys() - metadata_keys
+        if len(metadata_keys) + len(new_keys) > MAX_RUN_METADATA_KEYS:
+            message = f"the run's leads use more than {MAX_RUN_METADATA_KEYS} different metadata fields"
+            bad(record.line, sorted(new_keys), "too_many_metadata_fields", message)
+            continue
+        metadata_keys |= new_keys
         if len(first_line) >= MAX_STREAMED_LEADS:
             raise UploadError(f"more than {MAX_STREAMED_LEADS} leads: split the list into several runs")
         first_line[phone] = record.line
         if error_count:
             continue  # nothing will be stored: only look for more errors
-        batch.append({"run_id": run_id, "phone": phone, "name": lead.name, "timezone": lead.timezone})
+        batch.append(
+            {
+                "run_id": run_id,
+                "phone": phone,
+                "name": lead.name,
+                "timezone": lead.timezone,
+                "extra": lead.metadata,
+            }
+        )
         if len(batch) >= INSERT_BATCH:
             await session.execute(insert(Lead), batch)
             batch = []
@@ -389,6 +414,27 @@ async def list_calls(
         )
         for a, phone in rows
     ]
+
+
+@router.get(
+    "/{run_id}/calls.csv",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}}}},
+)
+async def export_calls(
+    run_id: str, request: Request, business: BusinessDep, session: SessionDep
+) -> StreamingResponse:
+    """The run's calls as a CSV download: a row per call attempt, ordered by lead then attempt,
+    and a row for each lead never dialed, so every lead is accounted for. After the call columns
+    comes one column per metadata field of the run's leads."""
+    run = await _own_run(session, business, run_id)
+    keys = await metadata_keys(session, run.id)
+    sessions: async_sessionmaker[AsyncSession] = request.app.state.sessions
+    return StreamingResponse(
+        calls_csv(sessions, run.id, keys),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="run-{run.id}-calls.csv"'},
+    )
 
 
 async def _signal_run(temporal: Client, run: Run, signal: str, arg: object) -> None:
