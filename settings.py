@@ -37,6 +37,15 @@ class Settings(BaseSettings):
     LOG_LEVEL: str = "INFO"
     # How often a business's line gate checks that the runs holding its lines are still running.
     GATE_REAP_SECONDS: float = 60.0
+    # The API serves Prometheus metrics at /metrics unless this is false.
+    METRICS_ENABLED: bool = True
+    # host:port where a worker serves its own Prometheus metrics (calls, outcomes, process); unset: none.
+    WORKER_METRICS_ADDRESS: str | None = None
+    # host:port where a worker's Temporal SDK serves its Prometheus metrics; unset: none.
+    WORKER_SDK_METRICS_ADDRESS: str | None = None
+    # An OTLP/HTTP collector (e.g. http://127.0.0.1:4318): when set, workflows, activities and the
+    # API's Temporal calls are traced there.
+    OTEL_EXPORTER_OTLP_ENDPOINT: str | None = None
 
     @field_validator("DATABASE_URL")
     @classmethod
@@ -56,6 +65,15 @@ class Settings(BaseSettings):
     @classmethod
     def _no_trailing_slash(cls, url: str | None) -> str | None:
         return url.rstrip("/") if url else url
+
+    @field_validator("WORKER_METRICS_ADDRESS", "WORKER_SDK_METRICS_ADDRESS")
+    @classmethod
+    def _host_and_port(cls, address: str | None) -> str | None:
+        if address:
+            host, _, port = address.rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"{address!r} is not host:port")
+        return address or None
 
     @field_validator("TWILIO_CALLS_PER_SECOND")
     @classmethod

@@ -17,6 +17,7 @@ from activities.gate import GateActivities
 from activities.records import RecordActivities
 from db.engine import create_engine, create_sessionmaker
 from logs import configure_logging
+from observability import serve_worker_metrics, worker_runtime
 from settings import Settings, get_settings
 from telephony.twilio_client import close_twilio_client, create_twilio_client
 from temporal_client import connect_temporal
@@ -78,7 +79,9 @@ async def main() -> None:
     """Run until SIGINT or SIGTERM, then finish the tasks in hand and stop."""
     settings = get_settings()
     configure_logging(settings.LOG_LEVEL)
-    client = await connect_temporal(settings)
+    client = await connect_temporal(settings, runtime=worker_runtime(settings), service="worker")
+    if settings.WORKER_METRICS_ADDRESS:
+        serve_worker_metrics(settings.WORKER_METRICS_ADDRESS)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

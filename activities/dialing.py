@@ -17,6 +17,7 @@ from twilio.base.exceptions import TwilioRestException
 from twilio.rest import Client
 from twilio.rest.api.v2010.account.call import CallInstance
 
+import observability
 from activities.records import write_outcomes
 from db.models import CallAttempt, DoNotCall, Run, utcnow
 from db.upsert import dialect_insert
@@ -190,6 +191,7 @@ class DialingActivities:
                 earlier = (await (await session.connection()).execute(_CLAIMED, _attempt_key(input))).one()
                 if earlier.call_sid:
                     log.info("call already placed", extra={**context, "call_sid": earlier.call_sid})
+                    observability.CALLS_ADOPTED.inc()
                     placed = DialOutput(earlier.call_sid, earlier.status)
                     await self._store_sid(session, input, placed)
                     return placed
@@ -199,6 +201,7 @@ class DialingActivities:
                     log.info(
                         "adopted call placed by an earlier try", extra={**context, "call_sid": found.call_sid}
                     )
+                    observability.CALLS_ADOPTED.inc()
                     await self._store_sid(session, input, found)
                     return found
             if claim.cancel_requested_at is not None:
@@ -226,9 +229,15 @@ class DialingActivities:
                     machine_detection="Enable" if input.machine_detection else values.unset,
                 )
             except TwilioRestException as error:
-                raise _classify(error) from None
+                failure = _classify(error)
+                observability.dial_failed(failure.type or "TwilioError")
+                raise failure from None
+            except Exception as error:  # no answer from Twilio: refused, reset, timed out
+                observability.dial_failed(type(error).__name__)
+                raise
             placed = DialOutput(call.sid or "", call.status or "queued")
             log.info("call placed", extra={**context, "call_sid": placed.call_sid})
+            observability.CALLS_PLACED.inc()
             await self._store_sid(session, input, placed)
         return placed
 
@@ -300,7 +309,7 @@ def _snapshot(call: CallInstance) -> CallSnapshot:
     )
 
 
-def _classify(error: TwilioRestException) -> Exception:
+def _classify(error: TwilioRestException) -> ApplicationError:
     """Turn a Twilio error into what the workflow should do: fail the lead, pause the run, or retry
     (after Twilio's Retry-After, when it gave one)."""
     message = f"Twilio error {error.code}: {error.msg}"

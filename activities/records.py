@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+import observability
 from db.models import Business, CallAttempt, Lead, Run, utcnow
 from db.upsert import insert_ignoring_conflict
 from telephony.status import LEAD_QUEUED, LEAD_RETRYING, outcome_for
@@ -215,3 +216,4 @@ async def write_outcomes(session: AsyncSession, run_id: str, outcomes: list[Outc
     connection = await session.connection()
     await connection.execute(_FINISH_ATTEMPT, rows)
     await connection.execute(_SETTLE_LEAD, rows)
+    observability.outcomes_written(o.status for o in outcomes)

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from temporalio.client import Client
 
+from api.metrics import ApiMetrics, MetricsMiddleware
 from api.routes import businesses, dnc, runs, webhooks
 from db.engine import create_engine, create_sessionmaker
 from settings import Settings, get_settings
@@ -40,6 +41,11 @@ def create_app(settings: Settings | None = None, temporal: Client | None = None)
     app.include_router(runs.router)
     app.include_router(dnc.router)
     app.include_router(webhooks.router)
+    app.state.metrics = metrics = ApiMetrics()
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    if settings.METRICS_ENABLED:
+        # Unauthenticated, as Prometheus scrapes it: keep /metrics off the public proxy, or turn it off.
+        app.add_route("/metrics", metrics.endpoint, include_in_schema=False)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""Dependencies: the request's session, the Temporal client, settings and who is calling."""
+"""Dependencies: the request's session, the Temporal client, settings, metrics and who is calling."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.client import Client
 
+from api.metrics import ApiMetrics
 from api.security import hash_api_key, same_secret
 from db.models import Business
 from settings import Settings
@@ -49,9 +50,16 @@ async def get_app_settings(request: Request) -> Settings:
     return settings
 
 
+async def get_metrics(request: Request) -> ApiMetrics:
+    """The app's metrics."""
+    metrics: ApiMetrics = request.app.state.metrics
+    return metrics
+
+
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 TemporalDep = Annotated[Client, Depends(get_temporal)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+MetricsDep = Annotated[ApiMetrics, Depends(get_metrics)]
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 

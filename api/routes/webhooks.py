@@ -10,7 +10,7 @@ from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 from twilio.request_validator import SIGNATURE_SETTINGS_HEADER, RequestValidator, get_signature_algorithm
 
-from api.deps import SettingsDep, TemporalDep
+from api.deps import MetricsDep, SettingsDep, TemporalDep
 from settings import Settings
 from workflows.messages import CallStatusEvent
 from workflows.names import run_workflow_id
@@ -57,7 +57,9 @@ async def _signal_patiently(temporal: Client, run_id: str, event: CallStatusEven
 
 
 @router.post("/call-status", status_code=status.HTTP_204_NO_CONTENT)
-async def call_status(request: Request, settings: SettingsDep, temporal: TemporalDep) -> Response:
+async def call_status(
+    request: Request, settings: SettingsDep, temporal: TemporalDep, metrics: MetricsDep
+) -> Response:
     """A call's status from Twilio. A bad signature is a 403 and changes nothing; a callback for a
     run that no longer exists is acknowledged, so Twilio stops retrying it."""
     form = await request.form()
@@ -68,7 +70,9 @@ async def call_status(request: Request, settings: SettingsDep, temporal: Tempora
         url += "?" + request.url.query
     if not _signed_by_twilio(request, settings, url, params):
         log.warning("webhook signature rejected", extra={"call_sid": params.get("CallSid")})
+        metrics.signature_failures.inc()
         raise HTTPException(status.HTTP_403_FORBIDDEN, "invalid X-Twilio-Signature")
+    metrics.webhook_received(params.get("CallStatus"))
 
     query = request.query_params
     try:
@@ -95,6 +99,7 @@ async def call_status(request: Request, settings: SettingsDep, temporal: Tempora
             log.info("status for a run that is no longer running", extra={**context, "status": event.status})
             return Response(status_code=status.HTTP_204_NO_CONTENT)
         log.error("status not delivered", extra={**context, "status": event.status, "error": error.message})
+        metrics.webhooks_undelivered.inc()
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE, "the run could not take the status now; send it again"
         ) from None
