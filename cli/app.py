@@ -1,0 +1,305 @@
+"""The `outbound` command: create businesses; start, watch, pause, resume, cancel and export runs."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import quote
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+from cli.client import UPLOAD_TIMEOUT, Api, ApiError
+from cli.render import run_summary, runs_table, show_error
+from cli.watch import follow
+
+DEFAULT_API_URL = "http://127.0.0.1:8000"
+JSON_LINES_SUFFIXES = (".jsonl", ".ndjson")
+
+app = typer.Typer(
+    name="outbound",
+    help="Outbound call campaigns over the dialer's HTTP API.",
+    no_args_is_help=True,
+    # A traceback's locals would show the API key and the admin token.
+    pretty_exceptions_show_locals=False,
+)
+business_app = typer.Typer(help="Businesses: made with the admin token.", no_args_is_help=True)
+run_app = typer.Typer(help="Runs: with the business's API key.", no_args_is_help=True)
+app.add_typer(business_app, name="business")
+app.add_typer(run_app, name="run")
+
+
+@dataclass(frozen=True)
+class Connection:
+    """Where the API is, and the credentials given (either may be missing)."""
+
+    api_url: str
+    api_key: str | None
+    admin_token: str | None
+
+
+@app.callback()
+def configure(
+    ctx: typer.Context,
+    api_url: Annotated[
+        str, typer.Option(envvar="OUTBOUND_API_URL", help="The API's base URL.")
+    ] = DEFAULT_API_URL,
+    api_key: Annotated[
+        str | None,
+        typer.Option(envvar="OUTBOUND_API_KEY", help="The business's API key.", show_default=False),
+    ] = None,
+    admin_token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="OUTBOUND_ADMIN_TOKEN",
+            help="The API's admin token; only `business create` needs it.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Outbound call campaigns over the dialer's HTTP API."""
+    ctx.obj = Connection(api_url, api_key, admin_token)
+
+
+def _stderr() -> Console:
+    return Console(stderr=True)
+
+
+@contextmanager
+def _api(ctx: typer.Context, *, admin: bool = False) -> Iterator[Api]:
+    """The API with the credential a command needs; an API error is shown and exits 1."""
+    connection: Connection = ctx.obj
+    token = connection.admin_token if admin else connection.api_key
+    if not token:
+        missing = (
+            "no admin token: set OUTBOUND_ADMIN_TOKEN or pass --admin-token"
+            if admin
+            else "no API key: set OUTBOUND_API_KEY or pass --api-key"
+        )
+        show_error(_stderr(), missing)
+        raise typer.Exit(1)
+    try:
+        with Api(connection.api_url, token) as api:
+            yield api
+    except ApiError as error:
+        show_error(_stderr(), str(error), error.problems)
+        raise typer.Exit(1) from None
+
+
+def _run_path(run_id: str, *rest: str) -> str:
+    return "/".join(["/v1/runs", quote(run_id, safe=""), *rest])
+
+
+# Businesses
+
+
+@business_app.command("create")
+def create_business(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The business's name.")],
+    caller_id: Annotated[
+        str, typer.Option("--caller-id", help="The Twilio number its calls come from, E.164: +14155550199.")
+    ],
+    cap: Annotated[int, typer.Option(help="Calls in flight at once at most, across all its runs.")] = 3,
+    timezone: Annotated[
+        str | None,
+        typer.Option(help="IANA time zone (America/New_York) for leads whose number does not tell theirs."),
+    ] = None,
+) -> None:
+    """Create a business; its API key is shown this once."""
+    body: dict[str, Any] = {"name": name, "caller_id": caller_id, "max_concurrent_calls": cap}
+    if timezone is not None:
+        body["timezone"] = timezone
+    with _api(ctx, admin=True) as api:
+        business = api.call("POST", "/v1/businesses", json=body)
+    out = Console()
+    out.print(Text.assemble("Created business ", (business["name"], "bold"), "."))
+    for label, value in [
+        ("id", business["id"]),
+        ("caller ID", business["caller_id"]),
+        ("line cap", str(business["max_concurrent_calls"])),
+        ("API key", business["api_key"]),
+    ]:
+        # Never wrapped: the key must copy in one piece.
+        out.print(Text(f"{label + ':':<11}{value}"), soft_wrap=True)
+    out.print(
+        Text(
+            "Store the API key now: it is not shown again (the API keeps only its hash). "
+            "Commands read it from OUTBOUND_API_KEY.",
+            style="yellow",
+        )
+    )
+
+
+# Runs
+
+
+def _run_options(pairs: list[str]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"{pair!r} is not key=value", param_hint="--option")
+        try:
+            options[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            options[key.strip()] = raw
+    return options
+
+
+@run_app.command("start")
+def start_run(
+    ctx: typer.Context,
+    leads: Annotated[
+        Path,
+        typer.Argument(
+            exists=True,
+            dir_okay=False,
+            readable=True,
+            help="The leads: CSV with a header row naming a phone column (name and timezone are read "
+            "too), or JSON lines when the file ends in .jsonl or .ndjson.",
+        ),
+    ],
+    name: Annotated[str | None, typer.Option(help="The run's name.")] = None,
+    option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--option",
+            metavar="KEY=VALUE",
+            help="A run option as key=value, its value read as JSON when it is JSON: "
+            'max_attempts=2, calling_window=\'{"start": "09:00", "end": "17:00"}\'. Repeat for more.',
+        ),
+    ] = None,
+    watch: Annotated[bool, typer.Option("--watch", help="Follow the run live until it ends.")] = False,
+) -> None:
+    """Start a run from a lead file; prints the run's id.
+
+    The file is streamed to the API. A bad list starts nothing, and each bad line is shown."""
+    params: dict[str, str] = {}
+    if name is not None:
+        params["name"] = name
+    options = _run_options(option or [])
+    if options:
+        params["options"] = json.dumps(options)
+    media_type = "application/x-ndjson" if leads.suffix.lower() in JSON_LINES_SUFFIXES else "text/csv"
+    with _api(ctx) as api:
+        with leads.open("rb") as body:
+            run = api.call(
+                "POST",
+                "/v1/runs/import",
+                params=params,
+                content=body,
+                headers={"Content-Type": media_type},
+                timeout=UPLOAD_TIMEOUT,
+            )
+        Console(highlight=False).print(run["id"])
+        if watch:
+            _follow(api, run["id"])
+        else:
+            _stderr().print(Text(f"Started. Follow it with: outbound run watch {run['id']}", style="dim"))
+
+
+@run_app.command("watch")
+def watch_run(ctx: typer.Context, run_id: Annotated[str, typer.Argument(help="The run's id.")]) -> None:
+    """Follow a run with a live progress bar until it ends.
+
+    Then its outcomes are shown. Exits 1 if the run failed."""
+    with _api(ctx) as api:
+        _follow(api, run_id)
+
+
+def _follow(api: Api, run_id: str) -> None:
+    out = Console()
+    try:
+        run = follow(lambda: api.call("GET", _run_path(run_id)), out)
+    except KeyboardInterrupt:
+        _stderr().print(f"Stopped watching; run {run_id} goes on.")
+        raise typer.Exit(130) from None
+    out.print(run_summary(run))
+    if run["status"] == "failed":
+        raise typer.Exit(1)
+
+
+@run_app.command("list")
+def list_runs(
+    ctx: typer.Context,
+    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 50,
+) -> None:
+    """The business's runs, newest first."""
+    with _api(ctx) as api:
+        runs = api.call("GET", "/v1/runs", params={"limit": limit})
+    if runs:
+        Console().print(runs_table(runs))
+    else:
+        _stderr().print("No runs yet.")
+
+
+def _signal(ctx: typer.Context, run_id: str, action: str) -> None:
+    with _api(ctx) as api:
+        accepted = api.call("POST", _run_path(run_id, action))
+    Console(highlight=False).print(Text(f"Run {accepted['id']}: {accepted['detail']}."))
+
+
+@run_app.command("cancel")
+def cancel_run(ctx: typer.Context, run_id: Annotated[str, typer.Argument(help="The run's id.")]) -> None:
+    """Stop dialing now and hang up the calls in flight; the run ends cancelled."""
+    _signal(ctx, run_id, "cancel")
+
+
+@run_app.command("pause")
+def pause_run(ctx: typer.Context, run_id: Annotated[str, typer.Argument(help="The run's id.")]) -> None:
+    """Dial nothing new; calls in flight finish."""
+    _signal(ctx, run_id, "pause")
+
+
+@run_app.command("resume")
+def resume_run(ctx: typer.Context, run_id: Annotated[str, typer.Argument(help="The run's id.")]) -> None:
+    """Dial again after a pause."""
+    _signal(ctx, run_id, "resume")
+
+
+@run_app.command("export")
+def export_run(
+    ctx: typer.Context,
+    run_id: Annotated[str, typer.Argument(help="The run's id.")],
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", dir_okay=False, help="Write the CSV to this file, not to standard output."
+        ),
+    ] = None,
+) -> None:
+    """Every call attempt of the run as CSV, streamed as the API sends it."""
+    with _api(ctx) as api, api.stream("GET", _run_path(run_id, "calls.csv")) as response:
+        if output is None:
+            sys.stdout.flush()
+            for chunk in response.iter_bytes():
+                sys.stdout.buffer.write(chunk)
+            sys.stdout.buffer.flush()
+            return
+        # Written beside the target and moved into place when complete: no half file on failure.
+        partial = output.with_name(output.name + ".part")
+        try:
+            with partial.open("wb") as file:
+                for chunk in response.iter_bytes():
+                    file.write(chunk)
+            partial.replace(output)
+        except OSError as error:
+            partial.unlink(missing_ok=True)
+            show_error(_stderr(), f"cannot write {output}: {error.strerror or error}")
+            raise typer.Exit(1) from None
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+    _stderr().print(Text(f"Wrote the calls of run {run_id} to {output}."))
+
+
+def main() -> None:
+    """The `outbound` console script."""
+    app(prog_name="outbound")

@@ -1,0 +1,168 @@
+"""The `outbound` command against the real stack. The API it calls is served in the test's event
+loop, so the command runs on a thread."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from api.routes.runs import router as runs_router
+from cli.app import app
+from settings import DEV_ADMIN_TOKEN
+from tests.conftest import free_port
+from tests.harness import ALWAYS_OPEN, Stack, new_number
+
+OPEN_AROUND_THE_CLOCK = f"calling_window={json.dumps(ALWAYS_OPEN)}"
+EXPORT_SERVED = any(getattr(route, "path", "").endswith("/calls.csv") for route in runs_router.routes)
+
+
+async def outbound(stack: Stack, *args: str, api_key: str | None = None, admin: bool = False) -> Result:
+    """Run `outbound ARGS` against the stack's API with only the credentials given."""
+    env = {
+        "OUTBOUND_API_URL": stack.settings.PUBLIC_BASE_URL,
+        "OUTBOUND_API_KEY": api_key,
+        "OUTBOUND_ADMIN_TOKEN": DEV_ADMIN_TOKEN if admin else None,
+        "COLUMNS": "200",
+    }
+    return await asyncio.to_thread(CliRunner().invoke, app, list(args), env=env)
+
+
+def lead_file(folder: Path, phones: list[str]) -> Path:
+    path = folder / "leads.csv"
+    path.write_text("name,phone\n" + "".join(f"Lead {i},{phone}\n" for i, phone in enumerate(phones)))
+    return path
+
+
+async def test_business_create_prints_an_api_key_that_works(stack: Stack) -> None:
+    caller_id = new_number()
+    result = await outbound(
+        stack,
+        *("business", "create", "Acme Roofing", "--caller-id", caller_id),
+        *("--cap", "2", "--timezone", "America/Chicago"),
+        admin=True,
+    )
+    assert result.exit_code == 0, result.output
+    assert "not shown again" in result.output
+    match = re.search(r"API key:\s+(\S+)", result.output)
+    assert match, result.output
+    key = match.group(1)
+
+    me = await stack.http.get("/v1/businesses/me", headers={"Authorization": f"Bearer {key}"})
+    assert me.status_code == 200, me.text
+    assert me.json()["caller_id"] == caller_id
+    assert (me.json()["max_concurrent_calls"], me.json()["timezone"]) == (2, "America/Chicago")
+    listed = await outbound(stack, "run", "list", api_key=key)
+    assert (listed.exit_code, listed.output.strip()) == (0, "No runs yet.")
+
+    without_token = await outbound(stack, "business", "create", "Acme", "--caller-id", new_number())
+    assert without_token.exit_code == 1
+    assert "no admin token" in without_token.output
+
+
+async def test_a_run_started_from_a_csv_is_watched_until_it_completes(stack: Stack, tmp_path: Path) -> None:
+    business = await stack.create_business()
+    phones = [new_number() for _ in range(3)]
+    await stack.force_outcomes({phones[0]: "completed", phones[1]: "busy", phones[2]: "completed"})
+
+    result = await outbound(
+        stack,
+        *("run", "start", str(lead_file(tmp_path, phones)), "--name", "from the cli"),
+        *("--option", OPEN_AROUND_THE_CLOCK, "--option", "max_attempts=1", "--watch"),
+        api_key=business.api_key,
+    )
+    assert result.exit_code == 0, result.output
+    run_id = result.stdout.splitlines()[0]
+    run = await stack.run(business, run_id)
+    assert (run["name"], run["status"]) == ("from the cli", "completed")
+    assert "3/3" in result.output  # the progress bar, as it last stood
+    assert f"Run {run_id} completed: 3 of 3 leads done" in result.output
+    assert re.search(r"answered\W+2\b", result.output), result.output
+    assert re.search(r"busy\W+1\b", result.output), result.output
+
+
+async def test_a_running_run_is_paused_resumed_and_cancelled(stack: Stack, tmp_path: Path) -> None:
+    business = await stack.create_business(cap=1)
+    phones = [new_number() for _ in range(20)]
+    await stack.force_outcomes(dict.fromkeys(phones, "completed"))
+    started = await outbound(
+        stack,
+        *("run", "start", str(lead_file(tmp_path, phones)), "--option", OPEN_AROUND_THE_CLOCK),
+        api_key=business.api_key,
+    )
+    assert started.exit_code == 0, started.output
+    run_id = started.stdout.strip()
+
+    listed = await outbound(stack, "run", "list", api_key=business.api_key)
+    assert re.search(rf"{run_id}\W+running", listed.output), listed.output
+    for action in ("pause", "resume", "cancel"):
+        result = await outbound(stack, "run", action, run_id, api_key=business.api_key)
+        assert result.exit_code == 0, result.output
+        assert f"{action} accepted" in result.output
+
+    watched = await outbound(stack, "run", "watch", run_id, api_key=business.api_key)
+    assert watched.exit_code == 0, watched.output
+    run = await stack.run(business, run_id)
+    assert run["status"] == "cancelled"
+    assert run["progress"]["outcomes"]["cancelled"] > 0
+    assert f"Run {run_id} cancelled: 20 of 20 leads done" in watched.output
+
+    again = await outbound(stack, "run", "cancel", run_id, api_key=business.api_key)
+    assert again.exit_code == 1
+    assert f"run {run_id} is already cancelled (409)" in again.output
+
+
+async def test_errors_print_the_apis_message_and_exit_1(stack: Stack, tmp_path: Path) -> None:
+    business = await stack.create_business()
+    wrong_key = await outbound(stack, "run", "list", api_key="obk_not-a-key")
+    assert wrong_key.exit_code == 1
+    assert "invalid API key (401)" in wrong_key.output
+    assert "obk_not-a-key" not in wrong_key.output
+
+    leads = tmp_path / "bad.csv"
+    leads.write_text(f"phone,name\n{new_number()},Ada\n4155550100,Grace\n")
+    bad_list = await outbound(stack, "run", "start", str(leads), api_key=business.api_key)
+    assert bad_list.exit_code == 1
+    assert re.search(r"line 3\W+'4155550100' has no country code", bad_list.output), bad_list.output
+    assert (await stack.http.get("/v1/runs", headers=business.headers)).json() == []
+
+    unknown = await outbound(stack, "run", "watch", "no-such-run", api_key=business.api_key)
+    assert unknown.exit_code == 1
+    assert "run no-such-run not found (404)" in unknown.output
+
+
+def test_an_api_that_cannot_be_reached_is_named() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    result = CliRunner().invoke(app, ["--api-url", url, "run", "list"], env={"OUTBOUND_API_KEY": "obk_x"})
+    assert result.exit_code == 1
+    assert f"could not reach the API at {url}" in result.output
+
+
+@pytest.mark.skipif(not EXPORT_SERVED, reason="the API serves no calls.csv export")
+async def test_export_writes_the_runs_calls_as_csv(stack: Stack, tmp_path: Path) -> None:
+    business = await stack.create_business()
+    phones = [new_number() for _ in range(2)]
+    await stack.force_outcomes(dict.fromkeys(phones, "completed"))
+    run_id = await stack.start_run(business, phones)
+    await stack.wait_run_ends(business, run_id)
+
+    target = tmp_path / "calls.csv"
+    to_file = await outbound(stack, "run", "export", run_id, "-o", str(target), api_key=business.api_key)
+    assert to_file.exit_code == 0, to_file.output
+    written = target.read_text()
+    assert all(phone in written for phone in phones)
+    to_stdout = await outbound(stack, "run", "export", run_id, api_key=business.api_key)
+    assert to_stdout.exit_code == 0
+    assert to_stdout.stdout == written
+
+    missing = tmp_path / "missing.csv"
+    unknown = await outbound(
+        stack, "run", "export", "no-such-run", "-o", str(missing), api_key=business.api_key
+    )
+    assert unknown.exit_code == 1
+    assert "not found (404)" in unknown.output
+    assert not missing.exists()
