@@ -121,6 +121,34 @@ async def test_a_killed_worker_is_replaced_and_no_lead_is_dialed_twice(stack: St
     assert {lead.status for lead in await stack.leads(run_id)} == {"answered"}
 
 
+async def test_of_two_workers_one_gone_for_good_the_other_finishes_every_run(stack: Stack) -> None:
+    """Two worker processes share the task queues; one is killed mid-run and never comes back. The
+    other takes over its workflows (after the sticky queue's timeout) and its dials (retried after
+    their timeout, each looked up at Twilio first), and no number is dialed twice."""
+    await stack.stop_worker()
+    doomed = stack.spawn_worker_process()
+    survivor = stack.spawn_worker_process()
+    businesses = [await stack.create_business(cap=2) for _ in range(2)]
+    phones = {b.id: [new_number() for _ in range(8)] for b in businesses}
+    await stack.force_outcomes({p: "completed" for numbers in phones.values() for p in numbers})
+    runs = {b.id: await stack.start_run(b, phones[b.id]) for b in businesses}
+
+    async def both_runs_dialing() -> bool:
+        placed = [len(await stack.sim_calls(b.caller_id)) for b in businesses]
+        return min(placed) >= 2
+
+    await wait_for(both_runs_dialing, within=60, what="both runs to dial")
+    stack.kill(doomed)
+
+    for business in businesses:
+        run = await stack.wait_run_ends(business, runs[business.id], within=120)
+        assert run["status"] == "completed"
+        sim_calls = await stack.sim_calls(business.caller_id)
+        assert Counter(c["to"] for c in sim_calls) == Counter(phones[business.id])  # I2
+        assert {lead.status for lead in await stack.leads(runs[business.id])} == {"answered"}
+    assert survivor.poll() is None
+
+
 async def test_cancel_stops_new_calls_at_once_and_ends_the_run_cancelled(stack: Stack) -> None:
     business = await stack.create_business(cap=3)
     phones = [new_number() for _ in range(30)]
