@@ -1,0 +1,61 @@
+"""Secrets stay secret: no auth token or API key in workflow histories, logs or error bodies, and
+no development placeholder accepted in production."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from settings import DEV_ADMIN_TOKEN, DEV_AUTH_TOKEN, Settings
+from tests.harness import ROOT, Stack, execution_chain, new_number
+from workflows.names import gate_workflow_id, run_workflow_id
+
+
+async def test_no_secret_reaches_a_history_a_log_or_an_error_body(
+    stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    business = await stack.create_business(cap=2)
+    phones = [new_number() for _ in range(3)]
+    await stack.force_outcomes(dict.fromkeys(phones, "completed"))
+    run_id = await stack.start_run(business, phones)
+    assert (await stack.wait_run_ends(business, run_id))["status"] == "completed"
+    wrong_key = business.api_key[:-4] + "0000"
+    refused = await stack.http.get(f"/v1/runs/{run_id}", headers={"Authorization": f"Bearer {wrong_key}"})
+    assert refused.status_code == 401
+
+    secrets = {
+        "the Twilio auth token": stack.settings.TWILIO_AUTH_TOKEN.get_secret_value(),
+        "the admin token": stack.settings.ADMIN_TOKEN.get_secret_value(),
+        "the business API key": business.api_key,
+        "a wrong API key": wrong_key,
+    }
+    histories = [
+        *(h.to_json() for h in await execution_chain(stack.temporal, run_workflow_id(run_id))),
+        (await stack.temporal.get_workflow_handle(gate_workflow_id(business.id)).fetch_history()).to_json(),
+    ]
+    logs = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
+    for name, secret in secrets.items():
+        assert all(secret not in history for history in histories), f"{name} is in a workflow history"
+        assert secret not in logs, f"{name} is in the logs"
+        assert secret not in refused.text, f"{name} is in an error body"
+
+
+def test_saved_histories_hold_no_development_secret() -> None:
+    saved = sorted((ROOT / "tests" / "histories").rglob("*.json"))
+    assert saved
+    for path in saved:
+        text = Path(path).read_text()
+        assert DEV_AUTH_TOKEN not in text and DEV_ADMIN_TOKEN not in text, path.name
+
+
+@pytest.mark.parametrize("name", ["TWILIO_AUTH_TOKEN", "ADMIN_TOKEN"])
+@pytest.mark.parametrize("placeholder", [DEV_AUTH_TOKEN, DEV_ADMIN_TOKEN, "", "changeme"])
+def test_production_refuses_a_placeholder_secret(name: str, placeholder: str) -> None:
+    real = {"ENVIRONMENT": "production", "TWILIO_AUTH_TOKEN": "a" * 32, "ADMIN_TOKEN": "b" * 40}
+    with pytest.raises(ValidationError, match=f"{name} is a placeholder"):
+        Settings.model_validate({**real, name: placeholder})
+    assert Settings.model_validate(real).ENVIRONMENT == "production"
