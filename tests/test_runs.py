@@ -185,13 +185,17 @@ async def test_a_business_cannot_see_or_touch_another_business_run(stack: Stack)
     await stack.force_outcomes(dict.fromkeys(phones, "completed"))
     run_id = await stack.start_run(owner, phones)
 
-    for method, path in [
-        ("GET", f"/v1/runs/{run_id}"),
-        ("GET", f"/v1/runs/{run_id}/calls"),
-        ("POST", f"/v1/runs/{run_id}/cancel"),
-        ("POST", f"/v1/runs/{run_id}/pause"),
-        ("POST", f"/v1/runs/{run_id}/resume"),
-    ]:
+    # Every route that names a run, read from the app's OpenAPI description, so a new one cannot
+    # be left out.
+    paths = stack.build_app().openapi()["paths"]
+    run_routes = [
+        (method.upper(), path.replace("{run_id}", run_id))
+        for path, operations in paths.items()
+        if "{run_id}" in path
+        for method in operations
+    ]
+    assert len(run_routes) >= 6
+    for method, path in run_routes:
         response = await stack.http.request(method, path, headers=intruder.headers)
         assert response.status_code == 404, (method, path, response.text)
     listed = await stack.http.get("/v1/runs", headers=intruder.headers)
