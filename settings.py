@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     # The secret of Twilio's webhook signing key, for accounts that sign with it (HMAC-SHA256).
     TWILIO_WEBHOOK_SIGNING_KEY: SecretStr | None = None
     PUBLIC_BASE_URL: str = "http://127.0.0.1:8000"
+    # The Temporal Web UI the dashboard links each run to (`make dev` serves it here).
+    TEMPORAL_UI_URL: str = "http://127.0.0.1:8233"
     ADMIN_TOKEN: SecretStr = SecretStr(DEV_ADMIN_TOKEN)
     TWILIO_CALLS_PER_SECOND: float = 1.0
     LOG_LEVEL: str = "INFO"
@@ -61,7 +63,7 @@ class Settings(BaseSettings):
                 return driver + url[len(plain) :]
         return url
 
-    @field_validator("PUBLIC_BASE_URL", "TWILIO_API_BASE_URL")
+    @field_validator("PUBLIC_BASE_URL", "TWILIO_API_BASE_URL", "TEMPORAL_UI_URL")
     @classmethod
     def _no_trailing_slash(cls, url: str | None) -> str | None:
         return url.rstrip("/") if url else url

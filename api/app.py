@@ -6,10 +6,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 from temporalio.client import Client
 
+from api.dashboard_session import SignInRequired, sign_in_redirect
+from api.dashboard_views import STATIC_DIR
 from api.metrics import ApiMetrics, MetricsMiddleware
-from api.routes import businesses, dnc, runs, webhooks
+from api.routes import businesses, dashboard, dnc, runs, webhooks
 from db.engine import create_engine, create_sessionmaker
 from settings import Settings, get_settings
 from temporal_client import connect_temporal
@@ -41,6 +44,9 @@ def create_app(settings: Settings | None = None, temporal: Client | None = None)
     app.include_router(runs.router)
     app.include_router(dnc.router)
     app.include_router(webhooks.router)
+    app.include_router(dashboard.router)
+    app.mount("/ui/static", StaticFiles(directory=STATIC_DIR), name="dashboard-static")
+    app.add_exception_handler(SignInRequired, sign_in_redirect)  # type: ignore[arg-type]
     app.state.metrics = metrics = ApiMetrics()
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     if settings.METRICS_ENABLED:

@@ -87,6 +87,11 @@ class ApiMetrics:
         """Count an authentic callback; a status Twilio has not documented counts as `other`."""
         self._webhooks.get(call_status or OTHER, self._webhooks[OTHER]).inc()
 
+    def succeeded(self, route_name: str) -> None:
+        """Count what the route of this name counts when it succeeds: the dashboard's forms start
+        and control runs by calling those routes, and answer with a redirect rather than 2xx."""
+        self._on_success[route_name].inc()
+
     def request_done(self, route_name: str | None, status_code: int, seconds: float) -> None:
         if route_name == WEBHOOK_ROUTE:
             self.webhook_seconds.observe(seconds)

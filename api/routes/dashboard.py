@@ -1,0 +1,397 @@
+"""The dashboard: server-rendered pages under /ui for the person running the campaigns.
+
+Each page shows the current state as rendered, and its script keeps it current by polling the small
+JSON routes under /ui/api, which read the session cookie; the public API under /v1 stays bearer-only.
+Every form posts back here and does what the matching /v1 route does, by calling that route.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
+from pydantic import ValidationError
+from sqlalchemy import select
+from starlette.datastructures import UploadFile
+
+from api.dashboard_session import (
+    ApiUser,
+    DashboardUser,
+    PageUser,
+    check_csrf,
+    end_session,
+    keep_login_token,
+    login_token_matches,
+    new_login_token,
+    safe_next,
+    start_session,
+)
+from api.dashboard_views import (
+    NewRunForm,
+    RowError,
+    page,
+    row_errors,
+    temporal_ui_link,
+    upload_chunks,
+)
+from api.deps import MetricsDep, SessionDep, SettingsDep, TemporalDep
+from api.lead_upload import UploadError, csv_records, json_lines_records
+from api.routes import dnc, runs
+from api.schemas import RunPublic
+from api.security import hash_api_key
+from db.models import Business, Run
+
+router = APIRouter(prefix="/ui", include_in_schema=False)
+
+LISTED_RUNS = 50
+LISTED_CALLS = 50
+LISTED_DNC = 500
+JSON_LINES_SUFFIXES = (".jsonl", ".ndjson")
+NOTICES = {
+    "cancel": "Cancel accepted: no new calls will be placed.",
+    "pause": "Paused: calls in progress finish, no new ones start.",
+    "resume": "Resumed.",
+    "ended": "The run has already ended.",
+    "started": "Run started.",
+    "dnc-added": "Numbers added to the do-not-call list.",
+    "dnc-removed": "Number taken off the do-not-call list.",
+    "dnc-missing": "That number was not on the list.",
+}
+
+
+def _redirect(url: str) -> RedirectResponse:
+    return RedirectResponse(url, status.HTTP_303_SEE_OTHER)
+
+
+def _notice(code: str | None) -> str | None:
+    return NOTICES.get(code or "")
+
+
+@router.get("")
+async def home() -> RedirectResponse:
+    """The runs list."""
+    return _redirect("/ui/runs")
+
+
+# Signing in
+
+
+@router.get("/login")
+async def login_page(request: Request, settings: SettingsDep, next: str | None = None) -> Response:
+    """The sign-in form."""
+    return _login_form(request, settings, next_path=safe_next(next))
+
+
+def _login_form(
+    request: Request, settings: SettingsDep, next_path: str, error: str | None = None, status_code: int = 200
+) -> Response:
+    token = new_login_token()
+    response = page(
+        request,
+        "login.html",
+        {"user": None, "csrf": token, "next": next_path, "error": error},
+        status_code=status_code,
+    )
+    keep_login_token(response, settings, token)
+    return response
+
+
+@router.post("/login")
+async def login(request: Request, session: SessionDep, settings: SettingsDep) -> Response:
+    """Check the business API key as the API does, and keep it in the session cookie."""
+    async with request.form(max_files=0, max_fields=10) as form:
+        api_key = form.get("api_key")
+        next_path = safe_next(str(form.get("next") or ""))
+        if not login_token_matches(request, form):
+            return _login_form(
+                request, settings, next_path, "The sign-in form expired. Please try again.", 403
+            )
+    business = None
+    if isinstance(api_key, str) and api_key.strip():
+        api_key = api_key.strip()
+        business = await session.scalar(
+            select(Business).where(Business.api_key_hash == hash_api_key(api_key))
+        )
+    if business is None or not isinstance(api_key, str):
+        return _login_form(request, settings, next_path, "That is not a business API key.", 401)
+    response = _redirect(next_path)
+    start_session(response, settings, api_key)
+    return response
+
+
+@router.post("/logout")
+async def logout(request: Request, user: PageUser) -> Response:
+    """Sign out: the browser forgets the key."""
+    async with request.form(max_files=0, max_fields=10) as form:
+        check_csrf(user, form)
+    response = _redirect("/ui/login")
+    end_session(response)
+    return response
+
+
+# Runs
+
+
+@router.get("/runs")
+async def runs_page(request: Request, user: PageUser, session: SessionDep, temporal: TemporalDep) -> Response:
+    """The business's runs, newest first, each with its progress."""
+    listed = list(
+        await session.scalars(
+            select(Run)
+            .where(Run.business_id == user.business.id)
+            .order_by(Run.created_at.desc())
+            .limit(LISTED_RUNS)
+        )
+    )
+    shown = [await runs.run_public(session, temporal, run) for run in listed]
+    return page(request, "runs.html", {"user": user, "nav": "runs", "runs": shown})
+
+
+@router.get("/runs/new")
+async def new_run_page(request: Request, user: PageUser) -> Response:
+    """The form that starts a run from a CSV of leads."""
+    form = NewRunForm.for_business(user.business.calling_window)
+    return page(request, "new_run.html", {"user": user, "nav": "new", "form": form})
+
+
+@router.post("/runs/new")
+async def create_run(
+    request: Request,
+    user: PageUser,
+    session: SessionDep,
+    temporal: TemporalDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
+) -> Response:
+    """Start a run from the uploaded file, through the same checks and storage as
+    `POST /v1/runs/import`. With any problem the form comes back listing each, and nothing starts."""
+    async with request.form(max_files=1, max_fields=30) as form:
+        check_csrf(user, form)
+        fields = NewRunForm.read(form)
+        upload = form.get("leads")
+
+        def again(problems: list[str], rows: list[RowError] | None = None) -> Response:
+            context = {"user": user, "nav": "new", "form": fields, "problems": problems, "rows": rows or []}
+            return page(request, "new_run.html", context, status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+        options, problems = fields.options()
+        if not isinstance(upload, UploadFile) or not upload.filename:
+            problems.append("Leads: choose a CSV file")
+        if options is None or problems or not isinstance(upload, UploadFile):
+            return again(problems)
+        is_json_lines = (upload.filename or "").lower().endswith(JSON_LINES_SUFFIXES)
+        read = json_lines_records if is_json_lines else csv_records
+        run, run_options = await runs.new_run(session, user.business, fields.name or None, options)
+        try:
+            total = await runs.store_streamed_leads(session, run.id, read(upload_chunks(upload)))
+        except runs.LeadListErrors as bad:
+            await session.rollback()
+            return again(
+                ["Nothing was started: fix these lines and upload the file again."],
+                row_errors(bad.errors, "line"),
+            )
+        except UploadError as error:
+            await session.rollback()
+            return again([f"Nothing was started: {error}"])
+    created = await runs.start_run(temporal, settings, user.business, run, run_options, total)
+    metrics.succeeded("import_run")
+    return _redirect(f"/ui/runs/{created.id}?notice=started")
+
+
+@router.get("/runs/{run_id}")
+async def run_page(
+    request: Request,
+    run_id: str,
+    user: PageUser,
+    session: SessionDep,
+    temporal: TemporalDep,
+    settings: SettingsDep,
+    notice: str | None = None,
+) -> Response:
+    """One run: progress, outcomes, the latest calls, its controls and its workflow."""
+    run = await _own_run_or_page(request, user, session, run_id)
+    if isinstance(run, Response):
+        return run
+    shown = await runs.run_public(session, temporal, run)
+    calls = await runs.calls_of(session, run, limit=LISTED_CALLS, newest_first=True)
+    context = {
+        "user": user,
+        "nav": "runs",
+        "run": shown,
+        "calls": calls,
+        "temporal_link": temporal_ui_link(settings, shown.workflow_id),
+        "notice": _notice(notice),
+    }
+    return page(request, "run.html", context)
+
+
+async def _own_run_or_page(
+    request: Request, user: DashboardUser, session: SessionDep, run_id: str
+) -> Run | Response:
+    try:
+        return await runs.own_run(session, user.business, run_id)
+    except HTTPException as error:
+        if error.status_code != status.HTTP_404_NOT_FOUND:
+            raise
+        context = {"user": user, "title": "Run not found", "message": "There is no such run of yours."}
+        return page(request, "message.html", context, status.HTTP_404_NOT_FOUND)
+
+
+@router.post("/runs/{run_id}/{action}")
+async def control_run(
+    request: Request,
+    run_id: str,
+    action: Literal["cancel", "pause", "resume"],
+    user: PageUser,
+    session: SessionDep,
+    temporal: TemporalDep,
+    metrics: MetricsDep,
+) -> Response:
+    """Cancel, pause or resume, as `POST /v1/runs/{id}/{action}` does."""
+    async with request.form(max_files=0, max_fields=10) as form:
+        check_csrf(user, form)
+    control = {"cancel": runs.cancel_run, "pause": runs.pause_run, "resume": runs.resume_run}[action]
+    try:
+        await control(run_id=run_id, business=user.business, session=session, temporal=temporal)
+    except HTTPException as error:
+        if error.status_code != status.HTTP_409_CONFLICT:
+            raise
+        return _redirect(f"/ui/runs/{run_id}?notice=ended")
+    metrics.succeeded(f"{action}_run")
+    return _redirect(f"/ui/runs/{run_id}?notice={action}")
+
+
+@router.get("/runs/{run_id}/calls.csv")
+async def export_calls(
+    request: Request, run_id: str, user: PageUser, session: SessionDep
+) -> StreamingResponse:
+    """The run's calls as CSV, as `GET /v1/runs/{id}/calls.csv` gives them."""
+    return await runs.export_calls(run_id=run_id, request=request, business=user.business, session=session)
+
+
+# The pages' own JSON, read by their script
+
+
+def _json(content: Any) -> JSONResponse:
+    return JSONResponse(content, headers={"Cache-Control": "no-store"})
+
+
+@router.get("/api/runs")
+async def runs_json(
+    user: ApiUser,
+    session: SessionDep,
+    temporal: TemporalDep,
+    ids: Annotated[list[str], Query(alias="id", max_length=LISTED_RUNS)] = [],  # noqa: B006
+) -> JSONResponse:
+    """The runs asked for (those a page shows as live), and the ids of the newest runs, so a page
+    can tell when a run has started elsewhere."""
+    newest = list(
+        await session.scalars(
+            select(Run.id)
+            .where(Run.business_id == user.business.id)
+            .order_by(Run.created_at.desc())
+            .limit(LISTED_RUNS)
+        )
+    )
+    asked = list(
+        await session.scalars(select(Run).where(Run.business_id == user.business.id, Run.id.in_(ids)))
+    )
+    shown: list[RunPublic] = [await runs.run_public(session, temporal, run) for run in asked]
+    return _json({"runs": [run.model_dump(mode="json") for run in shown], "newest": newest})
+
+
+@router.get("/api/runs/{run_id}")
+async def run_json(run_id: str, user: ApiUser, session: SessionDep, temporal: TemporalDep) -> JSONResponse:
+    """The run and its latest calls, newest first."""
+    run = await runs.own_run(session, user.business, run_id)
+    shown = await runs.run_public(session, temporal, run)
+    calls = await runs.calls_of(session, run, limit=LISTED_CALLS, newest_first=True)
+    return _json({"run": shown.model_dump(mode="json"), "calls": [c.model_dump(mode="json") for c in calls]})
+
+
+# Do not call
+
+
+@router.get("/dnc")
+async def dnc_page(
+    request: Request,
+    user: PageUser,
+    session: SessionDep,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    notice: str | None = None,
+) -> Response:
+    """The do-not-call list, a form to add numbers and a button to take each off."""
+    return await _dnc_page(request, user, session, offset, _notice(notice))
+
+
+async def _dnc_page(
+    request: Request,
+    user: DashboardUser,
+    session: SessionDep,
+    offset: int = 0,
+    notice: str | None = None,
+    typed: str = "",
+    problems: list[str] | None = None,
+    rows: list[RowError] | None = None,
+) -> Response:
+    entries = await dnc.list_numbers(
+        business=user.business, session=session, limit=LISTED_DNC + 1, offset=offset
+    )
+    context = {
+        "user": user,
+        "nav": "dnc",
+        "phones": [entry.phone for entry in entries[:LISTED_DNC]],
+        "offset": offset,
+        "next_offset": offset + LISTED_DNC if len(entries) > LISTED_DNC else None,
+        "page_size": LISTED_DNC,
+        "notice": notice,
+        "typed": typed,
+        "problems": problems or [],
+        "rows": rows or [],
+    }
+    failed = bool(problems or rows)
+    return page(request, "dnc.html", context, status.HTTP_422_UNPROCESSABLE_CONTENT if failed else 200)
+
+
+@router.post("/dnc/add")
+async def add_dnc(request: Request, user: PageUser, session: SessionDep) -> Response:
+    """Add numbers, one a line (or separated by commas), as `POST /v1/dnc` does."""
+    async with request.form(max_files=0, max_fields=10) as form:
+        check_csrf(user, form)
+        raw = form.get("phones")
+    typed = raw if isinstance(raw, str) else ""
+    phones = [p.strip() for line in typed.splitlines() for p in line.split(",") if p.strip()]
+    if not phones:
+        return await _dnc_page(request, user, session, typed=typed, problems=["Enter at least one number."])
+    try:
+        await dnc.add_numbers(dnc.DncAdd(phones=phones), business=user.business, session=session)
+    except ValidationError as error:
+        problems = [str(e["msg"]) for e in error.errors(include_url=False)]
+        return await _dnc_page(request, user, session, typed=typed, problems=problems)
+    except HTTPException as error:
+        if error.status_code != status.HTTP_422_UNPROCESSABLE_CONTENT or not isinstance(error.detail, list):
+            raise
+        rows = row_errors(error.detail, "phones")
+        for row in rows:
+            row.line = None
+        problem = "Nothing was added: fix these numbers (E.164, like +14155550100)."
+        return await _dnc_page(request, user, session, typed=typed, problems=[problem], rows=rows)
+    return _redirect("/ui/dnc?notice=dnc-added")
+
+
+@router.post("/dnc/remove")
+async def remove_dnc(request: Request, user: PageUser, session: SessionDep) -> Response:
+    """Take a number off the list, as `DELETE /v1/dnc/{phone}` does."""
+    async with request.form(max_files=0, max_fields=10) as form:
+        check_csrf(user, form)
+        phone = form.get("phone")
+    if not isinstance(phone, str):
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "which number?")
+    try:
+        await dnc.remove_number(phone, business=user.business, session=session)
+    except HTTPException as error:
+        if error.status_code not in (status.HTTP_404_NOT_FOUND, status.HTTP_422_UNPROCESSABLE_CONTENT):
+            raise
+        return _redirect("/ui/dnc?notice=dnc-missing")
+    return _redirect("/ui/dnc?notice=dnc-removed")
