@@ -42,6 +42,17 @@ _OUTCOMES_WRITTEN = Counter(
     "Attempt outcomes written to the database, by the attempt's final status.",
     ["status"],
 )
+EVENTS_DELIVERED = Counter(
+    "dialer_events_delivered", "Events a business's webhook accepted (answered 2xx), by type.", ["type"]
+)
+EVENT_DELIVERY_FAILURES = Counter(
+    "dialer_event_delivery_failures",
+    "Deliveries of events that failed and will be retried (a non-2xx answer or no answer), by type.",
+    ["type"],
+)
+EVENTS_GIVEN_UP = Counter(
+    "dialer_events_given_up", "Events given up after their last delivery failed, by type.", ["type"]
+)
 _OUTCOME_COUNTERS = {status: _OUTCOMES_WRITTEN.labels(status) for status in [*FINAL_ATTEMPT_STATUSES, OTHER]}
 
 

@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     LOG_LEVEL: str = "INFO"
     # How often a business's line gate checks that the runs holding its lines are still running.
     GATE_REAP_SECONDS: float = 60.0
+    # Events for businesses' webhooks: how long one delivery may take, and the wait before the first
+    # retry of a failed one (doubling after each, up to an hour; an event is given up after 3 days).
+    EVENT_TIMEOUT_SECONDS: float = 10.0
+    EVENT_RETRY_SECONDS: float = 5.0
     # The API serves Prometheus metrics at /metrics unless this is false.
     METRICS_ENABLED: bool = True
     # host:port where a worker serves its own Prometheus metrics (calls, outcomes, process); unset: none.

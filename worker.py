@@ -9,10 +9,12 @@ import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import httpx
 from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.dialing import DialingActivities
+from activities.events import EventActivities, EventCourier
 from activities.gate import GateActivities
 from activities.records import RecordActivities
 from db.engine import create_engine, create_sessionmaker
@@ -21,6 +23,7 @@ from observability import serve_worker_metrics, worker_runtime
 from settings import Settings, get_settings
 from telephony.twilio_client import close_twilio_client, create_twilio_client
 from temporal_client import connect_temporal
+from workflows.business_events import BusinessEventsWorkflow
 from workflows.business_lines import BusinessLinesWorkflow
 from workflows.names import dial_task_queue
 from workflows.outbound_run import OutboundRunWorkflow
@@ -39,15 +42,18 @@ async def build_workers(settings: Settings, client: Client) -> AsyncIterator[lis
     engine = create_engine(settings.DATABASE_URL, ping_on_checkout=False)
     sessions = create_sessionmaker(engine)
     twilio = create_twilio_client(settings)
-    records = RecordActivities(sessions)
-    dialing = DialingActivities(sessions, twilio, settings.PUBLIC_BASE_URL)
+    courier = EventCourier(client, settings.TEMPORAL_TASK_QUEUE)
+    records = RecordActivities(sessions, courier)
+    dialing = DialingActivities(sessions, twilio, settings.PUBLIC_BASE_URL, courier)
     gate = GateActivities(client, settings.GATE_REAP_SECONDS)
+    webhooks = httpx.AsyncClient(timeout=settings.EVENT_TIMEOUT_SECONDS, follow_redirects=False)
+    events = EventActivities(sessions, webhooks, settings.EVENT_RETRY_SECONDS)
     try:
         yield [
             Worker(
                 client,
                 task_queue=settings.TEMPORAL_TASK_QUEUE,
-                workflows=[OutboundRunWorkflow, BusinessLinesWorkflow],
+                workflows=[OutboundRunWorkflow, BusinessLinesWorkflow, BusinessEventsWorkflow],
                 activities=[
                     records.load_run,
                     records.load_leads,
@@ -58,6 +64,7 @@ async def build_workers(settings: Settings, client: Client) -> AsyncIterator[lis
                     dialing.fetch_call,
                     gate.request_lines,
                     gate.closed_workflows,
+                    events.deliver_events,
                 ],
             ),
             Worker(
@@ -71,6 +78,7 @@ async def build_workers(settings: Settings, client: Client) -> AsyncIterator[lis
             ),
         ]
     finally:
+        await webhooks.aclose()
         await close_twilio_client(twilio)
         await engine.dispose()
 

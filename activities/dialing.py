@@ -18,6 +18,7 @@ from twilio.rest import Client
 from twilio.rest.api.v2010.account.call import CallInstance
 
 import observability
+from activities.events import EventCourier
 from activities.records import write_outcomes
 from db.models import CallAttempt, DoNotCall, Run, utcnow
 from db.upsert import dialect_insert
@@ -167,11 +168,16 @@ class DialingActivities:
     """Activities that talk to Twilio, built once in the worker with its clients."""
 
     def __init__(
-        self, sessions: async_sessionmaker[AsyncSession], twilio: Client, public_base_url: str
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        twilio: Client,
+        public_base_url: str,
+        courier: EventCourier | None = None,
     ) -> None:
         self.sessions = sessions
         self.twilio = twilio
         self.public_base_url = public_base_url
+        self.courier = courier
 
     @activity.defn
     async def place_call(self, input: DialInput) -> DialOutput:
@@ -184,62 +190,66 @@ class DialingActivities:
         never blind: an earlier try may have reached Twilio (a lost response, a killed worker), so
         Twilio is asked for a matching call placed since the dial was first scheduled.
         """
-        context = {"run": input.run_id, "lead": input.lead_id, "attempt": input.attempt}
         async with self.sessions() as session, session.begin():
-            claim = await _claim(await session.connection(), input)
-            if not claim.new:
-                earlier = (await (await session.connection()).execute(_CLAIMED, _attempt_key(input))).one()
-                if earlier.call_sid:
-                    log.info("call already placed", extra={**context, "call_sid": earlier.call_sid})
-                    observability.CALLS_ADOPTED.inc()
-                    placed = DialOutput(earlier.call_sid, earlier.status)
-                    await self._store_sid(session, input, placed)
-                    return placed
-            if activity.info().attempt > 1:
-                found = await self._find_placed_call(session, input)
-                if found is not None:
-                    log.info(
-                        "adopted call placed by an earlier try", extra={**context, "call_sid": found.call_sid}
-                    )
-                    observability.CALLS_ADOPTED.inc()
-                    await self._store_sid(session, input, found)
-                    return found
-            if claim.cancel_requested_at is not None:
-                raise ApplicationError(
-                    "the run was cancelled before this call was placed",
-                    type=RUN_CANCELLED,
-                    non_retryable=True,
-                )
-            if claim.on_do_not_call:
-                raise ApplicationError(
-                    f"{input.to} is on the business's do-not-call list", type=DO_NOT_CALL, non_retryable=True
-                )
-            try:
-                call = await self.twilio.calls.create_async(
-                    to=input.to,
-                    from_=input.from_,
-                    twiml=input.twiml,
-                    status_callback=status_callback_url(
-                        self.public_base_url, input.run_id, input.lead_id, input.attempt
-                    ),
-                    status_callback_event=STATUS_EVENTS,
-                    status_callback_method="POST",
-                    timeout=input.ring_timeout_seconds,
-                    time_limit=input.call_time_limit_seconds,
-                    machine_detection="Enable" if input.machine_detection else values.unset,
-                )
-            except TwilioRestException as error:
-                failure = _classify(error)
-                observability.dial_failed(failure.type or "TwilioError")
-                raise failure from None
-            except Exception as error:  # no answer from Twilio: refused, reset, timed out
-                observability.dial_failed(type(error).__name__)
-                raise
-            placed = DialOutput(call.sid or "", call.status or "queued")
-            log.info("call placed", extra={**context, "call_sid": placed.call_sid})
-            observability.CALLS_PLACED.inc()
-            await self._store_sid(session, input, placed)
+            placed, events_for = await self._place(session, input)
+        if self.courier is not None:
+            await self.courier.notify_soon(events_for)
         return placed
+
+    async def _place(self, session: AsyncSession, input: DialInput) -> tuple[DialOutput, str | None]:
+        """place_call's transaction; also returns the business whose events it recorded, if any."""
+        context = {"run": input.run_id, "lead": input.lead_id, "attempt": input.attempt}
+        claim = await _claim(await session.connection(), input)
+        if not claim.new:
+            earlier = (await (await session.connection()).execute(_CLAIMED, _attempt_key(input))).one()
+            if earlier.call_sid:
+                log.info("call already placed", extra={**context, "call_sid": earlier.call_sid})
+                observability.CALLS_ADOPTED.inc()
+                placed = DialOutput(earlier.call_sid, earlier.status)
+                return placed, await self._store_sid(session, input, placed)
+        if activity.info().attempt > 1:
+            found = await self._find_placed_call(session, input)
+            if found is not None:
+                log.info(
+                    "adopted call placed by an earlier try", extra={**context, "call_sid": found.call_sid}
+                )
+                observability.CALLS_ADOPTED.inc()
+                return found, await self._store_sid(session, input, found)
+        if claim.cancel_requested_at is not None:
+            raise ApplicationError(
+                "the run was cancelled before this call was placed",
+                type=RUN_CANCELLED,
+                non_retryable=True,
+            )
+        if claim.on_do_not_call:
+            raise ApplicationError(
+                f"{input.to} is on the business's do-not-call list", type=DO_NOT_CALL, non_retryable=True
+            )
+        try:
+            call = await self.twilio.calls.create_async(
+                to=input.to,
+                from_=input.from_,
+                twiml=input.twiml,
+                status_callback=status_callback_url(
+                    self.public_base_url, input.run_id, input.lead_id, input.attempt
+                ),
+                status_callback_event=STATUS_EVENTS,
+                status_callback_method="POST",
+                timeout=input.ring_timeout_seconds,
+                time_limit=input.call_time_limit_seconds,
+                machine_detection="Enable" if input.machine_detection else values.unset,
+            )
+        except TwilioRestException as error:
+            failure = _classify(error)
+            observability.dial_failed(failure.type or "TwilioError")
+            raise failure from None
+        except Exception as error:  # no answer from Twilio: refused, reset, timed out
+            observability.dial_failed(type(error).__name__)
+            raise
+        placed = DialOutput(call.sid or "", call.status or "queued")
+        log.info("call placed", extra={**context, "call_sid": placed.call_sid})
+        observability.CALLS_PLACED.inc()
+        return placed, await self._store_sid(session, input, placed)
 
     async def _find_placed_call(self, session: AsyncSession, input: DialInput) -> DialOutput | None:
         """A call to this number from this caller ID, placed since the dial was first scheduled,
@@ -260,13 +270,15 @@ class DialingActivities:
                 return DialOutput(call.sid, call.status or "queued")
         return None
 
-    async def _store_sid(self, session: AsyncSession, input: DialInput, placed: DialOutput) -> None:
-        """Record the call's SID on its attempt, with the outcomes the dial carries: after the
-        create, so they add nothing to the time before it."""
-        await write_outcomes(session, input.run_id, input.outcomes)
+    async def _store_sid(self, session: AsyncSession, input: DialInput, placed: DialOutput) -> str | None:
+        """Record the call's SID on its attempt, with the outcomes the dial carries (and their
+        events): after the create, so they add nothing to the time before it. Returns the business
+        whose events were recorded, if any."""
+        events_for = await write_outcomes(session, input.run_id, input.outcomes)
         await (await session.connection()).execute(
             _STORE_SID, {**_attempt_key(input), "a_sid": placed.call_sid, "a_now": utcnow()}
         )
+        return events_for
 
     @activity.defn
     async def hang_up(self, input: HangUpInput) -> CallSnapshot:

@@ -11,6 +11,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 import observability
+from activities.events import EventCourier, record_call_events, record_run_event
 from db.models import Business, CallAttempt, Lead, Run, utcnow
 from db.upsert import insert_ignoring_conflict
 from telephony.status import LEAD_QUEUED, LEAD_RETRYING, outcome_for
@@ -66,8 +67,11 @@ class SetRunStatusInput:
 class RecordActivities:
     """Database activities, built once in the worker with its session factory."""
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], courier: EventCourier | None = None
+    ) -> None:
         self.sessions = sessions
+        self.courier = courier
 
     @activity.defn
     async def load_run(self, input: LoadRunInput) -> RunFacts:
@@ -116,9 +120,12 @@ class RecordActivities:
 
     @activity.defn
     async def record_outcomes(self, input: RecordOutcomesInput) -> None:
-        """Write final attempt statuses and lead outcomes in one transaction; safe to repeat."""
+        """Write final attempt statuses and lead outcomes in one transaction, with their events for
+        the business's webhook; safe to repeat."""
         async with self.sessions() as session, session.begin():
-            await write_outcomes(session, input.run_id, input.outcomes)
+            events_for = await write_outcomes(session, input.run_id, input.outcomes)
+        if self.courier is not None:
+            await self.courier.notify_soon(events_for)
 
     @activity.defn
     async def stop_dials(self, input: LoadRunInput) -> None:
@@ -133,7 +140,9 @@ class RecordActivities:
 
     @activity.defn
     async def set_run_status(self, input: SetRunStatusInput) -> None:
-        """Set the run's status; at the end, leads never dialed become `cancelled`."""
+        """Set the run's status; at the end, leads never dialed become `cancelled` and the
+        business's webhook gets `run.completed` (its events workflow is told, or this is retried)."""
+        events_for = None
         async with self.sessions() as session, session.begin():
             values: dict[str, object] = {"status": input.status, "status_reason": input.reason}
             if input.final:
@@ -144,6 +153,10 @@ class RecordActivities:
                     .values(status="cancelled")
                 )
             await session.execute(update(Run).where(Run.id == input.run_id).values(**values))
+            if input.final:
+                events_for = await record_run_event(session, input.run_id)
+        if events_for is not None and self.courier is not None:
+            await self.courier.notify(events_for)
 
 
 _ATTEMPTS = cast(Table, CallAttempt.__table__)
@@ -181,12 +194,13 @@ _SETTLE_LEAD = (
 )
 
 
-async def write_outcomes(session: AsyncSession, run_id: str, outcomes: list[Outcome]) -> None:
-    """Write attempts' final statuses and their leads' outcomes. Safe to repeat and to apply late
-    or out of order: an attempt's row only ever gets its own final word, and a lead takes its
-    status from its latest attempt only."""
+async def write_outcomes(session: AsyncSession, run_id: str, outcomes: list[Outcome]) -> str | None:
+    """Write attempts' final statuses and their leads' outcomes, and a `call.completed` event for
+    each if the business has a webhook. Safe to repeat and to apply late or out of order: an
+    attempt's row only ever gets its own final word, and a lead takes its status from its latest
+    attempt only. Returns the business's id when events were recorded for it."""
     if not outcomes:
-        return
+        return None
     await insert_ignoring_conflict(
         session,
         CallAttempt,
@@ -217,3 +231,4 @@ async def write_outcomes(session: AsyncSession, run_id: str, outcomes: list[Outc
     await connection.execute(_FINISH_ATTEMPT, rows)
     await connection.execute(_SETTLE_LEAD, rows)
     observability.outcomes_written(o.status for o in outcomes)
+    return await record_call_events(session, run_id, outcomes)

@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     AfterValidator,
+    AnyHttpUrl,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -241,3 +242,41 @@ class Accepted(BaseModel):
     id: str
     status: str
     detail: str
+
+
+class WebhookIn(BaseModel):
+    """Where the business's events are POSTed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: AnyHttpUrl = Field(description="An http(s) URL; https, and not a private address, in production.")
+    rotate_secret: bool = Field(
+        default=False, description="Make a new signing secret; the old one stops signing at once."
+    )
+
+
+class WebhookPublic(BaseModel):
+    url: str
+    events: list[str] = Field(description="The event types POSTed to the URL.")
+
+
+class WebhookRegistered(WebhookPublic):
+    signing_secret: str | None = Field(
+        description="The Standard Webhooks secret (`whsec_...`) events are signed with; returned when it "
+        "is made (first registration, or `rotate_secret`), null otherwise."
+    )
+
+
+class EventPublic(BaseModel):
+    id: str = Field(description="Also the `webhook-id` header of every delivery of the event.")
+    type: str
+    run_id: str
+    lead_id: int | None
+    attempt: int | None
+    status: str = Field(description="pending, delivered or failed (given up after 3 days of retries).")
+    attempts: int = Field(description="Deliveries tried so far.")
+    last_status_code: int | None
+    last_error: str | None
+    created_at: datetime
+    next_attempt_at: datetime | None
+    delivered_at: datetime | None

@@ -1,4 +1,4 @@
-"""SQLAlchemy models: businesses, runs, leads and call attempts."""
+"""SQLAlchemy models: businesses, runs, leads, call attempts and the events sent to businesses."""
 
 from __future__ import annotations
 
@@ -59,6 +59,10 @@ class Business(Base):
     calling_window: Mapped[dict[str, Any] | None]
     api_key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Where the business's events are POSTed, and the secret they are signed with (the worker needs
+    # the secret itself to sign, so it is kept, not hashed). No events are recorded without a URL.
+    webhook_url: Mapped[str | None] = mapped_column(String(2000))
+    webhook_secret: Mapped[str | None] = mapped_column(String(100))
 
 
 class Run(Base):
@@ -128,3 +132,32 @@ class DoNotCall(Base):
     business_id: Mapped[str] = mapped_column(ForeignKey("businesses.id"))
     phone: Mapped[str] = mapped_column(String(20))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Event(Base):
+    """An event for a business's webhook (`call.completed`, `run.completed`) and its delivery.
+
+    Written in the transaction that records what it reports, so none is lost; its id is derived from
+    what it reports, so recording the same thing twice writes one event, and the receiver gets the
+    same id (its idempotency key) on every delivery of it."""
+
+    __tablename__ = "events"
+    __table_args__ = (
+        Index("ix_events_due", "business_id", "status", "next_attempt_at"),
+        Index("ix_events_business_id_created_at", "business_id", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    business_id: Mapped[str] = mapped_column(ForeignKey("businesses.id"))
+    type: Mapped[str] = mapped_column(String(32))
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"))
+    lead_id: Mapped[int | None] = mapped_column(BigInteger)
+    attempt: Mapped[int | None] = mapped_column(Integer)
+    # pending (waiting for its first or next try), delivered, or failed (given up).
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[datetime | None]
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)

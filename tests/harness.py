@@ -179,8 +179,12 @@ class Stack:
         task_queue: str,
         calls_per_second: float = 200,
         temporal_ui_url: str = "http://127.0.0.1:8233",
+        settings: dict[str, Any] | None = None,
     ) -> AsyncIterator[Stack]:
-        settings = Settings(
+        """A stack on these parts; `settings` overrides the worker's and the API's defaults."""
+        overrides = settings or {}
+        config = Settings(
+            **overrides,
             TEMPORAL_UI_URL=temporal_ui_url,
             DATABASE_URL=database_url,
             TEMPORAL_TASK_QUEUE=task_queue,
@@ -191,10 +195,10 @@ class Stack:
         )
         engine = create_engine(database_url)
         async with (
-            httpx.AsyncClient(base_url=settings.PUBLIC_BASE_URL, timeout=30) as http,
+            httpx.AsyncClient(base_url=config.PUBLIC_BASE_URL, timeout=30) as http,
             httpx.AsyncClient(base_url=simulator_url, timeout=30) as sim,
         ):
-            stack = cls(settings, temporal, http, sim, engine, create_sessionmaker(engine), api_port)
+            stack = cls(config, temporal, http, sim, engine, create_sessionmaker(engine), api_port)
             try:
                 await stack.start_api()
                 await stack.start_worker()

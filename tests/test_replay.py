@@ -12,6 +12,7 @@ import pytest
 from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
+from workflows.business_events import BusinessEventsWorkflow
 from workflows.business_lines import BusinessLinesWorkflow
 from workflows.outbound_run import OutboundRunWorkflow
 
@@ -24,14 +25,14 @@ HISTORIES = {
 
 def test_histories_of_the_main_paths_are_kept() -> None:
     main_paths = {"run_completed", "run_cancelled", "run_sharing_lines", "gate_two_runs", "run_retried"}
-    main_paths |= {"run_waited_for_window", "run_reconciled", "run_continued_as_new"}
+    main_paths |= {"run_waited_for_window", "run_reconciled", "run_continued_as_new", "events_delivered"}
     assert main_paths <= set(HISTORIES), "today's code"
-    before = main_paths - {"run_continued_as_new"}
+    before = main_paths - {"run_continued_as_new", "events_delivered"}
     assert {f"v1/{name}" for name in before} <= set(HISTORIES), "before outcomes rode dials"
 
 
 @pytest.mark.parametrize("name", sorted(HISTORIES))
 async def test_saved_history_replays(name: str) -> None:
     history = WorkflowHistory.from_json(name, HISTORIES[name])
-    replayer = Replayer(workflows=[OutboundRunWorkflow, BusinessLinesWorkflow])
+    replayer = Replayer(workflows=[OutboundRunWorkflow, BusinessLinesWorkflow, BusinessEventsWorkflow])
     await replayer.replay_workflow(history)

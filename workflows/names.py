@@ -21,6 +21,11 @@ def gate_workflow_id(business_id: str) -> str:
     return f"business-lines-{business_id}"
 
 
+def events_workflow_id(business_id: str) -> str:
+    """The id of the workflow that delivers a business's events to its webhook."""
+    return f"business-events-{business_id}"
+
+
 def dial_task_queue(task_queue: str) -> str:
     """Dial activities run on their own queue so the server can rate-limit call creation."""
     return f"{task_queue}-dial"

@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import ipaddress
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
 from uuid import uuid4
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, HTTPException, Query, Response, status
+from sqlalchemy import select, update
 
-from api.deps import AdminDep, BusinessDep, SessionDep
-from api.schemas import BusinessCreate, BusinessCreated, BusinessPublic
+from activities.events import EVENT_TYPES, FAILED, PENDING, new_signing_secret
+from api.deps import AdminDep, BusinessDep, SessionDep, SettingsDep
+from api.schemas import (
+    BusinessCreate,
+    BusinessCreated,
+    BusinessPublic,
+    EventPublic,
+    WebhookIn,
+    WebhookPublic,
+    WebhookRegistered,
+)
 from api.security import hash_api_key, new_api_key
-from db.models import Business
+from db.models import Business, Event
 
 router = APIRouter(prefix="/v1/businesses", tags=["businesses"])
 
@@ -36,6 +49,107 @@ async def create_business(body: BusinessCreate, session: SessionDep, _admin: Adm
 async def read_my_business(business: BusinessDep) -> BusinessPublic:
     """The business the API key belongs to."""
     return _public(business)
+
+
+@router.put("/me/webhook", response_model=WebhookRegistered)
+async def set_webhook(
+    body: WebhookIn, business: BusinessDep, session: SessionDep, settings: SettingsDep
+) -> WebhookRegistered:
+    """Send the business's events (`call.completed` for every attempt's outcome, `run.completed`
+    when a run ends) to this URL, signed per the Standard Webhooks specification. The signing secret
+    is made on first registration and kept when the URL changes, unless `rotate_secret`; it is in
+    the answer only when it is made."""
+    url = str(body.url)
+    if settings.ENVIRONMENT == "production":
+        _public_https_only(url)
+    secret = None
+    if business.webhook_secret is None or body.rotate_secret:
+        secret = new_signing_secret()
+        business.webhook_secret = secret
+    business.webhook_url = url
+    await session.flush()
+    return WebhookRegistered(url=url, events=list(EVENT_TYPES), signing_secret=secret)
+
+
+@router.get(
+    "/me/webhook",
+    response_model=WebhookPublic,
+    responses={404: {"description": "No webhook is registered."}},
+)
+async def read_webhook(business: BusinessDep) -> WebhookPublic:
+    """The registered webhook (its secret is shown only when it is made)."""
+    if business.webhook_url is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no webhook is registered")
+    return WebhookPublic(url=business.webhook_url, events=list(EVENT_TYPES))
+
+
+@router.delete("/me/webhook", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_webhook(business: BusinessDep, session: SessionDep) -> Response:
+    """Stop sending events: none are recorded from now on, and those not yet delivered are dropped
+    (listed as `failed`). The signing secret is forgotten."""
+    business.webhook_url = None
+    business.webhook_secret = None
+    await session.execute(
+        update(Event)
+        .where(Event.business_id == business.id, Event.status == PENDING)
+        .values(status=FAILED, last_error="the webhook was removed")
+    )
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/me/events", response_model=list[EventPublic])
+async def list_events(
+    business: BusinessDep,
+    session: SessionDep,
+    event_status: Annotated[Literal["pending", "delivered", "failed"] | None, Query(alias="status")] = None,
+    run_id: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> list[EventPublic]:
+    """The business's events, newest first, with how their delivery went."""
+    query = select(Event).where(Event.business_id == business.id)
+    if event_status is not None:
+        query = query.where(Event.status == event_status)
+    if run_id is not None:
+        query = query.where(Event.run_id == run_id)
+    events = await session.scalars(query.order_by(Event.created_at.desc(), Event.id).limit(limit))
+    return [
+        EventPublic(
+            id=e.id,
+            type=e.type,
+            run_id=e.run_id,
+            lead_id=e.lead_id,
+            attempt=e.attempt,
+            status=e.status,
+            attempts=e.attempts,
+            last_status_code=e.last_status_code,
+            last_error=e.last_error,
+            created_at=e.created_at,
+            next_attempt_at=e.next_attempt_at if e.status == PENDING else None,
+            delivered_at=e.delivered_at,
+        )
+        for e in events
+    ]
+
+
+def _public_https_only(url: str) -> None:
+    """In production a webhook is https and not at a loopback, private or link-local address
+    named literally (a business must not aim our workers at our own network)."""
+    parts = urlsplit(url)
+    if parts.scheme != "https":
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "the webhook URL must use https")
+    host = (parts.hostname or "").lower()
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        if host == "localhost" or host.endswith((".localhost", ".local", ".internal")):
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT, f"the webhook host {host} is not a public name"
+            ) from None
+        return
+    if not address.is_global:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT, f"the webhook address {host} is not a public address"
+        )
 
 
 def _public(business: Business) -> BusinessPublic:
