@@ -1,4 +1,5 @@
-"""The `outbound` command: create businesses; start, watch, pause, resume, cancel and export runs."""
+"""The `outbound` command: create businesses; start, watch, pause, resume, cancel and export runs;
+send a business's events to its webhook."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from rich.console import Console
 from rich.text import Text
 
 from cli.client import UPLOAD_TIMEOUT, Api, ApiError
-from cli.render import run_summary, runs_table, show_error
+from cli.render import events_table, run_summary, runs_table, show_error
 from cli.watch import follow
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"
@@ -32,7 +33,11 @@ app = typer.Typer(
 business_app = typer.Typer(help="Businesses: made with the admin token.", no_args_is_help=True)
 run_app = typer.Typer(help="Runs: with the business's API key.", no_args_is_help=True)
 app.add_typer(business_app, name="business")
+webhook_app = typer.Typer(
+    help="The business's webhook: call.completed and run.completed events, signed.", no_args_is_help=True
+)
 app.add_typer(run_app, name="run")
+app.add_typer(webhook_app, name="webhook")
 
 
 @dataclass(frozen=True)
@@ -298,6 +303,66 @@ def export_run(
             partial.unlink(missing_ok=True)
             raise
     _stderr().print(Text(f"Wrote the calls of run {run_id} to {output}."))
+
+
+# The webhook
+
+
+@webhook_app.command("set")
+def set_webhook(
+    ctx: typer.Context,
+    url: Annotated[str, typer.Argument(help="Where events are POSTed: https://crm.example.com/hooks.")],
+    rotate_secret: Annotated[
+        bool, typer.Option("--rotate-secret", help="Make a new signing secret; the old one stops at once.")
+    ] = False,
+) -> None:
+    """Send the business's events to URL; its signing secret is shown when it is made."""
+    with _api(ctx) as api:
+        webhook = api.call(
+            "PUT", "/v1/businesses/me/webhook", json={"url": url, "rotate_secret": rotate_secret}
+        )
+    out = Console(highlight=False)
+    out.print(Text(f"Events ({', '.join(webhook['events'])}) go to {webhook['url']}."), soft_wrap=True)
+    if webhook["signing_secret"]:
+        out.print(Text(f"Signing secret: {webhook['signing_secret']}"), soft_wrap=True)
+        out.print(
+            Text(
+                "Store the secret now: it is not shown again. Verify each delivery with a Standard "
+                "Webhooks library (headers webhook-id, webhook-timestamp, webhook-signature).",
+                style="yellow",
+            )
+        )
+
+
+@webhook_app.command("remove")
+def remove_webhook(ctx: typer.Context) -> None:
+    """Stop sending events; those not yet delivered are dropped."""
+    with _api(ctx) as api:
+        api.call("DELETE", "/v1/businesses/me/webhook")
+    Console().print("Webhook removed: no more events are sent.")
+
+
+@webhook_app.command("events")
+def list_events(
+    ctx: typer.Context,
+    status: Annotated[
+        str | None, typer.Option(help="Only events in this state: pending, delivered or failed.")
+    ] = None,
+    run: Annotated[str | None, typer.Option(help="Only this run's events.")] = None,
+    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 50,
+) -> None:
+    """The business's events, newest first, with how their delivery went."""
+    params: dict[str, Any] = {"limit": limit}
+    if status is not None:
+        params["status"] = status
+    if run is not None:
+        params["run_id"] = run
+    with _api(ctx) as api:
+        events = api.call("GET", "/v1/businesses/me/events", params=params)
+    if events:
+        Console().print(events_table(events))
+    else:
+        _stderr().print("No events.")
 
 
 def main() -> None:

@@ -47,6 +47,23 @@ def runs_table(runs: list[dict[str, Any]]) -> Table:
     return table
 
 
+def events_table(events: list[dict[str, Any]]) -> Table:
+    """Events and their delivery: state, tries, the webhook's last answer or error."""
+    table = Table("Event", "Type", "Run", "Lead", "Status", "Tries", "Last answer")
+    for event in events:
+        last = event["last_error"] or (str(event["last_status_code"]) if event["last_status_code"] else "")
+        table.add_row(
+            Text(event["id"]),
+            Text(event["type"]),
+            Text(event["run_id"]),
+            Text("" if event["lead_id"] is None else f"{event['lead_id']}/{event['attempt']}"),
+            Text(event["status"]),
+            Text(str(event["attempts"])),
+            Text(last),
+        )
+    return table
+
+
 def run_summary(run: dict[str, Any]) -> RenderableType:
     """How a run stands or ended: its status, why, and how many leads ended with each outcome."""
     progress = run["progress"]

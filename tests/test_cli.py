@@ -15,7 +15,7 @@ from api.routes.runs import router as runs_router
 from cli.app import app
 from settings import DEV_ADMIN_TOKEN
 from tests.conftest import free_port
-from tests.harness import ALWAYS_OPEN, Stack, new_number
+from tests.harness import ALWAYS_OPEN, Stack, new_number, wait_for
 
 OPEN_AROUND_THE_CLOCK = f"calling_window={json.dumps(ALWAYS_OPEN)}"
 EXPORT_SERVED = any(getattr(route, "path", "").endswith("/calls.csv") for route in runs_router.routes)
@@ -166,3 +166,33 @@ async def test_export_writes_the_runs_calls_as_csv(stack: Stack, tmp_path: Path)
     assert unknown.exit_code == 1
     assert "not found (404)" in unknown.output
     assert not missing.exists()
+
+
+async def test_a_webhook_is_set_its_events_listed_and_removed(stack: Stack, tmp_path: Path) -> None:
+    business = await stack.create_business()
+    port = free_port()
+    # Nobody listens on the port: the events are tried, fail, and wait for their retry.
+    set_ = await outbound(stack, "webhook", "set", f"http://127.0.0.1:{port}/hooks", api_key=business.api_key)
+    assert set_.exit_code == 0, set_.output
+    secret = re.search(r"Signing secret: (whsec_\S+)", set_.output)
+    assert secret, set_.output
+    phone = new_number()
+    await stack.force_outcomes({phone: "completed"})
+    run_id = await stack.start_run(business, [phone])
+    await stack.wait_run_ends(business, run_id)
+
+    async def both_tried() -> str | None:
+        listed = await outbound(stack, "webhook", "events", "--run", run_id, api_key=business.api_key)
+        tried = listed.output.count("ConnectError reaching 127.0.0.1")
+        return listed.output if tried == 2 else None
+
+    output = await wait_for(both_tried, within=30, what="both events tried")
+    assert "call.completed" in output and "run.completed" in output and "pending" in output
+    assert secret.group(1) not in output
+
+    removed = await outbound(stack, "webhook", "remove", api_key=business.api_key)
+    assert removed.exit_code == 0, removed.output
+    dropped = await outbound(stack, "webhook", "events", "--status", "failed", api_key=business.api_key)
+    assert dropped.output.count("the webhook was removed") == 2, dropped.output
+    again = await outbound(stack, "webhook", "set", "ftp://crm.example.com", api_key=business.api_key)
+    assert again.exit_code == 1 and "URL scheme should be 'http' or 'https'" in again.output
