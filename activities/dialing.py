@@ -189,15 +189,28 @@ class DialingActivities:
         with the outcomes the dial carries. A row that already has a SID is the answer. A retry is
         never blind: an earlier try may have reached Twilio (a lost response, a killed worker), so
         Twilio is asked for a matching call placed since the dial was first scheduled.
+
+        A try that created its call and then lost its transaction (the database went away) leaves
+        the call in its heartbeat details, which Temporal hands to the next try: that try adopts
+        the call even while Twilio's call list does not show it yet.
         """
-        async with self.sessions() as session, session.begin():
-            placed, events_for = await self._place(session, input)
+        created: list[DialOutput] = []
+        try:
+            async with self.sessions() as session, session.begin():
+                placed, events_for = await self._place(session, input, created)
+        except BaseException:
+            if created:
+                activity.heartbeat(created[0].call_sid, created[0].status)
+            raise
         if self.courier is not None:
             await self.courier.notify_soon(events_for)
         return placed
 
-    async def _place(self, session: AsyncSession, input: DialInput) -> tuple[DialOutput, str | None]:
-        """place_call's transaction; also returns the business whose events it recorded, if any."""
+    async def _place(
+        self, session: AsyncSession, input: DialInput, created: list[DialOutput]
+    ) -> tuple[DialOutput, str | None]:
+        """place_call's transaction; also returns the business whose events it recorded, if any.
+        A call it creates is put in `created` at once, before anything can fail to record it."""
         context = {"run": input.run_id, "lead": input.lead_id, "attempt": input.attempt}
         claim = await _claim(await session.connection(), input)
         if not claim.new:
@@ -208,7 +221,7 @@ class DialingActivities:
                 placed = DialOutput(earlier.call_sid, earlier.status)
                 return placed, await self._store_sid(session, input, placed)
         if activity.info().attempt > 1:
-            found = await self._find_placed_call(session, input)
+            found = _created_by_earlier_try() or await self._find_placed_call(session, input)
             if found is not None:
                 log.info(
                     "adopted call placed by an earlier try", extra={**context, "call_sid": found.call_sid}
@@ -247,6 +260,7 @@ class DialingActivities:
             observability.dial_failed(type(error).__name__)
             raise
         placed = DialOutput(call.sid or "", call.status or "queued")
+        created.append(placed)
         log.info("call placed", extra={**context, "call_sid": placed.call_sid})
         observability.CALLS_PLACED.inc()
         return placed, await self._store_sid(session, input, placed)
@@ -310,6 +324,15 @@ class DialingActivities:
                 return CallSnapshot(found=False, status="failed")
             raise _classify(error) from None
         return _snapshot(call)
+
+
+def _created_by_earlier_try() -> DialOutput | None:
+    """The call an earlier try of this dial created but could not record, from the heartbeat
+    details that try left."""
+    details = activity.info().heartbeat_details
+    if len(details) == 2 and all(isinstance(d, str) and d for d in details):
+        return DialOutput(details[0], details[1])
+    return None
 
 
 def _snapshot(call: CallInstance) -> CallSnapshot:

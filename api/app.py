@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+import asyncpg
+from fastapi import FastAPI, Request, Response, status
+from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.exc import DBAPIError
 from temporalio.client import Client
 
 from api.dashboard_session import SignInRequired, sign_in_redirect
@@ -16,6 +20,16 @@ from api.routes import businesses, dashboard, dnc, runs, webhooks
 from db.engine import create_engine, create_sessionmaker
 from settings import Settings, get_settings
 from temporal_client import connect_temporal
+
+log = logging.getLogger(__name__)
+
+# How long a client is asked to wait before trying again while the database cannot be reached.
+DATABASE_RETRY_AFTER_SECONDS = 5
+# What reaching the database raises when it is away: the driver's socket error on connect (the API
+# makes no other connections of its own: the Temporal client raises RPCError), a server that is
+# starting up or shutting down, or a connection lost during a statement (a DBAPIError that
+# invalidated its connection).
+_DATABASE_AWAY = (OSError, asyncpg.CannotConnectNowError, asyncpg.PostgresConnectionError)
 
 
 def create_app(settings: Settings | None = None, temporal: Client | None = None) -> FastAPI:
@@ -47,6 +61,8 @@ def create_app(settings: Settings | None = None, temporal: Client | None = None)
     app.include_router(dashboard.router)
     app.mount("/ui/static", StaticFiles(directory=STATIC_DIR), name="dashboard-static")
     app.add_exception_handler(SignInRequired, sign_in_redirect)  # type: ignore[arg-type]
+    for error_type in (*_DATABASE_AWAY, DBAPIError):
+        app.add_exception_handler(error_type, database_unavailable)
     app.state.metrics = metrics = ApiMetrics()
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     if settings.METRICS_ENABLED:
@@ -59,3 +75,16 @@ def create_app(settings: Settings | None = None, temporal: Client | None = None)
         return {"status": "ok"}
 
     return app
+
+
+async def database_unavailable(request: Request, error: Exception) -> Response:
+    """A 503 with Retry-After, rather than a 500, for a request that failed because the database
+    could not be reached: nothing is wrong with the request, and asking again later will do."""
+    if isinstance(error, DBAPIError) and not error.connection_invalidated:
+        raise error  # a database error that is not an outage stays a 500
+    log.warning("database unavailable", extra={"path": request.url.path, "error": repr(error)})
+    return JSONResponse(
+        {"detail": "the database is unavailable; try again shortly"},
+        status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
+    )
