@@ -19,6 +19,10 @@ from telephony.zones import lead_zones
 from workflows.messages import LeadRef, Outcome
 
 RUN_NOT_FOUND = "RunNotFound"
+# The API commits a run's row just after starting its workflow: a row still missing after this many
+# tries of load_run never will be, and the run is given up. Other failures (the database away) are
+# retried for as long as they last.
+RUN_APPEARS_WITHIN_TRIES = 20
 
 
 @dataclass
@@ -76,7 +80,8 @@ class RecordActivities:
     @activity.defn
     async def load_run(self, input: LoadRunInput) -> RunFacts:
         """Read the run and its business. The API commits the run after starting the workflow, so a
-        missing row is retried for a while before the run is given up."""
+        missing row is retried RUN_APPEARS_WITHIN_TRIES times before the run is given up; a database
+        that cannot be reached is retried until it can."""
         async with self.sessions() as session:
             row = (
                 await session.execute(
@@ -86,7 +91,11 @@ class RecordActivities:
                 )
             ).first()
         if row is None:
-            raise ApplicationError(f"run {input.run_id} is not in the database", type=RUN_NOT_FOUND)
+            raise ApplicationError(
+                f"run {input.run_id} is not in the database",
+                type=RUN_NOT_FOUND,
+                non_retryable=activity.info().attempt >= RUN_APPEARS_WITHIN_TRIES,
+            )
         run, business = row
         return RunFacts(
             business_id=business.id,

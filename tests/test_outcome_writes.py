@@ -1,15 +1,28 @@
-"""Outcome writes are safe to repeat and to apply late: outcomes ride dials that may be retried."""
+"""Outcome writes are safe to repeat and to apply late: outcomes ride dials that may be retried. And a
+run's first read of its row gives up on a row that never appears, not on a database that is away."""
 
 from __future__ import annotations
 
+import dataclasses
 from uuid import uuid4
 
+import pytest
 from sqlalchemy import select
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
 
-from activities.records import RecordActivities, RecordOutcomesInput
+from activities.records import (
+    RUN_APPEARS_WITHIN_TRIES,
+    RUN_NOT_FOUND,
+    LoadRunInput,
+    RecordActivities,
+    RecordOutcomesInput,
+)
+from db.engine import create_engine, create_sessionmaker
 from db.models import CallAttempt, Lead, Run
 from tests.harness import Stack, new_number
 from workflows.messages import Outcome
+from workflows.outbound_run import LOAD_RUN_RETRY
 
 
 async def test_a_late_write_of_an_earlier_attempt_does_not_undo_the_leads_outcome(stack: Stack) -> None:
@@ -37,3 +50,34 @@ async def test_a_late_write_of_an_earlier_attempt_does_not_undo_the_leads_outcom
             )
         ).all()
     assert [tuple(a) for a in attempts] == [(1, "busy", None), (2, "completed", 42)]
+
+
+async def test_a_run_row_that_never_appears_is_given_up_but_a_database_away_is_waited_out(
+    stack: Stack,
+) -> None:
+    """load_run starts every execution (continue-as-new too): a run missing after its tries fails,
+    but a database that cannot be reached is retried however long it stays away."""
+    records = RecordActivities(stack.sessions)
+    missing = LoadRunInput(uuid4().hex)
+
+    async def load(attempt: int, activities: RecordActivities) -> ApplicationError | Exception:
+        environment = ActivityEnvironment()
+        environment.info = dataclasses.replace(environment.info, attempt=attempt)
+        with pytest.raises(Exception) as raised:
+            await environment.run(activities.load_run, missing)
+        return raised.value
+
+    early = await load(1, records)
+    assert isinstance(early, ApplicationError) and early.type == RUN_NOT_FOUND and not early.non_retryable
+    last = await load(RUN_APPEARS_WITHIN_TRIES, records)
+    assert isinstance(last, ApplicationError) and last.type == RUN_NOT_FOUND and last.non_retryable
+
+    unreachable = create_engine("postgresql+asyncpg://postgres@127.0.0.1:1/test")
+    try:
+        away = await load(RUN_APPEARS_WITHIN_TRIES * 5, RecordActivities(create_sessionmaker(unreachable)))
+    finally:
+        await unreachable.dispose()
+    assert not isinstance(away, ApplicationError)
+    assert LOAD_RUN_RETRY.maximum_attempts == 0, (
+        "load_run's retries must not run out while the database is away"
+    )

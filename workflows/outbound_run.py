@@ -71,9 +71,11 @@ DRAIN_BEFORE_CONTINUE_AS_NEW = "drain-before-continue-as-new"
 # minutes, not up to the call time limit (an hour by default).
 RECHECK_ANSWERED_CALLS = "recheck-answered-calls"
 ANSWERED_RECHECK_SECONDS = 300
-# The API commits the run row just after starting the workflow; give it time to appear.
+# The API commits the run row just after starting the workflow; load_run gives it time to appear
+# (RUN_APPEARS_WITHIN_TRIES tries), and is retried without limit while the database is away: it runs
+# again at the start of every continue-as-new.
 LOAD_RUN_RETRY = RetryPolicy(
-    initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=5), maximum_attempts=20
+    initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=5)
 )
 
 
