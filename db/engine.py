@@ -9,6 +9,10 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+# How long to wait for PostgreSQL to accept a connection (asyncpg waits 60 s by default): a database
+# that has gone silent fails a request or an activity try in this time instead of holding it.
+CONNECT_TIMEOUT_SECONDS = 10
+
 
 def create_engine(url: str, *, ping_on_checkout: bool = True) -> AsyncEngine:
     """An async engine; SQLite gets WAL and a busy timeout so the API and worker can share the file.
@@ -19,7 +23,9 @@ def create_engine(url: str, *, ping_on_checkout: bool = True) -> AsyncEngine:
     then replaces every connection older than the failure."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_async_engine(url, pool_pre_ping=ping_on_checkout)
+        return create_async_engine(
+            url, pool_pre_ping=ping_on_checkout, connect_args={"timeout": CONNECT_TIMEOUT_SECONDS}
+        )
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_async_engine(url, connect_args={"timeout": 30})
