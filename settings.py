@@ -49,6 +49,12 @@ class Settings(BaseSettings):
     WORKER_METRICS_ADDRESS: str | None = None
     # host:port where a worker's Temporal SDK serves its Prometheus metrics; unset: none.
     WORKER_SDK_METRICS_ADDRESS: str | None = None
+    # The largest request body, in bytes, of a lead or do-not-call list: POST /v1/runs, /v1/runs/import,
+    # /v1/dnc, /v1/dnc/import and the dashboard's forms for them. 20 MiB holds 100,000 leads with names
+    # and a few fields of metadata (about 6 MiB as CSV), or a million bare numbers as CSV.
+    MAX_UPLOAD_BYTES: int = 20 * 1024 * 1024
+    # The largest request body, in bytes, of any other request.
+    MAX_REQUEST_BYTES: int = 1024 * 1024
     # An OTLP/HTTP collector (e.g. http://127.0.0.1:4318): when set, workflows, activities and the
     # API's Temporal calls are traced there.
     OTEL_EXPORTER_OTLP_ENDPOINT: str | None = None
@@ -87,6 +93,13 @@ class Settings(BaseSettings):
         if rate <= 0:
             raise ValueError("TWILIO_CALLS_PER_SECOND must be greater than 0")
         return rate
+
+    @field_validator("MAX_UPLOAD_BYTES", "MAX_REQUEST_BYTES")
+    @classmethod
+    def _positive_size(cls, size: int) -> int:
+        if size <= 0:
+            raise ValueError("a request body limit must be a positive number of bytes")
+        return size
 
     @model_validator(mode="after")
     def _real_secrets_in_production(self) -> Settings:

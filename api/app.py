@@ -16,7 +16,9 @@ from temporalio.client import Client
 from api.dashboard_session import SignInRequired, sign_in_redirect
 from api.dashboard_views import STATIC_DIR
 from api.metrics import ApiMetrics, MetricsMiddleware
+from api.request_guards import BodyLimitMiddleware, NulInUrlMiddleware
 from api.routes import businesses, dashboard, dnc, runs, webhooks
+from api.schemas import problems
 from db.engine import create_engine, create_sessionmaker
 from settings import Settings, get_settings
 from temporal_client import connect_temporal
@@ -30,6 +32,16 @@ DATABASE_RETRY_AFTER_SECONDS = 5
 # starting up or shutting down, or a connection lost during a statement (a DBAPIError that
 # invalidated its connection).
 _DATABASE_AWAY = (OSError, asyncpg.CannotConnectNowError, asyncpg.PostgresConnectionError)
+
+# Lists of leads or numbers: their bodies may be MAX_UPLOAD_BYTES, every other one MAX_REQUEST_BYTES.
+LIST_UPLOADS = (
+    ("POST", "/v1/runs"),
+    ("POST", "/v1/runs/import"),
+    ("POST", "/v1/dnc"),
+    ("POST", "/v1/dnc/import"),
+    ("POST", "/ui/runs/new"),
+    ("POST", "/ui/dnc/add"),
+)
 
 
 def create_app(settings: Settings | None = None, temporal: Client | None = None) -> FastAPI:
@@ -53,17 +65,26 @@ def create_app(settings: Settings | None = None, temporal: Client | None = None)
         version="1",
         summary="Outbound call campaigns on Temporal and Twilio.",
         lifespan=lifespan,
+        responses=problems(400, 413),
     )
-    app.include_router(businesses.router)
-    app.include_router(runs.router)
-    app.include_router(dnc.router)
+    app.include_router(businesses.router, responses=problems(401))
+    app.include_router(runs.router, responses=problems(401))
+    app.include_router(dnc.router, responses=problems(401))
     app.include_router(webhooks.router)
     app.include_router(dashboard.router)
     app.mount("/ui/static", StaticFiles(directory=STATIC_DIR), name="dashboard-static")
     app.add_exception_handler(SignInRequired, sign_in_redirect)  # type: ignore[arg-type]
     for error_type in (*_DATABASE_AWAY, DBAPIError):
         app.add_exception_handler(error_type, database_unavailable)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        limit=settings.MAX_REQUEST_BYTES,
+        upload_limit=settings.MAX_UPLOAD_BYTES,
+        upload_routes=LIST_UPLOADS,
+    )
+    app.add_middleware(NulInUrlMiddleware)
     app.state.metrics = metrics = ApiMetrics()
+    # Added after the guards, so outside them: the requests they refuse are counted too.
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     if settings.METRICS_ENABLED:
         # Unauthenticated, as Prometheus scrapes it: keep /metrics off the public proxy, or turn it off.

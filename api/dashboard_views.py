@@ -167,6 +167,8 @@ class NewRunForm:
         problems = []
         if len(self.name) > MAX_NAME_CHARS:
             problems.append(f"Name: at most {MAX_NAME_CHARS} characters")
+        if "\x00" in self.name:
+            problems.append("Name: must not contain the NUL character")
         if not self.days:
             problems.append("Calling window: choose at least one day")
         try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -15,6 +15,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
     field_validator,
     model_validator,
 )
@@ -24,6 +25,8 @@ from workflows.calling_window import ALL_DAYS, CallingWindow, opens_ever
 from workflows.messages import RETRY_ON_DEFAULT
 
 RETRYABLE_OUTCOMES = ("busy", "no_answer", "failed", "answered")
+# Past the end of any list; a larger offset would overflow the database's 64-bit OFFSET.
+MAX_OFFSET = 1_000_000_000
 
 
 def _e164(value: str) -> str:
@@ -31,6 +34,16 @@ def _e164(value: str) -> str:
         return to_e164(value)
     except InvalidPhone as error:
         raise ValueError(str(error)) from None
+
+
+def _storable(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain the NUL character (\\u0000), which cannot be stored")
+    return value
+
+
+# Text kept in the database, which cannot hold the NUL character in text.
+StoredText = Annotated[str, AfterValidator(_storable)]
 
 
 def _zone(value: str | None) -> str | None:
@@ -64,7 +77,7 @@ class CallingWindowIn(BaseModel):
 class BusinessCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=200)
+    name: StoredText = Field(min_length=1, max_length=200)
     caller_id: Annotated[str, AfterValidator(_e164)] = Field(description="The Twilio `From` number, E.164.")
     max_concurrent_calls: int = Field(default=3, ge=1, le=100)
     timezone: Annotated[str | None, AfterValidator(_zone)] = None
@@ -131,7 +144,7 @@ class LeadIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     phone: str = Field(max_length=40)
-    name: str | None = Field(default=None, max_length=200)
+    name: StoredText | None = Field(default=None, max_length=200)
     timezone: Annotated[str | None, AfterValidator(_zone)] = Field(
         default=None, description="The lead's time zone, when the number does not tell it."
     )
@@ -161,8 +174,9 @@ class RunOptionsIn(BaseModel):
     )
     ring_timeout_seconds: int = Field(default=30, ge=5, le=600)
     call_time_limit_seconds: int = Field(default=3600, ge=10, le=14400)
-    hang_up_on_cancel: bool = True
-    machine_detection: bool = False
+    # Strict: the schema says true or false, so "yes" or 1 is a mistake to name, not a guess to make.
+    hang_up_on_cancel: StrictBool = True
+    machine_detection: StrictBool = False
     twiml: str | None = Field(default=None, max_length=4000)
     reconcile_margin_seconds: int = Field(default=60, ge=5, le=3600)
 
@@ -178,7 +192,7 @@ class RunOptionsIn(BaseModel):
 class RunCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str | None = Field(default=None, max_length=200)
+    name: StoredText | None = Field(default=None, max_length=200)
     leads: list[LeadIn] = Field(min_length=1, max_length=100_000)
     options: RunOptionsIn = Field(default_factory=RunOptionsIn)
 
@@ -250,7 +264,7 @@ class WebhookIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     url: AnyHttpUrl = Field(description="An http(s) URL; https, and not a private address, in production.")
-    rotate_secret: bool = Field(
+    rotate_secret: StrictBool = Field(
         default=False, description="Make a new signing secret; the old one stops signing at once."
     )
 
@@ -280,3 +294,43 @@ class EventPublic(BaseModel):
     created_at: datetime
     next_attempt_at: datetime | None
     delivered_at: datetime | None
+
+
+class Problem(BaseModel):
+    """An error, said for a person to read."""
+
+    detail: str
+
+
+class FieldProblem(BaseModel):
+    """One thing wrong with a request, and where: `["body", "line", 7]` is line 7 of an upload."""
+
+    loc: list[str | int]
+    msg: str
+    type: str
+    input: Any = None
+
+
+class Rejected(BaseModel):
+    """A request refused as sent: each problem with where it is, or, when the body cannot be read
+    at all, one sentence."""
+
+    detail: list[FieldProblem] | str
+
+
+_PROBLEMS = {
+    400: "The request could not be read: a body that is not UTF-8 JSON, a broken form, or a NUL "
+    "character (%00) in the URL.",
+    401: "No API key (or admin token) was sent, or it is not valid.",
+    403: "The request is not signed by Twilio.",
+    404: "Not among the business's own runs or numbers (another business's runs are not found either).",
+    409: "The run has already ended.",
+    413: "The body is larger than the limit, which the detail names.",
+    415: "The body's Content-Type is not one this endpoint reads.",
+    503: "The run could not take the status now; Twilio sends it again.",
+}
+
+
+def problems(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for the errors a route may answer, each `{"detail": "..."}`."""
+    return {code: {"model": Problem, "description": _PROBLEMS[code]} for code in codes}

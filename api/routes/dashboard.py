@@ -38,7 +38,7 @@ from api.dashboard_views import (
 from api.deps import MetricsDep, SessionDep, SettingsDep, TemporalDep
 from api.lead_upload import UploadError, csv_records, json_lines_records
 from api.routes import dnc, runs
-from api.schemas import RunPublic
+from api.schemas import MAX_OFFSET, RunPublic
 from api.security import hash_api_key
 from db.models import Business, Run
 
@@ -318,7 +318,7 @@ async def dnc_page(
     request: Request,
     user: PageUser,
     session: SessionDep,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     notice: str | None = None,
 ) -> Response:
     """The do-not-call list, a form to add numbers and a button to take each off."""

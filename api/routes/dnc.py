@@ -12,12 +12,11 @@ from sqlalchemy import delete, func, select
 
 from api.deps import BusinessDep, SessionDep
 from api.phones import InvalidPhone, to_e164
+from api.schemas import MAX_OFFSET, Rejected, problems
 from db.models import DoNotCall
 from db.upsert import insert_ignoring_conflict
 
 router = APIRouter(prefix="/v1/dnc", tags=["do-not-call"])
-
-MAX_IMPORT_BYTES = 10 * 1024 * 1024
 
 
 class DncAdd(BaseModel):
@@ -72,26 +71,46 @@ async def add_numbers(body: DncAdd, business: BusinessDep, session: SessionDep) 
     return await _add(session, business.id, _normalised(body.phones, "phones"))
 
 
-@router.post("/import", status_code=status.HTTP_201_CREATED, response_model=DncChange)
+@router.post(
+    "/import",
+    status_code=status.HTTP_201_CREATED,
+    response_model=DncChange,
+    responses={422: {"model": Rejected, "description": "The CSV cannot be read, or a number is bad."}},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "text/csv": {"schema": {"type": "string"}, "example": "phone\n+14155550100\n+14155550101\n"}
+            },
+        }
+    },
+)
 async def import_csv(request: Request, business: BusinessDep, session: SessionDep) -> DncChange:
-    """Add numbers from a CSV body (`Content-Type: text/csv`): a `phone` column, or the first column."""
+    """Add numbers from a CSV body (`Content-Type: text/csv`): a `phone` column, or the first column.
+    The body may be as large as a lead list (`MAX_UPLOAD_BYTES`)."""
     body = await request.body()
-    if len(body) > MAX_IMPORT_BYTES:
-        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, f"CSV larger than {MAX_IMPORT_BYTES} bytes")
     try:
         text = body.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "the CSV is not UTF-8 text") from None
-    rows = [row for row in csv.reader(io.StringIO(text)) if any(cell.strip() for cell in row)]
+    # Lines split as the csv module splits them: a lone carriage return ends a line too.
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        rows = [row for row in reader if any(cell.strip() for cell in row)]
+    except csv.Error as error:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT, f"line {reader.line_num}: not valid CSV ({error})"
+        ) from None
     if not rows:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "the CSV has no rows")
     header = [cell.strip().lower() for cell in rows[0]]
     column = header.index("phone") if "phone" in header else 0
     data = rows[1:] if "phone" in header else rows
-    return await _add(session, business.id, _normalised([row[column] for row in data], "row"))
+    phones = [row[column] if column < len(row) else "" for row in data]  # a short row has no number
+    return await _add(session, business.id, _normalised(phones, "row"))
 
 
-@router.delete("/{phone}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/{phone}", status_code=status.HTTP_204_NO_CONTENT, responses=problems(404))
 async def remove_number(phone: str, business: BusinessDep, session: SessionDep) -> None:
     """Take a number off the list."""
     number = _normalised([phone], "phone")[0]
@@ -107,7 +126,7 @@ async def list_numbers(
     business: BusinessDep,
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> list[DncEntry]:
     """The list, in the order numbers were added."""
     phones = await session.scalars(

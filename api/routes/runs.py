@@ -29,15 +29,18 @@ from api.lead_upload import CSV_TYPES, JSON_LINES_TYPES, Record, UploadError, cs
 from api.phones import InvalidPhone, to_e164
 from api.progress import progress_from_database, progress_from_workflow
 from api.schemas import (
+    MAX_OFFSET,
     MAX_RUN_METADATA_KEYS,
     Accepted,
     CallingWindowIn,
     CallPublic,
     LeadIn,
+    Rejected,
     RunCreate,
     RunCreated,
     RunOptionsIn,
     RunPublic,
+    problems,
 )
 from db.models import Business, CallAttempt, Lead, Run, utcnow
 from settings import Settings
@@ -93,6 +96,10 @@ async def create_run(
     "/import",
     status_code=status.HTTP_201_CREATED,
     response_model=RunCreated,
+    responses={
+        **problems(415),
+        422: {"model": Rejected, "description": "The list, or the options, are bad."},
+    },
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -336,7 +343,7 @@ async def list_runs(
     return [RunCreated(id=r.id, status=r.status, workflow_id=run_workflow_id(r.id)) for r in runs]
 
 
-@router.get("/{run_id}", response_model=RunPublic)
+@router.get("/{run_id}", response_model=RunPublic, responses=problems(404))
 async def read_run(
     run_id: str, business: BusinessDep, session: SessionDep, temporal: TemporalDep
 ) -> RunPublic:
@@ -395,13 +402,13 @@ async def _status_without_workflow(
     return "failed", f"the run's workflow is {name}"
 
 
-@router.get("/{run_id}/calls", response_model=list[CallPublic])
+@router.get("/{run_id}/calls", response_model=list[CallPublic], responses=problems(404))
 async def list_calls(
     run_id: str,
     business: BusinessDep,
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> list[CallPublic]:
     """Every call attempt of the run, in the order they were made."""
     run = await own_run(session, business, run_id)
@@ -442,7 +449,7 @@ async def calls_of(
 @router.get(
     "/{run_id}/calls.csv",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}}}},
+    responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}}}, **problems(404)},
 )
 async def export_calls(
     run_id: str, request: Request, business: BusinessDep, session: SessionDep
@@ -471,7 +478,12 @@ async def _signal_run(temporal: Client, run: Run, signal: str, arg: object) -> N
         raise
 
 
-@router.post("/{run_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted)
+@router.post(
+    "/{run_id}/cancel",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=Accepted,
+    responses=problems(404, 409),
+)
 async def cancel_run(
     run_id: str, business: BusinessDep, session: SessionDep, temporal: TemporalDep
 ) -> Accepted:
@@ -486,7 +498,12 @@ async def cancel_run(
     return Accepted(id=run.id, status=run.status, detail="cancel accepted: no new calls will be placed")
 
 
-@router.post("/{run_id}/pause", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted)
+@router.post(
+    "/{run_id}/pause",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=Accepted,
+    responses=problems(404, 409),
+)
 async def pause_run(
     run_id: str, business: BusinessDep, session: SessionDep, temporal: TemporalDep
 ) -> Accepted:
@@ -496,7 +513,12 @@ async def pause_run(
     return Accepted(id=run.id, status=run.status, detail="pause accepted")
 
 
-@router.post("/{run_id}/resume", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted)
+@router.post(
+    "/{run_id}/resume",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=Accepted,
+    responses=problems(404, 409),
+)
 async def resume_run(
     run_id: str, business: BusinessDep, session: SessionDep, temporal: TemporalDep
 ) -> Accepted:

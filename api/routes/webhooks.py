@@ -11,6 +11,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from twilio.request_validator import SIGNATURE_SETTINGS_HEADER, RequestValidator, get_signature_algorithm
 
 from api.deps import MetricsDep, SettingsDep, TemporalDep
+from api.schemas import problems
 from settings import Settings
 from workflows.messages import CallStatusEvent
 from workflows.names import run_workflow_id
@@ -18,6 +19,28 @@ from workflows.names import run_workflow_id
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/webhooks/twilio", tags=["webhooks"])
 SIGNAL_PATIENCE_SECONDS = 10.0
+
+# What Twilio sends, as the API reads it; Twilio sends more fields than these, and they are signed too.
+_CALLBACK_FORM = {
+    "type": "object",
+    "properties": {
+        "CallSid": {"type": "string"},
+        "CallStatus": {"type": "string"},
+        "SequenceNumber": {"type": "string", "pattern": "^[0-9]*$"},
+        "CallDuration": {"type": "string", "pattern": "^[0-9]*$"},
+        "AnsweredBy": {"type": "string"},
+        "ErrorCode": {"type": "string", "pattern": "^[0-9]*$"},
+        "ErrorMessage": {"type": "string"},
+    },
+    "required": ["CallSid", "CallStatus"],
+    "additionalProperties": {"type": "string"},
+}
+_CALLBACK_QUERY = [
+    {"name": "run", "in": "query", "required": True, "schema": {"type": "string"}},
+    {"name": "lead", "in": "query", "required": True, "schema": {"type": "integer"}},
+    {"name": "attempt", "in": "query", "required": True, "schema": {"type": "integer"}},
+    {"name": "X-Twilio-Signature", "in": "header", "required": True, "schema": {"type": "string"}},
+]
 
 
 def _int(value: str | None) -> int | None:
@@ -56,13 +79,24 @@ async def _signal_patiently(temporal: Client, run_id: str, event: CallStatusEven
         pause = min(pause * 2, 1.0)
 
 
-@router.post("/call-status", status_code=status.HTTP_204_NO_CONTENT)
+@router.post(
+    "/call-status",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=problems(403, 503),
+    openapi_extra={
+        "parameters": _CALLBACK_QUERY,
+        "requestBody": {
+            "required": True,
+            "content": {"application/x-www-form-urlencoded": {"schema": _CALLBACK_FORM}},
+        },
+    },
+)
 async def call_status(
     request: Request, settings: SettingsDep, temporal: TemporalDep, metrics: MetricsDep
 ) -> Response:
     """A call's status from Twilio. A bad signature is a 403 and changes nothing; a callback for a
     run that no longer exists is acknowledged, so Twilio stops retrying it."""
-    form = await request.form()
+    form = await request.form(max_files=0)  # Twilio sends fields, never files
     params = {key: str(value) for key, value in form.multi_items()}
     # Behind a proxy the request URL differs from the one Twilio signed: PUBLIC_BASE_URL is the truth.
     url = settings.PUBLIC_BASE_URL + request.url.path
