@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test lint typecheck pytest venv clean
+.PHONY: dev test lint typecheck pytest venv clean audit
 
 venv: $(STAMP)
 
@@ -30,5 +30,12 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
+## Known vulnerabilities in the locked packages (pip-audit, PyPI's advisory data). --strict: a package
+## it cannot look up is a failure, not a silent pass.
+audit:
+	$(PYTHON) -m venv .venv-audit
+	.venv-audit/bin/pip install --quiet --disable-pip-version-check --no-deps -r requirements-audit.lock
+	.venv-audit/bin/pip-audit --strict --disable-pip --no-deps --vulnerability-service pypi -r requirements.lock
+
 clean:
-	rm -rf $(VENV) .data .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .venv-audit .data .mypy_cache .ruff_cache .pytest_cache
