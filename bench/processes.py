@@ -349,34 +349,39 @@ class Spawned:
         return self.process.pid
 
     def log_summary(self, keep: int = 5) -> dict[str, Any]:
-        """Log lines by level, and the first few WARNING-or-worse messages (distinct), from what
-        the process wrote: our JSON lines by their level, the SDK core's text lines as `core WARN`
-        and the like, anything else (tracebacks, prints) as `other`."""
-        levels: dict[str, int] = {}
-        first: list[str] = []
+        """What the process logged (see `log_summary`)."""
+        return log_summary(self.log_path, keep)
+
+
+def log_summary(log_path: Path, keep: int = 5) -> dict[str, Any]:
+    """Log lines by level, and the first few WARNING-or-worse messages (distinct), from what a
+    process wrote to `log_path`: our JSON lines by their level, the SDK core's text lines as `core
+    WARN` and the like, anything else (tracebacks, prints) as `other`."""
+    levels: dict[str, int] = {}
+    first: list[str] = []
+    try:
+        lines = log_path.read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        lines = []
+    for raw in lines:
+        line = ANSI_ESCAPE.sub("", raw)
         try:
-            lines = self.log_path.read_text(errors="replace").splitlines()
-        except FileNotFoundError:
-            lines = []
-        for raw in lines:
-            line = ANSI_ESCAPE.sub("", raw)
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
-                entry = None
-            if isinstance(entry, dict):
-                level, message = str(entry.get("level", "other")), str(entry.get("message", ""))
-            else:
-                # The SDK core (Rust) logs as text: "<time>  WARN temporalio_sdk_core::...: message".
-                found = CORE_LEVEL.match(line)
-                level = f"core {found.group(1)}" if found else "other"
-                message = line
-            levels[level] = levels.get(level, 0) + 1
-            if level not in QUIET_LEVELS and message.strip() and len(first) < keep:
-                text = message.strip()[:300]
-                if text not in first:
-                    first.append(text)
-        return {"log": str(self.log_path), "lines_by_level": levels, "first_problems": first}
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            entry = None
+        if isinstance(entry, dict):
+            level, message = str(entry.get("level", "other")), str(entry.get("message", ""))
+        else:
+            # The SDK core (Rust) logs as text: "<time>  WARN temporalio_sdk_core::...: message".
+            found = CORE_LEVEL.match(line)
+            level = f"core {found.group(1)}" if found else "other"
+            message = line
+        levels[level] = levels.get(level, 0) + 1
+        if level not in QUIET_LEVELS and message.strip() and len(first) < keep:
+            text = message.strip()[:300]
+            if text not in first:
+                first.append(text)
+    return {"log": str(log_path), "lines_by_level": levels, "first_problems": first}
 
 
 @asynccontextmanager

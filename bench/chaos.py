@@ -1,0 +1,920 @@
+"""Chaos run: many runs of several businesses on a misbehaving carrier while processes are killed at
+random moments, then every invariant of DESIGN.md section 4 checked from the carrier's own records
+and the database.
+
+The carrier simulator loses, repeats and reorders status callbacks, retries the ones that fail,
+answers creates with 429 and 500, and sometimes places the call and still answers 500. Meanwhile a
+driver, at random moments drawn from `--seed`:
+
+- SIGKILLs the worker process; a new one is started (after up to a second);
+- restarts the API process (SIGKILL or SIGTERM, down for up to 1.5 s);
+- SIGKILLs the Temporal dev server and starts it again on the same SQLite file and port (down for
+  0.5-3 s). The dev server is this run's own, never a shared one.
+
+It also starts runs while this goes on, and cancels some runs mid-way (at a random moment, once a
+fifth of their leads were called). The dev server suggests continue-as-new after 100 events, so
+runs and line gates continue as new under fire too. When the faults stop, every run must end;
+then `bench.chaos_checks` checks I1-I7 and the report lists each violation with the run, lead and
+calls involved (the list must be empty). Progress is also sampled through the API all along, for
+the live half of I7. Last, every workflow history (runs and line gates, each continue-as-new) is
+replayed with the workflow code, as a worker that lost its cache would: one that does not replay is
+a run stuck for good at its next worker restart, reported under I4 even when no restart hit it.
+
+The API and the worker are processes of their own, started with a process manager's habits
+(`bench.restartable`): one that exits by itself is started again, and counted. The database is a
+fresh PostgreSQL one; the simulator runs as its own process and is never restarted (its memory is
+the record the checks read).
+
+Measures: faults by kind, time from the last fault until every run ended, and for each restart of
+the dev server how long it was down and how long until dialing resumed (the first create request
+reaching the carrier after it was back), plus the time until the next create after every fault.
+
+    .venv/bin/python -m bench.chaos [--seed 1] [--businesses 4] [--runs-per-business 3]
+                                    [--leads-per-run 20] [--seconds 90] [--quick]
+
+The same seed gives the same businesses, leads, run and cancel schedule, fault schedule and
+simulator random sequence; the interleaving with the processes' own timing still varies, so a
+failure found with one seed is worth running a few times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import signal
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from contextlib import AsyncExitStack
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import phonenumbers
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.service import RPCError
+from temporalio.worker import Replayer
+
+from bench.chaos_checks import (
+    RUN_ENDINGS,
+    AttemptRow,
+    CarrierCall,
+    Evidence,
+    ProgressSample,
+    RunEvidence,
+    check,
+    violation,
+)
+from bench.common import free_port, fresh_database, log, machine, run_main, simulator_server
+from bench.processes import settings_environment
+from bench.restartable import (
+    Restartable,
+    connect_when_up,
+    dev_server_argv,
+    wait_until_polling,
+    wait_until_serving,
+    wait_until_temporal_serves,
+)
+from db.engine import create_engine, create_sessionmaker
+from db.models import Business, CallAttempt, Lead, Run
+from settings import DEV_ADMIN_TOKEN, Settings
+from tests.harness import ALWAYS_OPEN, wait_for
+from workflows.business_lines import BusinessLinesWorkflow
+from workflows.names import run_workflow_id
+from workflows.outbound_run import OutboundRunWorkflow
+
+CAPS = (1, 2, 3)
+AREA_CODES = ("212", "312", "415", "646", "718")
+# Reconciliation within seconds: a call whose last callback was lost is fetched after ring
+# timeout (or time limit, once answered) + margin, so a lost callback holds a line ~10-20 s.
+CALL_TIME_LIMIT_SECONDS = 10
+RUN_OPTIONS: dict[str, Any] = {
+    "calling_window": ALWAYS_OPEN,
+    "ring_timeout_seconds": 5,
+    "call_time_limit_seconds": CALL_TIME_LIMIT_SECONDS,
+    "reconcile_margin_seconds": 5,
+}
+CARRIER: dict[str, Any] = {
+    "ring_seconds": (0.1, 1.0),
+    "talk_seconds": (0.3, 1.5),
+    "outcome_weights": {"completed": 0.6, "busy": 0.15, "no-answer": 0.2, "failed": 0.05},
+    "drop_callback_rate": 0.03,
+    "duplicate_callback_rate": 0.15,
+    "reorder_callback_rate": 0.15,
+    "create_429_rate": 0.08,
+    "retry_after_seconds": 0.5,
+    "create_5xx_rate": 0.04,
+    "create_5xx_after_create_rate": 0.06,
+    # As Twilio does for a callback that failed (the API was down, or could not reach Temporal):
+    # retried after 0.25, 0.5, 1, 2, 4 and 8 s.
+    "callback_retry_attempts": 6,
+    "callback_retry_backoff_seconds": 0.25,
+    "callback_timeout_seconds": 5.0,
+}
+FAULT_KINDS = ("worker_kill", "api_restart", "temporal_restart")
+FAULT_WEIGHTS = (0.4, 0.3, 0.3)
+PROCESS_OF = {"worker_kill": "worker", "api_restart": "api", "temporal_restart": "temporal"}
+CALLS_PER_SECOND = 20.0
+SAMPLE_EVERY_SECONDS = 0.5
+PROCESS_UP_WITHIN = 60.0
+WORKFLOW_CLOSES_WITHIN = 30.0
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """How big the run is, how long faults go on, and the seed that fixes every random choice."""
+
+    businesses: int = 4
+    runs_per_business: int = 3
+    leads_per_run: int = 20
+    seconds: float = 90.0
+    fault_gap_seconds: float = 7.0
+    cancels: int = 2
+    seed: int = 1
+    recover_within: float = 300.0
+    # Far below the server's default (4096 events), so runs and gates continue as new under fire.
+    suggest_continue_as_new_after: int = 100
+
+    def command(self) -> str:
+        """The command line that repeats this scenario."""
+        return (
+            f"python -m bench.chaos --seed {self.seed} --businesses {self.businesses} "
+            f"--runs-per-business {self.runs_per_business} --leads-per-run {self.leads_per_run} "
+            f"--seconds {self.seconds:g} --fault-gap {self.fault_gap_seconds:g} --cancels {self.cancels}"
+        )
+
+
+# `make test`'s version: 36 leads, about 15 s of faults with at least one of each kind.
+SHORT = Scenario(
+    businesses=3, runs_per_business=2, leads_per_run=6, seconds=15.0, fault_gap_seconds=4.0, cancels=1
+)
+
+
+# The plan, drawn from the seed before anything starts
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    business: int
+    start_at: float  # seconds after the faults begin
+    phones: list[str]
+    cancel_at: float | None = None  # cancel at this moment, once a fifth of the leads were called
+
+
+@dataclass(frozen=True)
+class PlannedFault:
+    at: float
+    kind: str
+    how: signal.Signals
+    down_seconds: float
+
+
+@dataclass(frozen=True)
+class Plan:
+    caller_ids: list[str]
+    caps: list[int]
+    runs: list[PlannedRun]
+    faults: list[PlannedFault]
+
+
+def numbers(rng: random.Random, count: int, taken: set[str]) -> list[str]:
+    """`count` valid US numbers not in `taken` (which grows)."""
+    found: list[str] = []
+    while len(found) < count:
+        candidate = f"+1{rng.choice(AREA_CODES)}{rng.randint(2000000, 9999999)}"
+        if candidate not in taken and phonenumbers.is_valid_number(phonenumbers.parse(candidate)):
+            taken.add(candidate)
+            found.append(candidate)
+    return found
+
+
+def plan(scenario: Scenario) -> Plan:
+    """Businesses, runs (the first of each business at once, the rest during the first 60% of the
+    fault window), which runs to cancel, and the faults: the first three are one of each kind in a
+    random order, the rest random kinds, `fault_gap_seconds` apart on average."""
+    rng = random.Random(scenario.seed)
+    taken: set[str] = set()
+    caller_ids = numbers(rng, scenario.businesses, taken)
+    caps = [CAPS[i % len(CAPS)] for i in range(scenario.businesses)]
+    runs = []
+    for business in range(scenario.businesses):
+        for n in range(scenario.runs_per_business):
+            start_at = 0.0 if n == 0 else round(rng.uniform(0, 0.6 * scenario.seconds), 2)
+            runs.append(PlannedRun(business, start_at, numbers(rng, scenario.leads_per_run, taken)))
+    # Cancel first runs of the narrowest businesses: they dial from the start (a business's later
+    # runs may wait for its lines) and are still dialing mid-way.
+    firsts = sorted((i for i, r in enumerate(runs) if r.start_at == 0), key=lambda i: caps[runs[i].business])
+    pool = firsts[: max(scenario.cancels, (len(firsts) + 1) // 2)]
+    for i in rng.sample(pool, min(scenario.cancels, len(pool))):
+        cancel_at = max(runs[i].start_at, round(rng.uniform(0.1, 0.35) * scenario.seconds, 2))
+        runs[i] = replace(runs[i], cancel_at=cancel_at)
+
+    kinds = list(FAULT_KINDS)
+    rng.shuffle(kinds)
+    faults: list[PlannedFault] = []
+    at = 0.0
+    while True:
+        at += rng.uniform(0.5, 1.5) * scenario.fault_gap_seconds
+        if at > scenario.seconds and len(faults) >= len(FAULT_KINDS):
+            break
+        kind = kinds[len(faults)] if len(faults) < len(kinds) else rng.choices(FAULT_KINDS, FAULT_WEIGHTS)[0]
+        if kind == "worker_kill":
+            fault = PlannedFault(round(at, 2), kind, signal.SIGKILL, round(rng.uniform(0, 1), 2))
+        elif kind == "api_restart":
+            how = rng.choice((signal.SIGKILL, signal.SIGTERM))
+            fault = PlannedFault(round(at, 2), kind, how, round(rng.uniform(0, 1.5), 2))
+        else:
+            fault = PlannedFault(round(at, 2), kind, signal.SIGKILL, round(rng.uniform(0.5, 3), 2))
+        faults.append(fault)
+    return Plan(caller_ids, caps, runs, faults)
+
+
+# Talking to the API while it comes and goes
+
+
+class ApiUnavailable(Exception):
+    """The API did not give a usable answer in time."""
+
+
+@dataclass
+class Api:
+    """Requests to the API that wait while it is being restarted and try again when a request
+    failed in a way that is safe to repeat."""
+
+    http: httpx.AsyncClient
+    up: asyncio.Event = field(default_factory=asyncio.Event)
+    retries: Counter[str] = field(default_factory=Counter)
+
+    async def send(
+        self, method: str, path: str, *, key: str, body: Any = None, within: float = 120.0
+    ) -> httpx.Response:
+        """Send until the API answers below 500, as a user would. A cancel twice is one cancel. A
+        run start that failed with a 5xx stored nothing (the workflow of a run whose row was never
+        committed ends by itself); one whose answer was lost with the connection may have started
+        the run, and trying again starts a second one, which the checks then cover too: they read
+        every run of the chaos run's businesses from the database."""
+        deadline = time.monotonic() + within
+        while True:
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                await self.up.wait()
+            try:
+                response = await self.http.request(
+                    method, path, json=body, headers={"Authorization": f"Bearer {key}"}
+                )
+                if response.status_code < 500:
+                    return response
+                reason = f"{method} answered {response.status_code}"
+            except httpx.HTTPError as error:
+                reason = f"{method} failed: {type(error).__name__}"
+            self.retries[reason] += 1
+            if time.monotonic() > deadline:
+                raise ApiUnavailable(reason)
+            await asyncio.sleep(0.2)
+
+
+# The run
+
+
+@dataclass
+class StartedRun:
+    id: str
+    business: int
+    phones: list[str]
+    started_at: float
+    cancel_accepted_at: float | None = None
+    cancel_refused: bool = False
+
+
+@dataclass
+class FaultDone:
+    at: float
+    kind: str
+    signal: str
+    down_seconds: float
+    back_after_seconds: float
+    worker_polling_after_seconds: float | None = None
+
+
+@dataclass
+class Chaos:
+    """The driver: starts runs, cancels some, injects faults, samples progress, then collects."""
+
+    scenario: Scenario
+    plan: Plan
+    client: Client
+    api: Api
+    sim: httpx.AsyncClient
+    sessions: async_sessionmaker[AsyncSession]
+    settings: Settings
+    worker: Restartable
+    api_process: Restartable
+    temporal: Restartable
+    businesses: list[tuple[str, str]] = field(default_factory=list)  # (id, api key)
+    runs: list[StartedRun] = field(default_factory=list)
+    faults: list[FaultDone] = field(default_factory=list)
+    samples: list[ProgressSample] = field(default_factory=list)
+    ended: set[str] = field(default_factory=set)
+    t0: float = 0.0
+
+    # Businesses and runs
+
+    async def create_businesses(self) -> None:
+        for caller_id, cap in zip(self.plan.caller_ids, self.plan.caps, strict=True):
+            response = await self.api.send(
+                "POST",
+                "/v1/businesses",
+                key=DEV_ADMIN_TOKEN,
+                body={"name": f"Chaos {caller_id}", "caller_id": caller_id, "max_concurrent_calls": cap},
+            )
+            assert response.status_code == 201, response.text
+            self.businesses.append((response.json()["id"], response.json()["api_key"]))
+
+    async def start_run(self, planned: PlannedRun) -> None:
+        await asyncio.sleep(max(0.0, self.t0 + planned.start_at - time.time()))
+        _, key = self.businesses[planned.business]
+        body = {"name": "chaos", "leads": [{"phone": p} for p in planned.phones], "options": RUN_OPTIONS}
+        response = await self.api.send("POST", "/v1/runs", key=key, body=body)
+        assert response.status_code == 201, response.text
+        run = StartedRun(response.json()["id"], planned.business, planned.phones, time.time())
+        self.runs.append(run)
+        if planned.cancel_at is not None:
+            await self.cancel_mid_way(run, planned.cancel_at)
+
+    async def cancel_mid_way(self, run: StartedRun, at: float) -> None:
+        """Cancel at `at`, or later once a fifth of the run's leads were called (never, if the run
+        ends first)."""
+        await asyncio.sleep(max(0.0, self.t0 + at - time.time()))
+        enough = max(1, len(run.phones) // 5)
+
+        async def called_enough() -> bool:
+            calls = (await self.sim.get("/_sim/calls")).json()["calls"]
+            placed = sum(1 for c in calls if f"run={run.id}&" in (c["status_callback"] or ""))
+            return placed >= enough or run.id in self.ended
+
+        await wait_for(
+            called_enough, within=self.scenario.recover_within, what="calls to cancel", interval=0.2
+        )
+        if run.id in self.ended:
+            return
+        _, key = self.businesses[run.business]
+        response = await self.api.send("POST", f"/v1/runs/{run.id}/cancel", key=key)
+        if response.status_code == 202:
+            run.cancel_accepted_at = time.time()
+            log.info("run %s cancel accepted", run.id)
+        else:
+            run.cancel_refused = True
+            log.info("run %s cancel refused: %s", run.id, response.text)
+
+    async def sample_progress(self) -> None:
+        """Read every live run's progress through the API, then count the calls behind it."""
+        while True:
+            live = [r for r in self.runs if r.id not in self.ended]
+            if self.api.up.is_set() and live:
+                answers = await asyncio.gather(*(self._progress(r) for r in live))
+                calls = (await self.sim.get("/_sim/calls")).json()["calls"]
+                created = Counter(CarrierCall.from_summary(c).run for c in calls)
+                for run, answer in zip(live, answers, strict=True):
+                    if answer is None:
+                        continue
+                    at, body = answer
+                    if body["status"] in RUN_ENDINGS:
+                        self.ended.add(run.id)
+                    else:
+                        self.samples.append(
+                            ProgressSample(run.id, at, body["status"], body["progress"], created[run.id])
+                        )
+            await asyncio.sleep(SAMPLE_EVERY_SECONDS)
+
+    async def _progress(self, run: StartedRun) -> tuple[float, dict[str, Any]] | None:
+        _, key = self.businesses[run.business]
+        try:
+            response = await self.api.http.get(
+                f"/v1/runs/{run.id}", headers={"Authorization": f"Bearer {key}"}
+            )
+        except httpx.HTTPError:
+            return None
+        return (time.time(), response.json()) if response.status_code == 200 else None
+
+    # Faults
+
+    async def inject_faults(self) -> None:
+        for fault in self.plan.faults:
+            await asyncio.sleep(max(0.0, self.t0 + fault.at - time.time()))
+            await self.inject(fault)
+
+    async def inject(self, fault: PlannedFault) -> None:
+        at = time.time()
+        log.info(
+            "fault at %.1fs: %s (%s, down %.1fs)",
+            at - self.t0,
+            fault.kind,
+            fault.how.name,
+            fault.down_seconds,
+        )
+        polling_after = None
+        queue = self.settings.TEMPORAL_TASK_QUEUE
+        if fault.kind == "worker_kill":
+            await self.worker.restart(fault.how, fault.down_seconds)
+            await wait_until_polling(self.client, queue, self.worker, PROCESS_UP_WITHIN)
+            back = time.time()
+        elif fault.kind == "api_restart":
+            self.api.up.clear()
+            await self.api_process.restart(fault.how, fault.down_seconds)
+            await wait_until_serving(self.api.http, PROCESS_UP_WITHIN)
+            back = time.time()
+            self.api.up.set()
+        else:
+            await self.temporal.restart(fault.how, fault.down_seconds)
+            await wait_until_temporal_serves(self.client, PROCESS_UP_WITHIN)
+            back = time.time()
+            await wait_until_polling(self.client, queue, self.worker, PROCESS_UP_WITHIN)
+            polling_after = round(time.time() - back, 3)
+        self.faults.append(
+            FaultDone(at, fault.kind, fault.how.name, fault.down_seconds, round(back - at, 3), polling_after)
+        )
+
+    # The end
+
+    async def wait_all_ended(self, business_ids: list[str]) -> bool:
+        """Until every run of these businesses has ended in the database (or the time is up)."""
+
+        async def all_ended() -> bool:
+            async with self.sessions() as session:
+                statuses = list(
+                    await session.scalars(select(Run.status).where(Run.business_id.in_(business_ids)))
+                )
+            return all(s in RUN_ENDINGS for s in statuses)
+
+        try:
+            await wait_for(
+                all_ended, within=self.scenario.recover_within, what="every run to end", interval=0.2
+            )
+        except AssertionError:
+            return False
+        return True
+
+    async def collect(self) -> tuple[Evidence, list[dict[str, Any]]]:
+        """What the carrier, the database, the API and Temporal say, read once everything ended."""
+        calls = [CarrierCall.from_summary(c) for c in (await self.sim.get("/_sim/calls")).json()["calls"]]
+        ours = set(self.plan.caller_ids)
+        calls = [c for c in calls if c.caller_id in ours]
+        business_ids = [b for b, _ in self.businesses]
+        keys = dict(self.businesses)
+        started = {r.id: r for r in self.runs}
+        async with self.sessions() as session:
+            rows = (
+                await session.execute(
+                    select(Run, Business).join(Business).where(Run.business_id.in_(business_ids))
+                )
+            ).all()
+            run_ids = [run.id for run, _ in rows]
+            lead_rows = (
+                await session.execute(
+                    select(Lead.run_id, Lead.id, Lead.status).where(Lead.run_id.in_(run_ids))
+                )
+            ).all()
+            attempt_rows = list(
+                await session.scalars(select(CallAttempt).where(CallAttempt.run_id.in_(run_ids)))
+            )
+        leads: dict[str, dict[int, str]] = {}
+        for run_id, lead_id, status in lead_rows:
+            leads.setdefault(run_id, {})[lead_id] = status
+        attempts: dict[str, list[AttemptRow]] = {}
+        for a in attempt_rows:
+            attempts.setdefault(a.run_id, []).append(
+                AttemptRow(a.lead_id, a.attempt, a.call_sid, a.status, a.duration)
+            )
+        timeline = []
+        runs = []
+        for run, business in rows:
+            api_progress = None
+            response = await self.api.send("GET", f"/v1/runs/{run.id}", key=keys[business.id])
+            if response.status_code == 200:
+                api_progress = response.json()["progress"]
+            workflow_status, result = await self._workflow(run.id)
+            driven = started.get(run.id)
+            runs.append(
+                RunEvidence(
+                    id=run.id,
+                    business_id=business.id,
+                    caller_id=business.caller_id,
+                    cap=business.max_concurrent_calls,
+                    max_attempts=int(run.options.get("max_attempts", 1)),
+                    status=run.status,
+                    finished=run.status in RUN_ENDINGS and run.finished_at is not None,
+                    total_leads=run.total_leads,
+                    leads=leads.get(run.id, {}),
+                    attempts=attempts.get(run.id, []),
+                    api_progress=api_progress,
+                    workflow_status=workflow_status,
+                    workflow_result=result,
+                    cancel_accepted_at=driven.cancel_accepted_at if driven else None,
+                    cancel_refused=driven.cancel_refused if driven else False,
+                )
+            )
+            timeline.append(
+                {
+                    "run": run.id,
+                    "created_at": run.created_at.timestamp(),
+                    "finished_at": run.finished_at.timestamp() if run.finished_at else None,
+                }
+            )
+        evidence = Evidence(
+            caps={b.caller_id: b.max_concurrent_calls for _, b in rows},
+            runs=runs,
+            calls=calls,
+            samples=self.samples,
+            started=set(started),
+            checked_at=time.time(),
+        )
+        return evidence, timeline
+
+    async def replay_histories(self) -> tuple[dict[str, int], list[dict[str, Any]]]:
+        """Replay every execution's history (runs and line gates, each continue-as-new) with the
+        workflow code, as a worker that lost its cache does. A history that does not replay is a
+        run or gate stuck for good once its worker restarts (I4), whether or not it happened here.
+        Also counts, per workflow type, the executions that continued as new."""
+        replayer = Replayer(workflows=[OutboundRunWorkflow, BusinessLinesWorkflow])
+        ids: dict[str, set[str]] = {}
+        executions: Counter[str] = Counter()
+        failures = []
+        async for execution in self.client.list_workflows():
+            ids.setdefault(execution.workflow_type, set()).add(execution.id)
+            executions[execution.workflow_type] += 1
+            handle = self.client.get_workflow_handle(execution.id, run_id=execution.run_id)
+            replayed = await replayer.replay_workflow(
+                await handle.fetch_history(), raise_on_replay_failure=False
+            )
+            if replayed.replay_failure is not None:
+                failures.append(
+                    violation(
+                        "I4",
+                        "the history does not replay with the workflow code: a worker that has to "
+                        "replay it fails every workflow task, and the workflow is stuck",
+                        workflow=execution.id,
+                        execution=execution.run_id,
+                        failure=str(replayed.replay_failure)[:400],
+                    )
+                )
+        continued = {kind: executions[kind] - len(ids[kind]) for kind in sorted(ids)}
+        return continued, failures
+
+    async def _workflow(self, run_id: str) -> tuple[str | None, dict[str, Any] | None]:
+        """The run workflow's status and result. The run's row says it ended just before its
+        workflow returns, so give the workflow a moment to close before asking."""
+        handle = self.client.get_workflow_handle(run_workflow_id(run_id))
+        result: Any = None
+        try:
+            async with asyncio.timeout(WORKFLOW_CLOSES_WITHIN):
+                result = await handle.result()
+        except (TimeoutError, WorkflowFailureError, RPCError) as error:
+            log.warning("run %s workflow gave no result: %r", run_id, error)
+        try:
+            description = await handle.describe()
+        except RPCError as error:
+            return f"unknown ({error.message})", None
+        status = description.status.name if description.status is not None else None
+        if description.status != WorkflowExecutionStatus.COMPLETED:
+            return status, None
+        return status, result if isinstance(result, dict) else {"result": result}
+
+
+# Measures
+
+
+def create_times(stats: dict[str, Any], caller_ids: list[str]) -> list[float]:
+    """When each create request from our businesses reached the carrier (placed or refused)."""
+    return sorted(t for caller_id in caller_ids for t in stats["create_requests"].get(caller_id, []))
+
+
+def first_after(times: list[float], moment: float) -> float | None:
+    return next((t for t in times if t > moment), None)
+
+
+def runs_live_at(timeline: list[dict[str, Any]], moment: float) -> int:
+    return sum(
+        1
+        for r in timeline
+        if r["created_at"] <= moment and (r["finished_at"] is None or r["finished_at"] > moment)
+    )
+
+
+def recovery(
+    faults: list[FaultDone], timeline: list[dict[str, Any]], creates: list[float], t0: float
+) -> dict[str, Any]:
+    """Time from the last fault until every run ended; per dev-server restart, time until dialing
+    resumed; per fault, time until the next create."""
+    finished = [r["finished_at"] for r in timeline if r["finished_at"] is not None]
+    all_ended = max(finished) if finished and len(finished) == len(timeline) else None
+    last = max((f.at for f in faults), default=None)
+    last_back = max((f.at + f.back_after_seconds for f in faults), default=None)
+    restarts = []
+    for f in faults:
+        if f.kind != "temporal_restart":
+            continue
+        up = f.at + f.back_after_seconds
+        resumed = first_after(creates, up)
+        restarts.append(
+            {
+                "at_seconds": round(f.at - t0, 2),
+                "down_seconds": f.back_after_seconds,
+                "runs_live": runs_live_at(timeline, f.at),
+                "worker_polling_again_after_seconds": f.worker_polling_after_seconds,
+                "dialing_resumed_after_up_seconds": round(resumed - up, 3) if resumed else None,
+                "dialing_resumed_after_kill_seconds": round(resumed - f.at, 3) if resumed else None,
+            }
+        )
+    per_fault = []
+    for f in faults:
+        following = first_after(creates, f.at)
+        per_fault.append(
+            {
+                "at_seconds": round(f.at - t0, 2),
+                "kind": f.kind,
+                "signal": f.signal,
+                "down_seconds": f.down_seconds,
+                "back_after_seconds": f.back_after_seconds,
+                "runs_live": runs_live_at(timeline, f.at),
+                "next_create_after_seconds": round(following - f.at, 3) if following else None,
+            }
+        )
+    return {
+        "last_fault_at_seconds": round(last - t0, 2) if last is not None else None,
+        "all_runs_ended_at_seconds": round(all_ended - t0, 2) if all_ended is not None else None,
+        "seconds_from_last_fault_to_all_runs_ended": round(all_ended - last, 2)
+        if all_ended is not None and last is not None
+        else None,
+        "seconds_from_last_process_back_to_all_runs_ended": round(all_ended - last_back, 2)
+        if all_ended is not None and last_back is not None
+        else None,
+        "runs_live_at_last_fault": runs_live_at(timeline, last) if last is not None else 0,
+        # Work still ahead when the faults stopped: the wait above is for this, not only recovery.
+        "creates_after_last_fault": sum(1 for t in creates if last is not None and t > last),
+        "dev_server_restarts": restarts,
+        "faults": per_fault,
+    }
+
+
+# Putting it together
+
+
+async def chaos(scenario: Scenario, *, keep_state: bool = False) -> dict[str, Any]:
+    """Run the scenario from scratch (its own dev server, database, simulator, API and worker) and
+    return the report. The dev server's SQLite file is kept when a violation was found or
+    `keep_state` asks for it (`temporal server start-dev --db-filename` on it shows the histories)."""
+    began = time.time()
+    the_plan = plan(scenario)
+    log_dir = Path(tempfile.mkdtemp(prefix="chaos-"))
+    log.info("chaos: %s; logs in %s", scenario.command(), log_dir)
+    async with AsyncExitStack() as exits:
+        temporal_port = free_port()
+        temporal = Restartable(
+            "temporal",
+            dev_server_argv(
+                temporal_port,
+                log_dir / "temporal.db",
+                [f"limit.historyCount.suggestContinueAsNew={scenario.suggest_continue_as_new_after}"],
+            ),
+            dict(os.environ),
+            log_dir,
+        )
+        await temporal.start()
+        exits.push_async_callback(temporal.close)
+        client = await connect_when_up(f"127.0.0.1:{temporal_port}", PROCESS_UP_WITHIN)
+        database_url = await exits.enter_async_context(fresh_database())
+        simulator_url = await exits.enter_async_context(simulator_server("process"))
+        sim = await exits.enter_async_context(httpx.AsyncClient(base_url=simulator_url, timeout=60))
+        (await sim.post("/_sim/config", json={**CARRIER, "seed": scenario.seed})).raise_for_status()
+        (await sim.post("/_sim/reset")).raise_for_status()  # the random sequence starts from the seed
+
+        api_port = free_port()
+        settings = Settings(
+            DATABASE_URL=database_url,
+            TEMPORAL_ADDRESS=f"127.0.0.1:{temporal_port}",
+            TEMPORAL_NAMESPACE=client.namespace,
+            TEMPORAL_TASK_QUEUE=f"chaos-{uuid.uuid4().hex[:8]}",
+            TWILIO_API_BASE_URL=simulator_url,
+            PUBLIC_BASE_URL=f"http://127.0.0.1:{api_port}",
+            TWILIO_CALLS_PER_SECOND=CALLS_PER_SECOND,
+            LOG_LEVEL="WARNING",
+        )
+        env = settings_environment(settings)
+        worker = Restartable("worker", [sys.executable, "worker.py"], env, log_dir)
+        api_process = Restartable("api", [sys.executable, "-m", "api", "--port", str(api_port)], env, log_dir)
+        for process in (worker, api_process):
+            await process.start()
+            exits.push_async_callback(process.close)
+        http = await exits.enter_async_context(
+            httpx.AsyncClient(base_url=settings.PUBLIC_BASE_URL, timeout=30)
+        )
+        engine = create_engine(database_url)
+        exits.push_async_callback(engine.dispose)
+        await wait_until_serving(http, PROCESS_UP_WITHIN)
+        await wait_until_polling(client, settings.TEMPORAL_TASK_QUEUE, worker, PROCESS_UP_WITHIN)
+        api = Api(http)
+        api.up.set()
+        driver = Chaos(
+            scenario,
+            the_plan,
+            client,
+            api,
+            sim,
+            create_sessionmaker(engine),
+            settings,
+            worker,
+            api_process,
+            temporal,
+        )
+        await driver.create_businesses()
+        log.info(
+            "up in %.1fs; %d runs, %d faults planned",
+            time.time() - began,
+            len(the_plan.runs),
+            len(the_plan.faults),
+        )
+
+        driver.t0 = time.time()
+        sampler = asyncio.create_task(driver.sample_progress())
+        starts = [asyncio.create_task(driver.start_run(r)) for r in the_plan.runs]
+        await driver.inject_faults()
+        faults_stopped = time.time()
+        log.info("faults stopped after %.1fs; waiting for every run to end", faults_stopped - driver.t0)
+        await _all(starts)
+        business_ids = [b for b, _ in driver.businesses]
+        all_ended = await driver.wait_all_ended(business_ids)
+        sampler.cancel()
+        (stopped,) = await asyncio.gather(sampler, return_exceptions=True)
+        if not isinstance(stopped, asyncio.CancelledError):
+            raise RuntimeError("the progress sampler stopped early") from stopped
+
+        async def calls_over() -> bool:
+            calls = (await sim.get("/_sim/calls")).json()["calls"]
+            return all(c["ended_at"] is not None for c in calls)
+
+        if all_ended:
+            # Calls end at the carrier within their time limit; one still live is reported.
+            try:
+                await wait_for(calls_over, within=CALL_TIME_LIMIT_SECONDS + 5, what="calls to end")
+            except AssertionError:
+                log.warning("calls still live at the carrier after every run ended")
+        evidence, timeline = await driver.collect()
+        continued_as_new, replay_failures = await driver.replay_histories()
+        violations = [*check(evidence), *replay_failures]
+        stats = (await sim.get("/_sim/stats")).json()
+        report = build_report(scenario, driver, evidence, timeline, stats, violations, began, log_dir)
+        report["continued_as_new"] = continued_as_new
+    if not violations and not keep_state:
+        remove_dev_server_state(log_dir)
+    return report
+
+
+def remove_dev_server_state(log_dir: Path) -> None:
+    """The dev server's SQLite files: kept only when a violation needs looking into."""
+    for leftover in log_dir.glob("temporal.db*"):
+        leftover.unlink()
+
+
+async def _all(tasks: list[asyncio.Task[None]]) -> None:
+    """Wait for every task; the first failure is raised once all are done."""
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+
+
+def build_report(
+    scenario: Scenario,
+    driver: Chaos,
+    evidence: Evidence,
+    timeline: list[dict[str, Any]],
+    stats: dict[str, Any],
+    violations: list[dict[str, Any]],
+    began: float,
+    log_dir: Path,
+) -> dict[str, Any]:
+    """The JSON report."""
+    kinds = Counter(f.kind for f in driver.faults)
+    processes = {"worker": driver.worker, "api": driver.api_process, "temporal": driver.temporal}
+    creates = create_times(stats, driver.plan.caller_ids)
+    callbacks = stats["callbacks"]
+    return {
+        "bench": "chaos",
+        "seed": scenario.seed,
+        "repeat_with": scenario.command(),
+        "scenario": asdict(scenario),
+        "runs": {
+            "started": len(evidence.runs),
+            "by_status": dict(Counter(r.status for r in evidence.runs)),
+            "cancelled_mid_way": [
+                {"run": r.id, "accepted_at_seconds": round(r.cancel_accepted_at - driver.t0, 2)}
+                for r in driver.runs
+                if r.cancel_accepted_at is not None
+            ],
+            "cancels_planned": sum(1 for r in driver.plan.runs if r.cancel_at is not None),
+            # Refused with 409: the run had ended by the time the cancel reached it.
+            "cancel_too_late": sum(1 for r in driver.runs if r.cancel_refused),
+            "leads": sum(len(r.leads) for r in evidence.runs),
+            "leads_by_status": dict(Counter(s for r in evidence.runs for s in r.leads.values())),
+        },
+        "calls": {
+            "placed": len(evidence.calls),
+            "by_status": dict(Counter(c.status for c in evidence.calls)),
+            "create_requests": len(creates),
+        },
+        "simulator_faults": {
+            "create_429": stats["faults"]["create_429"],
+            "create_5xx": stats["faults"]["create_5xx"],
+            "create_5xx_after_create": stats["faults"]["create_5xx_after_create"],
+            "callbacks_dropped": callbacks["dropped"],
+            "callbacks_duplicated": callbacks["duplicated"],
+            "callbacks_reordered": callbacks["reordered"],
+            "callbacks_retried": callbacks["retried"],
+            "callbacks_given_up": callbacks["failed"],
+            "callbacks_sent": callbacks["sent"],
+        },
+        "process_faults": {
+            "by_kind": {kind: kinds.get(kind, 0) for kind in FAULT_KINDS},
+            "by_process": {
+                name: {
+                    "kills_or_restarts": kinds.get(kind, 0),
+                    "starts": processes[name].starts,
+                    "exits_on_its_own": len(processes[name].unplanned_exits),
+                }
+                for kind, name in PROCESS_OF.items()
+            },
+        },
+        "progress_samples": len(evidence.samples),
+        "api_retries": dict(driver.api.retries),
+        "violations": violations,
+        "recovery": recovery(driver.faults, timeline, creates, driver.t0),
+        "wall_seconds": round(time.time() - began, 2),
+        "logs": str(log_dir),
+        "log_lines_by_level": {name: p.log_levels() for name, p in processes.items()},
+    }
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[Scenario, bool]:
+    """Command-line flags; `--quick` is the short version `make test` runs."""
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.chaos",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    default = Scenario()
+    parser.add_argument("--seed", type=int, default=default.seed)
+    parser.add_argument("--businesses", type=int, default=default.businesses)
+    parser.add_argument("--runs-per-business", type=int, default=default.runs_per_business)
+    parser.add_argument("--leads-per-run", type=int, default=default.leads_per_run)
+    parser.add_argument("--seconds", type=float, default=default.seconds, help="how long faults go on")
+    parser.add_argument(
+        "--fault-gap",
+        type=float,
+        default=default.fault_gap_seconds,
+        help="mean seconds between process faults",
+    )
+    parser.add_argument("--cancels", type=int, default=default.cancels, help="runs cancelled mid-way")
+    parser.add_argument(
+        "--recover-within",
+        type=float,
+        default=default.recover_within,
+        help="give up waiting for runs to end after this",
+    )
+    parser.add_argument("--quick", action="store_true", help="the short version (as in make test)")
+    parser.add_argument(
+        "--keep-state", action="store_true", help="keep the dev server's SQLite file even without violations"
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        return replace(SHORT, seed=args.seed), args.keep_state
+    scenario = Scenario(
+        businesses=args.businesses,
+        runs_per_business=args.runs_per_business,
+        leads_per_run=args.leads_per_run,
+        seconds=args.seconds,
+        fault_gap_seconds=args.fault_gap,
+        cancels=args.cancels,
+        seed=args.seed,
+        recover_within=args.recover_within,
+    )
+    return scenario, args.keep_state
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the scenario and print one JSON object."""
+    scenario, keep_state = parse_args(argv)
+
+    async def go() -> dict[str, Any]:
+        return {**(await chaos(scenario, keep_state=keep_state)), "machine": machine()}
+
+    run_main(go)
+
+
+if __name__ == "__main__":
+    main()
