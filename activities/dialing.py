@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, exists, select, update
@@ -141,6 +141,9 @@ class DialInput:
 class DialOutput:
     call_sid: str
     status: str
+    # From the dial's first schedule to this answer, as the activity saw it: how long dials take
+    # now, which the run's workflow reads from its history rather than from its own clock.
+    took_seconds: float | None = None
 
 
 @dataclass
@@ -204,6 +207,7 @@ class DialingActivities:
             raise
         if self.courier is not None:
             await self.courier.notify_soon(events_for)
+        placed.took_seconds = round((datetime.now(UTC) - activity.info().scheduled_time).total_seconds(), 3)
         return placed
 
     async def _place(

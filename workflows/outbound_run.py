@@ -65,6 +65,11 @@ DIAL_DEADLINE = timedelta(hours=1)
 # activity of their own, as long as dials run promptly; see _outcomes_to_carry.
 OUTCOMES_RIDE_DIALS = "outcomes-ride-dials"
 RIDE_WHILE_DIALS_TAKE_AT_MOST = 1.0
+# How long the last dial took is read from its result, which history records, not from the
+# workflow's clock between scheduling it and applying its result: a workflow task retried after the
+# Temporal server restarted can be read at another time on replay, and the ride-or-write choice
+# then differed between the live run and its replay (a nondeterminism error, the run stuck).
+DIAL_TIME_FROM_RESULT = "dial-time-from-result"
 DRAIN_BEFORE_CONTINUE_AS_NEW = "drain-before-continue-as-new"
 # An answered call Twilio has said nothing about for this long (plus the reconcile margin) is
 # fetched, and again after as long if it is still going: a lost `completed` callback holds its line
@@ -337,7 +342,7 @@ class OutboundRunWorkflow:
                 summary=f"dial {call.phone[:5]}… (lead {call.lead_id}, attempt {call.attempt})",
             )
         except ActivityError as error:
-            self._last_dial_seconds = workflow.time() - scheduled_at
+            self._note_dial_time(scheduled_at, None)
             # A failed dial may not have written the outcomes it carried; writing twice is harmless.
             self._book.state.unrecorded.extend(carried)
             cause = error.cause
@@ -356,10 +361,19 @@ class OutboundRunWorkflow:
             status = {RUN_CANCELLED: "canceled", DO_NOT_CALL: SKIPPED_DNC}.get(kind or "", "failed")
             self._book.dial_failed(call.lead_id, call.attempt, code, message, workflow.time(), status)
         else:
-            self._last_dial_seconds = workflow.time() - scheduled_at
+            self._note_dial_time(scheduled_at, placed.took_seconds)
             self._book.dial_placed(
                 call.lead_id, call.attempt, placed.call_sid, placed.status, workflow.time()
             )
+
+    def _note_dial_time(self, scheduled_at: float, took_seconds: float | None) -> None:
+        """Keep how long the last dial took (it decides whether outcomes ride the next one): as the
+        dial reported it, or unchanged for a dial that failed without saying."""
+        if workflow.patched(DIAL_TIME_FROM_RESULT):
+            if took_seconds is not None:
+                self._last_dial_seconds = took_seconds
+        else:
+            self._last_dial_seconds = workflow.time() - scheduled_at
 
     async def _stop_dials(self) -> None:
         if self._dials_stopped:
