@@ -10,8 +10,9 @@ import pytest
 from pydantic import ValidationError
 
 from settings import DEV_ADMIN_TOKEN, DEV_AUTH_TOKEN, Settings
-from tests.harness import ROOT, Stack, execution_chain, new_number
-from workflows.names import gate_workflow_id, run_workflow_id
+from tests.conftest import free_port
+from tests.harness import ROOT, Stack, execution_chain, new_number, wait_for
+from workflows.names import events_workflow_id, gate_workflow_id, run_workflow_id
 
 
 async def test_no_secret_reaches_a_history_a_log_or_an_error_body(
@@ -19,6 +20,13 @@ async def test_no_secret_reaches_a_history_a_log_or_an_error_body(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     business = await stack.create_business(cap=2)
+    # A webhook nobody answers: its events are signed with the secret, tried, failed and logged.
+    webhook = await stack.http.put(
+        "/v1/businesses/me/webhook",
+        json={"url": f"http://127.0.0.1:{free_port()}/hooks"},
+        headers=business.headers,
+    )
+    signing_secret = webhook.json()["signing_secret"]
     phones = [new_number() for _ in range(3)]
     await stack.force_outcomes(dict.fromkeys(phones, "completed"))
     run_id = await stack.start_run(business, phones)
@@ -32,10 +40,19 @@ async def test_no_secret_reaches_a_history_a_log_or_an_error_body(
         "the admin token": stack.settings.ADMIN_TOKEN.get_secret_value(),
         "the business API key": business.api_key,
         "a wrong API key": wrong_key,
+        "the webhook signing secret": signing_secret,
+        "its key": signing_secret.removeprefix("whsec_"),
     }
+
+    async def events_tried() -> bool:
+        events = await stack.http.get("/v1/businesses/me/events", headers=business.headers)
+        return len(events.json()) == 4 and all(e["attempts"] >= 1 for e in events.json())
+
+    await wait_for(events_tried, within=30, what="the run's events to be tried")
     histories = [
         *(h.to_json() for h in await execution_chain(stack.temporal, run_workflow_id(run_id))),
         (await stack.temporal.get_workflow_handle(gate_workflow_id(business.id)).fetch_history()).to_json(),
+        (await stack.temporal.get_workflow_handle(events_workflow_id(business.id)).fetch_history()).to_json(),
     ]
     logs = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
     for name, secret in secrets.items():
