@@ -292,12 +292,11 @@ class EventActivities:
             await session.execute(update(Event).where(Event.id == event.id).values(**values))
 
     async def _give_up(self, session: AsyncSession, events: list[Event], reason: str) -> None:
-        async with session.begin():
-            await session.execute(
-                update(Event)
-                .where(Event.id.in_([e.id for e in events]))
-                .values(status=FAILED, last_error=reason)
-            )
+        """Mark these events failed, in the transaction the session has open (it read them)."""
+        await session.execute(
+            update(Event).where(Event.id.in_([e.id for e in events])).values(status=FAILED, last_error=reason)
+        )
+        await session.commit()
 
     async def _next_attempt_in(self, business_id: str) -> float | None:
         async with self.sessions() as session:

@@ -14,14 +14,18 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 import httpx
 import pytest
 from fastapi import FastAPI, Request, Response
 from standardwebhooks.webhooks import Webhook
+from temporalio.testing import ActivityEnvironment
 
+from activities.events import DeliverEventsInput, EventActivities, event_id
 from api.app import create_app
 from db.migrate import upgrade
+from db.models import Event, Run
 from settings import DEV_ADMIN_TOKEN, DEV_AUTH_TOKEN, Settings
 from tests.conftest import free_port
 from tests.harness import Business, Stack, new_number, serve, wait_for
@@ -290,3 +294,28 @@ async def test_in_production_a_webhook_must_be_https_at_a_public_address(
         accepted = await api.put("/v1/businesses/me/webhook", json={"url": "https://crm.example.com/hooks"})
         assert accepted.status_code == 200, accepted.text
     assert DEV_ADMIN_TOKEN not in refused.text
+
+
+async def test_an_event_left_without_a_webhook_is_given_up_and_says_why(events_stack: Stack) -> None:
+    """An outcome recorded just as the webhook is removed leaves an event with nowhere to go: the
+    next pass marks it failed with the reason, and delivers nothing."""
+    stack = events_stack
+    business = await stack.create_business()
+    async with stack.sessions() as session, session.begin():
+        run = Run(id=uuid4().hex, business_id=business.id, status="completed", total_leads=0, options={})
+        session.add(run)
+        await session.flush()
+        session.add(
+            Event(
+                id=event_id("run.completed", run.id),
+                business_id=business.id,
+                type="run.completed",
+                run_id=run.id,
+            )
+        )
+    async with httpx.AsyncClient() as http:
+        activities = EventActivities(stack.sessions, http)
+        done = await ActivityEnvironment().run(activities.deliver_events, DeliverEventsInput(business.id))
+    assert (done.delivered, done.given_up, done.next_attempt_in) == (0, 1, None)
+    (event,) = await events_of(stack, business)
+    assert (event["status"], event["last_error"]) == ("failed", "the business has no webhook registered")
