@@ -178,6 +178,11 @@ class RunCarryOver:
     last_recall_seq: int = 0
     gate_contacted: bool = False
     cancel_reason: str | None = None
+    # A pause holds across continue-as-new: the new execution dials nothing until resume.
+    paused: bool = False
+    pause_reason: str | None = None
+    # Whether the run's row and search attributes already say `paused`.
+    pause_recorded: bool = False
 
 
 @dataclass

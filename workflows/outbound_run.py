@@ -102,9 +102,6 @@ class OutboundRunWorkflow:
         self._facts: RunFacts | None = None
         self._status = "running"
         self._reason: str | None = None
-        self._paused = False
-        self._pause_reason: str | None = None
-        self._recorded_pause = False
         self._wake = False
         # Activities started in the background: dials, hang-ups, outcome writes.
         self._tasks: set[asyncio.Task[None]] = set()
@@ -141,15 +138,15 @@ class OutboundRunWorkflow:
     @workflow.signal
     def pause(self, request: PauseRequest) -> None:
         """Dial nothing new; calls in flight finish."""
-        self._paused = True
-        self._pause_reason = request.reason
+        self._book.state.paused = True
+        self._book.state.pause_reason = request.reason
         self._wake = True
 
     @workflow.signal
     def resume(self, _request: ResumeRequest) -> None:
         """Dial again after a pause."""
-        self._paused = False
-        self._pause_reason = None
+        self._book.state.paused = False
+        self._book.state.pause_reason = None
         self._wake = True
 
     @workflow.signal
@@ -167,7 +164,7 @@ class OutboundRunWorkflow:
     @workflow.query
     def progress(self) -> RunProgress:
         """Live progress: counts agree with the attempts table once outcomes are written."""
-        return self._book.progress(self._display_status(), self._reason or self._pause_reason)
+        return self._book.progress(self._display_status(), self._reason or self._book.state.pause_reason)
 
     # The run
 
@@ -217,7 +214,7 @@ class OutboundRunWorkflow:
                 if book.needs_leads():
                     await self._load_leads()
 
-            dialing_allowed = not cancelled and not self._paused
+            dialing_allowed = not cancelled and not book.state.paused
             # Once the server suggests continuing as new, start nothing until the activities
             # under way are done, so that moment comes however busy the run is. Lines are kept.
             while (
@@ -493,11 +490,12 @@ class OutboundRunWorkflow:
 
     async def _show_pause(self) -> None:
         """Write a pause or resume to the run's row and search attributes once it takes effect."""
-        if self._paused == self._recorded_pause or self._book.state.cancel_reason:
+        state = self._book.state
+        if state.paused == state.pause_recorded or state.cancel_reason:
             return
-        self._recorded_pause = self._paused
-        status = "paused" if self._paused else "running"
-        await self._set_status(status, self._pause_reason, final=False)
+        state.pause_recorded = state.paused
+        status = "paused" if state.paused else "running"
+        await self._set_status(status, state.pause_reason, final=False)
 
     async def _set_status(self, status: str, reason: str | None, final: bool) -> None:
         await workflow.execute_activity_method(
@@ -537,7 +535,7 @@ class OutboundRunWorkflow:
             return self._status
         if self._book.state.cancel_reason:
             return "cancelling"
-        return "paused" if self._paused else "running"
+        return "paused" if self._book.state.paused else "running"
 
     def _details(self) -> str:
         p = self._book.progress(self._display_status())
