@@ -44,6 +44,7 @@ OUTCOME_LABELS = {
     "failed": "Failed",
     "cancelled": "Cancelled",
     "skipped_dnc": "Do not call",
+    "skipped_window": "Outside calling window",
 }
 COUNT_LABELS = {
     "queued": "Queued",

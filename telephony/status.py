@@ -8,6 +8,9 @@ CALL_STATUSES = frozenset({"queued", "initiated", "ringing", "in-progress"}) | T
 
 # An attempt that was never dialed because the number is on the business's do-not-call list.
 SKIPPED_DNC = "skipped_dnc"
+# An attempt that was never dialed because the run's calling window never opens at once in every
+# time zone the number may be in.
+SKIPPED_WINDOW = "skipped_window"
 
 # A lead's outcome, named for the person running the campaign.
 OUTCOME_BY_CALL_STATUS = {
@@ -17,10 +20,11 @@ OUTCOME_BY_CALL_STATUS = {
     "failed": "failed",
     "canceled": "cancelled",
     SKIPPED_DNC: "skipped_dnc",
+    SKIPPED_WINDOW: "skipped_window",
 }
-OUTCOMES = ("answered", "busy", "no_answer", "failed", "cancelled", "skipped_dnc")
+OUTCOMES = ("answered", "busy", "no_answer", "failed", "cancelled", "skipped_dnc", "skipped_window")
 # Attempt statuses after which nothing more happens to the attempt.
-FINAL_ATTEMPT_STATUSES = TERMINAL_CALL_STATUSES | {SKIPPED_DNC}
+FINAL_ATTEMPT_STATUSES = TERMINAL_CALL_STATUSES | {SKIPPED_DNC, SKIPPED_WINDOW}
 
 # Lead states before an outcome is known.
 LEAD_QUEUED = "queued"

@@ -71,6 +71,9 @@ RIDE_WHILE_DIALS_TAKE_AT_MOST = 1.0
 # then differed between the live run and its replay (a nondeterminism error, the run stuck).
 DIAL_TIME_FROM_RESULT = "dial-time-from-result"
 DRAIN_BEFORE_CONTINUE_AS_NEW = "drain-before-continue-as-new"
+# Calling windows are read to the second (07:59:01 is before an 08:00 opening); runs started before
+# rounded the time up to the next minute.
+WINDOWS_TO_THE_SECOND = "windows-to-the-second"
 # An answered call Twilio has said nothing about for this long (plus the reconcile margin) is
 # fetched, and again after as long if it is still going: a lost `completed` callback holds its line
 # minutes, not up to the call time limit (an hour by default).
@@ -215,12 +218,13 @@ class OutboundRunWorkflow:
                     await self._load_leads()
 
             dialing_allowed = not cancelled and not book.state.paused
+            exact_windows = workflow.patched(WINDOWS_TO_THE_SECOND)
             # Once the server suggests continuing as new, start nothing until the activities
             # under way are done, so that moment comes however busy the run is. Lines are kept.
             while (
                 dialing_allowed
                 and not self._draining()
-                and (call := book.next_dial(workflow.time())) is not None
+                and (call := book.next_dial(workflow.time(), exact_windows)) is not None
             ):
                 self._start_task(self._dial(call, self._outcomes_to_carry()))
             await self._settle_lines(dialing_allowed)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from telephony.status import OUTCOMES, is_terminal, outcome_for
-from workflows.calling_window import next_open
+from telephony.status import OUTCOMES, SKIPPED_WINDOW, is_terminal, outcome_for
+from workflows.calling_window import window_check
 from workflows.messages import (
     CallStatusEvent,
     InFlightCall,
@@ -129,14 +129,21 @@ class RunBook:
 
     # Dialing
 
-    def next_dial(self, now: float) -> InFlightCall | None:
+    def next_dial(self, now: float, exact_window: bool = True) -> InFlightCall | None:
         """Take the next lead onto a free line, or None when there is no line or no lead. A lead
-        outside its calling window is parked until the window opens, and the next one is tried."""
+        outside its calling window is parked until the window opens, one whose window never opens
+        ends `skipped_window`, and the next one is tried. `exact_window=False` reads windows to the
+        minute, as runs started before they were read to the second did."""
         while self.dialable_lines > 0 and self.state.pending:
             lead = self.state.pending.pop(0)
-            opens = next_open(self.options.calling_window, lead.zones, datetime.fromtimestamp(now, UTC))
-            if opens is not None:
-                self.state.waiting.append(WaitingLead(lead, opens.timestamp(), "window"))
+            check = window_check(
+                self.options.calling_window, lead.zones, datetime.fromtimestamp(now, UTC), exact_window
+            )
+            if check.never is not None:
+                self._skip(lead, SKIPPED_WINDOW, check.never)
+                continue
+            if check.opens_at is not None:
+                self.state.waiting.append(WaitingLead(lead, check.opens_at, "window"))
                 continue
             call = InFlightCall(
                 lead_id=lead.id, phone=lead.phone, attempt=lead.attempt, zones=lead.zones, last_news_at=now
@@ -215,6 +222,14 @@ class RunBook:
             self.state.outcomes[name] = self.state.outcomes.get(name, 0) + 1
         self.state.unrecorded.append(outcome)
         return outcome
+
+    def _skip(self, lead: LeadRef, status: str, reason: str) -> None:
+        """End a lead without calling it: its attempt is recorded with `status` and the reason."""
+        outcome = Outcome(lead.id, lead.attempt, status, error_message=reason)
+        self.state.done += 1
+        name = outcome_for(status)
+        self.state.outcomes[name] = self.state.outcomes.get(name, 0) + 1
+        self.state.unrecorded.append(outcome)
 
     def overdue_calls(self, now: float, answered_recheck_seconds: float | None = None) -> list[InFlightCall]:
         """Calls Twilio has gone quiet about for longer than the call could last: ask Twilio. An

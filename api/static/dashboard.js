@@ -7,7 +7,7 @@
   const POLL_MS = 1500;
   const IDLE_POLL_MS = 5000;
   const LIVE = new Set(["running", "paused"]);
-  const OUTCOMES = ["answered", "busy", "no_answer", "failed", "cancelled", "skipped_dnc"];
+  const OUTCOMES = ["answered", "busy", "no_answer", "failed", "cancelled", "skipped_dnc", "skipped_window"];
   const COUNTS = ["queued", "dialing", "in_flight", "retry_waiting", "window_waiting", "done"];
 
   document.addEventListener("submit", (event) => {
