@@ -31,6 +31,15 @@ CALLS_ADOPTED = Counter(
     "dialer_calls_adopted",
     "Dials that found the call an earlier try of the same dial had placed, instead of dialing again.",
 )
+LINES_BUSY = Counter(
+    "dialer_dials_line_busy",
+    "Dials that found every line of their business leased (the hard cap) and placed no call; the run "
+    "tries again later. Steady growth means a line gate out of step with the leases.",
+)
+LINES_REAPED = Counter(
+    "dialer_lines_reaped",
+    "Line leases released by the reaper for runs whose workflows are gone (terminated, reset away).",
+)
 _DIAL_FAILURES = Counter(
     "dialer_dial_failures",
     "Call creates that failed, by the error the dial fails with (InvalidNumber, TwilioAccountError, "

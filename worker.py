@@ -16,6 +16,7 @@ from temporalio.worker import Worker
 from activities.dialing import DialingActivities
 from activities.events import EventActivities, EventCourier
 from activities.gate import GateActivities
+from activities.lines import LineActivities
 from activities.records import RecordActivities
 from db.engine import create_engine, create_sessionmaker
 from logs import configure_logging
@@ -46,6 +47,7 @@ async def build_workers(settings: Settings, client: Client) -> AsyncIterator[lis
     records = RecordActivities(sessions, courier)
     dialing = DialingActivities(sessions, twilio, settings.PUBLIC_BASE_URL, courier)
     gate = GateActivities(client, settings.GATE_REAP_SECONDS)
+    lines = LineActivities(sessions, twilio, client, courier)
     webhooks = httpx.AsyncClient(timeout=settings.EVENT_TIMEOUT_SECONDS, follow_redirects=False)
     events = EventActivities(sessions, webhooks, settings.EVENT_RETRY_SECONDS)
     try:
@@ -64,6 +66,7 @@ async def build_workers(settings: Settings, client: Client) -> AsyncIterator[lis
                     dialing.fetch_call,
                     gate.request_lines,
                     gate.closed_workflows,
+                    lines.reap_lines,
                     events.deliver_events,
                 ],
             ),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -20,8 +21,10 @@ from twilio.rest.api.v2010.account.call import CallInstance
 import observability
 from activities.events import EventCourier
 from activities.records import write_outcomes
+from db.leases import AttemptKey, claim_line, release_lines
 from db.models import CallAttempt, DoNotCall, Run, utcnow
 from db.upsert import dialect_insert
+from telephony.status import FINAL_ATTEMPT_STATUSES
 from telephony.twilio_client import (
     ACCOUNT_ERROR_CODES,
     BAD_NUMBER_CODES,
@@ -29,7 +32,7 @@ from telephony.twilio_client import (
     last_retry_after,
     status_callback_url,
 )
-from workflows.messages import Outcome
+from workflows.messages import AttemptRef, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,11 @@ INVALID_NUMBER = "InvalidNumber"
 DO_NOT_CALL = "DoNotCall"
 RUN_CANCELLED = "RunCancelled"
 ACCOUNT_ERROR = "TwilioAccountError"
+LINE_BUSY = "LineBusy"
+NO_RECORD = "Twilio has no record of this call"
+# A dial that finds every line in use asks again a few times (another run's ended call is about to
+# give its lease back) before it answers `line_busy`.
+LINE_WAITS_SECONDS = (0.05, 0.1, 0.2, 0.4)
 # Only what changes a decision: answered (the call may now last up to its time limit) and the end.
 STATUS_EVENTS = ["answered", "completed"]
 # Clock skew allowed between us and Twilio when looking for a call we may already have placed.
@@ -51,7 +59,14 @@ _KEY = (
     _ATTEMPTS.c.lead_id == bindparam("a_lead"),
     _ATTEMPTS.c.attempt == bindparam("a_attempt"),
 )
-_CLAIMED = select(_ATTEMPTS.c.call_sid, _ATTEMPTS.c.status).where(*_KEY)
+_CLAIMED = select(
+    _ATTEMPTS.c.call_sid,
+    _ATTEMPTS.c.status,
+    _ATTEMPTS.c.duration,
+    _ATTEMPTS.c.answered_by,
+    _ATTEMPTS.c.error_code,
+    _ATTEMPTS.c.error_message,
+).where(*_KEY)
 _DIAL_BLOCKERS = (
     _RUNS.c.cancel_requested_at,
     exists().where(_DNC.c.business_id == bindparam("f_business"), _DNC.c.phone == bindparam("f_to")),
@@ -135,6 +150,11 @@ class DialInput:
     # Outcomes of the run's earlier calls, written with this attempt's row instead of by an
     # activity of their own.
     outcomes: list[Outcome] = field(default_factory=list)
+    # What the run's workflow understands of the answer: 2 adds `line_busy` and attempts that an
+    # earlier execution of the run already ended. A try for 1 waits and retries for a line instead.
+    answer_version: int = 1
+    # Ended calls of the run whose line leases this dial releases before it claims its own.
+    release: list[AttemptRef] = field(default_factory=list)
 
 
 @dataclass
@@ -144,6 +164,13 @@ class DialOutput:
     # From the dial's first schedule to this answer, as the activity saw it: how long dials take
     # now, which the run's workflow reads from its history rather than from its own clock.
     took_seconds: float | None = None
+    # Every line of the business is in use (its leases): no call was placed; dial again later.
+    line_busy: bool = False
+    # For an attempt that had already ended: how (a call's end, or why no call was placed).
+    duration: int | None = None
+    answered_by: str | None = None
+    error_code: int | None = None
+    error_message: str | None = None
 
 
 @dataclass
@@ -197,24 +224,64 @@ class DialingActivities:
         the call in its heartbeat details, which Temporal hands to the next try: that try adopts
         the call even while Twilio's call list does not show it yet.
         """
-        created: list[DialOutput] = []
+        key = AttemptKey(input.run_id, input.lead_id, input.attempt)
+        ended = [AttemptKey(input.run_id, o.lead_id, o.attempt) for o in input.outcomes]
+        ended += [AttemptKey(input.run_id, r.lead_id, r.attempt) for r in input.release]
+        if await self._take_line(input, key, ended) is None:
+            log.info(
+                "every line in use",
+                extra={"run": input.run_id, "lead": input.lead_id, "attempt": input.attempt},
+            )
+            observability.LINES_BUSY.inc()
+            if input.answer_version >= 2:
+                return DialOutput("", "line_busy", line_busy=True)
+            raise ApplicationError(
+                "every line of the business is in use", type=LINE_BUSY, next_retry_delay=timedelta(seconds=2)
+            )
+        dial = _DialState()
         try:
             async with self.sessions() as session, session.begin():
-                placed, events_for = await self._place(session, input, created)
-        except BaseException:
-            if created:
-                activity.heartbeat(created[0].call_sid, created[0].status)
+                placed, events_for = await self._place(session, input, dial)
+        except BaseException as error:
+            if dial.created:
+                activity.heartbeat(dial.created.call_sid, dial.created.status)
+            elif dial.never_placed(error):
+                await self._give_back_line(key)
             raise
         if self.courier is not None:
             await self.courier.notify_soon(events_for)
         placed.took_seconds = round((datetime.now(UTC) - activity.info().scheduled_time).total_seconds(), 3)
         return placed
 
+    async def _take_line(self, input: DialInput, key: AttemptKey, ended: list[AttemptKey]) -> int | None:
+        """Claim a line lease for the attempt, committed before Twilio is asked (the lines of the
+        calls whose outcomes this dial carries come back first): the attempt's own lease if an
+        earlier try took one, else a free slot below the cap, asking again briefly while none is."""
+        for wait in (0.0, *LINE_WAITS_SECONDS):
+            if wait:
+                await asyncio.sleep(wait)
+            async with self.sessions() as session, session.begin():
+                connection = await session.connection()
+                await release_lines(connection, ended)
+                ended = []
+                slot = await claim_line(connection, input.business_id, key)
+            if slot is not None:
+                return slot
+        return None
+
+    async def _give_back_line(self, key: AttemptKey) -> None:
+        """Release the line of a dial that certainly placed no call."""
+        try:
+            async with self.sessions() as session, session.begin():
+                await release_lines(await session.connection(), [key])
+        except Exception:  # the retry, or the outcome's write, gives it back then
+            log.warning("line not given back", extra={"run": key.run_id, "lead": key.lead_id}, exc_info=True)
+
     async def _place(
-        self, session: AsyncSession, input: DialInput, created: list[DialOutput]
+        self, session: AsyncSession, input: DialInput, dial: _DialState
     ) -> tuple[DialOutput, str | None]:
         """place_call's transaction; also returns the business whose events it recorded, if any.
-        A call it creates is put in `created` at once, before anything can fail to record it."""
+        A call it creates is put in `dial.created` at once, before anything can fail to record it."""
         context = {"run": input.run_id, "lead": input.lead_id, "attempt": input.attempt}
         claim = await _claim(await session.connection(), input)
         if not claim.new:
@@ -223,9 +290,18 @@ class DialingActivities:
                 log.info("call already placed", extra={**context, "call_sid": earlier.call_sid})
                 observability.CALLS_ADOPTED.inc()
                 placed = DialOutput(earlier.call_sid, earlier.status)
+                if input.answer_version >= 2:
+                    placed = await self._as_it_is_now(placed, earlier)
                 return placed, await self._store_sid(session, input, placed)
+            if input.answer_version >= 2 and earlier.status in FINAL_ATTEMPT_STATUSES:
+                # Ended without a call by an earlier execution of the run (reset by an operator).
+                return DialOutput(
+                    "", earlier.status, error_code=earlier.error_code, error_message=earlier.error_message
+                ), None
         if activity.info().attempt > 1:
-            found = _created_by_earlier_try() or await self._find_placed_call(session, input)
+            found = _created_by_earlier_try() or await find_unrecorded_call(
+                self.twilio, session, input.to, input.from_, activity.info().scheduled_time
+            )
             if found is not None:
                 log.info(
                     "adopted call placed by an earlier try", extra={**context, "call_sid": found.call_sid}
@@ -242,6 +318,7 @@ class DialingActivities:
             raise ApplicationError(
                 f"{input.to} is on the business's do-not-call list", type=DO_NOT_CALL, non_retryable=True
             )
+        dial.sent = True
         try:
             call = await self.twilio.calls.create_async(
                 to=input.to,
@@ -257,6 +334,7 @@ class DialingActivities:
                 machine_detection="Enable" if input.machine_detection else values.unset,
             )
         except TwilioRestException as error:
+            dial.refused = error.status < 500
             failure = _classify(error)
             observability.dial_failed(failure.type or "TwilioError")
             raise failure from None
@@ -264,29 +342,29 @@ class DialingActivities:
             observability.dial_failed(type(error).__name__)
             raise
         placed = DialOutput(call.sid or "", call.status or "queued")
-        created.append(placed)
+        dial.created = placed
         log.info("call placed", extra={**context, "call_sid": placed.call_sid})
         observability.CALLS_PLACED.inc()
         return placed, await self._store_sid(session, input, placed)
 
-    async def _find_placed_call(self, session: AsyncSession, input: DialInput) -> DialOutput | None:
-        """A call to this number from this caller ID, placed since the dial was first scheduled,
-        that no attempt has recorded: one an earlier try placed without learning its SID."""
-        calls = await self.twilio.calls.list_async(
-            to=input.to,
-            from_=input.from_,
-            start_time_after=activity.info().scheduled_time - LOOKUP_SKEW,
-            limit=20,
-        )
-        known = set(
-            await session.scalars(
-                select(CallAttempt.call_sid).where(CallAttempt.call_sid.in_([c.sid for c in calls if c.sid]))
+    async def _as_it_is_now(self, placed: DialOutput, earlier: Any) -> DialOutput:
+        """An adopted call's ending as the attempt's row has it, or else as Twilio says now: a run
+        redialing what an earlier execution of it dialed learns at once that the call has ended."""
+        if earlier.status in FINAL_ATTEMPT_STATUSES:
+            return DialOutput(
+                placed.call_sid,
+                earlier.status,
+                duration=earlier.duration,
+                answered_by=earlier.answered_by,
+                error_code=earlier.error_code,
+                error_message=earlier.error_message,
             )
+        snapshot = await fetch_snapshot(self.twilio, placed.call_sid)
+        if not snapshot.found:
+            return DialOutput(placed.call_sid, "failed", error_message=NO_RECORD)
+        return DialOutput(
+            placed.call_sid, snapshot.status, duration=snapshot.duration, answered_by=snapshot.answered_by
         )
-        for call in calls:
-            if call.sid and call.sid not in known:
-                return DialOutput(call.sid, call.status or "queued")
-        return None
 
     async def _store_sid(self, session: AsyncSession, input: DialInput, placed: DialOutput) -> str | None:
         """Record the call's SID on its attempt, with the outcomes the dial carries (and their
@@ -303,31 +381,75 @@ class DialingActivities:
         """End a call: cancel it if it has not been answered, complete it if it has. Returns what
         Twilio says of the call afterwards: a call cancelled while queued gets no status callback,
         so this answer is the only news of its end. A call that is already over is success."""
-        call_sid = input.call_sid
-        try:
-            call = await self.twilio.calls(call_sid).update_async(
-                status="completed" if input.answered else "canceled"
-            )
-            if call.status == "in-progress":
-                # Answered between our last news and the cancel: `canceled` does not end it.
-                call = await self.twilio.calls(call_sid).update_async(status="completed")
-        except TwilioRestException as error:
-            if error.code != NOT_IN_PROGRESS:
-                raise _classify(error) from None
-            call = await self.twilio.calls(call_sid).fetch_async()
-        log.info("hung up", extra={"call_sid": call_sid, "status": call.status})
-        return _snapshot(call)
+        return await end_call(self.twilio, input.call_sid, input.answered)
 
     @activity.defn
     async def fetch_call(self, input: FetchCallInput) -> CallSnapshot:
         """Ask Twilio for a call's current status, for a call whose callbacks went missing."""
-        try:
-            call = await self.twilio.calls(input.call_sid).fetch_async()
-        except TwilioRestException as error:
-            if error.status == 404:
-                return CallSnapshot(found=False, status="failed")
+        return await fetch_snapshot(self.twilio, input.call_sid)
+
+
+class _DialState:
+    """What one try of a dial did, for its failure path: whether it sent the create, whether Twilio
+    refused it, and the call it created."""
+
+    def __init__(self) -> None:
+        self.sent = False
+        self.refused = False
+        self.created: DialOutput | None = None
+
+    def never_placed(self, error: BaseException) -> bool:
+        """Whether the try certainly placed no call: it failed before sending the create, or Twilio
+        refused it (a 4xx). A 5xx, a timeout or a lost connection after sending may have placed one."""
+        return (
+            self.created is None
+            and (not self.sent or self.refused)
+            and not isinstance(error, asyncio.CancelledError)
+        )
+
+
+async def find_unrecorded_call(
+    twilio: Client, session: AsyncSession, to: str, from_: str, since: datetime
+) -> DialOutput | None:
+    """A call to this number from this caller ID, placed since `since`, that no attempt has
+    recorded: one a dial placed without learning its SID."""
+    calls = await twilio.calls.list_async(to=to, from_=from_, start_time_after=since - LOOKUP_SKEW, limit=20)
+    known = set(
+        await session.scalars(
+            select(CallAttempt.call_sid).where(CallAttempt.call_sid.in_([c.sid for c in calls if c.sid]))
+        )
+    )
+    for call in calls:
+        if call.sid and call.sid not in known:
+            return DialOutput(call.sid, call.status or "queued")
+    return None
+
+
+async def end_call(twilio: Client, call_sid: str, answered: bool) -> CallSnapshot:
+    """Hang up a call (cancel it if not answered, complete it if it is) and say what Twilio says
+    of it afterwards. A call that is already over is success."""
+    try:
+        call = await twilio.calls(call_sid).update_async(status="completed" if answered else "canceled")
+        if call.status == "in-progress":
+            # Answered between our last news and the cancel: `canceled` does not end it.
+            call = await twilio.calls(call_sid).update_async(status="completed")
+    except TwilioRestException as error:
+        if error.code != NOT_IN_PROGRESS:
             raise _classify(error) from None
-        return _snapshot(call)
+        return await fetch_snapshot(twilio, call_sid)
+    log.info("hung up", extra={"call_sid": call_sid, "status": call.status})
+    return _snapshot(call)
+
+
+async def fetch_snapshot(twilio: Client, call_sid: str) -> CallSnapshot:
+    """What Twilio says of a call now; a call it has no record of is not `found`."""
+    try:
+        call = await twilio.calls(call_sid).fetch_async()
+    except TwilioRestException as error:
+        if error.status == 404:
+            return CallSnapshot(found=False, status="failed")
+        raise _classify(error) from None
+    return _snapshot(call)
 
 
 def _created_by_earlier_try() -> DialOutput | None:

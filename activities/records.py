@@ -12,7 +12,8 @@ from temporalio.exceptions import ApplicationError
 
 import observability
 from activities.events import EventCourier, record_call_events, record_run_event
-from db.models import Business, CallAttempt, Lead, Run, utcnow
+from db.leases import AttemptKey, release_lines
+from db.models import LIVE_RUN_STATUSES, Business, CallAttempt, Lead, Run, utcnow
 from db.upsert import insert_ignoring_conflict
 from telephony.status import LEAD_QUEUED, LEAD_RETRYING, outcome_for
 from telephony.zones import lead_zones
@@ -153,19 +154,40 @@ class RecordActivities:
         business's webhook gets `run.completed` (its events workflow is told, or this is retried)."""
         events_for = None
         async with self.sessions() as session, session.begin():
-            values: dict[str, object] = {"status": input.status, "status_reason": input.reason}
             if input.final:
-                values["finished_at"] = func.coalesce(Run.finished_at, utcnow())
+                events_for = await finish_run(session, input.run_id, input.status, input.reason)
+            else:
                 await session.execute(
-                    update(Lead)
-                    .where(Lead.run_id == input.run_id, Lead.status.in_([LEAD_QUEUED, LEAD_RETRYING]))
-                    .values(status="cancelled")
+                    update(Run)
+                    .where(Run.id == input.run_id)
+                    .values(status=input.status, status_reason=input.reason)
                 )
-            await session.execute(update(Run).where(Run.id == input.run_id).values(**values))
-            if input.final:
-                events_for = await record_run_event(session, input.run_id)
         if events_for is not None and self.courier is not None:
             await self.courier.notify(events_for)
+
+
+async def finish_run(
+    session: AsyncSession, run_id: str, status: str, reason: str | None, only_if_live: bool = False
+) -> str | None:
+    """Give the run its final status: leads never dialed become `cancelled` and the business's
+    webhook gets `run.completed`. With `only_if_live`, a run whose row is already final is left as
+    it is. Returns the business whose event was recorded, if any."""
+    update_run = update(Run).where(Run.id == run_id)
+    if only_if_live:
+        update_run = update_run.where(Run.status.in_(LIVE_RUN_STATUSES))
+    result = await session.execute(
+        update_run.values(
+            status=status, status_reason=reason, finished_at=func.coalesce(Run.finished_at, utcnow())
+        )
+    )
+    if only_if_live and not getattr(result, "rowcount", 0):
+        return None
+    await session.execute(
+        update(Lead)
+        .where(Lead.run_id == run_id, Lead.status.in_([LEAD_QUEUED, LEAD_RETRYING]))
+        .values(status="cancelled")
+    )
+    return await record_run_event(session, run_id)
 
 
 _ATTEMPTS = cast(Table, CallAttempt.__table__)
@@ -239,5 +261,6 @@ async def write_outcomes(session: AsyncSession, run_id: str, outcomes: list[Outc
     connection = await session.connection()
     await connection.execute(_FINISH_ATTEMPT, rows)
     await connection.execute(_SETTLE_LEAD, rows)
+    await release_lines(connection, (AttemptKey(run_id, o.lead_id, o.attempt) for o in outcomes))
     observability.outcomes_written(o.status for o in outcomes)
     return await record_call_events(session, run_id, outcomes)

@@ -65,6 +65,10 @@ class Business(Base):
     webhook_secret: Mapped[str | None] = mapped_column(String(100))
 
 
+# A run's status while its workflow dials (or waits to); the others are final.
+LIVE_RUN_STATUSES = ("running", "paused")
+
+
 class Run(Base):
     """An outbound run; its workflow is `outbound-run-{id}`."""
 
@@ -161,3 +165,22 @@ class Event(Base):
     delivered_at: Mapped[datetime | None]
     last_status_code: Mapped[int | None] = mapped_column(Integer)
     last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class LineLease(Base):
+    """One of a business's lines, held by the call attempt that uses it: the hard line cap.
+
+    A dial claims a free slot below the business's cap, in a transaction committed before it asks
+    Twilio for the call, and the lease is released in the transaction that writes the attempt's
+    terminal outcome (or once Twilio says a call of a run whose workflow is gone has ended). No
+    workflow's state can lose it, so terminating or resetting a workflow cannot break the cap."""
+
+    __tablename__ = "line_leases"
+    __table_args__ = (UniqueConstraint("run_id", "lead_id", "attempt", name="uq_line_leases_attempt"),)
+
+    business_id: Mapped[str] = mapped_column(ForeignKey("businesses.id"), primary_key=True)
+    slot: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
+    lead_id: Mapped[int] = mapped_column(BigInteger)
+    attempt: Mapped[int] = mapped_column(Integer)
+    claimed_at: Mapped[datetime] = mapped_column(default=utcnow)

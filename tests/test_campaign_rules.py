@@ -22,6 +22,7 @@ from temporalio.worker import Worker
 
 from activities.dialing import CallSnapshot, DialInput, DialOutput, FetchCallInput, HangUpInput
 from activities.gate import GateActivities
+from activities.lines import ReapedLines, ReapLinesInput
 from activities.records import (
     LoadLeadsInput,
     LoadLeadsOutput,
@@ -112,6 +113,10 @@ class FakeWorld:
     async def fetch_call(self, input: FetchCallInput) -> CallSnapshot:
         return self.fetched
 
+    @activity.defn(name="reap_lines")
+    async def reap_lines(self, input: ReapLinesInput) -> ReapedLines:
+        return ReapedLines()
+
     @activity.defn(name="place_call")
     async def place_call(self, input: DialInput) -> DialOutput:
         handle = self.env.client.get_workflow_handle(activity.info().workflow_id or "")
@@ -147,6 +152,7 @@ class WorldRunner:
             world.fetch_call,
             gate.request_lines,
             gate.closed_workflows,
+            world.reap_lines,
         ]
         workflows = [OutboundRunWorkflow, BusinessLinesWorkflow]
         self.workers = [

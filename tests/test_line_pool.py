@@ -92,3 +92,63 @@ def test_a_run_that_pauses_and_comes_back_gets_lines_it_will_accept() -> None:
     again = pool.rebalance().grants[0][1]
     assert again.seq > first.seq
     assert again.count == 3
+
+
+def report(
+    run: str, seq: int, held: int, want: int, epoch: str = "e1", seen: tuple[str, int] = ("", 0), **kw: object
+) -> LineDemand:
+    """A demand that also says what the run holds (runs since the line leases)."""
+    return LineDemand(
+        run_workflow_id=run,
+        seq=seq,
+        want=want,
+        epoch=epoch,
+        held=held,
+        grant_seen_run=seen[0],
+        grant_seen_seq=seen[1],
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def test_a_fresh_gate_counts_the_lines_runs_say_they_hold() -> None:
+    """A gate started afresh (the old one terminated) learns from each run what it holds, and
+    grants only the rest of the cap."""
+    pool = LinePool(3, [], gate_run="g2")
+    pool.apply(report("a", 7, held=2, want=10), convergent=True)
+    pool.apply(report("c", 1, held=0, want=10), convergent=True)
+    messages = pool.rebalance()
+    assert [(run, g.count) for run, g in messages.grants] == [("c", 1)]
+    assert pool.held == 3
+
+
+def test_a_report_counts_grants_still_on_their_way() -> None:
+    pool = LinePool(3, [], gate_run="g2")
+    pool.apply(report("a", 1, held=0, want=3), convergent=True)
+    [(_, grant)] = pool.rebalance().grants
+    assert (grant.count, grant.gate_run) == (3, "g2")
+    # The run had not applied the grant when it said it holds nothing (it has just heard from g2).
+    pool.apply(report("a", 2, held=0, want=3, resync=True, seen=("g2", grant.seq - 1)), convergent=True)
+    assert pool.held == 3
+    pool.apply(report("a", 3, held=3, want=3, resync=True, seen=("g2", grant.seq)), convergent=True)
+    assert pool.held == 3 and pool.rebalance().grants == []
+
+
+def test_a_reset_run_is_taken_at_its_word_even_with_old_sequence_numbers() -> None:
+    """A run reset to an earlier point numbers its demands from there again: a new execution of
+    the run (epoch) replaces what the gate knew, instead of being dropped as stale."""
+    pool = LinePool(3, [], gate_run="g1")
+    pool.apply(report("a", 40, held=0, want=3, epoch="before"), convergent=True)
+    pool.rebalance()
+    assert pool.held == 3
+    pool.apply(report("a", 2, held=1, want=3, epoch="after-reset", seen=("g1", 10**6)), convergent=True)
+    assert pool.holders["a"].held == 1
+    assert [(run, g.count) for run, g in pool.rebalance().grants] == [("a", 2)]
+
+
+def test_lines_of_calls_of_gone_runs_are_not_granted_until_they_end() -> None:
+    pool = LinePool(3, [], gate_run="g1")
+    pool.reserve({"gone": 2})
+    pool.apply(report("a", 1, held=0, want=5), convergent=True)
+    assert [(run, g.count) for run, g in pool.rebalance().grants] == [("a", 1)]
+    pool.reserve({})
+    assert [(run, g.count) for run, g in pool.rebalance().grants] == [("a", 2)]

@@ -4,24 +4,27 @@ and no stuck run hold throughout."""
 
 from __future__ import annotations
 
+import uuid
 from collections import Counter
 
+from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.enums.v1 import EventType
+from temporalio.api.workflowservice.v1 import ResetWorkflowExecutionRequest
 from temporalio.client import WorkflowHandle
 
+from db.models import Run
+from telephony.status import FINAL_ATTEMPT_STATUSES
+from tests.conftest import SimulatorKnobs
 from tests.harness import Stack, execution_chain, new_number, wait_for
 from workflows.messages import CallStatusEvent, RunProgress
-from workflows.names import RUN_STATUS, run_workflow_id
+from workflows.names import RUN_STATUS, gate_workflow_id, run_workflow_id
 from workflows.outbound_run import OutboundRunWorkflow
 
 
 async def _idle(handle: WorkflowHandle) -> bool:
-    """The workflow's latest execution has nothing under way: no activity pending, no task due."""
-    description = await handle.describe()
-    if description.raw_description.pending_activities:
-        return False
-    history = await handle.fetch_history()
-    return history.events[-1].event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED
+    """The workflow's latest execution has nothing under way: no activity and no workflow task."""
+    raw = (await handle.describe()).raw_description
+    return not raw.pending_activities and not raw.HasField("pending_workflow_task")
 
 
 def _dials(events: list) -> int:
@@ -85,3 +88,155 @@ async def test_a_pause_holds_across_continue_as_new(stack: Stack) -> None:
     assert run["progress"]["outcomes"]["answered"] == len(phones)
     assert Counter(c["to"] for c in await stack.sim_calls(business.caller_id)) == Counter(phones)
     assert await stack.peak_concurrency([business.caller_id]) <= 2
+
+
+async def _calls_live(stack: Stack, phones: list[str]) -> int:
+    """How many calls to these numbers the carrier has going now."""
+    wanted = set(phones)
+    return sum(
+        1
+        for c in (await stack.sim.get("/_sim/calls")).json()["calls"]
+        if c["to"] in wanted and not c["ended_at"]
+    )
+
+
+async def _first_workflow_task(handle: WorkflowHandle) -> int:
+    history = await handle.fetch_history()
+    return next(
+        e.event_id for e in history.events if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED
+    )
+
+
+async def reset_to_first_workflow_task(stack: Stack, workflow_id: str) -> None:
+    """What the Web UI's Reset to "first workflow task" does (signals received since are reapplied)."""
+    handle = stack.temporal.get_workflow_handle(workflow_id)
+    description = await handle.describe()
+    await stack.temporal.workflow_service.reset_workflow_execution(
+        ResetWorkflowExecutionRequest(
+            namespace=stack.temporal.namespace,
+            workflow_execution=WorkflowExecution(workflow_id=workflow_id, run_id=description.run_id),
+            reason="operator reset",
+            workflow_task_finish_event_id=await _first_workflow_task(handle),
+            request_id=str(uuid.uuid4()),
+        )
+    )
+
+
+async def test_terminating_the_line_gate_mid_run_keeps_the_cap(
+    stack: Stack, sim_knobs: SimulatorKnobs
+) -> None:
+    """I1: a fresh gate does not grant lines that the runs still hold; they are in use until the
+    calls on them end, whatever the gate's state says."""
+    await sim_knobs(talk_seconds=(1.0, 2.0))
+    business = await stack.create_business(cap=3)
+    long_run, short_run, later_run = ([new_number() for _ in range(n)] for n in (18, 4, 9))
+    await stack.force_outcomes(dict.fromkeys(long_run + short_run + later_run, "completed"))
+    first = await stack.start_run(business, long_run)
+    second = await stack.start_run(business, short_run)
+
+    async def both_runs_calling() -> bool:
+        return await _calls_live(stack, long_run) > 0 and await _calls_live(stack, short_run) > 0
+
+    await wait_for(both_runs_calling, within=30, what="both runs to have calls live")
+    await stack.temporal.get_workflow_handle(gate_workflow_id(business.id)).terminate("operator")
+    assert (await stack.wait_run_ends(business, second, within=60))["status"] == "completed"
+    third = await stack.start_run(business, later_run)
+
+    for run_id, phones in ((first, long_run), (third, later_run)):
+        run = await stack.wait_run_ends(business, run_id, within=120)
+        assert run["status"] == "completed"
+        assert run["progress"]["outcomes"]["answered"] == len(phones)
+    assert await stack.peak_concurrency([business.caller_id]) <= 3
+    called = Counter(c["to"] for c in await stack.sim_calls(business.caller_id))
+    assert called == Counter(long_run + short_run + later_run)
+
+
+async def test_gate_terminated_a_run_terminated_and_another_reset_mid_run(
+    stack: Stack, sim_knobs: SimulatorKnobs
+) -> None:
+    """What an operator might do in the Web UI, all at once with calls live: terminate the gate,
+    terminate one run and reset another to its first workflow task. The carrier never has more than
+    the cap in flight, no number is dialed twice, the reset run and the untouched one finish, and the
+    terminated run's calls are hung up and it is not shown running."""
+    await sim_knobs(talk_seconds=(1.0, 2.0))
+    business = await stack.create_business(cap=3)
+    doomed, reset, untouched = ([new_number() for _ in range(n)] for n in (9, 12, 12))
+    await stack.force_outcomes(dict.fromkeys(doomed + reset + untouched, "completed"))
+    # The doomed run's first call would go on for a minute: only a hang-up ends it sooner.
+    await sim_knobs(talk_seconds_by_to={doomed[0]: 60.0})
+    doomed_id = await stack.start_run(business, doomed)
+    reset_id = await stack.start_run(business, reset)
+    untouched_id = await stack.start_run(business, untouched)
+
+    async def every_run_calling() -> bool:
+        called = {c["to"] for c in await stack.sim_calls(business.caller_id)}
+        return (
+            await _calls_live(stack, doomed) > 0
+            and bool(called & set(reset))
+            and bool(called & set(untouched))
+        )
+
+    await wait_for(every_run_calling, within=30, what="every run to have placed a call")
+    await stack.temporal.get_workflow_handle(gate_workflow_id(business.id)).terminate("operator")
+    await stack.temporal.get_workflow_handle(run_workflow_id(doomed_id)).terminate("operator")
+    await reset_to_first_workflow_task(stack, run_workflow_id(reset_id))
+
+    async def doomed_calls_hung_up() -> bool:
+        return await _calls_live(stack, doomed) == 0
+
+    await wait_for(doomed_calls_hung_up, within=30, what="the terminated run's calls to be hung up")
+    for run_id, phones in ((reset_id, reset), (untouched_id, untouched)):
+        run = await stack.wait_run_ends(business, run_id, within=180)
+        assert run["status"] == "completed", run
+        assert run["progress"]["outcomes"]["answered"] == len(phones)
+    assert await stack.peak_concurrency([business.caller_id]) <= 3
+    called = Counter(c["to"] for c in await stack.sim_calls(business.caller_id))
+    assert all(count == 1 for count in called.values()), called
+    assert set(called) >= set(reset + untouched)
+
+    async def doomed_run_settled() -> dict | None:
+        run = await stack.run(business, doomed_id)
+        attempts = await stack.attempts(doomed_id)
+        settled = run["status"] == "failed" and all(a.status in FINAL_ATTEMPT_STATUSES for a in attempts)
+        return run if settled else None
+
+    run = await wait_for(
+        doomed_run_settled, within=30, what="the terminated run's row and calls to be settled"
+    )
+    assert "terminated" in run["status_reason"]
+    async with stack.sessions() as session:
+        row = await session.get(Run, doomed_id)
+        assert row is not None and row.status == "failed" and row.finished_at is not None
+    assert {lead.status for lead in await stack.leads(doomed_id)} <= {"answered", "cancelled"}
+
+
+async def test_a_terminated_runs_calls_are_hung_up_before_its_lines_are_used_again(
+    stack: Stack, sim_knobs: SimulatorKnobs
+) -> None:
+    """I1 and I3: a run terminated in the Web UI cannot hang up its own calls; the gate's reaper does,
+    its lines are used again only once Twilio says those calls ended, and the run ends `failed`."""
+    business = await stack.create_business(cap=2)
+    terminated, later = [new_number() for _ in range(4)], [new_number() for _ in range(3)]
+    await stack.force_outcomes(dict.fromkeys(terminated + later, "completed"))
+    await sim_knobs(talk_seconds_by_to=dict.fromkeys(terminated, 60.0))
+    terminated_id = await stack.start_run(business, terminated)
+
+    async def holding_both_lines() -> bool:
+        return await _calls_live(stack, terminated) == 2
+
+    await wait_for(holding_both_lines, within=30, what="the first run's calls to be live on both lines")
+    await stack.temporal.get_workflow_handle(run_workflow_id(terminated_id)).terminate("operator")
+    later_id = await stack.start_run(business, later)
+
+    run = await stack.wait_run_ends(business, later_id, within=60)
+    assert run["status"] == "completed" and run["progress"]["outcomes"]["answered"] == 3
+    assert await stack.peak_concurrency([business.caller_id]) <= 2
+    assert await _calls_live(stack, terminated) == 0  # hung up, not left to run their minute
+    async with stack.sessions() as session:
+        row = await session.get(Run, terminated_id)
+        assert row is not None and row.status == "failed"
+        assert row.status_reason == "the run's workflow was terminated in Temporal"
+    attempts = await stack.attempts(terminated_id)
+    # Hung up: answered calls end `completed`, ringing ones `canceled`.
+    assert len(attempts) == 2 and all(a.status in ("completed", "canceled") for a in attempts)
+    assert {lead.status for lead in await stack.leads(terminated_id)} <= {"answered", "cancelled"}

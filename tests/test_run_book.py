@@ -180,3 +180,51 @@ def test_cancel_also_ends_leads_waiting_on_timers() -> None:
     assert book.cancel_undialed() == 2
     assert book.finished
     assert book.progress("cancelled").outcomes["cancelled"] == 2
+
+
+def test_a_new_gate_execution_is_listened_to_and_told_what_the_run_holds() -> None:
+    book = book_with_leads(5, lines=0)
+    assert book.grant(seq=9, count=2, gate_run="g1")
+    book.state.resync_due = False
+    # The gate was terminated and started afresh: it numbers from 1 again.
+    assert book.grant(seq=1, count=1, gate_run="g2")
+    assert book.state.lines_held == 3 and book.state.resync_due
+    assert not book.grant(seq=10, count=1, gate_run="g1")  # a late grant of the gate it left
+    assert not book.recall(seq=11, hold_at_most=0, gate_run="g1")
+    assert book.state.lines_held == 3 and book.state.hold_at_most is None
+
+
+def test_every_line_in_use_puts_the_lead_back_first_and_backs_off() -> None:
+    book = book_with_leads(3, lines=1)
+    call = book.next_dial(100.0)
+    assert call is not None and call.lead_id == 1
+    book.line_busy(call.lead_id, call.attempt, 100.0)
+    assert book.state.pending[0].id == 1 and not book.calls
+    assert book.next_dial(100.5) is None  # not before the retry time
+    assert book.next_due() == 101.0
+    book.release_due(101.0)
+    call = book.next_dial(101.0)
+    assert call is not None and call.lead_id == 1
+    book.line_busy(call.lead_id, call.attempt, 101.0)
+    assert book.next_due() == 103.0  # doubled
+    book.release_due(103.0)
+    call = book.next_dial(103.0)
+    assert call is not None
+    book.dial_placed(call.lead_id, call.attempt, "CA1", "queued", 103.0)
+    assert book.state.line_backoff == 1.0
+
+
+def test_the_next_dial_gives_back_the_lease_of_the_call_whose_line_it_takes() -> None:
+    book = book_with_leads(3, lines=1)
+    call = book.next_dial(0)
+    assert call is not None
+    book.apply_status(status(call.lead_id, "CA1", "completed"), 1)
+    freed = book.take_freed()
+    assert freed is not None and (freed.lead_id, freed.attempt) == (call.lead_id, 1)
+    assert book.take_freed() is None
+    # Lines whose outcomes are written need no dial to free them.
+    second = book.next_dial(2)
+    assert second is not None
+    book.apply_status(status(second.lead_id, "CA2", "busy"), 3)
+    book.forget_freed(book.take_unrecorded())
+    assert book.take_freed() is None

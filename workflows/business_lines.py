@@ -10,8 +10,17 @@ from temporalio.exceptions import FailureError
 
 with workflow.unsafe.imports_passed_through():
     from activities.gate import ClosedWorkflowsInput, GateActivities
+    from activities.lines import LineActivities, ReapLinesInput
     from workflows.line_pool import LinePool
     from workflows.messages import GateInput, LineDemand, LineGrant, LineRecall
+
+# The gate's grants are advisory: the hard cap is the database's line leases. A gate execution
+# takes what a run says it holds when it has not heard from the run before (it was started afresh
+# after a terminate, or the run was reset), greets the business's running runs it does not know so
+# that they say it, and reaps from the database: runs whose workflows are gone have their calls hung
+# up, and the lines of those calls are not granted until Twilio says they ended.
+GATE_CONVERGES = "gate-converges"
+REAP_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=30))
 
 
 @workflow.defn
@@ -20,54 +29,103 @@ class BusinessLinesWorkflow:
 
     Runs send `demand` (by signal-with-start the first time); the gate reserves lines and then
     signals `lines_granted` to the run. Runs keep lines between calls and give them back when they
-    run out of leads or when the gate recalls them for a waiting run. Lines of runs that closed
-    without giving them back are reclaimed by a reaper.
+    run out of leads or when the gate recalls them for a waiting run. Lines of runs whose workflows
+    are gone are reclaimed by a reaper once their calls have ended.
     """
 
     @workflow.init
     def __init__(self, input: GateInput) -> None:
         # Built here, not in run(): signals delivered with the start are applied before run() begins.
-        self._pool = LinePool(input.cap, input.holders, input.seq)
+        self._input = input
+        self._pool = LinePool(input.cap, input.holders, input.seq, workflow.info().run_id, input.reserved)
         self._reap_interval = timedelta(seconds=input.reap_interval_seconds)
         self._changed = True
+        self._reap_due = False
+        self._greeted: set[str] = set()
 
     @workflow.run
     async def run(self, input: GateInput) -> None:
+        if self._converges():
+            self._reap_due = True
+            await self._run_converging()
+        else:
+            await self._run_before_convergence()
+
+    @workflow.signal
+    def demand(self, demand: LineDemand) -> None:
+        """A run's lines given back and lines wanted."""
+        if self._pool.apply(demand, self._converges()):
+            self._changed = True
+
+    @workflow.signal
+    def reap(self) -> None:
+        """Look now for runs whose workflows are gone (the API asks when it finds one)."""
+        self._reap_due = True
+
+    @workflow.query
+    def lines_in_use(self) -> int:
+        """Lines granted to runs now, and lines held by calls of runs that are gone."""
+        return self._pool.held
+
+    def _converges(self) -> bool:
+        return workflow.patched(GATE_CONVERGES)
+
+    async def _run_converging(self) -> None:
+        pool = self._pool
+        while True:
+            try:
+                await workflow.wait_condition(
+                    lambda: self._changed or self._reap_due,
+                    timeout=self._reap_interval if pool.holders or pool.reserved else None,
+                    timeout_summary="reap",
+                )
+            except TimeoutError:
+                self._reap_due = True
+            self._changed = False
+            await self._send(pool)
+            if self._reap_due:
+                self._reap_due = False
+                await self._reap_from_database()
+            self._show(pool)
+            if workflow.info().is_continue_as_new_suggested():
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                if not self._changed and not self._reap_due:
+                    workflow.continue_as_new(self._carry_over())
+
+    async def _run_before_convergence(self) -> None:
+        """The loop of gates started before `gate-converges`, kept for their executions."""
         while True:
             try:
                 await workflow.wait_condition(
                     lambda: self._changed, timeout=self._reap_interval if self._pool.holders else None
                 )
             except TimeoutError:
-                await self._reap()
+                await self._reap_closed_holders()
             self._changed = False
             await self._send(self._pool)
-            workflow.set_current_details(
-                f"{self._pool.held} of {self._pool.cap} lines in use by {len(self._pool.holders)} runs"
-            )
+            self._show(self._pool)
             if workflow.info().is_continue_as_new_suggested():
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 if not self._changed:
-                    workflow.continue_as_new(
-                        GateInput(
-                            input.business_id,
-                            self._pool.cap,
-                            self._pool.snapshot(),
-                            self._pool.seq,
-                            input.reap_interval_seconds,
-                        )
-                    )
+                    workflow.continue_as_new(self._carry_over())
 
-    @workflow.signal
-    def demand(self, demand: LineDemand) -> None:
-        """A run's lines given back and lines wanted."""
-        if self._pool.apply(demand):
-            self._changed = True
+    def _carry_over(self) -> GateInput:
+        pool = self._pool
+        return GateInput(
+            self._input.business_id,
+            pool.cap,
+            pool.snapshot(),
+            pool.seq,
+            self._input.reap_interval_seconds,
+            dict(pool.reserved),
+        )
 
-    @workflow.query
-    def lines_in_use(self) -> int:
-        """Lines granted to runs now."""
-        return self._pool.held
+    def _show(self, pool: LinePool) -> None:
+        gone = sum(pool.reserved.values())
+        workflow.set_current_details(
+            f"{pool.held} of {pool.cap} lines in use by {len(pool.holders)} runs"
+            + (f" ({gone} by calls of runs that are gone)" if gone else "")
+        )
 
     async def _send(self, pool: LinePool) -> None:
         messages = pool.rebalance()
@@ -80,12 +138,38 @@ class BusinessLinesWorkflow:
         try:
             await workflow.get_external_workflow_handle(run_workflow_id).signal(name, message)
         except FailureError:
-            # The run is gone: its lines come back now.
-            workflow.logger.info("run gone, lines reclaimed", extra={"run_workflow_id": run_workflow_id})
-            if self._pool.reclaim(run_workflow_id):
+            # The run is gone. Before `gate-converges` its lines came back now; since, the reaper
+            # gives them back once its calls have ended.
+            workflow.logger.info("run gone", extra={"run_workflow_id": run_workflow_id})
+            if self._converges():
+                self._reap_due = True
+            elif self._pool.reclaim(run_workflow_id):
                 self._changed = True
 
-    async def _reap(self) -> None:
+    async def _reap_from_database(self) -> None:
+        pool = self._pool
+        reaped = await workflow.execute_activity_method(
+            LineActivities.reap_lines,
+            ReapLinesInput(self._input.business_id, sorted(pool.holders)),
+            start_to_close_timeout=timedelta(minutes=2),
+            heartbeat_timeout=timedelta(seconds=60),
+            retry_policy=REAP_RETRY,
+            summary=f"reap lines of runs that are gone ({len(pool.holders)} holding)",
+        )
+        for run_workflow_id in reaped.gone:
+            if pool.reclaim(run_workflow_id):
+                workflow.logger.info(
+                    "lines reclaimed from a gone run", extra={"run_workflow_id": run_workflow_id}
+                )
+        if reaped.still_leased != pool.reserved:
+            pool.reserve(reaped.still_leased)
+        for run_workflow_id in reaped.running:
+            if run_workflow_id not in pool.holders and run_workflow_id not in self._greeted:
+                self._greeted.add(run_workflow_id)
+                await self._signal(run_workflow_id, "lines_granted", pool.hello(run_workflow_id))
+        self._changed = True
+
+    async def _reap_closed_holders(self) -> None:
         holders = [h.run_workflow_id for h in self._pool.holders.values() if h.held > 0]
         if not holders:
             return

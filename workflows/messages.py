@@ -79,6 +79,14 @@ class CallStatusEvent:
 
 
 @dataclass
+class AttemptRef:
+    """One call attempt of a run, by lead and attempt number."""
+
+    lead_id: int
+    attempt: int
+
+
+@dataclass
 class Outcome:
     """The final word on one attempt, written to the attempts table."""
 
@@ -131,7 +139,12 @@ class ResumeRequest:
 
 @dataclass
 class LineDemand:
-    """From a run to its business's gate: lines given back, and how many it wants to hold now."""
+    """From a run to its business's gate: lines given back, and how many it wants to hold now.
+
+    Besides the change (`release`), it carries the run's absolute state, so that a gate that has
+    never heard of the run (started afresh after a terminate), or a run that is a new execution of
+    itself (reset), converge: `held` is what the run holds after this demand, `epoch` the run's
+    execution, `grant_seen_*` the last grant it applied."""
 
     run_workflow_id: str
     seq: int
@@ -140,14 +153,22 @@ class LineDemand:
     cap: int = 3
     # The run is ending: every line it holds, including grants still on their way, is free.
     done: bool = False
+    epoch: str = ""
+    held: int | None = None
+    grant_seen_run: str = ""
+    grant_seen_seq: int = 0
+    # The run saw a gate execution it had not heard from: take `held` as the truth.
+    resync: bool = False
 
 
 @dataclass
 class LineGrant:
-    """From the gate to a run: `count` more lines are the run's to use."""
+    """From the gate to a run: `count` more lines are the run's to use. `gate_run` is the gate's
+    execution: a run hearing from a new one tells it what it holds (a grant of 0 asks just that)."""
 
     seq: int
     count: int
+    gate_run: str = ""
 
 
 @dataclass
@@ -156,6 +177,7 @@ class LineRecall:
 
     seq: int
     hold_at_most: int | None
+    gate_run: str = ""
 
 
 @dataclass
@@ -183,6 +205,17 @@ class RunCarryOver:
     pause_reason: str | None = None
     # Whether the run's row and search attributes already say `paused`.
     pause_recorded: bool = False
+    # The gate execution the run last heard from, and earlier ones it no longer listens to.
+    gate_run: str = ""
+    retired_gate_runs: list[str] = field(default_factory=list)
+    resync_due: bool = False
+    # Every line of the business was in use when the run last tried to dial (its grants are only
+    # advisory): dial again at `line_retry_at`, backing off while it stays so.
+    line_retry_at: float | None = None
+    line_backoff: float = 1.0
+    # Attempts whose calls have ended and whose line leases may not have been released yet: each
+    # dial releases one, the line it reuses, so it never waits on another write to find it free.
+    lines_freed: list[AttemptRef] = field(default_factory=list)
 
 
 @dataclass
@@ -214,6 +247,8 @@ class GateHolder:
     want: int = 0
     last_seq: int = 0
     recall_sent: int | None = None
+    # The run's execution its demands last came from.
+    epoch: str = ""
 
 
 @dataclass
@@ -226,3 +261,5 @@ class GateInput:
     seq: int = 0
     # How often to check that runs holding lines are still running.
     reap_interval_seconds: float = 60.0
+    # Lines still leased to calls of runs whose workflows are gone, until Twilio says they ended.
+    reserved: dict[str, int] = field(default_factory=dict)

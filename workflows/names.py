@@ -16,6 +16,11 @@ def run_workflow_id(run_id: str) -> str:
     return f"outbound-run-{run_id}"
 
 
+def run_id_of(workflow_id: str) -> str:
+    """The run a run's workflow id names."""
+    return workflow_id.removeprefix("outbound-run-")
+
+
 def gate_workflow_id(business_id: str) -> str:
     """The id of the workflow that hands out a business's lines."""
     return f"business-lines-{business_id}"

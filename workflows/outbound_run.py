@@ -16,6 +16,7 @@ with workflow.unsafe.imports_passed_through():
         ACCOUNT_ERROR,
         DO_NOT_CALL,
         INVALID_NUMBER,
+        NO_RECORD,
         RUN_CANCELLED,
         CallSnapshot,
         DialingActivities,
@@ -33,8 +34,9 @@ with workflow.unsafe.imports_passed_through():
         RunFacts,
         SetRunStatusInput,
     )
-    from telephony.status import SKIPPED_DNC
+    from telephony.status import SKIPPED_DNC, is_terminal
     from workflows.messages import (
+        AttemptRef,
         CallStatusEvent,
         CancelRequest,
         InFlightCall,
@@ -78,6 +80,10 @@ WINDOWS_TO_THE_SECOND = "windows-to-the-second"
 # fetched, and again after as long if it is still going: a lost `completed` callback holds its line
 # minutes, not up to the call time limit (an hour by default).
 RECHECK_ANSWERED_CALLS = "recheck-answered-calls"
+# Dials hold a line lease in the database, the hard cap: a dial that finds every line in use comes
+# back as `line_busy` and is tried again later, and a dial that finds its attempt already ended (a
+# reset run redialing what its earlier execution dialed) comes back with that ending.
+LINE_LEASES = "line-leases"
 ANSWERED_RECHECK_SECONDS = 300
 # The API commits the run row just after starting the workflow; load_run gives it time to appear
 # (RUN_APPEARS_WITHIN_TRIES tries), and is retried without limit while the database is away: it runs
@@ -155,13 +161,13 @@ class OutboundRunWorkflow:
     @workflow.signal
     def lines_granted(self, grant: LineGrant) -> None:
         """Lines from the business's gate."""
-        if self._book.grant(grant.seq, grant.count):
+        if self._book.grant(grant.seq, grant.count, grant.gate_run):
             self._wake = True
 
     @workflow.signal
     def lines_recalled(self, recall: LineRecall) -> None:
         """The gate asks for lines back for a waiting run."""
-        if self._book.recall(recall.seq, recall.hold_at_most):
+        if self._book.recall(recall.seq, recall.hold_at_most, recall.gate_run):
             self._wake = True
 
     @workflow.query
@@ -226,7 +232,7 @@ class OutboundRunWorkflow:
                 and not self._draining()
                 and (call := book.next_dial(workflow.time(), exact_windows)) is not None
             ):
-                self._start_task(self._dial(call, self._outcomes_to_carry()))
+                self._start_task(self._dial(call, self._outcomes_to_carry(), book.take_freed()))
             await self._settle_lines(dialing_allowed)
             # Asked again: the awaits above may have let the last call end.
             if not self._draining():
@@ -260,15 +266,16 @@ class OutboundRunWorkflow:
         book = self._book
         give_back = book.lines_to_give_back(dialing_allowed)
         want = book.lines_wanted(dialing_allowed)
-        if give_back:
+        if give_back or book.state.resync_due:
+            resync, book.state.resync_due = book.state.resync_due, False
             book.released(give_back)
-            await self._send_demand(give_back, want)
+            await self._send_demand(give_back, want, resync=resync)
         elif want > book.state.want_sent and want > book.state.lines_held:
             # A gate that thinks we want fewer lines than we do would leave us waiting; one that
             # thinks we want more only grants lines we hand straight back, so a fall is not sent.
             await self._send_demand(0, want)
 
-    async def _send_demand(self, release: int, want: int, done: bool = False) -> None:
+    async def _send_demand(self, release: int, want: int, done: bool = False, resync: bool = False) -> None:
         assert self._facts is not None
         state = self._book.state
         state.demand_seq += 1
@@ -280,6 +287,11 @@ class OutboundRunWorkflow:
             want=want,
             cap=self._facts.max_concurrent_calls,
             done=done,
+            epoch=workflow.info().run_id,
+            held=state.lines_held,
+            grant_seen_run=state.gate_run,
+            grant_seen_seq=state.last_grant_seq,
+            resync=resync,
         )
         if state.gate_contacted:
             try:
@@ -316,10 +328,11 @@ class OutboundRunWorkflow:
             return []
         return self._book.take_unrecorded()
 
-    async def _dial(self, call: InFlightCall, carried: list[Outcome]) -> None:
+    async def _dial(self, call: InFlightCall, carried: list[Outcome], freed: AttemptRef | None) -> None:
         assert self._facts is not None
         options = self._input.options
         scheduled_at = workflow.time()
+        answer_version = 2 if workflow.patched(LINE_LEASES) else 1
         try:
             placed = await workflow.execute_activity_method(
                 DialingActivities.place_call,
@@ -335,6 +348,8 @@ class OutboundRunWorkflow:
                     machine_detection=options.machine_detection,
                     business_id=self._facts.business_id,
                     outcomes=carried,
+                    answer_version=answer_version,
+                    release=[freed] if freed else [],
                 ),
                 task_queue=dial_task_queue(workflow.info().task_queue),
                 start_to_close_timeout=timedelta(seconds=20),
@@ -346,6 +361,8 @@ class OutboundRunWorkflow:
             self._note_dial_time(scheduled_at, None)
             # A failed dial may not have written the outcomes it carried; writing twice is harmless.
             self._book.state.unrecorded.extend(carried)
+            if freed is not None:
+                self._book.state.lines_freed.append(freed)
             cause = error.cause
             kind = cause.type if isinstance(cause, ApplicationError) else None
             code, message = None, str(cause or error)
@@ -363,9 +380,40 @@ class OutboundRunWorkflow:
             self._book.dial_failed(call.lead_id, call.attempt, code, message, workflow.time(), status)
         else:
             self._note_dial_time(scheduled_at, placed.took_seconds)
+            if answer_version >= 2 and placed.line_busy:
+                # The leases it was to release were (the claim commits them first); not its outcomes.
+                self._book.state.unrecorded.extend(carried)
+                self._book.line_busy(call.lead_id, call.attempt, workflow.time())
+                return
+            self._book.forget_freed(carried)
+            if answer_version >= 2 and not placed.call_sid:
+                # An earlier execution of this run ended the attempt without a call.
+                self._book.dial_failed(
+                    call.lead_id,
+                    call.attempt,
+                    placed.error_code,
+                    placed.error_message or "",
+                    workflow.time(),
+                    placed.status,
+                )
+                return
             self._book.dial_placed(
                 call.lead_id, call.attempt, placed.call_sid, placed.status, workflow.time()
             )
+            if answer_version >= 2 and is_terminal(placed.status):
+                # Adopted a call that has already ended (its callbacks came before this execution).
+                self.call_status(
+                    CallStatusEvent(
+                        lead_id=call.lead_id,
+                        attempt=call.attempt,
+                        call_sid=placed.call_sid,
+                        status=placed.status,
+                        duration=placed.duration,
+                        answered_by=placed.answered_by,
+                        error_code=placed.error_code,
+                        error_message=placed.error_message,
+                    )
+                )
 
     def _note_dial_time(self, scheduled_at: float, took_seconds: float | None) -> None:
         """Keep how long the last dial took (it decides whether outcomes ride the next one): as the
@@ -421,6 +469,7 @@ class OutboundRunWorkflow:
                 start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=DB_RETRY,
             )
+            self._book.forget_freed(batch)
         finally:
             self._recording = False
 
@@ -488,7 +537,7 @@ class OutboundRunWorkflow:
                 status=snapshot.status,
                 duration=snapshot.duration,
                 answered_by=snapshot.answered_by,
-                error_message=None if snapshot.found else "Twilio has no record of this call",
+                error_message=None if snapshot.found else NO_RECORD,
             )
         )
 

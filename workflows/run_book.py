@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from telephony.status import OUTCOMES, SKIPPED_WINDOW, is_terminal, outcome_for
 from workflows.calling_window import window_check
 from workflows.messages import (
+    AttemptRef,
     CallStatusEvent,
     InFlightCall,
     LeadRef,
@@ -24,6 +25,11 @@ from workflows.messages import (
 LEAD_PAGE_SIZE = 200
 # Leads parked on timers are workflow state; past this many, paging waits for some to be dialed.
 MAX_WAITING = 2000
+# A dial that found every line of the business in use is tried again after this long, doubling.
+LINE_RETRY_SECONDS = 1.0
+MAX_LINE_RETRY_SECONDS = 30.0
+# Gate executions a run remembers having left, so that their late messages are not taken as new.
+RETIRED_GATE_RUNS_KEPT = 4
 
 
 class RunBook:
@@ -93,20 +99,43 @@ class RunBook:
             surplus = max(surplus, self.state.lines_held - limit)
         return max(0, min(free, surplus))
 
-    def grant(self, seq: int, count: int) -> bool:
+    def grant(self, seq: int, count: int, gate_run: str = "") -> bool:
         """Take lines granted by the gate; a duplicate grant is ignored."""
+        if not self._from_current_gate(gate_run):
+            return False
         if seq <= self.state.last_grant_seq:
             return False
         self.state.last_grant_seq = seq
         self.state.lines_held += count
         return True
 
-    def recall(self, seq: int, hold_at_most: int | None) -> bool:
+    def recall(self, seq: int, hold_at_most: int | None, gate_run: str = "") -> bool:
         """Apply the gate's recall target; stale ones are ignored."""
+        if not self._from_current_gate(gate_run):
+            return False
         if seq <= self.state.last_recall_seq:
             return False
         self.state.last_recall_seq = seq
         self.state.hold_at_most = hold_at_most
+        return True
+
+    def _from_current_gate(self, gate_run: str) -> bool:
+        """Whether a message from this gate execution counts. A gate execution not heard from
+        before (the gate continued as new, or was started afresh or reset by an operator) numbers
+        its messages anew and may not know what this run holds: the run listens to it from now on,
+        drops its recall target, and owes it a report (`resync_due`). Late messages from gate
+        executions it has left are dropped."""
+        state = self.state
+        if not gate_run or gate_run == state.gate_run:
+            return True
+        if gate_run in state.retired_gate_runs:
+            return False
+        if state.gate_run:
+            state.retired_gate_runs = [*state.retired_gate_runs, state.gate_run][-RETIRED_GATE_RUNS_KEPT:]
+        state.gate_run = gate_run
+        state.last_grant_seq = state.last_recall_seq = 0
+        state.hold_at_most = None
+        state.resync_due = True
         return True
 
     def released(self, count: int) -> None:
@@ -116,11 +145,17 @@ class RunBook:
     # Timers
 
     def next_due(self) -> float | None:
-        """When the next waiting lead's timer fires."""
-        return min((w.due for w in self.state.waiting), default=None)
+        """When the next waiting lead's timer fires, or dialing may be tried again after every
+        line was found in use."""
+        dues = [w.due for w in self.state.waiting]
+        if self.state.line_retry_at is not None:
+            dues.append(self.state.line_retry_at)
+        return min(dues, default=None)
 
     def release_due(self, now: float) -> int:
         """Move leads whose timer has fired to the front of the line, earliest first."""
+        if self.state.line_retry_at is not None and self.state.line_retry_at <= now:
+            self.state.line_retry_at = None
         due = sorted((w for w in self.state.waiting if w.due <= now), key=lambda w: w.due)
         if due:
             self.state.waiting = [w for w in self.state.waiting if w.due > now]
@@ -134,6 +169,8 @@ class RunBook:
         outside its calling window is parked until the window opens, one whose window never opens
         ends `skipped_window`, and the next one is tried. `exact_window=False` reads windows to the
         minute, as runs started before they were read to the second did."""
+        if self.state.line_retry_at is not None and now < self.state.line_retry_at:
+            return None
         while self.dialable_lines > 0 and self.state.pending:
             lead = self.state.pending.pop(0)
             check = window_check(
@@ -157,6 +194,7 @@ class RunBook:
         call = self.calls.get((lead_id, attempt))
         if call is None:
             return
+        self.state.line_backoff = LINE_RETRY_SECONDS
         call.call_sid = call_sid
         if call.sequence_number < 0 and call.status == "dialing":
             call.status = status
@@ -179,6 +217,17 @@ class RunBook:
         call = self.calls.pop((lead_id, attempt), None)
         if call is not None:
             self.state.pending.insert(0, LeadRef(call.lead_id, call.phone, call.attempt, call.zones))
+
+    def line_busy(self, lead_id: int, attempt: int, now: float) -> None:
+        """Every line of the business was in use (the database's leases, not the gate, are the cap):
+        no call was placed. The lead waits first in line, nothing is dialed until `line_retry_at`,
+        and the gate is told what the run holds."""
+        call = self.calls.pop((lead_id, attempt), None)
+        if call is not None:
+            self.state.pending.insert(0, LeadRef(call.lead_id, call.phone, call.attempt, call.zones))
+        self.state.line_retry_at = now + self.state.line_backoff
+        self.state.line_backoff = min(self.state.line_backoff * 2, MAX_LINE_RETRY_SECONDS)
+        self.state.resync_due = True
 
     def apply_status(self, event: CallStatusEvent, now: float) -> Outcome | None:
         """Apply a status callback. Duplicates, stale (reordered) callbacks and callbacks for
@@ -211,6 +260,7 @@ class RunBook:
 
     def _finish(self, call: InFlightCall, outcome: Outcome, now: float, retry: bool) -> Outcome:
         del self.calls[(call.lead_id, call.attempt)]
+        self.state.lines_freed.append(AttemptRef(call.lead_id, call.attempt))
         name = outcome_for(outcome.status)
         if retry and name in self.options.retry_on and call.attempt < self.options.max_attempts:
             delay = self.options.retry_delay_seconds * self.options.retry_backoff ** (call.attempt - 1)
@@ -260,6 +310,16 @@ class RunBook:
         self.state.done += count
         self.state.outcomes["cancelled"] = self.state.outcomes.get("cancelled", 0) + count
         return count
+
+    def take_freed(self) -> AttemptRef | None:
+        """The ended call whose line lease the next dial releases before it claims one, if any."""
+        return self.state.lines_freed.pop(0) if self.state.lines_freed else None
+
+    def forget_freed(self, written: list[Outcome]) -> None:
+        """These outcomes are written, which released their leases: no dial need release them."""
+        done = {(o.lead_id, o.attempt) for o in written}
+        if done:
+            self.state.lines_freed = [r for r in self.state.lines_freed if (r.lead_id, r.attempt) not in done]
 
     def take_unrecorded(self) -> list[Outcome]:
         """Hand over the outcomes not yet written, for one batched write."""

@@ -42,7 +42,7 @@ from api.schemas import (
     RunPublic,
     problems,
 )
-from db.models import Business, CallAttempt, Lead, Run, utcnow
+from db.models import LIVE_RUN_STATUSES, Business, CallAttempt, Lead, Run, utcnow
 from settings import Settings
 from workflows.calling_window import CallingWindow
 from workflows.messages import CancelRequest, PauseRequest, ResumeRequest, RunInput, RunOptions
@@ -52,7 +52,7 @@ from workflows.outbound_run import OutboundRunWorkflow
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
 
-LIVE_STATUSES = ("running", "paused")
+LIVE_STATUSES = LIVE_RUN_STATUSES
 MAX_STREAMED_LEADS = 1_000_000
 MAX_LISTED_ERRORS = 100
 INSERT_BATCH = 5_000

@@ -30,6 +30,10 @@ class SimulatorConfig(BaseModel):
 
     outcome_weights: dict[FinalStatus, float] = Field(default_factory=_dev_outcome_weights)
     outcomes_by_to: dict[str, FinalStatus] = Field(default_factory=dict)
+    talk_seconds_by_to: dict[str, float] = Field(
+        default_factory=dict,
+        description="how long an answered call to this number lasts, overriding talk_seconds",
+    )
     queue_seconds: Seconds = Field(default=(0.0, 0.1), description="time a call waits before it is initiated")
     ring_seconds: Seconds = Field(default=(1.0, 3.0), description="time a call rings before its outcome")
     talk_seconds: Seconds = Field(default=(2.0, 8.0), description="length of an answered call")

@@ -158,7 +158,7 @@ class Simulator:
         ring = self.rng.uniform(*config.ring_seconds)
         if outcome == "no-answer":
             ring = min(ring, request.timeout)
-        talk = self.rng.uniform(*config.talk_seconds)
+        talk = config.talk_seconds_by_to.get(request.to, self.rng.uniform(*config.talk_seconds))
         if request.time_limit is not None:
             talk = min(talk, request.time_limit)
         return Call(

@@ -1,0 +1,224 @@
+"""The line reaper: lines held by runs whose workflows are gone come back once their calls end.
+
+An operator can terminate a run's workflow (or reset it away from calls it had placed) in the
+Temporal Web UI. Its calls go on at Twilio and hold their line leases. The business's gate asks
+this activity, every reap interval, to settle such runs: each call still live is hung up, each
+ended call's outcome is written (which releases its lease), and once nothing of the run is left at
+the carrier, the run's row is made final (`failed`, saying why)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import and_, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from temporalio import activity
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.service import RPCError, RPCStatusCode
+from twilio.rest import Client as TwilioClient
+
+import observability
+from activities.dialing import NO_RECORD, CallSnapshot, end_call, fetch_snapshot, find_unrecorded_call
+from activities.events import EventCourier
+from activities.records import finish_run, write_outcomes
+from db.models import LIVE_RUN_STATUSES, Business, CallAttempt, Lead, LineLease, Run
+from telephony.status import FINAL_ATTEMPT_STATUSES, is_terminal
+from workflows.messages import Outcome
+from workflows.names import run_id_of, run_workflow_id
+
+log = logging.getLogger(__name__)
+
+# A lease whose attempt has no call SID yet may belong to a create still under way (a try lasts at
+# most 20 s) or to a call Twilio's list does not show yet: it is looked up only after this long.
+UNPLACED_GRACE = timedelta(minutes=2)
+NOT_PLACED = "not placed: the run's workflow ended before this call was placed"
+WHY_GONE = {
+    WorkflowExecutionStatus.TERMINATED: "the run's workflow was terminated in Temporal",
+    WorkflowExecutionStatus.TIMED_OUT: "the run's workflow timed out in Temporal",
+    WorkflowExecutionStatus.FAILED: "the run's workflow failed",
+    WorkflowExecutionStatus.CANCELED: "the run's workflow was cancelled in Temporal",
+    WorkflowExecutionStatus.CONTINUED_AS_NEW: "the run's workflow closed",
+    WorkflowExecutionStatus.COMPLETED: "the run's workflow closed",
+}
+
+
+@dataclass
+class ReapLinesInput:
+    business_id: str
+    # Runs the gate counts as holding lines (workflow ids), checked along with those the database names.
+    run_workflow_ids: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ReapedLines:
+    """Runs found running, runs found gone, and the lines the gone ones' calls still hold."""
+
+    running: list[str] = field(default_factory=list)
+    gone: list[str] = field(default_factory=list)
+    still_leased: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Held:
+    """A call attempt of a gone run that may still hold a line or a call."""
+
+    lead_id: int
+    attempt: int
+    call_sid: str | None
+    phone: str
+    claimed_at: datetime | None
+
+
+class LineActivities:
+    """Activities holding the database, Twilio and Temporal clients, built once in the worker."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        twilio: TwilioClient,
+        client: Client,
+        courier: EventCourier | None = None,
+    ) -> None:
+        self.sessions = sessions
+        self.twilio = twilio
+        self.client = client
+        self.courier = courier
+
+    @activity.defn
+    async def reap_lines(self, input: ReapLinesInput) -> ReapedLines:
+        """Settle the business's runs whose workflows are gone: hang up their calls, write the
+        outcomes of those that ended (releasing their lines) and, when none is left, end the run."""
+        async with self.sessions() as session:
+            leased = set(
+                await session.scalars(
+                    select(LineLease.run_id).where(LineLease.business_id == input.business_id).distinct()
+                )
+            )
+            live = set(
+                await session.scalars(
+                    select(Run.id).where(
+                        Run.business_id == input.business_id, Run.status.in_(LIVE_RUN_STATUSES)
+                    )
+                )
+            )
+        candidates = leased | live | {run_id_of(w) for w in input.run_workflow_ids}
+        reaped = ReapedLines()
+        for run_id in sorted(candidates):
+            status = await self._workflow_status(run_id)
+            if status == WorkflowExecutionStatus.RUNNING:
+                reaped.running.append(run_workflow_id(run_id))
+                continue
+            reaped.gone.append(run_workflow_id(run_id))
+            why = WHY_GONE.get(status, "the run's workflow no longer exists") if status else None
+            left = await self._settle(input.business_id, run_id, why or "the run's workflow no longer exists")
+            if left:
+                reaped.still_leased[run_workflow_id(run_id)] = left
+            activity.heartbeat(run_id)
+        return reaped
+
+    async def _workflow_status(self, run_id: str) -> WorkflowExecutionStatus | None:
+        try:
+            description = await self.client.get_workflow_handle(run_workflow_id(run_id)).describe()
+        except RPCError as error:
+            if error.status == RPCStatusCode.NOT_FOUND:
+                return None
+            raise
+        return description.status
+
+    async def _settle(self, business_id: str, run_id: str, why: str) -> int:
+        """Settle one gone run; returns how many of its calls are still live (or may be)."""
+        context = {"run": run_id}
+        async with self.sessions() as session:
+            caller_id = await session.scalar(select(Business.caller_id).where(Business.id == business_id))
+            held = await _held_by(session, run_id)
+        outcomes: list[Outcome] = []
+        left = 0
+        now = datetime.now(UTC)
+        for call in held:
+            sid = call.call_sid
+            if sid is None:
+                if call.claimed_at is not None and now - call.claimed_at < UNPLACED_GRACE:
+                    left += 1
+                    continue
+                since = call.claimed_at or now - UNPLACED_GRACE
+                async with self.sessions() as session:
+                    found = await find_unrecorded_call(
+                        self.twilio, session, call.phone, caller_id or "", since
+                    )
+                if found is None:
+                    outcomes.append(Outcome(call.lead_id, call.attempt, "canceled", error_message=NOT_PLACED))
+                    continue
+                sid = found.call_sid
+            snapshot = await fetch_snapshot(self.twilio, sid)
+            if snapshot.found and not is_terminal(snapshot.status):
+                log.info(
+                    "hanging up a call of a gone run",
+                    extra={**context, "lead": call.lead_id, "call_sid": sid},
+                )
+                snapshot = await end_call(self.twilio, sid, answered=snapshot.status == "in-progress")
+            outcome = _outcome(call, sid, snapshot)
+            if outcome is None:
+                left += 1
+            else:
+                outcomes.append(outcome)
+        events_for = None
+        async with self.sessions() as session, session.begin():
+            if outcomes:
+                events_for = await write_outcomes(session, run_id, outcomes)
+                observability.LINES_REAPED.inc(len(outcomes))
+            if not left:
+                events_for = await finish_run(session, run_id, "failed", why, only_if_live=True) or events_for
+        if events_for is not None and self.courier is not None:
+            await self.courier.notify_soon(events_for)
+        log.info("settled a gone run", extra={**context, "ended": len(outcomes), "live": left, "reason": why})
+        return left
+
+
+def _outcome(call: _Held, sid: str, snapshot: CallSnapshot) -> Outcome | None:
+    if not snapshot.found:
+        return Outcome(call.lead_id, call.attempt, "failed", sid, error_message=NO_RECORD)
+    if not is_terminal(snapshot.status):
+        return None
+    return Outcome(
+        call.lead_id,
+        call.attempt,
+        snapshot.status,
+        sid,
+        duration=snapshot.duration,
+        answered_by=snapshot.answered_by,
+    )
+
+
+async def _held_by(session: AsyncSession, run_id: str) -> list[_Held]:
+    """The run's attempts that hold a line lease or are not final: a lease, with or without its
+    attempt's row (a create that never committed), and a call whose end was never written."""
+    leased = await session.execute(
+        select(LineLease.lead_id, LineLease.attempt, LineLease.claimed_at, CallAttempt.call_sid, Lead.phone)
+        .join(Lead, Lead.id == LineLease.lead_id)
+        .outerjoin(
+            CallAttempt,
+            and_(
+                CallAttempt.run_id == LineLease.run_id,
+                CallAttempt.lead_id == LineLease.lead_id,
+                CallAttempt.attempt == LineLease.attempt,
+            ),
+        )
+        .where(LineLease.run_id == run_id)
+    )
+    held = {
+        (r.lead_id, r.attempt): _Held(r.lead_id, r.attempt, r.call_sid, r.phone, r.claimed_at) for r in leased
+    }
+    unfinished = await session.execute(
+        select(CallAttempt.lead_id, CallAttempt.attempt, CallAttempt.call_sid, Lead.phone)
+        .join(Lead, Lead.id == CallAttempt.lead_id)
+        .where(
+            CallAttempt.run_id == run_id,
+            CallAttempt.status.not_in(FINAL_ATTEMPT_STATUSES),
+            CallAttempt.call_sid.is_not(None),
+        )
+    )
+    for r in unfinished:
+        held.setdefault((r.lead_id, r.attempt), _Held(r.lead_id, r.attempt, r.call_sid, r.phone, None))
+    return list(held.values())

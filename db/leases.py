@@ -1,0 +1,142 @@
+"""Line leases: the business's line cap, kept where no workflow's state can lose it.
+
+A lease is one of a business's slots (0 .. cap-1) held by one call attempt, keyed by (run, lead,
+attempt). It is claimed, and committed, before the create-call request is sent, and released with
+the attempt's terminal outcome: so at every instant the calls a business has at the carrier are
+no more than its leases, and its leases are no more than its cap."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import Table, bindparam, delete, func, literal, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from db.models import Business, LineLease, utcnow
+from db.upsert import dialect_insert
+
+_LEASES = cast(Table, LineLease.__table__)
+_BUSINESSES = cast(Table, Business.__table__)
+
+
+@dataclass(frozen=True)
+class AttemptKey:
+    """A call attempt: the lease's holder."""
+
+    run_id: str
+    lead_id: int
+    attempt: int
+
+
+_RELEASE = delete(_LEASES).where(
+    _LEASES.c.run_id == bindparam("l_run"),
+    _LEASES.c.lead_id == bindparam("l_lead"),
+    _LEASES.c.attempt == bindparam("l_attempt"),
+)
+_HELD_BY = select(_LEASES.c.slot).where(
+    _LEASES.c.run_id == bindparam("l_run"),
+    _LEASES.c.lead_id == bindparam("l_lead"),
+    _LEASES.c.attempt == bindparam("l_attempt"),
+)
+_FULL = select(
+    select(func.count()).where(_LEASES.c.business_id == bindparam("l_business")).scalar_subquery()
+    >= select(_BUSINESSES.c.max_concurrent_calls)
+    .where(_BUSINESSES.c.id == bindparam("l_business"))
+    .scalar_subquery()
+)
+_CLAIMS: dict[str, Any] = {}
+
+
+def _claim_statement(dialect: str) -> Any:
+    """INSERT the lease on the lowest free slot below the business's cap, or nothing if every slot
+    is taken or the attempt already holds one (ON CONFLICT DO NOTHING on either key); RETURNING the
+    slot taken. One statement, for both databases (the slots come from a recursive CTE)."""
+    if dialect not in _CLAIMS:
+        cap = (
+            select(_BUSINESSES.c.max_concurrent_calls)
+            .where(_BUSINESSES.c.id == bindparam("l_business"))
+            .scalar_subquery()
+        )
+        slots = select(literal(0).label("slot")).cte("slots", recursive=True)
+        slots = slots.union_all(select(slots.c.slot + 1).where(slots.c.slot + 1 < cap))
+        taken = select(_LEASES.c.slot).where(_LEASES.c.business_id == bindparam("l_business"))
+        free = (
+            select(
+                bindparam("l_business"),
+                slots.c.slot,
+                bindparam("l_run"),
+                bindparam("l_lead"),
+                bindparam("l_attempt"),
+                bindparam("l_now", type_=_LEASES.c.claimed_at.type),
+            )
+            .where(slots.c.slot.not_in(taken), slots.c.slot < cap)
+            .order_by(slots.c.slot)
+            .limit(1)
+        )
+        _CLAIMS[dialect] = (
+            dialect_insert(dialect, _LEASES)
+            .from_select(["business_id", "slot", "run_id", "lead_id", "attempt", "claimed_at"], free)
+            .on_conflict_do_nothing()
+            .returning(_LEASES.c.slot)
+        )
+    return _CLAIMS[dialect]
+
+
+def _params(key: AttemptKey) -> dict[str, Any]:
+    return {"l_run": key.run_id, "l_lead": key.lead_id, "l_attempt": key.attempt}
+
+
+async def claim_line(connection: AsyncConnection, business_id: str, key: AttemptKey) -> int | None:
+    """The slot this attempt holds: the one it already had (an earlier try of the same dial), or a
+    free one claimed now; None when every line of the business is in use."""
+    statement = _claim_statement(connection.dialect.name)
+    params = {**_params(key), "l_business": business_id, "l_now": utcnow()}
+    # A slot another dial took between our read and our insert costs one more try.
+    for _ in range(3):
+        slot = (await connection.execute(statement, params)).scalar()
+        if slot is None:
+            slot = (await connection.execute(_HELD_BY, _params(key))).scalar()
+        if slot is not None:
+            return int(slot)
+        if (await connection.execute(_FULL, params)).scalar():
+            return None
+    return None
+
+
+async def release_lines(connection: AsyncConnection, keys: Iterable[AttemptKey]) -> None:
+    """Give back the lines of these attempts (those that hold one): their calls have ended, or
+    were never placed."""
+    rows = [_params(key) for key in keys]
+    if rows:
+        await connection.execute(_RELEASE, rows)
+
+
+@dataclass(frozen=True)
+class HeldLine:
+    """A lease as the reaper sees it."""
+
+    key: AttemptKey
+    claimed_at: datetime
+
+
+async def lines_held_by_run(connection: AsyncConnection, run_id: str) -> list[HeldLine]:
+    """The leases a run's attempts hold."""
+    rows = await connection.execute(
+        select(_LEASES.c.run_id, _LEASES.c.lead_id, _LEASES.c.attempt, _LEASES.c.claimed_at)
+        .where(_LEASES.c.run_id == run_id)
+        .order_by(_LEASES.c.slot)
+    )
+    return [HeldLine(AttemptKey(r.run_id, r.lead_id, r.attempt), r.claimed_at) for r in rows]
+
+
+async def runs_holding_lines(connection: AsyncConnection, business_id: str) -> dict[str, int]:
+    """How many lines each run of the business holds."""
+    rows = await connection.execute(
+        select(_LEASES.c.run_id, func.count())
+        .where(_LEASES.c.business_id == business_id)
+        .group_by(_LEASES.c.run_id)
+    )
+    return {run_id: int(count) for run_id, count in rows}
