@@ -177,6 +177,9 @@ class DialOutput:
 class HangUpInput:
     call_sid: str
     answered: bool
+    # Every refusal is retried (by the run's retry policy), account errors included: the call may
+    # be going on, and the auth token may be fixed any moment.
+    keep_trying: bool = False
 
 
 @dataclass
@@ -381,7 +384,12 @@ class DialingActivities:
         """End a call: cancel it if it has not been answered, complete it if it has. Returns what
         Twilio says of the call afterwards: a call cancelled while queued gets no status callback,
         so this answer is the only news of its end. A call that is already over is success."""
-        return await end_call(self.twilio, input.call_sid, input.answered)
+        try:
+            return await end_call(self.twilio, input.call_sid, input.answered)
+        except ApplicationError as error:
+            if input.keep_trying and error.non_retryable:
+                raise ApplicationError(str(error), *error.details, type=error.type) from None
+            raise
 
     @activity.defn
     async def fetch_call(self, input: FetchCallInput) -> CallSnapshot:
@@ -434,6 +442,8 @@ async def end_call(twilio: Client, call_sid: str, answered: bool) -> CallSnapsho
             # Answered between our last news and the cancel: `canceled` does not end it.
             call = await twilio.calls(call_sid).update_async(status="completed")
     except TwilioRestException as error:
+        if error.status == 404:
+            return CallSnapshot(found=False, status="failed")
         if error.code != NOT_IN_PROGRESS:
             raise _classify(error) from None
         return await fetch_snapshot(twilio, call_sid)

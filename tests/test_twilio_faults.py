@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -11,10 +12,12 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import pytest
+from temporalio.api.enums.v1 import EventType
 from temporalio.testing import ActivityEnvironment
 
 from activities.dialing import DialingActivities, DialInput
 from db.models import Lead, Run
+from settings import DEV_AUTH_TOKEN
 from telephony.status import OUTCOME_BY_CALL_STATUS
 from telephony.twilio_client import close_twilio_client, create_twilio_client
 from tests.conftest import SUGGEST_CONTINUE_AS_NEW_AFTER_EVENTS, SimulatorKnobs
@@ -342,3 +345,75 @@ async def test_a_call_twilio_never_heard_of_ends_failed_with_the_reason(
     (attempt,) = await stack.attempts(run_id)
     assert attempt.status == "failed" and attempt.error_message == "Twilio has no record of this call"
     await stack.save_history(run_workflow_id(run_id), "run_reconciled")
+
+
+async def _failed_activities(stack: Stack, run_id: str, activity_type: str) -> int:
+    history = await stack.temporal.get_workflow_handle(run_workflow_id(run_id)).fetch_history()
+    scheduled = {
+        e.event_id
+        for e in history.events
+        if e.activity_task_scheduled_event_attributes.activity_type.name == activity_type
+    }
+    return sum(
+        1
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED
+        and e.activity_task_failed_event_attributes.scheduled_event_id in scheduled
+    )
+
+
+async def test_quiet_calls_are_still_looked_up_after_twilio_refused_a_lookup(
+    stack: Stack, sim_knobs: SimulatorKnobs
+) -> None:
+    """The auth token is rotated while a run waits on calls whose last callbacks were lost: looking
+    them up fails with 20003 until the worker's token works again. The lookups go on, and the run
+    ends instead of holding its lines for good."""
+    business = await stack.create_business(cap=2)
+    phones = [new_number() for _ in range(2)]
+    await stack.force_outcomes(dict.fromkeys(phones, "busy"))
+    await sim_knobs(webhooks_unreachable_until=time.time() + 3600)  # every callback is lost
+    run_id = await stack.start_run(business, phones, options=QUICK_RECONCILE)
+
+    async def calls_ended() -> bool:
+        calls = await stack.sim_calls(business.caller_id)
+        return len(calls) == 2 and all(c["ended_at"] for c in calls)
+
+    await wait_for(calls_ended, within=30, what="both calls to end at the carrier")
+    await stack.sim.post("/_sim/config", json={"auth_token": "rotated-by-the-account-owner"})
+    try:
+        await wait_for(
+            lambda: _failed_activities(stack, run_id, "fetch_call"), within=60, what="a lookup Twilio refused"
+        )
+    finally:
+        await stack.sim.post("/_sim/config", json={"auth_token": DEV_AUTH_TOKEN})
+
+    run = await stack.wait_run_ends(business, run_id, within=60)
+    assert run["status"] == "completed" and run["progress"]["outcomes"]["busy"] == 2
+
+
+async def test_a_hang_up_twilio_refuses_for_a_while_is_tried_until_it_succeeds(
+    stack: Stack, sim_knobs: SimulatorKnobs
+) -> None:
+    """A cancel hangs up calls in flight; Twilio answers the hang-ups 500 for half a minute. They are
+    tried until one succeeds, rather than given up after a few tries while the calls go on."""
+    business = await stack.create_business(cap=2)
+    phones = [new_number() for _ in range(4)]
+    await stack.force_outcomes(dict.fromkeys(phones, "completed"))
+    await sim_knobs(talk_seconds_by_to=dict.fromkeys(phones, 300.0))
+    run_id = await stack.start_run(business, phones)
+
+    async def answered() -> bool:
+        calls = await stack.sim_calls(business.caller_id)
+        return len(calls) == 2 and all(c["status"] == "in-progress" for c in calls)
+
+    await wait_for(answered, within=30, what="two calls to be answered")
+    await sim_knobs(updates_fail_until=time.time() + 30)
+    response = await stack.http.post(f"/v1/runs/{run_id}/cancel", headers=business.headers)
+    assert response.status_code == 202
+
+    run = await stack.wait_run_ends(business, run_id, within=120)
+    assert run["status"] == "cancelled"
+    calls = await stack.sim_calls(business.caller_id)
+    assert all(c["status"] == "completed" for c in calls)
+    # Hung up once Twilio took the hang-up, well before the calls' five minutes were up.
+    assert all(c["ended_at"] - c["created_at"] < 120 for c in calls)

@@ -9,7 +9,7 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, FailureError
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, FailureError
 
 with workflow.unsafe.imports_passed_through():
     from activities.dialing import (
@@ -84,6 +84,12 @@ RECHECK_ANSWERED_CALLS = "recheck-answered-calls"
 # back as `line_busy` and is tried again later, and a dial that finds its attempt already ended (a
 # reset run redialing what its earlier execution dialed) comes back with that ending.
 LINE_LEASES = "line-leases"
+# Work the run does in the background survives what Twilio answers: a lookup refused (20003 after
+# the auth token was rotated) is tried again at the next check instead of ending the checks, a
+# hang-up is tried until Twilio takes it (or the call ends otherwise), and anything else a
+# background task raises fails the workflow task, where the Web UI shows it, instead of vanishing.
+BACKGROUND_WORK_SURVIVES = "background-work-survives"
+HANG_UP_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
 ANSWERED_RECHECK_SECONDS = 300
 # The API commits the run row just after starting the workflow; load_run gives it time to appear
 # (RUN_APPEARS_WITHIN_TRIES tries), and is retried without limit while the database is away: it runs
@@ -117,6 +123,10 @@ class OutboundRunWorkflow:
         self._recording = False
         self._last_dial_seconds = 0.0
         self._hung_up: set[str] = set()
+        # Hang-ups under way by call SID, cancelled when the call ends otherwise.
+        self._hang_ups: dict[str, asyncio.Task[None]] = {}
+        # What a background task raised that it should not have (a bug): the run loop raises it.
+        self._broken: BaseException | None = None
         self._dials_stopped = False
 
     # Messages
@@ -125,6 +135,8 @@ class OutboundRunWorkflow:
     def call_status(self, event: CallStatusEvent) -> None:
         """A Twilio status callback for one of this run's attempts."""
         outcome = self._book.apply_status(event, workflow.time())
+        if outcome is not None and outcome.call_sid in self._hang_ups:
+            self._hang_ups.pop(outcome.call_sid).cancel()
         if outcome is not None:
             workflow.logger.info(
                 "call ended",
@@ -198,6 +210,9 @@ class OutboundRunWorkflow:
             asyncio.create_task(self._reconcile_quiet_calls()),
             asyncio.create_task(self._wake_waiting_leads()),
         ]
+        if workflow.patched(BACKGROUND_WORK_SURVIVES):
+            for timer in timers:
+                timer.add_done_callback(self._note_if_broken)
 
         try:
             await self._dial_until_done()
@@ -212,6 +227,9 @@ class OutboundRunWorkflow:
     async def _dial_until_done(self) -> None:
         book = self._book
         while True:
+            if self._broken is not None:
+                # A plain error fails the workflow task (shown, and retried), not the run.
+                raise RuntimeError(f"background work of the run failed: {self._broken!r}") from self._broken
             self._wake = False
             cancelled = book.state.cancel_reason is not None
             if cancelled:
@@ -442,17 +460,37 @@ class OutboundRunWorkflow:
         for call in list(self._book.calls.values()):
             if call.call_sid and call.call_sid not in self._hung_up:
                 self._hung_up.add(call.call_sid)
-                self._start_task(self._hang_up(call))
+                task = self._start_task(self._hang_up(call))
+                if workflow.patched(BACKGROUND_WORK_SURVIVES):
+                    self._hang_ups[call.call_sid] = task
 
     async def _hang_up(self, call: InFlightCall) -> None:
         assert call.call_sid is not None
-        snapshot = await workflow.execute_activity_method(
-            DialingActivities.hang_up,
-            HangUpInput(call.call_sid, call.answered),
-            start_to_close_timeout=timedelta(seconds=30),
-            retry_policy=RetryPolicy(maximum_attempts=5, non_retryable_error_types=[ACCOUNT_ERROR]),
-            summary=f"hang up {call.call_sid} (lead {call.lead_id}, attempt {call.attempt})",
-        )
+        summary = f"hang up {call.call_sid} (lead {call.lead_id}, attempt {call.attempt})"
+        if not workflow.patched(BACKGROUND_WORK_SURVIVES):
+            snapshot = await workflow.execute_activity_method(
+                DialingActivities.hang_up,
+                HangUpInput(call.call_sid, call.answered),
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=RetryPolicy(maximum_attempts=5, non_retryable_error_types=[ACCOUNT_ERROR]),
+                summary=summary,
+            )
+            self._apply_snapshot(call, snapshot)
+            return
+        try:
+            snapshot = await workflow.execute_activity_method(
+                DialingActivities.hang_up,
+                HangUpInput(call.call_sid, call.answered, keep_trying=True),
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=HANG_UP_RETRY,
+                summary=summary,
+            )
+        except (asyncio.CancelledError, ActivityError) as error:
+            if isinstance(error, ActivityError) and not isinstance(error.cause, CancelledError):
+                raise
+            return  # the call ended otherwise (its callback came): nothing left to hang up
+        finally:
+            self._hang_ups.pop(call.call_sid, None)
         self._apply_snapshot(call, snapshot)
 
     def _record_outcomes(self) -> None:
@@ -506,15 +544,31 @@ class OutboundRunWorkflow:
             await workflow.wait_condition(lambda: bool(self._book.calls))
             await workflow.sleep(interval)
             recheck = ANSWERED_RECHECK_SECONDS if workflow.patched(RECHECK_ANSWERED_CALLS) else None
+            survives = workflow.patched(BACKGROUND_WORK_SURVIVES)
             for call in self._book.overdue_calls(workflow.time(), recheck):
                 assert call.call_sid is not None
-                snapshot: CallSnapshot = await workflow.execute_activity_method(
-                    DialingActivities.fetch_call,
-                    FetchCallInput(call.call_sid),
-                    start_to_close_timeout=timedelta(seconds=30),
-                    retry_policy=DB_RETRY,
-                    summary=f"fetch quiet call {call.call_sid}",
-                )
+                try:
+                    snapshot: CallSnapshot = await workflow.execute_activity_method(
+                        DialingActivities.fetch_call,
+                        FetchCallInput(call.call_sid),
+                        start_to_close_timeout=timedelta(seconds=30),
+                        retry_policy=DB_RETRY,
+                        summary=f"fetch quiet call {call.call_sid}",
+                    )
+                except ActivityError as error:
+                    if not survives:
+                        raise
+                    # Still quiet and still overdue: asked again at the next check.
+                    workflow.logger.warning(
+                        "quiet call not looked up",
+                        extra={
+                            "lead": call.lead_id,
+                            "attempt": call.attempt,
+                            "call_sid": call.call_sid,
+                            "error": str(error.cause or error),
+                        },
+                    )
+                    continue
                 workflow.logger.info(
                     "reconciled quiet call",
                     extra={
@@ -573,15 +627,26 @@ class OutboundRunWorkflow:
 
     # Helpers
 
-    def _start_task(self, coroutine: Coroutine[Any, Any, None]) -> None:
+    def _start_task(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(coroutine)
         self._tasks.add(task)
+        note_if_broken = workflow.patched(BACKGROUND_WORK_SURVIVES)
 
         def _done(finished: asyncio.Task[None]) -> None:
             self._tasks.discard(finished)
             self._wake = True
+            if note_if_broken:
+                self._note_if_broken(finished)
 
         task.add_done_callback(_done)
+        return task
+
+    def _note_if_broken(self, finished: asyncio.Task[None]) -> None:
+        """Keep what a background task raised, for the run loop to raise: a workflow task that fails
+        shows in the Web UI and is retried, where a task that died alone would be forgotten."""
+        if not finished.cancelled() and finished.exception() is not None and self._broken is None:
+            self._broken = finished.exception()
+            self._wake = True
 
     def _display_status(self) -> str:
         if self._status != "running":

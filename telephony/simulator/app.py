@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from telephony.simulator.calls import API_VERSION, Call, TimeFilter, parse_time
 from telephony.simulator.config import SimulatorConfig
 from telephony.simulator.engine import CallRequest, Simulator
-from telephony.simulator.errors import TwilioApiError, missing_parameter, not_found
+from telephony.simulator.errors import TwilioApiError, internal_error, missing_parameter, not_found
 from telephony.simulator.fidelity import check_request
 
 _E164 = re.compile(r"^\+[1-9]\d{1,14}$")
@@ -151,6 +151,9 @@ def _twilio_routes(sim: Simulator) -> APIRouter:
     @router.post("/Calls/{sid}.json")
     async def update_call(account_sid: str, sid: str, request: Request) -> dict[str, Any]:
         call = find(account_sid, sid, request.url.path)
+        until = sim.config.updates_fail_until
+        if until is not None and time.time() < until:
+            raise internal_error()
         status = (await request.form()).get("Status")
         return sim.update_call(call, status if isinstance(status, str) else None).resource()
 

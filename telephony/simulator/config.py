@@ -74,6 +74,9 @@ class SimulatorConfig(BaseModel):
     # Every create to this number is refused with this Twilio code (21211 invalid number, ...).
     errors_by_to: dict[str, int] = Field(default_factory=dict)
     webhooks_unreachable_until: float | None = None
+    updates_fail_until: float | None = Field(
+        default=None, description="until this time (epoch seconds) every call update (a hang-up) answers 500"
+    )
     callback_retry_attempts: int = Field(default=0, ge=0, description="retries of a callback that failed")
     callback_retry_backoff_seconds: float = Field(
         default=0.5, ge=0, description="wait before the first retry, doubling after each"
