@@ -6,7 +6,7 @@ import os
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_ACCOUNT_SID = "AC" + "0" * 32
@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     TEMPORAL_UI_URL: str = "http://127.0.0.1:8233"
     ADMIN_TOKEN: SecretStr = SecretStr(DEV_ADMIN_TOKEN)
     TWILIO_CALLS_PER_SECOND: float = 1.0
+    # How long one request to Twilio may take: a create with no answer by then may have placed its
+    # call, and is looked up before it is tried again.
+    TWILIO_TIMEOUT_SECONDS: float = Field(default=10.0, gt=0)
     LOG_LEVEL: str = "INFO"
     # How often a business's line gate checks that the runs holding its lines are still running.
     GATE_REAP_SECONDS: float = 60.0

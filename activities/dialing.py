@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -14,21 +15,22 @@ from sqlalchemy.sql import Executable
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 from twilio.base import values
-from twilio.base.exceptions import TwilioRestException
+from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.rest import Client
 from twilio.rest.api.v2010.account.call import CallInstance
 
 import observability
 from activities.events import EventCourier
 from activities.records import write_outcomes
-from db.leases import AttemptKey, claim_line, release_lines
+from db.leases import AttemptKey, Claimed, claim_line, release_lines
 from db.models import CallAttempt, DoNotCall, Run, utcnow
 from db.upsert import dialect_insert
 from telephony.status import FINAL_ATTEMPT_STATUSES
 from telephony.twilio_client import (
     ACCOUNT_ERROR_CODES,
-    BAD_NUMBER_CODES,
     NOT_IN_PROGRESS,
+    NUMBER_ERROR_CODES,
+    RETRY_LATER_CODES,
     last_retry_after,
     status_callback_url,
 )
@@ -41,6 +43,8 @@ DO_NOT_CALL = "DoNotCall"
 RUN_CANCELLED = "RunCancelled"
 ACCOUNT_ERROR = "TwilioAccountError"
 LINE_BUSY = "LineBusy"
+# Refused with a 4xx that may be about the number or the account (21216, or a code we do not know).
+TWILIO_REFUSED = "TwilioRefused"
 NO_RECORD = "Twilio has no record of this call"
 # A dial that finds every line in use asks again a few times (another run's ended call is about to
 # give its lease back) before it answers `line_busy`.
@@ -230,7 +234,8 @@ class DialingActivities:
         key = AttemptKey(input.run_id, input.lead_id, input.attempt)
         ended = [AttemptKey(input.run_id, o.lead_id, o.attempt) for o in input.outcomes]
         ended += [AttemptKey(input.run_id, r.lead_id, r.attempt) for r in input.release]
-        if await self._take_line(input, key, ended) is None:
+        line = await self._take_line(input, key, ended)
+        if line is None:
             log.info(
                 "every line in use",
                 extra={"run": input.run_id, "lead": input.lead_id, "attempt": input.attempt},
@@ -241,7 +246,8 @@ class DialingActivities:
             raise ApplicationError(
                 "every line of the business is in use", type=LINE_BUSY, next_retry_delay=timedelta(seconds=2)
             )
-        dial = _DialState()
+        # An earlier try that claimed this line may have sent its create: look before dialing.
+        dial = _DialState(earlier_may_have_placed=line.held_before or activity.info().attempt > 1)
         try:
             async with self.sessions() as session, session.begin():
                 placed, events_for = await self._place(session, input, dial)
@@ -256,7 +262,7 @@ class DialingActivities:
         placed.took_seconds = round((datetime.now(UTC) - activity.info().scheduled_time).total_seconds(), 3)
         return placed
 
-    async def _take_line(self, input: DialInput, key: AttemptKey, ended: list[AttemptKey]) -> int | None:
+    async def _take_line(self, input: DialInput, key: AttemptKey, ended: list[AttemptKey]) -> Claimed | None:
         """Claim a line lease for the attempt, committed before Twilio is asked (the lines of the
         calls whose outcomes this dial carries come back first): the attempt's own lease if an
         earlier try took one, else a free slot below the cap, asking again briefly while none is."""
@@ -267,9 +273,9 @@ class DialingActivities:
                 connection = await session.connection()
                 await release_lines(connection, ended)
                 ended = []
-                slot = await claim_line(connection, input.business_id, key)
-            if slot is not None:
-                return slot
+                line = await claim_line(connection, input.business_id, key)
+            if line is not None:
+                return line
         return None
 
     async def _give_back_line(self, key: AttemptKey) -> None:
@@ -301,7 +307,7 @@ class DialingActivities:
                 return DialOutput(
                     "", earlier.status, error_code=earlier.error_code, error_message=earlier.error_message
                 ), None
-        if activity.info().attempt > 1:
+        if dial.earlier_may_have_placed:
             found = _created_by_earlier_try() or await find_unrecorded_call(
                 self.twilio, session, input.to, input.from_, activity.info().scheduled_time
             )
@@ -399,21 +405,21 @@ class DialingActivities:
 
 class _DialState:
     """What one try of a dial did, for its failure path: whether it sent the create, whether Twilio
-    refused it, and the call it created."""
+    refused it, and the call it created; and whether an earlier try may have placed the call."""
 
-    def __init__(self) -> None:
+    def __init__(self, earlier_may_have_placed: bool) -> None:
+        self.earlier_may_have_placed = earlier_may_have_placed
         self.sent = False
         self.refused = False
         self.created: DialOutput | None = None
 
     def never_placed(self, error: BaseException) -> bool:
-        """Whether the try certainly placed no call: it failed before sending the create, or Twilio
-        refused it (a 4xx). A 5xx, a timeout or a lost connection after sending may have placed one."""
-        return (
-            self.created is None
-            and (not self.sent or self.refused)
-            and not isinstance(error, asyncio.CancelledError)
-        )
+        """Whether the dial certainly placed no call: this try failed before sending the create, or
+        Twilio refused it (a 4xx), and no earlier try may have placed one. A 5xx, a timeout or a lost
+        connection after sending may have placed one."""
+        if self.created is not None or self.earlier_may_have_placed:
+            return False
+        return (not self.sent or self.refused) and not isinstance(error, asyncio.CancelledError)
 
 
 async def find_unrecorded_call(
@@ -421,7 +427,12 @@ async def find_unrecorded_call(
 ) -> DialOutput | None:
     """A call to this number from this caller ID, placed since `since`, that no attempt has
     recorded: one a dial placed without learning its SID."""
-    calls = await twilio.calls.list_async(to=to, from_=from_, start_time_after=since - LOOKUP_SKEW, limit=20)
+    try:
+        calls = await twilio.calls.list_async(
+            to=to, from_=from_, start_time_after=since - LOOKUP_SKEW, limit=20
+        )
+    except TwilioException as error:
+        raise _classify(_page_error(error)) from None
     known = set(
         await session.scalars(
             select(CallAttempt.call_sid).where(CallAttempt.call_sid.in_([c.sid for c in calls if c.sid]))
@@ -480,14 +491,34 @@ def _snapshot(call: CallInstance) -> CallSnapshot:
     )
 
 
+def _page_error(error: TwilioException) -> TwilioRestException:
+    """A refused list request as the refused request it is: the SDK raises a bare TwilioException
+    ("Unable to fetch page") carrying the response, where other requests raise a
+    TwilioRestException with Twilio's status and code."""
+    if isinstance(error, TwilioRestException):
+        return error
+    response = error.args[1] if len(error.args) > 1 else None
+    status = int(getattr(response, "status_code", 0) or 0)
+    try:
+        body = json.loads(getattr(response, "text", "") or "{}")
+    except ValueError:
+        body = {}
+    body = body if isinstance(body, dict) else {}
+    code = body.get("code") if isinstance(body.get("code"), int) else None
+    return TwilioRestException(status, "", str(body.get("message") or error.args[0]), code)
+
+
 def _classify(error: TwilioRestException) -> ApplicationError:
-    """Turn a Twilio error into what the workflow should do: fail the lead, pause the run, or retry
-    (after Twilio's Retry-After, when it gave one)."""
+    """Turn a Twilio error into what the workflow should do: fail the lead, pause the run, hold the
+    lead until it is clear whether the number or the account is refused, or retry (after Twilio's
+    Retry-After, when it gave one)."""
     message = f"Twilio error {error.code}: {error.msg}"
-    if error.code in BAD_NUMBER_CODES:
+    if error.code in NUMBER_ERROR_CODES:
         return ApplicationError(message, error.code, error.msg, type=INVALID_NUMBER, non_retryable=True)
     if error.code in ACCOUNT_ERROR_CODES:
         return ApplicationError(message, error.code, error.msg, type=ACCOUNT_ERROR, non_retryable=True)
+    if 400 <= error.status < 500 and error.status != 429 and error.code not in RETRY_LATER_CODES:
+        return ApplicationError(message, error.code, error.msg, type=TWILIO_REFUSED, non_retryable=True)
     retry_after = last_retry_after() if error.status == 429 else None
     return ApplicationError(
         message,

@@ -89,7 +89,16 @@ def _params(key: AttemptKey) -> dict[str, Any]:
     return {"l_run": key.run_id, "l_lead": key.lead_id, "l_attempt": key.attempt}
 
 
-async def claim_line(connection: AsyncConnection, business_id: str, key: AttemptKey) -> int | None:
+@dataclass(frozen=True)
+class Claimed:
+    """The line an attempt holds, and whether an earlier try of the same dial had claimed it (and
+    so may have sent its create)."""
+
+    slot: int
+    held_before: bool
+
+
+async def claim_line(connection: AsyncConnection, business_id: str, key: AttemptKey) -> Claimed | None:
     """The slot this attempt holds: the one it already had (an earlier try of the same dial), or a
     free one claimed now; None when every line of the business is in use."""
     statement = _claim_statement(connection.dialect.name)
@@ -97,10 +106,11 @@ async def claim_line(connection: AsyncConnection, business_id: str, key: Attempt
     # A slot another dial took between our read and our insert costs one more try.
     for _ in range(3):
         slot = (await connection.execute(statement, params)).scalar()
-        if slot is None:
-            slot = (await connection.execute(_HELD_BY, _params(key))).scalar()
         if slot is not None:
-            return int(slot)
+            return Claimed(int(slot), held_before=False)
+        slot = (await connection.execute(_HELD_BY, _params(key))).scalar()
+        if slot is not None:
+            return Claimed(int(slot), held_before=True)
         if (await connection.execute(_FULL, params)).scalar():
             return None
     return None

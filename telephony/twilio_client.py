@@ -12,9 +12,21 @@ from twilio.rest import Client
 
 from settings import Settings
 
-# Twilio error codes, by what they mean for a run.
-BAD_NUMBER_CODES = frozenset({21211, 21214, 21216, 21217})
-ACCOUNT_ERROR_CODES = frozenset({20003, 21210, 21212, 21215, 21219})
+# Twilio's error codes for a create-call, by what they mean for a run
+# (https://www.twilio.com/docs/api/errors/<code>).
+# The number called: this account cannot call it as it stands; that lead fails. 21211 invalid 'To',
+# 21214 'To' cannot be reached, 21215 no geo permission for the destination, 21217 not a valid
+# phone number, 21219 a trial account's number that is not verified.
+NUMBER_ERROR_CODES = frozenset({21211, 21214, 21215, 21217, 21219})
+# The account: no call can be placed until it is fixed; the run pauses with Twilio's reason. 10001
+# and 20005 not active (suspended, out of funds), 10002 not on a trial account, 20003
+# authentication, 20006 access denied, 21210 caller ID not verified, 21212 invalid caller ID.
+ACCOUNT_ERROR_CODES = frozenset({10001, 10002, 20003, 20005, 20006, 21210, 21212})
+# Not processed, and worth trying again after a wait: 10004 the account's concurrent-call limit.
+RETRY_LATER_CODES = frozenset({10004})
+# Anything else Twilio refuses with a 4xx could be the number or the account: 21216 "call blocked
+# by Twilio" is a high-risk destination, or any +1 call from an account without a Primary Customer
+# Profile. The run tells them apart by what comes next (see RunBook.dial_refused_unsure).
 NOT_IN_PROGRESS = 21220
 TOO_MANY_REQUESTS = 20429
 
@@ -24,9 +36,13 @@ _retry_after: ContextVar[float | None] = ContextVar("twilio_retry_after", defaul
 
 
 class RateAwareHttpClient(AsyncTwilioHttpClient):
-    """The SDK's async HTTP client, remembering Retry-After from a 429 for the caller's backoff."""
+    """The SDK's async HTTP client, remembering Retry-After from a 429 for the caller's backoff, and
+    applying the timeout it is built with (the SDK's passes each request's own, None, to aiohttp,
+    which then waits without limit)."""
 
     async def request(self, *args: Any, **kwargs: Any) -> Response:
+        if kwargs.get("timeout") is None:
+            kwargs["timeout"] = self.timeout
         response: Response = await super().request(*args, **kwargs)
         if response.status_code == 429:
             _retry_after.set(_seconds(response.headers.get("Retry-After") if response.headers else None))
@@ -51,7 +67,7 @@ def create_twilio_client(settings: Settings) -> Client:
     `max_retries` stays unset: the SDK's retrying client re-sends any request on a 5xx, and a
     re-sent POST to Calls can place the same call twice.
     """
-    http_client = RateAwareHttpClient(timeout=10)
+    http_client = RateAwareHttpClient(timeout=settings.TWILIO_TIMEOUT_SECONDS)
     client = Client(
         settings.TWILIO_ACCOUNT_SID,
         settings.TWILIO_AUTH_TOKEN.get_secret_value(),

@@ -228,3 +228,29 @@ def test_the_next_dial_gives_back_the_lease_of_the_call_whose_line_it_takes() ->
     book.apply_status(status(second.lead_id, "CA2", "busy"), 3)
     book.forget_freed(book.take_unrecorded())
     assert book.take_freed() is None
+
+
+def test_a_refusal_that_may_be_the_account_holds_the_lead_until_a_call_says_which() -> None:
+    book = book_with_leads(3, lines=1)
+    first = book.next_dial(0)
+    assert first is not None
+    assert book.dial_refused_unsure(first.lead_id, 1, 21216, "Call blocked by Twilio") is None
+    assert book.progress("running").queued == 3 and book.lines_wanted(True) == 2
+    second = book.next_dial(1)
+    assert second is not None and second.lead_id == 2
+    book.dial_placed(second.lead_id, 1, "CA2", "queued", 2)  # the account can call
+    [failed] = book.take_unrecorded()
+    assert (failed.lead_id, failed.status, failed.error_code) == (first.lead_id, "failed", 21216)
+
+
+def test_only_refusals_and_no_call_ever_placed_pause_the_run_and_resume_retries_them() -> None:
+    book = book_with_leads(2, lines=2)
+    for _ in range(2):
+        call = book.next_dial(0)
+        assert call is not None
+        book.dial_refused_unsure(call.lead_id, 1, 21216, "Call blocked by Twilio")
+    why = book.settle_refused(1)
+    assert why is not None and "error 21216" in why and "the last 2 numbers" in why
+    assert not book.finished and book.progress("paused").done == 0
+    book.requeue_refused()
+    assert [lead.id for lead in book.state.pending] == [1, 2]

@@ -9,10 +9,12 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from temporalio.api.enums.v1 import EventType
+from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities.dialing import DialingActivities, DialInput
@@ -417,3 +419,142 @@ async def test_a_hang_up_twilio_refuses_for_a_while_is_tried_until_it_succeeds(
     assert all(c["status"] == "completed" for c in calls)
     # Hung up once Twilio took the hang-up, well before the calls' five minutes were up.
     assert all(c["ended_at"] - c["created_at"] < 120 for c in calls)
+
+
+@pytest.mark.parametrize("code", [21215, 21219], ids=["no-geo-permission", "trial-unverified-number"])
+async def test_a_number_the_account_may_not_call_fails_that_lead_and_the_run_goes_on(
+    stack: Stack, sim_knobs: SimulatorKnobs, code: int
+) -> None:
+    """21215 (no geo permission for the destination) and 21219 (a trial account's unverified number)
+    are about the number called: that lead fails with Twilio's reason, the others are called."""
+    business = await stack.create_business(cap=2)
+    foreign, *others = [new_number() for _ in range(4)]
+    await stack.force_outcomes(dict.fromkeys(others, "completed"))
+    await sim_knobs(errors_by_to={foreign: code})
+    run_id = await stack.start_run(business, [foreign, *others])
+
+    run = await stack.wait_run_ends(business, run_id, within=30)
+    assert run["status"] == "completed"
+    assert run["progress"]["outcomes"]["answered"] == 3 and run["progress"]["outcomes"]["failed"] == 1
+    calls = {
+        c["phone"]: c
+        for c in (await stack.http.get(f"/v1/runs/{run_id}/calls", headers=business.headers)).json()
+    }
+    assert calls[foreign]["error_code"] == code and calls[foreign]["call_sid"] is None
+
+
+async def test_numbers_refused_one_after_another_pause_the_run_and_none_is_lost(
+    stack: Stack, sim_knobs: SimulatorKnobs
+) -> None:
+    """21216 is either one blocked destination or an account that may not call +1 numbers at all
+    (no Primary Customer Profile). Refused three times in a row with no call placed, the run pauses
+    with Twilio's reason rather than failing every lead; once fixed, resume calls them all."""
+    business = await stack.create_business(cap=2)
+    phones = [new_number() for _ in range(6)]
+    await stack.force_outcomes(dict.fromkeys(phones, "completed"))
+    await sim_knobs(errors_by_to=dict.fromkeys(phones, 21216))
+    run_id = await stack.start_run(business, phones)
+
+    async def paused() -> dict | None:
+        run = await stack.run(business, run_id)
+        return run if run["status"] == "paused" else None
+
+    run = await wait_for(paused, within=30, what="the run to pause")
+    assert "21216" in run["status_reason"] and "resume" in run["status_reason"]
+    assert run["progress"]["done"] == 0 and not await stack.sim_calls(business.caller_id)
+
+    await sim_knobs(errors_by_to={})  # the account got its profile
+    response = await stack.http.post(f"/v1/runs/{run_id}/resume", headers=business.headers)
+    assert response.status_code == 202
+    run = await stack.wait_run_ends(business, run_id, within=60)
+    assert run["status"] == "completed" and run["progress"]["outcomes"]["answered"] == 6
+    assert Counter(c["to"] for c in await stack.sim_calls(business.caller_id)) == Counter(phones)
+
+
+async def test_one_blocked_number_among_good_ones_fails_alone(
+    stack: Stack, sim_knobs: SimulatorKnobs
+) -> None:
+    business = await stack.create_business(cap=1)
+    blocked, *good = [new_number() for _ in range(3)]
+    await stack.force_outcomes(dict.fromkeys(good, "completed"))
+    await sim_knobs(errors_by_to={blocked: 21216})
+    run_id = await stack.start_run(business, [blocked, *good])
+
+    run = await stack.wait_run_ends(business, run_id, within=30)
+    assert run["status"] == "completed"
+    assert run["progress"]["outcomes"]["answered"] == 2 and run["progress"]["outcomes"]["failed"] == 1
+    [attempt] = [a for a in await stack.attempts(run_id) if a.call_sid is None]
+    assert attempt.status == "failed" and attempt.error_code == 21216
+
+
+@pytest.mark.parametrize("code", [20005, 10001], ids=["account-not-active", "account-suspended"])
+async def test_a_suspended_account_pauses_the_run_at_once(
+    stack: Stack, sim_knobs: SimulatorKnobs, code: int
+) -> None:
+    business = await stack.create_business(cap=2)
+    phones = [new_number() for _ in range(3)]
+    await stack.force_outcomes(dict.fromkeys(phones, "completed"))
+    await sim_knobs(account_error=code)
+    run_id = await stack.start_run(business, phones)
+
+    async def paused() -> dict | None:
+        run = await stack.run(business, run_id)
+        return run if run["status"] == "paused" else None
+
+    run = await wait_for(paused, within=30, what="the run to pause")
+    assert str(code) in run["status_reason"]
+    await sim_knobs(account_error=None)  # funds added
+    assert (await stack.http.post(f"/v1/runs/{run_id}/resume", headers=business.headers)).status_code == 202
+    run = await stack.wait_run_ends(business, run_id, within=60)
+    assert run["status"] == "completed" and run["progress"]["outcomes"]["answered"] == 3
+
+
+@pytest.mark.parametrize(("code", "kind"), [(20003, "TwilioAccountError"), (20429, "TwilioHttp429")])
+async def test_a_refused_lookup_of_an_earlier_try_is_classified_like_a_refused_create(
+    stack: Stack, sim_knobs: SimulatorKnobs, code: int, kind: str
+) -> None:
+    """A retry looks up the call its first try may have placed; Twilio refusing the lookup means
+    what refusing a create means: an account problem pauses the run, a 429 waits as asked."""
+    business = await stack.create_business(cap=1)
+    phone = new_number()
+    run_id = uuid.uuid4().hex
+    async with stack.sessions() as session, session.begin():
+        session.add(Run(id=run_id, business_id=business.id, status="running", total_leads=1, options={}))
+        await session.flush()
+        lead = Lead(run_id=run_id, phone=phone)
+        session.add(lead)
+    await sim_knobs(account_error=code, retry_after_seconds=7)
+    twilio = create_twilio_client(stack.settings)
+    try:
+        dialing = DialingActivities(stack.sessions, twilio, stack.settings.PUBLIC_BASE_URL)
+        dial = DialInput(
+            run_id, lead.id, 1, phone, business.caller_id, "<Response/>", business_id=business.id
+        )
+        retry = ActivityEnvironment()
+        retry.info = dataclasses.replace(retry.info, attempt=2)
+        with pytest.raises(ApplicationError) as refused:
+            await retry.run(dialing.place_call, dial)
+    finally:
+        await close_twilio_client(twilio)
+    assert refused.value.type == kind
+    if code == 20429:
+        assert refused.value.next_retry_delay == timedelta(seconds=7)
+    else:
+        assert refused.value.non_retryable
+    assert not await stack.sim_calls(business.caller_id)
+
+
+async def test_a_twilio_request_that_gets_no_answer_times_out(
+    stack: Stack, sim_knobs: SimulatorKnobs
+) -> None:
+    """The SDK's async HTTP client ignores the timeout it is built with; ours applies it, so a create
+    Twilio does not answer fails (and is looked up before it is tried again) instead of hanging."""
+    await sim_knobs(create_response_delay_seconds=5)
+    twilio = create_twilio_client(stack.settings.model_copy(update={"TWILIO_TIMEOUT_SECONDS": 1.0}))
+    caller, callee = new_number(), new_number()
+    try:
+        with pytest.raises(asyncio.TimeoutError):
+            await twilio.calls.create_async(to=callee, from_=caller, twiml="<Response/>")
+    finally:
+        await close_twilio_client(twilio)
+    assert len(await stack.sim_calls(caller)) == 1  # placed, unanswered: exactly the ambiguous case

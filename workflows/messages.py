@@ -49,6 +49,17 @@ class WaitingLead:
 
 
 @dataclass
+class RefusedLead:
+    """A lead Twilio refused to call in a way that may be about the number or about the account
+    (21216): it waits until a call placed since says the account works (then it fails as a number),
+    or the run pauses when several in a row are refused."""
+
+    lead: LeadRef
+    code: int | None
+    message: str
+
+
+@dataclass
 class InFlightCall:
     """An attempt that holds a line: its create-call was sent, and no terminal status is known."""
 
@@ -216,6 +227,9 @@ class RunCarryOver:
     # Attempts whose calls have ended and whose line leases may not have been released yet: each
     # dial releases one, the line it reuses, so it never waits on another write to find it free.
     lines_freed: list[AttemptRef] = field(default_factory=list)
+    refused: list[RefusedLead] = field(default_factory=list)
+    # Whether Twilio has placed any call of this run: then the account can call.
+    placed_any: bool = False
 
 
 @dataclass

@@ -18,6 +18,7 @@ with workflow.unsafe.imports_passed_through():
         INVALID_NUMBER,
         NO_RECORD,
         RUN_CANCELLED,
+        TWILIO_REFUSED,
         CallSnapshot,
         DialingActivities,
         DialInput,
@@ -60,7 +61,7 @@ DB_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=t
 DIAL_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     maximum_interval=timedelta(seconds=30),
-    non_retryable_error_types=[INVALID_NUMBER, ACCOUNT_ERROR, RUN_CANCELLED, DO_NOT_CALL],
+    non_retryable_error_types=[INVALID_NUMBER, ACCOUNT_ERROR, RUN_CANCELLED, DO_NOT_CALL, TWILIO_REFUSED],
 )
 DIAL_DEADLINE = timedelta(hours=1)
 # Outcomes ride the next dial (written in the transaction that claims its attempt) rather than an
@@ -80,10 +81,11 @@ WINDOWS_TO_THE_SECOND = "windows-to-the-second"
 # fetched, and again after as long if it is still going: a lost `completed` callback holds its line
 # minutes, not up to the call time limit (an hour by default).
 RECHECK_ANSWERED_CALLS = "recheck-answered-calls"
-# Dials hold a line lease in the database, the hard cap: a dial that finds every line in use comes
-# back as `line_busy` and is tried again later, and a dial that finds its attempt already ended (a
-# reset run redialing what its earlier execution dialed) comes back with that ending.
-LINE_LEASES = "line-leases"
+# The dial's answers since line leases (DialInput.answer_version 2): a dial that finds every line in
+# use comes back as `line_busy` and is tried again later; a dial that finds its attempt already ended
+# (a reset run redialing what its earlier execution dialed) comes back with that ending; and a
+# refusal that may be about the number or the account (21216) holds the lead (RunBook.dial_refused_unsure).
+DIAL_ANSWERS_V2 = "dial-answers-v2"
 # Work the run does in the background survives what Twilio answers: a lookup refused (20003 after
 # the auth token was rotated) is tried again at the next check instead of ending the checks, a
 # hang-up is tried until Twilio takes it (or the call ends otherwise), and anything else a
@@ -168,6 +170,7 @@ class OutboundRunWorkflow:
         """Dial again after a pause."""
         self._book.state.paused = False
         self._book.state.pause_reason = None
+        self._book.requeue_refused()
         self._wake = True
 
     @workflow.signal
@@ -251,6 +254,8 @@ class OutboundRunWorkflow:
                 and (call := book.next_dial(workflow.time(), exact_windows)) is not None
             ):
                 self._start_task(self._dial(call, self._outcomes_to_carry(), book.take_freed()))
+            if dialing_allowed and (why := book.settle_refused(workflow.time())) is not None:
+                self.pause(PauseRequest(why))
             await self._settle_lines(dialing_allowed)
             # Asked again: the awaits above may have let the last call end.
             if not self._draining():
@@ -350,7 +355,7 @@ class OutboundRunWorkflow:
         assert self._facts is not None
         options = self._input.options
         scheduled_at = workflow.time()
-        answer_version = 2 if workflow.patched(LINE_LEASES) else 1
+        answer_version = 2 if workflow.patched(DIAL_ANSWERS_V2) else 1
         try:
             placed = await workflow.execute_activity_method(
                 DialingActivities.place_call,
@@ -392,7 +397,13 @@ class OutboundRunWorkflow:
             if kind == ACCOUNT_ERROR:
                 # Every dial would fail the same way: keep the lead, pause, and say why.
                 self._book.dial_refused(call.lead_id, call.attempt)
-                self.pause(PauseRequest(f"Twilio refused the call ({message}); fix the account, then resume"))
+                said = f"error {code}: {message}" if code is not None else message
+                self.pause(PauseRequest(f"Twilio refused the call ({said}); fix the account, then resume"))
+                return
+            if kind == TWILIO_REFUSED and answer_version >= 2:
+                why = self._book.dial_refused_unsure(call.lead_id, call.attempt, code, message)
+                if why is not None:
+                    self.pause(PauseRequest(why))
                 return
             status = {RUN_CANCELLED: "canceled", DO_NOT_CALL: SKIPPED_DNC}.get(kind or "", "failed")
             self._book.dial_failed(call.lead_id, call.attempt, code, message, workflow.time(), status)

@@ -16,6 +16,7 @@ from workflows.messages import (
     InFlightCall,
     LeadRef,
     Outcome,
+    RefusedLead,
     RunCarryOver,
     RunOptions,
     RunProgress,
@@ -30,6 +31,8 @@ LINE_RETRY_SECONDS = 1.0
 MAX_LINE_RETRY_SECONDS = 30.0
 # Gate executions a run remembers having left, so that their late messages are not taken as new.
 RETIRED_GATE_RUNS_KEPT = 4
+# Refusals that may be about the account (21216), in a row with no call placed, that pause the run.
+REFUSALS_TO_PAUSE = 3
 
 
 class RunBook:
@@ -66,8 +69,9 @@ class RunBook:
 
     @property
     def ready(self) -> int:
-        """Leads that could be dialed now if there were lines: not in flight, not on a timer."""
-        return self.undialed - len(self.state.waiting)
+        """Leads that could be dialed now if there were lines: not in flight, not on a timer, not
+        held after a refusal."""
+        return self.undialed - len(self.state.waiting) - len(self.state.refused)
 
     # Lines
 
@@ -195,6 +199,8 @@ class RunBook:
         if call is None:
             return
         self.state.line_backoff = LINE_RETRY_SECONDS
+        self.state.placed_any = True
+        self.refused_were_numbers(now)
         call.call_sid = call_sid
         if call.sequence_number < 0 and call.status == "dialing":
             call.status = status
@@ -217,6 +223,53 @@ class RunBook:
         call = self.calls.pop((lead_id, attempt), None)
         if call is not None:
             self.state.pending.insert(0, LeadRef(call.lead_id, call.phone, call.attempt, call.zones))
+
+    def dial_refused_unsure(self, lead_id: int, attempt: int, code: int | None, message: str) -> str | None:
+        """Twilio refused the number in a way that may be about the account (21216: a blocked
+        destination, or an account that may not call +1 numbers at all). The lead is held, no call
+        having been placed. Returns why the run should pause when it is the REFUSALS_TO_PAUSE-th in
+        a row: then it is the account, and failing every lead would lose them all."""
+        call = self.calls.pop((lead_id, attempt), None)
+        if call is None:
+            return None
+        lead = LeadRef(call.lead_id, call.phone, call.attempt, call.zones)
+        self.state.refused.append(RefusedLead(lead, code, message))
+        if len(self.state.refused) < REFUSALS_TO_PAUSE:
+            return None
+        return self._refusals_reason()
+
+    def _refusals_reason(self) -> str:
+        last = self.state.refused[-1]
+        count = len(self.state.refused)
+        numbers = "the only number" if count == 1 else f"the last {count} numbers"
+        said = f"error {last.code}: {last.message}" if last.code is not None else last.message
+        return (
+            f"Twilio refused {numbers} dialed, with no call placed ({said}); this is usually the "
+            "account (for +1 numbers, a missing Primary Customer Profile): fix it, then resume"
+        )
+
+    def refused_were_numbers(self, now: float) -> None:
+        """A call was placed since: the account can call, so the held leads' numbers were refused;
+        they fail with Twilio's reason."""
+        for refused in self.state.refused:
+            self._skip(refused.lead, "failed", refused.message, refused.code)
+        self.state.refused = []
+
+    def requeue_refused(self) -> None:
+        """The run is resumed after its account was fixed: the held leads are dialed first."""
+        self.state.pending[:0] = [refused.lead for refused in self.state.refused]
+        self.state.refused = []
+
+    def settle_refused(self, now: float) -> str | None:
+        """Only held leads are left: none will prove the account works. If the run has placed calls,
+        the account can call and they fail as numbers; if it never has, returns why it pauses."""
+        state = self.state
+        if not state.refused or state.pending or state.waiting or self.calls or not state.leads_exhausted:
+            return None
+        if state.placed_any:
+            self.refused_were_numbers(now)
+            return None
+        return self._refusals_reason()
 
     def line_busy(self, lead_id: int, attempt: int, now: float) -> None:
         """Every line of the business was in use (the database's leases, not the gate, are the cap):
@@ -273,9 +326,9 @@ class RunBook:
         self.state.unrecorded.append(outcome)
         return outcome
 
-    def _skip(self, lead: LeadRef, status: str, reason: str) -> None:
+    def _skip(self, lead: LeadRef, status: str, reason: str, code: int | None = None) -> None:
         """End a lead without calling it: its attempt is recorded with `status` and the reason."""
-        outcome = Outcome(lead.id, lead.attempt, status, error_message=reason)
+        outcome = Outcome(lead.id, lead.attempt, status, error_code=code, error_message=reason)
         self.state.done += 1
         name = outcome_for(status)
         self.state.outcomes[name] = self.state.outcomes.get(name, 0) + 1
@@ -306,6 +359,7 @@ class RunBook:
         count = self.undialed
         self.state.pending.clear()
         self.state.waiting.clear()
+        self.state.refused.clear()
         self.state.leads_exhausted = True
         self.state.done += count
         self.state.outcomes["cancelled"] = self.state.outcomes.get("cancelled", 0) + count
@@ -339,7 +393,7 @@ class RunBook:
         return RunProgress(
             status=status,
             total=self.total,
-            queued=self.ready,
+            queued=self.ready + len(self.state.refused),
             dialing=dialing,
             in_flight=len(self.calls) - dialing,
             retry_waiting=retry_waiting,

@@ -23,7 +23,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from telephony.simulator.calls import API_VERSION, Call, TimeFilter, parse_time
 from telephony.simulator.config import SimulatorConfig
 from telephony.simulator.engine import CallRequest, Simulator
-from telephony.simulator.errors import TwilioApiError, internal_error, missing_parameter, not_found
+from telephony.simulator.errors import (
+    TwilioApiError,
+    account_refusal,
+    internal_error,
+    missing_parameter,
+    not_found,
+)
 from telephony.simulator.fidelity import check_request
 
 _E164 = re.compile(r"^\+[1-9]\d{1,14}$")
@@ -80,6 +86,8 @@ def _twilio_routes(sim: Simulator) -> APIRouter:
         )
         if not ok or account_sid != sim.config.account_sid:
             raise TwilioApiError(401, 20003, "Authenticate")
+        if sim.config.account_error is not None:
+            raise account_refusal(sim.config.account_error, sim.config.retry_after_seconds)
         return account_sid
 
     async def conform(request: Request) -> None:

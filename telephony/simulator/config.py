@@ -71,8 +71,12 @@ class SimulatorConfig(BaseModel):
     # Every create from this caller ID is refused with this Twilio code, as Twilio does for account
     # problems (21210 unverified caller ID, 21219 trial restrictions, ...).
     errors_by_from: dict[str, int] = Field(default_factory=dict)
-    # Every create to this number is refused with this Twilio code (21211 invalid number, ...).
+    # Every create to this number is refused with this Twilio code (21211 invalid number, 21215 no
+    # geo permission, 21216 blocked, 21219 not verified on a trial account, ...).
     errors_by_to: dict[str, int] = Field(default_factory=dict)
+    # Every request on the account (creates, lists, fetches, updates) is refused with this Twilio
+    # code: 20005 or 10001 (not active: suspended, out of funds), 20003 (authentication), 20429.
+    account_error: int | None = None
     webhooks_unreachable_until: float | None = None
     updates_fail_until: float | None = Field(
         default=None, description="until this time (epoch seconds) every call update (a hang-up) answers 500"

@@ -43,6 +43,21 @@ def too_many_requests(retry_after: float | None = None) -> TwilioApiError:
     return TwilioApiError(429, 20429, "Too Many Requests", retry_after)
 
 
+# How Twilio words the refusals an account can get on every request (https://www.twilio.com/docs/api/errors).
+ACCOUNT_REFUSALS: dict[int, tuple[int, str]] = {
+    10001: (403, "Account is not active"),
+    20003: (401, "Authenticate"),
+    20005: (403, "Account not active"),
+    20429: (429, "Too Many Requests"),
+}
+
+
+def account_refusal(code: int, retry_after: float | None = None) -> TwilioApiError:
+    """The error every request of an account that Twilio refuses gets."""
+    status, message = ACCOUNT_REFUSALS.get(code, (400, f"Account refused (error {code})"))
+    return TwilioApiError(status, code, message, retry_after if status == 429 else None)
+
+
 def internal_error() -> TwilioApiError:
     """A 500 that tells the client nothing about whether the request took effect."""
     return TwilioApiError(500, 20500, "Internal Server Error")
