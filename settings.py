@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     # How long one request to Twilio may take: a create with no answer by then may have placed its
     # call, and is looked up before it is tried again.
     TWILIO_TIMEOUT_SECONDS: float = Field(default=10.0, gt=0)
+    # How long after a create that may have placed its call (a 5xx, no answer, a worker killed) the
+    # call is looked for in Twilio's call lists: longer than the lists lag behind new calls and than
+    # a call stays queued (Twilio documents neither bound).
+    TWILIO_LOOKUP_DELAY_SECONDS: float = Field(default=15.0, ge=0)
     LOG_LEVEL: str = "INFO"
     # How often a business's line gate checks that the runs holding its lines are still running.
     GATE_REAP_SECONDS: float = 60.0

@@ -8,6 +8,7 @@ import logging
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 import httpx
 from temporalio.client import Client
@@ -33,6 +34,9 @@ log = logging.getLogger("worker")
 
 
 DIAL_POLLERS = 12
+# How long a stopping worker lets the activities it runs finish (a create takes at most
+# TWILIO_TIMEOUT_SECONDS, then its transaction commits); docker-compose's stop_grace_period is longer.
+GRACEFUL_SHUTDOWN = timedelta(seconds=30)
 
 
 @asynccontextmanager
@@ -45,7 +49,13 @@ async def build_workers(settings: Settings, client: Client) -> AsyncIterator[lis
     twilio = create_twilio_client(settings)
     courier = EventCourier(client, settings.TEMPORAL_TASK_QUEUE)
     records = RecordActivities(sessions, courier)
-    dialing = DialingActivities(sessions, twilio, settings.PUBLIC_BASE_URL, courier)
+    dialing = DialingActivities(
+        sessions,
+        twilio,
+        settings.PUBLIC_BASE_URL,
+        courier,
+        lookup_delay=timedelta(seconds=settings.TWILIO_LOOKUP_DELAY_SECONDS),
+    )
     gate = GateActivities(client, settings.GATE_REAP_SECONDS)
     lines = LineActivities(sessions, twilio, client, courier)
     webhooks = httpx.AsyncClient(timeout=settings.EVENT_TIMEOUT_SECONDS, follow_redirects=False)
@@ -56,6 +66,7 @@ async def build_workers(settings: Settings, client: Client) -> AsyncIterator[lis
                 client,
                 task_queue=settings.TEMPORAL_TASK_QUEUE,
                 workflows=[OutboundRunWorkflow, BusinessLinesWorkflow, BusinessEventsWorkflow],
+                graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
                 activities=[
                     records.load_run,
                     records.load_leads,
@@ -75,6 +86,9 @@ async def build_workers(settings: Settings, client: Client) -> AsyncIterator[lis
                 task_queue=dial_task_queue(settings.TEMPORAL_TASK_QUEUE),
                 activities=[dialing.place_call],
                 max_task_queue_activities_per_second=settings.TWILIO_CALLS_PER_SECOND,
+                # A deploy lets creates under way finish and record their calls, rather than
+                # cancelling them mid-request and leaving the retry to look the calls up.
+                graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
                 # A poller waiting on every partition of the queue at all times: with the SDK's
                 # default of 5 a dial could wait ~40 ms for a poller to reach its partition.
                 max_concurrent_activity_task_polls=DIAL_POLLERS,

@@ -45,6 +45,9 @@ ACCOUNT_ERROR = "TwilioAccountError"
 LINE_BUSY = "LineBusy"
 # Refused with a 4xx that may be about the number or the account (21216, or a code we do not know).
 TWILIO_REFUSED = "TwilioRefused"
+# A retry waits this long after its earlier try claimed its line before it looks for the call that
+# try may have placed: Twilio's call lists show new calls late, and queued calls have no start time.
+LOOKUP_WAIT = "WaitingForCallLists"
 NO_RECORD = "Twilio has no record of this call"
 # A dial that finds every line in use asks again a few times (another run's ended call is about to
 # give its lease back) before it answers `line_busy`.
@@ -210,11 +213,15 @@ class DialingActivities:
         twilio: Client,
         public_base_url: str,
         courier: EventCourier | None = None,
+        lookup_delay: timedelta = timedelta(seconds=15),
     ) -> None:
         self.sessions = sessions
         self.twilio = twilio
         self.public_base_url = public_base_url
         self.courier = courier
+        # How long after a create that may have placed its call the call is looked for in Twilio's
+        # lists (TWILIO_LOOKUP_DELAY_SECONDS): longer than they lag, and than a call stays queued.
+        self.lookup_delay = lookup_delay
 
     @activity.defn
     async def place_call(self, input: DialInput) -> DialOutput:
@@ -247,7 +254,7 @@ class DialingActivities:
                 "every line of the business is in use", type=LINE_BUSY, next_retry_delay=timedelta(seconds=2)
             )
         # An earlier try that claimed this line may have sent its create: look before dialing.
-        dial = _DialState(earlier_may_have_placed=line.held_before or activity.info().attempt > 1)
+        dial = _DialState(line, earlier_may_have_placed=line.held_before or activity.info().attempt > 1)
         try:
             async with self.sessions() as session, session.begin():
                 placed, events_for = await self._place(session, input, dial)
@@ -301,16 +308,22 @@ class DialingActivities:
                 placed = DialOutput(earlier.call_sid, earlier.status)
                 if input.answer_version >= 2:
                     placed = await self._as_it_is_now(placed, earlier)
+                    if placed.status in FINAL_ATTEMPT_STATUSES:
+                        await self._ended_holds_no_line(session, input)
                 return placed, await self._store_sid(session, input, placed)
             if input.answer_version >= 2 and earlier.status in FINAL_ATTEMPT_STATUSES:
                 # Ended without a call by an earlier execution of the run (reset by an operator).
+                await self._ended_holds_no_line(session, input)
                 return DialOutput(
                     "", earlier.status, error_code=earlier.error_code, error_message=earlier.error_message
                 ), None
         if dial.earlier_may_have_placed:
-            found = _created_by_earlier_try() or await find_unrecorded_call(
-                self.twilio, session, input.to, input.from_, activity.info().scheduled_time
-            )
+            found = _created_by_earlier_try()
+            if found is None:
+                self._wait_for_call_lists(dial)
+                found = await find_unrecorded_call(
+                    self.twilio, session, input.to, input.from_, activity.info().scheduled_time
+                )
             if found is not None:
                 log.info(
                     "adopted call placed by an earlier try", extra={**context, "call_sid": found.call_sid}
@@ -346,15 +359,40 @@ class DialingActivities:
             dial.refused = error.status < 500
             failure = _classify(error)
             observability.dial_failed(failure.type or "TwilioError")
+            if not dial.refused:  # a 5xx may have placed the call: look for it once lists show it
+                failure = ApplicationError(
+                    failure.message, *failure.details, type=failure.type, next_retry_delay=self.lookup_delay
+                )
             raise failure from None
-        except Exception as error:  # no answer from Twilio: refused, reset, timed out
+        except Exception as error:  # no answer from Twilio (timed out, reset): it may have placed it
             observability.dial_failed(type(error).__name__)
-            raise
+            raise ApplicationError(
+                f"no answer from Twilio to the create: {error!r}",
+                type=type(error).__name__,
+                next_retry_delay=self.lookup_delay,
+            ) from error
         placed = DialOutput(call.sid or "", call.status or "queued")
         dial.created = placed
         log.info("call placed", extra={**context, "call_sid": placed.call_sid})
         observability.CALLS_PLACED.inc()
         return placed, await self._store_sid(session, input, placed)
+
+    def _wait_for_call_lists(self, dial: _DialState) -> None:
+        """Raise (to be retried later) while Twilio's lists may not show yet a call that an earlier
+        try placed: they show new calls late, and find queued ones only by status."""
+        waited = datetime.now(UTC) - dial.line.claimed_at
+        if waited < self.lookup_delay:
+            raise ApplicationError(
+                "waiting for Twilio's call lists to show a call an earlier try may have placed",
+                type=LOOKUP_WAIT,
+                next_retry_delay=self.lookup_delay - waited,
+            )
+
+    async def _ended_holds_no_line(self, session: AsyncSession, input: DialInput) -> None:
+        """An attempt that has ended holds no line (a late try of it may have claimed one again)."""
+        await release_lines(
+            await session.connection(), [AttemptKey(input.run_id, input.lead_id, input.attempt)]
+        )
 
     async def _as_it_is_now(self, placed: DialOutput, earlier: Any) -> DialOutput:
         """An adopted call's ending as the attempt's row has it, or else as Twilio says now: a run
@@ -407,7 +445,8 @@ class _DialState:
     """What one try of a dial did, for its failure path: whether it sent the create, whether Twilio
     refused it, and the call it created; and whether an earlier try may have placed the call."""
 
-    def __init__(self, earlier_may_have_placed: bool) -> None:
+    def __init__(self, line: Claimed, earlier_may_have_placed: bool) -> None:
+        self.line = line
         self.earlier_may_have_placed = earlier_may_have_placed
         self.sent = False
         self.refused = False
@@ -428,11 +467,14 @@ async def find_unrecorded_call(
     """A call to this number from this caller ID, placed since `since`, that no attempt has
     recorded: one a dial placed without learning its SID."""
     try:
-        calls = await twilio.calls.list_async(
+        started = await twilio.calls.list_async(
             to=to, from_=from_, start_time_after=since - LOOKUP_SKEW, limit=20
         )
+        # A queued call has no start time yet, so no StartTime filter finds it.
+        queued = await twilio.calls.list_async(to=to, from_=from_, status="queued", limit=20)
     except TwilioException as error:
         raise _classify(_page_error(error)) from None
+    calls = list({c.sid: c for c in [*queued, *started]}.values())
     known = set(
         await session.scalars(
             select(CallAttempt.call_sid).where(CallAttempt.call_sid.in_([c.sid for c in calls if c.sid]))

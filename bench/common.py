@@ -23,6 +23,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qs
@@ -244,6 +245,7 @@ async def dev_server(extra_args: Sequence[str] = ()) -> AsyncIterator[WorkflowEn
         port=free_port(),
         dev_server_log_level="error",
         dev_server_extra_args=list(extra_args),
+        dev_server_startup_timeout=timedelta(seconds=60),
     ) as temporal:
         yield temporal
 

@@ -36,7 +36,7 @@ _RELEASE = delete(_LEASES).where(
     _LEASES.c.lead_id == bindparam("l_lead"),
     _LEASES.c.attempt == bindparam("l_attempt"),
 )
-_HELD_BY = select(_LEASES.c.slot).where(
+_HELD_BY = select(_LEASES.c.slot, _LEASES.c.claimed_at).where(
     _LEASES.c.run_id == bindparam("l_run"),
     _LEASES.c.lead_id == bindparam("l_lead"),
     _LEASES.c.attempt == bindparam("l_attempt"),
@@ -96,21 +96,23 @@ class Claimed:
 
     slot: int
     held_before: bool
+    claimed_at: datetime
 
 
 async def claim_line(connection: AsyncConnection, business_id: str, key: AttemptKey) -> Claimed | None:
     """The slot this attempt holds: the one it already had (an earlier try of the same dial), or a
     free one claimed now; None when every line of the business is in use."""
     statement = _claim_statement(connection.dialect.name)
-    params = {**_params(key), "l_business": business_id, "l_now": utcnow()}
+    now = utcnow()
+    params = {**_params(key), "l_business": business_id, "l_now": now}
     # A slot another dial took between our read and our insert costs one more try.
     for _ in range(3):
         slot = (await connection.execute(statement, params)).scalar()
         if slot is not None:
-            return Claimed(int(slot), held_before=False)
-        slot = (await connection.execute(_HELD_BY, _params(key))).scalar()
-        if slot is not None:
-            return Claimed(int(slot), held_before=True)
+            return Claimed(int(slot), held_before=False, claimed_at=now)
+        held = (await connection.execute(_HELD_BY, _params(key))).first()
+        if held is not None:
+            return Claimed(int(held.slot), held_before=True, claimed_at=held.claimed_at)
         if (await connection.execute(_FULL, params)).scalar():
             return None
     return None

@@ -9,6 +9,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+DEV_SERVER_STARTUP = timedelta(seconds=60)
 # The server suggests continue-as-new after this many events (4096 by default; Temporal's hard limit
 # is 51,200), so that any run of a few dozen calls in the tests continues as new at least once.
 SUGGEST_CONTINUE_AS_NEW_AFTER_EVENTS = 300
@@ -49,6 +51,8 @@ async def temporal_env(temporal_ui_port: int) -> AsyncIterator[WorkflowEnvironme
         dev_server_existing_path=str(binary),
         search_attributes=SEARCH_ATTRIBUTES,
         port=free_port(),
+        # The default 5 s is not always enough on a busy two-core machine.
+        dev_server_startup_timeout=DEV_SERVER_STARTUP,
         ui=True,
         ui_port=temporal_ui_port,
         dev_server_extra_args=[
@@ -69,6 +73,10 @@ async def database_url() -> AsyncIterator[str]:
         yield url
 
 
+# How late a new call shows in the simulator's call lists in every test (Twilio's lists lag too).
+TWILIO_LIST_LAG_SECONDS = 3.0
+
+
 @pytest.fixture(scope="session")
 async def simulator() -> AsyncIterator[str]:
     """The carrier simulator with short calls, shared by the session; tests keep apart by caller ID."""
@@ -77,6 +85,8 @@ async def simulator() -> AsyncIterator[str]:
         auth_token=DEV_AUTH_TOKEN,
         ring_seconds=(0.05, 0.2),
         talk_seconds=(0.2, 0.6),
+        # Twilio's call lists lag behind new calls; every test sees them do so.
+        list_lag_seconds=TWILIO_LIST_LAG_SECONDS,
     )
     async with serve(create_app(config), free_port()) as url:
         yield url

@@ -192,6 +192,8 @@ class Stack:
             PUBLIC_BASE_URL=f"http://127.0.0.1:{api_port}",
             TWILIO_CALLS_PER_SECOND=calls_per_second,
             GATE_REAP_SECONDS=2,
+            # Longer than the simulator's lists lag (conftest) plus the longest a test queues a call.
+            TWILIO_LOOKUP_DELAY_SECONDS=6,
         )
         engine = create_engine(database_url)
         async with (
@@ -287,6 +289,7 @@ class Stack:
             "PUBLIC_BASE_URL": self.settings.PUBLIC_BASE_URL,
             "TWILIO_CALLS_PER_SECOND": str(self.settings.TWILIO_CALLS_PER_SECOND),
             "GATE_REAP_SECONDS": str(self.settings.GATE_REAP_SECONDS),
+            "TWILIO_LOOKUP_DELAY_SECONDS": str(self.settings.TWILIO_LOOKUP_DELAY_SECONDS),
             "LOG_LEVEL": "WARNING",
         }
         process = subprocess.Popen([sys.executable, "worker.py"], cwd=ROOT, env=env)

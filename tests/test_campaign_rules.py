@@ -31,7 +31,7 @@ from activities.records import (
     RunFacts,
     SetRunStatusInput,
 )
-from tests.conftest import free_port
+from tests.conftest import DEV_SERVER_STARTUP, free_port
 from tests.harness import save_history, wait_for
 from workflows.business_lines import BusinessLinesWorkflow
 from workflows.calling_window import CallingWindow
@@ -59,6 +59,7 @@ async def skipping() -> AsyncIterator[WorkflowEnvironment]:
         dev_server_extra_args=["--dynamic-config-value", "frontend.WorkflowTimeSkippingEnabled=true"],
         search_attributes=SEARCH_ATTRIBUTES,
         port=free_port(),
+        dev_server_startup_timeout=DEV_SERVER_STARTUP,
     ) as env:
         yield env
 

@@ -248,6 +248,11 @@ async def test_list_filters_by_to_from_and_start_time(sim: Sim, twilio: Client) 
     first = await twilio.calls.create_async(to=TO, from_=FROM, twiml=TWIML)
     second = await twilio.calls.create_async(to=OTHER_TO, from_=OTHER_FROM, twiml=TWIML)
 
+    async def dialed() -> bool:
+        return all([(await twilio.calls(c.sid).fetch_async()).start_time for c in (first, second)])
+
+    await _wait_until(dialed, "both calls to leave the queue")
+
     assert [c.sid for c in await twilio.calls.list_async(to=TO)] == [first.sid]
     assert [c.sid for c in await twilio.calls.list_async(from_=OTHER_FROM)] == [second.sid]
     newest_first = [second.sid, first.sid]
@@ -257,6 +262,25 @@ async def test_list_filters_by_to_from_and_start_time(sim: Sim, twilio: Client) 
     ] == newest_first
     later = datetime.now(UTC) + timedelta(minutes=1)
     assert await twilio.calls.list_async(start_time_after=later) == []
+
+
+async def test_a_queued_call_has_no_start_time_and_new_calls_show_in_lists_late(
+    sim: Sim, twilio: Client
+) -> None:
+    """Twilio's Call resource: `start_time` is "Empty if the call has not yet been dialed"
+    (../shared/twilio/twilio_api_v2010.json), so a `StartTime` filter cannot find a queued call;
+    `Status=queued` can. And a new call shows in lists only after a while."""
+    sim.config.queue_seconds = (2.0, 2.0)
+    before = datetime.now(UTC) - timedelta(minutes=1)
+    call = await twilio.calls.create_async(to=TO, from_=FROM, twiml=TWIML)
+    assert (await twilio.calls(call.sid).fetch_async()).start_time is None
+    assert await twilio.calls.list_async(to=TO, start_time_after=before) == []
+    assert [c.sid for c in await twilio.calls.list_async(to=TO, status="queued")] == [call.sid]
+
+    sim.config.list_lag_seconds = 60
+    late = await twilio.calls.create_async(to=OTHER_TO, from_=FROM, twiml=TWIML)
+    assert await twilio.calls.list_async(to=OTHER_TO) == []
+    assert (await twilio.calls(late.sid).fetch_async()).sid == late.sid  # a fetch by SID finds it
 
 
 async def test_stats_count_creates_and_peak_concurrency(sim: Sim, twilio: Client) -> None:

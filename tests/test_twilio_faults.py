@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import signal
 import time
 import uuid
 from collections import Counter
@@ -43,9 +44,11 @@ async def recorded_outcomes(stack: Stack, run_id: str) -> dict[str, str]:
 async def test_a_5xx_after_the_call_was_created_does_not_dial_twice(
     stack: Stack, sim_knobs: SimulatorKnobs
 ) -> None:
-    await sim_knobs(create_5xx_after_create_rate=0.4, seed=11)
+    """As Twilio lists calls: a call waits queued, with no start time, for up to 2 s, and lists show
+    new calls 3 s late (conftest). A retry must find the call its try placed all the same."""
+    await sim_knobs(create_5xx_after_create_rate=0.3, queue_seconds=(0.0, 2.0), seed=11)
     business = await stack.create_business(cap=3)
-    phones = [new_number() for _ in range(12)]
+    phones = [new_number() for _ in range(24)]
     await stack.force_outcomes({p: ("completed", "busy")[i % 2] for i, p in enumerate(phones)})
     before = (await stack.sim.get("/_sim/stats")).json()["faults"]["create_5xx_after_create"]
     run_id = await stack.start_run(business, phones)
@@ -526,7 +529,9 @@ async def test_a_refused_lookup_of_an_earlier_try_is_classified_like_a_refused_c
     await sim_knobs(account_error=code, retry_after_seconds=7)
     twilio = create_twilio_client(stack.settings)
     try:
-        dialing = DialingActivities(stack.sessions, twilio, stack.settings.PUBLIC_BASE_URL)
+        dialing = DialingActivities(
+            stack.sessions, twilio, stack.settings.PUBLIC_BASE_URL, lookup_delay=timedelta(0)
+        )
         dial = DialInput(
             run_id, lead.id, 1, phone, business.caller_id, "<Response/>", business_id=business.id
         )
@@ -558,3 +563,33 @@ async def test_a_twilio_request_that_gets_no_answer_times_out(
     finally:
         await close_twilio_client(twilio)
     assert len(await stack.sim_calls(caller)) == 1  # placed, unanswered: exactly the ambiguous case
+
+
+async def test_a_worker_stopped_for_a_deploy_finishes_the_create_under_way(
+    stack: Stack, sim_knobs: SimulatorKnobs
+) -> None:
+    """SIGTERM (a deploy) while a create waits for Twilio's answer: the worker lets it finish and
+    record its call before it leaves, instead of cancelling it mid-request and leaving a retry to
+    find the call in lists that lag."""
+    await stack.stop_worker()
+    worker = stack.spawn_worker_process()
+    business = await stack.create_business(cap=1)
+    phones = [new_number() for _ in range(2)]
+    await stack.force_outcomes(dict.fromkeys(phones, "completed"))
+    await sim_knobs(create_response_delay_seconds=3)
+    run_id = await stack.start_run(business, phones)
+
+    async def first_call_created() -> bool:
+        return len(await stack.sim_calls(business.caller_id)) == 1
+
+    await wait_for(first_call_created, within=30, what="the first call to be created")
+    worker.send_signal(signal.SIGTERM)
+    await asyncio.to_thread(worker.wait, 60)
+    [call] = await stack.sim_calls(business.caller_id)
+    assert [a.call_sid for a in await stack.attempts(run_id)] == [call["sid"]]
+
+    await sim_knobs(create_response_delay_seconds=0)
+    stack.spawn_worker_process()
+    run = await stack.wait_run_ends(business, run_id, within=60)
+    assert run["status"] == "completed"
+    assert Counter(c["to"] for c in await stack.sim_calls(business.caller_id)) == Counter(phones)

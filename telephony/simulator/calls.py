@@ -157,6 +157,10 @@ class TimeFilter:
     after: str | None = None
     before: str | None = None
 
+    def unset(self) -> bool:
+        """Whether no filter was given."""
+        return self.on is None and self.after is None and self.before is None
+
     def matches(self, started: float) -> bool:
         """Whether a call started at this wall-clock time passes every filter given."""
         return (
@@ -219,9 +223,9 @@ class CallStore:
     ) -> list[Call]:
         """Calls matching Twilio's list filters, newest first.
 
-        A call still queued has no start time; it is matched on its creation time so that a client
-        looking for a call whose create response was lost still finds it. With `created_before`,
-        calls created later are left out, as Twilio's lists lag behind new calls.
+        A call still queued has no start time ("Empty if the call has not yet been dialed", Twilio's
+        Call resource), so no `StartTime` filter matches it; `Status=queued` finds it. With
+        `created_before`, calls created later are left out, as Twilio's lists lag behind new calls.
         """
         found: Iterable[Call] = (
             c
@@ -231,6 +235,6 @@ class CallStore:
             and (to is None or c.to == to)
             and (from_ is None or c.from_ == from_)
             and (status is None or c.status == status)
-            and (start is None or start.matches(c.started_at or c.created_at))
+            and (start is None or start.unset() or (c.started_at is not None and start.matches(c.started_at)))
         )
         return list(found)
