@@ -253,8 +253,11 @@ class DialingActivities:
             raise ApplicationError(
                 "every line of the business is in use", type=LINE_BUSY, next_retry_delay=timedelta(seconds=2)
             )
-        # An earlier try that claimed this line may have sent its create: look before dialing.
-        dial = _DialState(line, earlier_may_have_placed=line.held_before or activity.info().attempt > 1)
+        # An earlier try that still holds this attempt's line may have sent its create (a try that
+        # certainly did not gives its line back): look before dialing. Dials of runs from before
+        # the leases (answer version 1) may follow a try that held none.
+        earlier = line.held_before or (input.answer_version < 2 and activity.info().attempt > 1)
+        dial = _DialState(line, earlier_may_have_placed=earlier)
         try:
             async with self.sessions() as session, session.begin():
                 placed, events_for = await self._place(session, input, dial)

@@ -18,6 +18,7 @@ from db.upsert import insert_ignoring_conflict
 from telephony.status import LEAD_QUEUED, LEAD_RETRYING, outcome_for
 from telephony.zones import lead_zones
 from workflows.messages import LeadRef, Outcome
+from workflows.zone_sets import pack_zones
 
 RUN_NOT_FOUND = "RunNotFound"
 # The API commits a run's row just after starting its workflow: a row still missing after this many
@@ -51,6 +52,8 @@ class LoadLeadsInput:
 @dataclass
 class LoadLeadsOutput:
     leads: list[LeadRef] = field(default_factory=list)
+    # The distinct zone lists the leads refer to by `zone_set`.
+    zone_sets: list[list[str]] = field(default_factory=list)
 
 
 @dataclass
@@ -121,12 +124,14 @@ class RecordActivities:
                 .order_by(Lead.id)
                 .limit(input.limit)
             )
-            return LoadLeadsOutput(
+            page = LoadLeadsOutput(
                 [
                     LeadRef(id=lead_id, phone=phone, zones=lead_zones(phone, timezone, fallback))
                     for lead_id, phone, timezone in rows
                 ]
             )
+        pack_zones(page.leads, page.zone_sets)
+        return page
 
     @activity.defn
     async def record_outcomes(self, input: RecordOutcomesInput) -> None:

@@ -4,9 +4,21 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from temporalio.converter import DataConverter
+
+from telephony.zones import lead_zones
 from workflows.calling_window import CallingWindow
-from workflows.messages import CallStatusEvent, LeadRef, RunCarryOver, RunOptions
-from workflows.run_book import RunBook
+from workflows.messages import (
+    CallStatusEvent,
+    InFlightCall,
+    LeadRef,
+    Outcome,
+    RunCarryOver,
+    RunInput,
+    RunOptions,
+    WaitingLead,
+)
+from workflows.run_book import LEAD_PAGE_SIZE, MAX_WAITING, RunBook
 
 ALWAYS = CallingWindow("00:00", "24:00")
 
@@ -254,3 +266,32 @@ def test_only_refusals_and_no_call_ever_placed_pause_the_run_and_resume_retries_
     assert not book.finished and book.progress("paused").done == 0
     book.requeue_refused()
     assert [lead.id for lead in book.state.pending] == [1, 2]
+
+
+def test_the_largest_carry_over_is_far_below_temporals_payload_limit() -> None:
+    """A run continues as new with up to MAX_WAITING leads on timers, plus the retries of the leads it
+    had in hand, a page and a half of pending leads and its calls. With toll-free numbers, each of
+    which may be in any of dozens of zones, that must still fit: Temporal refuses a payload over
+    2 MB (and warns over 512 KiB), and a run that cannot continue as new is stuck."""
+    zones = lead_zones("+18005550100", None, None)
+    assert len(zones) > 10
+    book = RunBook(100_000, RunOptions(calling_window=ALWAYS), RunCarryOver())
+    in_hand = LEAD_PAGE_SIZE * 3 // 2 + 100
+    book.state.waiting = [
+        WaitingLead(LeadRef(i, f"+1800555{i % 10_000:04d}", 2, zones), 1.8e9 + i, "window")
+        for i in range(MAX_WAITING + in_hand)
+    ]
+    book.state.pending = [LeadRef(i, f"+1888555{i:04d}", 1, zones) for i in range(LEAD_PAGE_SIZE * 3 // 2)]
+    book.calls = {
+        (i, 1): InFlightCall(i, f"+1877555{i:04d}", 1, f"CA{i:032x}", zones=zones, status="in-progress")
+        for i in range(100)
+    }
+    book.state.unrecorded = [Outcome(i, 1, "completed", f"CA{i:032x}", duration=60) for i in range(100)]
+    carried = RunInput("r" * 32, "b" * 32, RunOptions(), book.carry_over(), 100_000)
+    [payload] = DataConverter.default.payload_converter.to_payloads([carried])
+    assert len(payload.data) < 512 * 1024
+    # And it comes back whole.
+    [back] = DataConverter.default.payload_converter.from_payloads([payload], [RunInput])
+    again = RunBook(back.total_leads, back.options, back.carry_over or RunCarryOver())
+    assert again.state.waiting[0].lead.zones == zones and again.state.pending[-1].zones == zones
+    assert again.calls[(99, 1)].zones == zones

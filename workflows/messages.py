@@ -37,6 +37,9 @@ class LeadRef:
     attempt: int = 1
     # The called party's time zones (several when the number does not say which).
     zones: list[str] = field(default_factory=list)
+    # In payloads (a page of leads, the continue-as-new input), the zones are an index into the
+    # payload's `zone_sets` instead: a toll-free number's dozen zones once, not once per lead.
+    zone_set: int = -1
 
 
 @dataclass
@@ -68,6 +71,7 @@ class InFlightCall:
     attempt: int
     call_sid: str | None = None
     zones: list[str] = field(default_factory=list)
+    zone_set: int = -1
     status: str = "dialing"
     sequence_number: int = -1
     answered: bool = False
@@ -230,6 +234,8 @@ class RunCarryOver:
     refused: list[RefusedLead] = field(default_factory=list)
     # Whether Twilio has placed any call of this run: then the account can call.
     placed_any: bool = False
+    # The distinct zone lists the leads above refer to by `zone_set`.
+    zone_sets: list[list[str]] = field(default_factory=list)
 
 
 @dataclass

@@ -282,7 +282,7 @@ class OutboundRunWorkflow:
             start_to_close_timeout=timedelta(seconds=30),
             retry_policy=DB_RETRY,
         )
-        self._book.add_leads(page.leads, LEAD_PAGE_SIZE)
+        self._book.add_leads(page.leads, LEAD_PAGE_SIZE, page.zone_sets)
 
     async def _settle_lines(self, dialing_allowed: bool) -> None:
         """Give back lines the run cannot use; ask for lines when it could dial more."""

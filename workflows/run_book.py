@@ -22,6 +22,7 @@ from workflows.messages import (
     RunProgress,
     WaitingLead,
 )
+from workflows.zone_sets import pack_zones, unpack_zones
 
 LEAD_PAGE_SIZE = 200
 # Leads parked on timers are workflow state; past this many, paging waits for some to be dialed.
@@ -42,6 +43,8 @@ class RunBook:
         self.total = total
         self.options = options
         self.state = state
+        unpack_zones(self._everything_with_zones(), state.zone_sets)
+        state.zone_sets = []
         self.calls: dict[tuple[int, int], InFlightCall] = {(c.lead_id, c.attempt): c for c in state.in_flight}
 
     # Leads
@@ -54,8 +57,11 @@ class RunBook:
             and len(self.state.waiting) < MAX_WAITING
         )
 
-    def add_leads(self, leads: list[LeadRef], page_size: int) -> None:
-        """Append a page of leads read after the cursor."""
+    def add_leads(
+        self, leads: list[LeadRef], page_size: int, zone_sets: list[list[str]] | None = None
+    ) -> None:
+        """Append a page of leads read after the cursor (their zones by index into `zone_sets`)."""
+        unpack_zones(leads, zone_sets or [])
         self.state.pending.extend(leads)
         if leads:
             self.state.next_lead_cursor = leads[-1].id
@@ -404,6 +410,16 @@ class RunBook:
         )
 
     def carry_over(self) -> RunCarryOver:
-        """State to continue-as-new with."""
+        """State to continue-as-new with, each distinct zone list once."""
         self.state.in_flight = list(self.calls.values())
+        pack_zones(self._everything_with_zones(), self.state.zone_sets)
         return self.state
+
+    def _everything_with_zones(self) -> list[LeadRef | InFlightCall]:
+        state = self.state
+        return [
+            *state.pending,
+            *(w.lead for w in state.waiting),
+            *(r.lead for r in state.refused),
+            *state.in_flight,
+        ]
