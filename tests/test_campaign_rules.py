@@ -4,6 +4,7 @@ carrier are replaced by same-named fake activities (the end-to-end tests cover t
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sys
 import uuid
@@ -348,3 +349,34 @@ async def test_a_restarted_worker_dials_waiting_leads_once_and_on_time(
     assert by_key[(1, 2)] - by_key[(1, 1)] >= timedelta(hours=1)
     assert by_key[(2, 1)].astimezone(ZoneInfo(night.zones[0])).hour == 8
     assert by_key[(2, 1)] - started > timedelta(hours=9)
+
+
+@dataclass
+class SlowToFinishWorld(FakeWorld):
+    """A world whose database is slow to take a run's final status the first time it is asked."""
+
+    asked_to_finish: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @activity.defn(name="set_run_status")
+    async def set_run_status(self, input: SetRunStatusInput) -> None:
+        if input.final and not self.asked_to_finish.is_set():
+            self.asked_to_finish.set()
+            await asyncio.sleep(3)
+            raise RuntimeError("the database did not answer in time")
+        self.statuses.append(input.status)
+
+
+async def test_a_cancel_from_temporal_while_the_run_writes_its_end_still_writes_it(
+    skipping: WorkflowEnvironment, world_runner: WorldRunner
+) -> None:
+    """I3: a cancel request that reaches the run while it writes its final status does not end the
+    workflow with the row still saying `running`: the final status is written all the same."""
+    lead = LeadRef(1, "+14155550105")
+    world = SlowToFinishWorld(skipping, [lead], {lead.phone: ["completed"]})
+    handle = await world_runner(world, RunOptions(calling_window=ALWAYS), auto_skip=False)
+
+    await asyncio.wait_for(world.asked_to_finish.wait(), timeout=30)
+    await handle.cancel()
+    result = await handle.result()
+    assert result.status == "completed"
+    assert world.statuses[-1] == "completed"

@@ -22,6 +22,8 @@ from telephony.status import OUTCOME_BY_CALL_STATUS, OUTCOMES, TERMINAL_CALL_STA
 from tests.conftest import SimulatorKnobs
 from tests.harness import Business, Stack, new_number, wait_for
 from tests.tcp_proxy import TcpProxy
+from workflows.names import run_workflow_id
+from workflows.outbound_run import OutboundRunWorkflow
 
 CAP = 3
 LEADS = 15
@@ -175,3 +177,46 @@ async def test_a_database_outage_mid_run_loses_nothing_and_the_runs_finish(
     assert not [c for c in sim_calls if cut_at + CREATES_ALREADY_UNDER_WAY < c["created_at"] < restored_at]
     assert cut_at < answer_due
     assert slow_call["ended_at"] > restored_at
+
+
+async def test_a_cancel_while_the_database_is_away_hangs_up_the_calls_at_once(
+    stack: Stack, proxy: TcpProxy, sim_knobs: SimulatorKnobs
+) -> None:
+    """An operator cancels from the Temporal Web UI while PostgreSQL is away (the API cannot take a
+    cancel then), with one call answered and the next dial stuck on the database. The answered call
+    is hung up at once; what the run writes waits for the database, and the run ends `cancelled`
+    once it is back."""
+    business = await stack.create_business(cap=2)
+    long_call, *short_calls = [new_number() for _ in range(6)]
+    await stack.force_outcomes(dict.fromkeys([long_call, *short_calls], "completed"))
+    await sim_knobs(talk_seconds_by_to={long_call: 300.0})
+    run_id = await stack.start_run(business, [long_call, *short_calls])
+    handle = stack.temporal.get_workflow_handle(run_workflow_id(run_id))
+
+    async def answered() -> bool:
+        calls = {c["to"]: c for c in await stack.sim_calls(business.caller_id)}
+        return long_call in calls and calls[long_call]["status"] == "in-progress" and len(calls) >= 2
+
+    await wait_for(answered, within=30, what="the long call to be answered")
+    proxy.cut()
+    try:
+
+        async def a_dial_stuck() -> bool:
+            return (await handle.query(OutboundRunWorkflow.progress)).dialing > 0
+
+        await wait_for(a_dial_stuck, within=20, what="a dial to wait for the database")
+        await handle.cancel()
+
+        async def hung_up() -> bool:
+            calls = {c["to"]: c for c in await stack.sim_calls(business.caller_id)}
+            return calls[long_call]["ended_at"] is not None
+
+        await wait_for(hung_up, within=20, what="the answered call to be hung up while the database is away")
+    finally:
+        proxy.restore()
+    run = await stack.wait_run_ends(business, run_id, within=60)
+    assert run["status"] == "cancelled"
+    attempts = {a.lead_id: a for a in await stack.attempts(run_id)}
+    [long_lead] = [lead for lead in await stack.leads(run_id) if lead.phone == long_call]
+    assert attempts[long_lead.id].status == "completed"
+    assert Counter(c["to"] for c in await stack.sim_calls(business.caller_id))[long_call] == 1

@@ -92,6 +92,11 @@ DIAL_ANSWERS_V2 = "dial-answers-v2"
 # background task raises fails the workflow task, where the Web UI shows it, instead of vanishing.
 BACKGROUND_WORK_SURVIVES = "background-work-survives"
 HANG_UP_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
+# A cancel hangs up the calls in flight before it writes anything (the database may be away: the
+# hang-ups need only Twilio), and a cancel request from Temporal that comes while the run writes
+# its end does not stop it writing it (the row would say `running` with no workflow behind it).
+CANCEL_HANGS_UP_FIRST = "cancel-hangs-up-first"
+FINISH_SURVIVES_CANCEL = "finish-survives-cancel"
 ANSWERED_RECHECK_SECONDS = 300
 # The API commits the run row just after starting the workflow; load_run gives it time to appear
 # (RUN_APPEARS_WITHIN_TRIES tries), and is retried without limit while the database is away: it runs
@@ -225,7 +230,16 @@ class OutboundRunWorkflow:
             await self._dial_until_done()
         for timer in timers:
             timer.cancel()
-        return await self._finish()
+        if not workflow.patched(FINISH_SURVIVES_CANCEL):
+            return await self._finish()
+        finishing = asyncio.create_task(self._finish())
+        while True:
+            try:
+                return await asyncio.shield(finishing)
+            except asyncio.CancelledError:
+                workflow.logger.info(
+                    "cancel requested while the run writes its end; it is written all the same"
+                )
 
     async def _dial_until_done(self) -> None:
         book = self._book
@@ -237,8 +251,12 @@ class OutboundRunWorkflow:
             cancelled = book.state.cancel_reason is not None
             if cancelled:
                 book.cancel_undialed()
-                await self._stop_dials()
-                self._hang_up_calls()
+                if workflow.patched(CANCEL_HANGS_UP_FIRST):
+                    self._hang_up_calls()
+                    await self._stop_dials()
+                else:
+                    await self._stop_dials()
+                    self._hang_up_calls()
             else:
                 book.release_due(workflow.time())
                 if book.needs_leads():
