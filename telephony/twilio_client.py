@@ -85,8 +85,15 @@ async def close_twilio_client(client: Client) -> None:
         await http_client.close()
 
 
+# Twilio's webhook connection overrides, in the callback URL's fragment (never sent, not signed;
+# https://www.twilio.com/docs/usage/webhooks/webhooks-connection-overrides): retry a callback up to
+# five times when it could not connect, got no answer in time, or got a 5xx (the API restarting, a
+# run closing for continue-as-new). Without them Twilio retries once, on a refused connection only.
+CALLBACK_RETRIES = "rc=5&rp=ct,rt,5xx"
+
+
 def status_callback_url(public_base_url: str, run_id: str, lead_id: int, attempt: int) -> str:
     """Where Twilio reports a call's progress; it names the attempt, so a callback for a call whose
     create response was lost still finds its attempt."""
     query = urlencode({"run": run_id, "lead": lead_id, "attempt": attempt})
-    return f"{public_base_url}/v1/webhooks/twilio/call-status?{query}"
+    return f"{public_base_url}/v1/webhooks/twilio/call-status?{query}#{CALLBACK_RETRIES}"

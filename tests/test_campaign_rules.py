@@ -380,3 +380,47 @@ async def test_a_cancel_from_temporal_while_the_run_writes_its_end_still_writes_
     result = await handle.result()
     assert result.status == "completed"
     assert world.statuses[-1] == "completed"
+
+
+@dataclass
+class LostEndingsWorld(FakeWorld):
+    """Calls end with the duration the script gives (`completed/40`), or are answered and then never
+    heard of again (`silent`): their `completed` callbacks were lost. Asked, Twilio says they ended."""
+
+    @activity.defn(name="place_call")
+    async def place_call(self, input: DialInput) -> DialOutput:
+        handle = self.env.client.get_workflow_handle(activity.info().workflow_id or "")
+        self.dials.append(Dial(input.lead_id, input.attempt, await self.env.get_current_time(handle)))
+        self.outcomes.extend(input.outcomes)
+        sid = f"CA{uuid.uuid4().hex}"
+        played = self.script[input.to][input.attempt - 1]
+        if played == "silent":
+            event = CallStatusEvent(input.lead_id, input.attempt, sid, "in-progress", sequence_number=1)
+        else:
+            status, seconds = played.split("/")
+            event = CallStatusEvent(input.lead_id, input.attempt, sid, status, duration=int(seconds))
+        await handle.signal("call_status", event)
+        return DialOutput(sid, "queued")
+
+
+async def test_calls_whose_end_was_lost_are_asked_about_sooner_when_leads_wait_for_their_lines(
+    skipping: WorkflowEnvironment, world_runner: WorldRunner
+) -> None:
+    """All three lines held by answered calls whose `completed` callbacks were lost, a lead waiting.
+    This run's answered calls last 40 s, so calls quiet for much longer than that are asked about
+    within a couple of minutes, not after the five minutes of silence any answered call gets."""
+    finished = [LeadRef(i, f"+1415555020{i}") for i in range(1, 7)]
+    silent = [LeadRef(i, f"+1415555021{i}") for i in range(7, 10)]
+    waiting = LeadRef(10, "+14155550220")
+    script = {lead.phone: ["completed/40"] for lead in [*finished, waiting]} | {
+        lead.phone: ["silent"] for lead in silent
+    }
+    world = LostEndingsWorld(skipping, [*finished, *silent, waiting], script)
+    world.fetched = CallSnapshot(found=True, status="completed", duration=45)
+    handle = await world_runner(world, RunOptions(calling_window=ALWAYS))
+    result = await handle.result()
+
+    assert result.outcomes == {"answered": 10}
+    silent_dialed = max(d.at for d in world.dials if d.lead in {lead.id for lead in silent})
+    [last] = [d for d in world.dials if d.lead == waiting.id]
+    assert last.at - silent_dialed < timedelta(minutes=3)

@@ -367,14 +367,57 @@ async def test_callbacks_retry_until_the_endpoint_is_back(
     sim: Sim, twilio: Client, receiver: tuple[str, list[Received]]
 ) -> None:
     base, received = receiver
-    sim.config.webhooks_unreachable_until = time.time() + 0.3
+    sim.config.webhooks_unreachable_until = time.time() + 3600
     sim.config.callback_retry_attempts = 5
     sim.config.callback_retry_backoff_seconds = 0.1
     call = await twilio.calls.create_async(to=TO, from_=FROM, twiml=TWIML, status_callback=f"{base}/status")
+    await _wait_until(_stats_condition(sim, lambda s: s["callbacks"]["retried"] >= 1), "a retry")
+    sim.config.webhooks_unreachable_until = None  # the endpoint is back
 
     await _wait_until(lambda: bool(_terminal(received, call.sid)), "terminal callback")
     stats = (await _sim_get(sim, "/_sim/stats"))["callbacks"]
     assert stats["retried"] >= 1 and stats["sent"] == 1 and stats["failed"] == 0
+
+
+@pytest.mark.parametrize(
+    ("fragment", "delivered"),
+    [("", False), ("#rc=3&rp=5xx", True), ("#rc=3&rp=all", True), ("#rc=3&rp=ct", False)],
+    ids=["no-overrides", "retry-5xx", "retry-all", "retry-connect-only"],
+)
+async def test_a_callback_answered_5xx_is_retried_only_as_the_url_fragment_asks(
+    sim: Sim, twilio: Client, fragment: str, delivered: bool
+) -> None:
+    """Twilio's webhook connection overrides: a fragment on the callback URL (never sent, and not
+    part of the signature) sets the retries; by default a 5xx answer is not retried."""
+    answers = [503, 503]
+    received: list[Received] = []
+    app = FastAPI()
+
+    @app.post("/status")
+    async def status(request: Request) -> Response:
+        form = {k: str(v) for k, v in (await request.form()).items()}
+        received.append(Received(str(request.url), form, request.headers.get("X-Twilio-Signature", "")))
+        return Response(status_code=answers.pop(0) if answers else 204)
+
+    async for base in serve_app(app):
+        sim.config.callback_retry_backoff_seconds = 0.05
+        call = await twilio.calls.create_async(
+            to=TO, from_=FROM, twiml=TWIML, status_callback=f"{base}/status?run=7{fragment}"
+        )
+
+        # The sender's verdict: delivered, or given up.
+        await _wait_until(
+            _stats_condition(sim, lambda s: s["callbacks"]["sent"] + s["callbacks"]["failed"] == 1),
+            "the terminal callback to be delivered or given up",
+        )
+        assert call.sid
+    stats = (await _sim_get(sim, "/_sim/stats"))["callbacks"]
+    assert (stats["sent"], stats["failed"]) == ((1, 0) if delivered else (0, 1))
+    assert len(received) == (3 if delivered else 1)
+    validator = RequestValidator(TOKEN)
+    for got in received:
+        assert got.url == f"{base}/status?run=7"
+        assert validator.validate(got.url, got.form, got.signature)
 
 
 async def test_dropped_callbacks_never_arrive(

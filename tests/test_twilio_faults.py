@@ -593,3 +593,35 @@ async def test_a_worker_stopped_for_a_deploy_finishes_the_create_under_way(
     run = await stack.wait_run_ends(business, run_id, within=60)
     assert run["status"] == "completed"
     assert Counter(c["to"] for c in await stack.sim_calls(business.caller_id)) == Counter(phones)
+
+
+async def test_a_callback_the_api_could_not_take_comes_again(stack: Stack, sim_knobs: SimulatorKnobs) -> None:
+    """The status-callback URL asks Twilio (connection overrides in its fragment) to retry a
+    callback that found the API down or answering 5xx, rather than once, on a refused connection
+    only: the run hears of the call's end from Twilio itself, not minutes later from a lookup."""
+    business = await stack.create_business(cap=1)
+    phone = new_number()
+    await stack.force_outcomes({phone: "completed"})
+    await sim_knobs(talk_seconds_by_to={phone: 2.0})
+    run_id = await stack.start_run(business, [phone])
+
+    async def answered() -> bool:
+        return [c["status"] for c in await stack.sim_calls(business.caller_id)] == ["in-progress"]
+
+    await wait_for(answered, within=30, what="the call to be answered")
+    before = (await stack.sim.get("/_sim/stats")).json()["callbacks"]
+    await stack.stop_api()
+    try:
+
+        async def refused_twice() -> bool:
+            stats = (await stack.sim.get("/_sim/stats")).json()["callbacks"]
+            return stats["retried"] - before["retried"] >= 2
+
+        await wait_for(refused_twice, within=30, what="the final callback to be refused and retried")
+    finally:
+        await stack.start_api()
+    # Found again well before the quiet call would be looked up (ring timeout plus a minute).
+    run = await stack.wait_run_ends(business, run_id, within=30)
+    assert run["status"] == "completed" and run["progress"]["outcomes"]["answered"] == 1
+    stats = (await stack.sim.get("/_sim/stats")).json()["callbacks"]
+    assert stats["failed"] == before["failed"]

@@ -236,6 +236,8 @@ class RunCarryOver:
     placed_any: bool = False
     # The distinct zone lists the leads above refer to by `zone_set`.
     zone_sets: list[list[str]] = field(default_factory=list)
+    # How long this run's latest answered calls lasted (seconds), newest last: what is ordinary.
+    answered_durations: list[int] = field(default_factory=list)
 
 
 @dataclass

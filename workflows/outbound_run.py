@@ -96,6 +96,11 @@ HANG_UP_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_inter
 # hang-ups need only Twilio), and a cancel request from Temporal that comes while the run writes
 # its end does not stop it writing it (the row would say `running` with no workflow behind it).
 CANCEL_HANGS_UP_FIRST = "cancel-hangs-up-first"
+# A quiet answered call whose line leads wait for (or that is all the run waits for) is asked about
+# once it has been quiet for much longer than this run's answered calls last (RunBook.overdue_calls),
+# checked every SOONER_TICK meanwhile; other calls are asked about as before.
+ANSWERED_CHECKED_SOONER = "answered-calls-checked-sooner"
+SOONER_TICK = timedelta(seconds=15)
 FINISH_SURVIVES_CANCEL = "finish-survives-cancel"
 ANSWERED_RECHECK_SECONDS = 300
 # The API commits the run row just after starting the workflow; load_run gives it time to appear
@@ -571,10 +576,16 @@ class OutboundRunWorkflow:
         interval = timedelta(seconds=max(5, self._input.options.reconcile_margin_seconds))
         while True:
             await workflow.wait_condition(lambda: bool(self._book.calls))
-            await workflow.sleep(interval)
+            sooner = workflow.patched(ANSWERED_CHECKED_SOONER)
+            wanted = (
+                sooner
+                and self._book.quiet_answered_seconds() is not None
+                and self._book.lines_wanted_by_waiting()
+            )
+            await workflow.sleep(min(interval, SOONER_TICK) if wanted else interval)
             recheck = ANSWERED_RECHECK_SECONDS if workflow.patched(RECHECK_ANSWERED_CALLS) else None
             survives = workflow.patched(BACKGROUND_WORK_SURVIVES)
-            for call in self._book.overdue_calls(workflow.time(), recheck):
+            for call in self._book.overdue_calls(workflow.time(), recheck, sooner):
                 assert call.call_sid is not None
                 try:
                     snapshot: CallSnapshot = await workflow.execute_activity_method(

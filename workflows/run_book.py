@@ -34,6 +34,14 @@ MAX_LINE_RETRY_SECONDS = 30.0
 RETIRED_GATE_RUNS_KEPT = 4
 # Refusals that may be about the account (21216), in a row with no call placed, that pause the run.
 REFUSALS_TO_PAUSE = 3
+# While leads wait for the lines answered calls hold (or those calls are all the run waits for), a
+# call quiet for twice as long as this run's answered calls last (its 90th percentile, from the
+# latest ANSWERED_KEPT, once there are ANSWERED_KNOWN), and at least SOONER_FLOOR_SECONDS, is asked
+# about after SOONER_MARGIN_SECONDS more: its `completed` callback was probably lost.
+ANSWERED_KEPT = 20
+ANSWERED_KNOWN = 5
+SOONER_FLOOR_SECONDS = 30.0
+SOONER_MARGIN_SECONDS = 15.0
 
 
 class RunBook:
@@ -320,6 +328,10 @@ class RunBook:
     def _finish(self, call: InFlightCall, outcome: Outcome, now: float, retry: bool) -> Outcome:
         del self.calls[(call.lead_id, call.attempt)]
         self.state.lines_freed.append(AttemptRef(call.lead_id, call.attempt))
+        if outcome.status == "completed" and outcome.duration:
+            self.state.answered_durations = [*self.state.answered_durations, outcome.duration][
+                -ANSWERED_KEPT:
+            ]
         name = outcome_for(outcome.status)
         if retry and name in self.options.retry_on and call.attempt < self.options.max_attempts:
             delay = self.options.retry_delay_seconds * self.options.retry_backoff ** (call.attempt - 1)
@@ -340,23 +352,50 @@ class RunBook:
         self.state.outcomes[name] = self.state.outcomes.get(name, 0) + 1
         self.state.unrecorded.append(outcome)
 
-    def overdue_calls(self, now: float, answered_recheck_seconds: float | None = None) -> list[InFlightCall]:
+    def overdue_calls(
+        self, now: float, answered_recheck_seconds: float | None = None, sooner: bool = False
+    ) -> list[InFlightCall]:
         """Calls Twilio has gone quiet about for longer than the call could last: ask Twilio. An
         answered call is asked about every `answered_recheck_seconds` of silence, when given, rather
-        than only once it could have reached its time limit."""
+        than only once it could have reached its time limit; with `sooner`, much sooner while its
+        line is wanted (see `quiet_answered_seconds`)."""
         margin = self.options.reconcile_margin_seconds
+        quiet = self.quiet_answered_seconds() if sooner and self.lines_wanted_by_waiting() else None
         overdue = []
         for call in self.calls.values():
             if call.call_sid is None:
                 continue
             expected: float = self.options.ring_timeout_seconds
+            allowance: float = margin
             if call.answered:
                 expected = self.options.call_time_limit_seconds
                 if answered_recheck_seconds is not None:
                     expected = min(expected, answered_recheck_seconds)
-            if now - call.last_news_at > expected + margin:
+                if quiet is not None and quiet < expected:
+                    expected, allowance = quiet, min(margin, SOONER_MARGIN_SECONDS)
+            if now - call.last_news_at > expected + allowance:
                 overdue.append(call)
         return overdue
+
+    def quiet_answered_seconds(self) -> float | None:
+        """How long an answered call of this run may be quiet before it is asked about while its line
+        is wanted: twice the 90th percentile of how long its answered calls last, at least
+        SOONER_FLOOR_SECONDS; None until ANSWERED_KNOWN calls say what is ordinary."""
+        durations = sorted(self.state.answered_durations)
+        if len(durations) < ANSWERED_KNOWN:
+            return None
+        return max(SOONER_FLOOR_SECONDS, 2.0 * durations[int(0.9 * (len(durations) - 1))])
+
+    def lines_wanted_by_waiting(self) -> bool:
+        """Whether leads wait for lines the run's calls hold, or those calls are all it waits for."""
+        if self.ready > 0 and self.dialable_lines <= 0:
+            return True
+        state = self.state
+        return (
+            bool(self.calls)
+            and not (state.pending or state.waiting or state.refused)
+            and state.leads_exhausted
+        )
 
     # Ending
 

@@ -8,7 +8,7 @@ import random
 import secrets
 import time
 from dataclasses import asdict, dataclass
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 import httpx
 from twilio.request_validator import RequestValidator
@@ -34,15 +34,48 @@ class CallbackCounters:
         return asdict(self)
 
 
+# Twilio's webhook connection overrides (https://www.twilio.com/docs/usage/webhooks/webhooks-connection-overrides):
+# a fragment on the URL, never sent, that sets how a failed request is retried. Without one, Twilio
+# retries once, and only a request that could not connect.
+MAX_RETRIES = 5
+FAILURE_CLASSES = frozenset({"ct", "rt", "4xx", "5xx"})
+
+
+@dataclass(frozen=True)
+class RetryPlan:
+    """How many times a failed callback is retried, and after which failures: `ct` (could not
+    connect), `rt` (no answer in time), `4xx`, `5xx`."""
+
+    count: int = 1
+    on: frozenset[str] = frozenset({"ct"})
+
+
+def split_overrides(url: str) -> tuple[str, RetryPlan]:
+    """The URL Twilio requests (and signs), without its fragment, and the retries the fragment asks for."""
+    base, _, fragment = url.partition("#")
+    params = dict(parse_qsl(fragment))
+    plan = RetryPlan()
+    if "rc" in params and params["rc"].isdigit():
+        plan = RetryPlan(min(int(params["rc"]), MAX_RETRIES), plan.on)
+    if "rp" in params:
+        named = {part.strip() for part in params["rp"].split(",")}
+        plan = RetryPlan(
+            plan.count, FAILURE_CLASSES if "all" in named else frozenset(named & FAILURE_CLASSES)
+        )
+    return base, plan
+
+
 @dataclass(frozen=True)
 class Callback:
-    """One status callback: where it goes and the form fields it carries."""
+    """One status callback: where it goes (without the URL's fragment), the form fields it
+    carries, and how it is retried."""
 
     call_sid: str
     url: str
     method: str
     params: dict[str, str]
     idempotency_token: str
+    retries: RetryPlan = RetryPlan()
 
     def signed_request(self, auth_token: str) -> tuple[str, dict[str, str] | None, str]:
         """The URL, the form body (None for GET) and the ``X-Twilio-Signature`` Twilio would send."""
@@ -124,21 +157,27 @@ class CallbackSender:
         if previous is not None:
             await asyncio.wait([previous])
         await asyncio.sleep(max(0.0, due - time.monotonic()))
-        for attempt in range(1 + self._config.callback_retry_attempts):
+        forced = self._config.callback_retry_attempts
+        retries = callback.retries.count if forced is None else forced
+        for attempt in range(1 + retries):
             if attempt:
                 self.counters.retried += 1
                 await asyncio.sleep(self._config.callback_retry_backoff_seconds * 2 ** (attempt - 1))
-            if await self._attempt(callback):
+            failure = await self._attempt(callback)
+            if failure is None:
                 self.counters.sent += 1
                 return
+            if forced is None and failure not in callback.retries.on:
+                break
         self.counters.failed += 1
         log.warning("callback gave up call_sid=%s %s", callback.call_sid, _brief(callback))
 
-    async def _attempt(self, callback: Callback) -> bool:
+    async def _attempt(self, callback: Callback) -> str | None:
+        """Deliver once; None on a 2xx, else the class of failure (`ct`, `rt`, `4xx`, `5xx`)."""
         config = self._config
         if config.webhooks_unreachable_until is not None and time.time() < config.webhooks_unreachable_until:
             log.info("callback unreachable call_sid=%s %s", callback.call_sid, _brief(callback))
-            return False
+            return "ct"
         assert self._http is not None, "CallbackSender.start() was not awaited"
         url, form, signature = callback.signed_request(config.auth_token)
         headers = {
@@ -150,16 +189,21 @@ class CallbackSender:
             response = await self._http.request(
                 callback.method, url, data=form, headers=headers, timeout=config.callback_timeout_seconds
             )
+        except httpx.TimeoutException as exc:
+            log.info("callback timed out call_sid=%s %s error=%r", callback.call_sid, _brief(callback), exc)
+            return "ct" if isinstance(exc, httpx.ConnectTimeout) else "rt"
         except httpx.HTTPError as exc:
             log.info("callback failed call_sid=%s %s error=%r", callback.call_sid, _brief(callback), exc)
-            return False
+            return "ct"
         log.info(
             "callback sent call_sid=%s %s http_status=%s",
             callback.call_sid,
             _brief(callback),
             response.status_code,
         )
-        return response.is_success
+        if response.is_success:
+            return None
+        return "5xx" if response.status_code >= 500 else "4xx"
 
 
 def new_idempotency_token(call_sid: str) -> str:

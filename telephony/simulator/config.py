@@ -81,7 +81,14 @@ class SimulatorConfig(BaseModel):
     updates_fail_until: float | None = Field(
         default=None, description="until this time (epoch seconds) every call update (a hang-up) answers 500"
     )
-    callback_retry_attempts: int = Field(default=0, ge=0, description="retries of a callback that failed")
+    callback_retry_attempts: int | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "retries of a callback that failed, whatever the failure; unset: as Twilio does, what the "
+            "callback URL's connection overrides say (#rc=&rp=), else one retry when it could not connect"
+        ),
+    )
     callback_retry_backoff_seconds: float = Field(
         default=0.5, ge=0, description="wait before the first retry, doubling after each"
     )

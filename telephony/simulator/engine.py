@@ -14,7 +14,13 @@ from typing import Any
 
 import phonenumbers
 
-from telephony.simulator.callbacks import Callback, CallbackCounters, CallbackSender, new_idempotency_token
+from telephony.simulator.callbacks import (
+    Callback,
+    CallbackCounters,
+    CallbackSender,
+    new_idempotency_token,
+    split_overrides,
+)
 from telephony.simulator.calls import API_VERSION, Call, CallStore, new_call_sid, rfc2822
 from telephony.simulator.config import SimulatorConfig
 from telephony.simulator.errors import TwilioApiError, internal_error, too_many_requests
@@ -261,12 +267,14 @@ class Simulator:
         if call.machine_detection and (final or event == "answered"):
             params["AnsweredBy"] = call.answered_by or "unknown"
         call.sequence += 1
+        url, retries = split_overrides(call.status_callback)
         callback = Callback(
             call_sid=call.sid,
-            url=call.status_callback,
+            url=url,
             method=call.status_callback_method,
             params=params,
             idempotency_token=new_idempotency_token(call.sid),
+            retries=retries,
         )
         self.callbacks.emit(callback, final)
 
