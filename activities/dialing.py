@@ -341,7 +341,7 @@ class DialingActivities:
             )
         if claim.on_do_not_call:
             raise ApplicationError(
-                f"{input.to} is on the business's do-not-call list", type=DO_NOT_CALL, non_retryable=True
+                "the number is on the business's do-not-call list", type=DO_NOT_CALL, non_retryable=True
             )
         dial.sent = True
         try:
@@ -369,11 +369,12 @@ class DialingActivities:
             raise failure from None
         except Exception as error:  # no answer from Twilio (timed out, reset): it may have placed it
             observability.dial_failed(type(error).__name__)
+            # Named by its type only: some exceptions' text carries the request, auth header and all.
             raise ApplicationError(
-                f"no answer from Twilio to the create: {error!r}",
+                f"no answer from Twilio to the create ({type(error).__name__})",
                 type=type(error).__name__,
                 next_retry_delay=self.lookup_delay,
-            ) from error
+            ) from None
         placed = DialOutput(call.sid or "", call.status or "queued")
         dial.created = placed
         log.info("call placed", extra={**context, "call_sid": placed.call_sid})
@@ -465,10 +466,16 @@ class _DialState:
 
 
 async def find_unrecorded_call(
-    twilio: Client, session: AsyncSession, to: str, from_: str, since: datetime
+    twilio: Client,
+    session: AsyncSession,
+    to: str,
+    from_: str,
+    since: datetime,
+    until: datetime | None = None,
 ) -> DialOutput | None:
-    """A call to this number from this caller ID, placed since `since`, that no attempt has
-    recorded: one a dial placed without learning its SID."""
+    """A call to this number from this caller ID, created since `since` (and by `until`, when
+    given), that no attempt has recorded: one a dial placed without learning its SID. It comes with
+    what Twilio says of it now (its status, and its duration if it has ended)."""
     try:
         started = await twilio.calls.list_async(
             to=to, from_=from_, start_time_after=since - LOOKUP_SKEW, limit=20
@@ -477,7 +484,14 @@ async def find_unrecorded_call(
         queued = await twilio.calls.list_async(to=to, from_=from_, status="queued", limit=20)
     except TwilioException as error:
         raise _classify(_page_error(error)) from None
-    calls = list({c.sid: c for c in [*queued, *started]}.values())
+
+    def created_in_time(call: CallInstance) -> bool:
+        created = call.date_created
+        if created is None:
+            return True
+        return created >= since - LOOKUP_SKEW and (until is None or created <= until + LOOKUP_SKEW)
+
+    calls = [c for c in {c.sid: c for c in [*queued, *started]}.values() if created_in_time(c)]
     known = set(
         await session.scalars(
             select(CallAttempt.call_sid).where(CallAttempt.call_sid.in_([c.sid for c in calls if c.sid]))
@@ -485,7 +499,8 @@ async def find_unrecorded_call(
     )
     for call in calls:
         if call.sid and call.sid not in known:
-            return DialOutput(call.sid, call.status or "queued")
+            now = _snapshot(call)
+            return DialOutput(call.sid, now.status, duration=now.duration, answered_by=now.answered_by)
     return None
 
 

@@ -23,6 +23,7 @@ import observability
 from activities.dialing import NO_RECORD, CallSnapshot, end_call, fetch_snapshot, find_unrecorded_call
 from activities.events import EventCourier
 from activities.records import finish_run, write_outcomes
+from db.leases import AttemptKey, release_lines
 from db.models import LIVE_RUN_STATUSES, Business, CallAttempt, Lead, LineLease, Run
 from telephony.status import FINAL_ATTEMPT_STATUSES, is_terminal
 from workflows.messages import Outcome
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 # A lease whose attempt has no call SID yet may belong to a create still under way (a try lasts at
 # most 20 s) or to a call Twilio's list does not show yet: it is looked up only after this long.
 UNPLACED_GRACE = timedelta(minutes=2)
+# A try sends its create within this long of claiming its line: a call created later is not its.
+CREATE_SENT_WITHIN = timedelta(minutes=1)
 NOT_PLACED = "not placed: the run's workflow ended before this call was placed"
 WHY_GONE = {
     WorkflowExecutionStatus.TERMINATED: "the run's workflow was terminated in Temporal",
@@ -58,6 +61,8 @@ class ReapedLines:
     running: list[str] = field(default_factory=list)
     gone: list[str] = field(default_factory=list)
     still_leased: dict[str, int] = field(default_factory=dict)
+    # Running runs whose calls hold lines: those a gate that does not know them should greet.
+    running_with_lines: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -90,7 +95,8 @@ class LineActivities:
     async def reap_lines(self, input: ReapLinesInput) -> ReapedLines:
         """Settle the business's runs whose workflows are gone: hang up their calls, write the
         outcomes of those that ended (releasing their lines) and, when none is left, end the run."""
-        async with self.sessions() as session:
+        async with self.sessions() as session, session.begin():
+            await _release_lines_of_ended_attempts(session, input.business_id)
             leased = set(
                 await session.scalars(
                     select(LineLease.run_id).where(LineLease.business_id == input.business_id).distinct()
@@ -103,19 +109,32 @@ class LineActivities:
                     )
                 )
             )
-        candidates = leased | live | {run_id_of(w) for w in input.run_workflow_ids}
+            # The gate's holders are checked too, but only as runs of this business.
+            holders = {run_id_of(w) for w in input.run_workflow_ids}
+            ours = set(
+                await session.scalars(
+                    select(Run.id).where(Run.business_id == input.business_id, Run.id.in_(holders))
+                )
+            )
         reaped = ReapedLines()
-        for run_id in sorted(candidates):
+        for run_id in sorted(leased | live | ours):
+            activity.heartbeat(run_id)
             status = await self._workflow_status(run_id)
             if status == WorkflowExecutionStatus.RUNNING:
                 reaped.running.append(run_workflow_id(run_id))
+                if run_id in leased:
+                    reaped.running_with_lines.append(run_workflow_id(run_id))
                 continue
             reaped.gone.append(run_workflow_id(run_id))
-            why = WHY_GONE.get(status, "the run's workflow no longer exists") if status else None
-            left = await self._settle(input.business_id, run_id, why or "the run's workflow no longer exists")
+            why = WHY_GONE.get(status, GONE) if status is not None else GONE
+            try:
+                left = await self._settle(input.business_id, run_id, why)
+            except Exception:  # Twilio or the database refused: the run is looked at again next time
+                log.warning("a gone run not settled yet", extra={"run": run_id}, exc_info=True)
+                async with self.sessions() as session:
+                    left = max(1, len(await _held_by(session, input.business_id, run_id)))
             if left:
                 reaped.still_leased[run_workflow_id(run_id)] = left
-            activity.heartbeat(run_id)
         return reaped
 
     async def _workflow_status(self, run_id: str) -> WorkflowExecutionStatus | None:
@@ -132,25 +151,25 @@ class LineActivities:
         context = {"run": run_id}
         async with self.sessions() as session:
             caller_id = await session.scalar(select(Business.caller_id).where(Business.id == business_id))
-            held = await _held_by(session, run_id)
+            held = await _held_by(session, business_id, run_id)
         outcomes: list[Outcome] = []
         left = 0
         now = datetime.now(UTC)
         for call in held:
+            activity.heartbeat(run_id, call.lead_id)
             sid = call.call_sid
             if sid is None:
                 if call.claimed_at is not None and now - call.claimed_at < UNPLACED_GRACE:
                     left += 1
                     continue
-                since = call.claimed_at or now - UNPLACED_GRACE
-                async with self.sessions() as session:
-                    found = await find_unrecorded_call(
-                        self.twilio, session, call.phone, caller_id or "", since
-                    )
+                found = await self._call_it_placed(business_id, caller_id, call, now)
+                if found is AMBIGUOUS:
+                    left += 1
+                    continue
                 if found is None:
                     outcomes.append(Outcome(call.lead_id, call.attempt, "canceled", error_message=NOT_PLACED))
                     continue
-                sid = found.call_sid
+                sid = str(found)
             snapshot = await fetch_snapshot(self.twilio, sid)
             if snapshot.found and not is_terminal(snapshot.status):
                 log.info(
@@ -175,6 +194,64 @@ class LineActivities:
         log.info("settled a gone run", extra={**context, "ended": len(outcomes), "live": left, "reason": why})
         return left
 
+    async def _call_it_placed(
+        self, business_id: str, caller_id: str | None, call: _Held, now: datetime
+    ) -> str | object | None:
+        """The SID of the call an attempt's create placed without recording it; None if it placed
+        none; AMBIGUOUS while another attempt of the business to the same number holds a line (a
+        call found could be that one's; it is looked at again once that attempt has its call)."""
+        if not caller_id:
+            return AMBIGUOUS
+        since = call.claimed_at or now - UNPLACED_GRACE
+        async with self.sessions() as session:
+            if await _other_attempts_to(session, business_id, call):
+                return AMBIGUOUS
+            found = await find_unrecorded_call(
+                self.twilio, session, call.phone, caller_id, since, until=since + CREATE_SENT_WITHIN
+            )
+        return found.call_sid if found is not None else None
+
+
+AMBIGUOUS = object()
+GONE = "the run's workflow no longer exists"
+
+
+async def _release_lines_of_ended_attempts(session: AsyncSession, business_id: str) -> None:
+    """Leases whose attempts are final hold no call (a late try of an attempt that ended meanwhile,
+    a reset run's earlier execution): give them back, whatever the run's workflow is doing."""
+    ended = await session.execute(
+        select(LineLease.run_id, LineLease.lead_id, LineLease.attempt)
+        .join(
+            CallAttempt,
+            and_(
+                CallAttempt.run_id == LineLease.run_id,
+                CallAttempt.lead_id == LineLease.lead_id,
+                CallAttempt.attempt == LineLease.attempt,
+            ),
+        )
+        .where(LineLease.business_id == business_id, CallAttempt.status.in_(FINAL_ATTEMPT_STATUSES))
+    )
+    keys = [AttemptKey(r.run_id, r.lead_id, r.attempt) for r in ended]
+    if keys:
+        await release_lines(await session.connection(), keys)
+        observability.LINES_REAPED.inc(len(keys))
+
+
+async def _other_attempts_to(session: AsyncSession, business_id: str, call: _Held) -> bool:
+    """Whether another attempt of the business to the same number holds a line: a call to that
+    number found at Twilio could be its."""
+    other = await session.scalar(
+        select(LineLease.run_id)
+        .join(Lead, Lead.id == LineLease.lead_id)
+        .where(
+            LineLease.business_id == business_id,
+            Lead.phone == call.phone,
+            ~and_(LineLease.lead_id == call.lead_id, LineLease.attempt == call.attempt),
+        )
+        .limit(1)
+    )
+    return other is not None
+
 
 def _outcome(call: _Held, sid: str, snapshot: CallSnapshot) -> Outcome | None:
     if not snapshot.found:
@@ -191,7 +268,7 @@ def _outcome(call: _Held, sid: str, snapshot: CallSnapshot) -> Outcome | None:
     )
 
 
-async def _held_by(session: AsyncSession, run_id: str) -> list[_Held]:
+async def _held_by(session: AsyncSession, business_id: str, run_id: str) -> list[_Held]:
     """The run's attempts that hold a line lease or are not final: a lease, with or without its
     attempt's row (a create that never committed), and a call whose end was never written."""
     leased = await session.execute(
@@ -205,7 +282,7 @@ async def _held_by(session: AsyncSession, run_id: str) -> list[_Held]:
                 CallAttempt.attempt == LineLease.attempt,
             ),
         )
-        .where(LineLease.run_id == run_id)
+        .where(LineLease.run_id == run_id, LineLease.business_id == business_id)
     )
     held = {
         (r.lead_id, r.attempt): _Held(r.lead_id, r.attempt, r.call_sid, r.phone, r.claimed_at) for r in leased
@@ -213,8 +290,10 @@ async def _held_by(session: AsyncSession, run_id: str) -> list[_Held]:
     unfinished = await session.execute(
         select(CallAttempt.lead_id, CallAttempt.attempt, CallAttempt.call_sid, Lead.phone)
         .join(Lead, Lead.id == CallAttempt.lead_id)
+        .join(Run, Run.id == CallAttempt.run_id)
         .where(
             CallAttempt.run_id == run_id,
+            Run.business_id == business_id,
             CallAttempt.status.not_in(FINAL_ATTEMPT_STATUSES),
             CallAttempt.call_sid.is_not(None),
         )

@@ -47,6 +47,9 @@ class LoadLeadsInput:
     run_id: str
     after_lead_id: int
     limit: int
+    # Whether the run's workflow reads zones by index into the page's `zone_sets` (workflow code
+    # from before reads only each lead's `zones`).
+    pack_zones: bool = False
 
 
 @dataclass
@@ -130,7 +133,8 @@ class RecordActivities:
                     for lead_id, phone, timezone in rows
                 ]
             )
-        pack_zones(page.leads, page.zone_sets)
+        if input.pack_zones:
+            pack_zones(page.leads, page.zone_sets)
         return page
 
     @activity.defn

@@ -13,6 +13,7 @@ from tests.harness import Stack, new_number
 from tests.test_campaign_rules import zone_where_it_is
 from workflows.calling_window import CallingWindow, window_check
 from workflows.messages import LeadRef, RunCarryOver, RunOptions
+from workflows.names import run_workflow_id
 from workflows.run_book import RunBook
 
 NINE_TO_FIVE = CallingWindow("09:00", "17:00")
@@ -104,3 +105,4 @@ async def test_a_number_whose_window_never_opens_does_not_hold_up_the_run(stack:
     [row] = [r for r in csv.DictReader(io.StringIO(export)) if r["phone"] == toll_free]
     assert row["status"] == row["lead_status"] == "skipped_window"
     assert "never open at once" in row["error_message"]
+    await stack.save_history(run_workflow_id(run_id), "run_skipped_window")

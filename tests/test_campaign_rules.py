@@ -424,3 +424,4 @@ async def test_calls_whose_end_was_lost_are_asked_about_sooner_when_leads_wait_f
     silent_dialed = max(d.at for d in world.dials if d.lead in {lead.id for lead in silent})
     [last] = [d for d in world.dials if d.lead == waiting.id]
     assert last.at - silent_dialed < timedelta(minutes=3)
+    await save_history(skipping.client, handle.id, "run_asked_sooner")

@@ -220,3 +220,4 @@ async def test_a_cancel_while_the_database_is_away_hangs_up_the_calls_at_once(
     [long_lead] = [lead for lead in await stack.leads(run_id) if lead.phone == long_call]
     assert attempts[long_lead.id].status == "completed"
     assert Counter(c["to"] for c in await stack.sim_calls(business.caller_id))[long_call] == 1
+    await stack.save_history(run_workflow_id(run_id), "run_cancelled_without_database")

@@ -15,7 +15,7 @@ from temporalio.client import WorkflowHandle
 from db.models import Run
 from telephony.status import FINAL_ATTEMPT_STATUSES
 from tests.conftest import SimulatorKnobs
-from tests.harness import Stack, execution_chain, new_number, wait_for
+from tests.harness import Stack, execution_chain, new_number, save_history, wait_for
 from workflows.messages import CallStatusEvent, RunProgress
 from workflows.names import RUN_STATUS, gate_workflow_id, run_workflow_id
 from workflows.outbound_run import OutboundRunWorkflow
@@ -79,6 +79,9 @@ async def test_a_pause_holds_across_continue_as_new(stack: Stack) -> None:
     assert (await stack.run(business, run_id))["status"] == "paused"
     chain = await execution_chain(stack.temporal, run_workflow_id(run_id))
     assert _dials(list(chain[-1].events)) == 0
+    await save_history(
+        stack.temporal, run_workflow_id(run_id), "run_paused_across_continue_as_new", first_execution=True
+    )
     assert len(await stack.sim_calls(business.caller_id)) == placed
 
     response = await stack.http.post(f"/v1/runs/{run_id}/resume", headers=business.headers)
@@ -149,6 +152,7 @@ async def test_terminating_the_line_gate_mid_run_keeps_the_cap(
     assert await stack.peak_concurrency([business.caller_id]) <= 3
     called = Counter(c["to"] for c in await stack.sim_calls(business.caller_id))
     assert called == Counter(long_run + short_run + later_run)
+    await stack.save_history(gate_workflow_id(business.id), "gate_started_afresh")
 
 
 async def test_gate_terminated_a_run_terminated_and_another_reset_mid_run(
@@ -208,6 +212,8 @@ async def test_gate_terminated_a_run_terminated_and_another_reset_mid_run(
         row = await session.get(Run, doomed_id)
         assert row is not None and row.status == "failed" and row.finished_at is not None
     assert {lead.status for lead in await stack.leads(doomed_id)} <= {"answered", "cancelled"}
+    await stack.save_history(run_workflow_id(reset_id), "run_reset_by_operator")
+    await stack.save_history(gate_workflow_id(business.id), "gate_reaped_a_gone_run")
 
 
 async def test_a_terminated_runs_calls_are_hung_up_before_its_lines_are_used_again(

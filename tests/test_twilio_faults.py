@@ -420,6 +420,7 @@ async def test_a_hang_up_twilio_refuses_for_a_while_is_tried_until_it_succeeds(
     assert run["status"] == "cancelled"
     calls = await stack.sim_calls(business.caller_id)
     assert all(c["status"] == "completed" for c in calls)
+    await stack.save_history(run_workflow_id(run_id), "run_hung_up_despite_5xx")
     # Hung up once Twilio took the hang-up, well before the calls' five minutes were up.
     assert all(c["ended_at"] - c["created_at"] < 120 for c in calls)
 
@@ -471,6 +472,7 @@ async def test_numbers_refused_one_after_another_pause_the_run_and_none_is_lost(
     assert response.status_code == 202
     run = await stack.wait_run_ends(business, run_id, within=60)
     assert run["status"] == "completed" and run["progress"]["outcomes"]["answered"] == 6
+    await stack.save_history(run_workflow_id(run_id), "run_paused_after_refusals")
     assert Counter(c["to"] for c in await stack.sim_calls(business.caller_id)) == Counter(phones)
 
 

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import FailureError
+from temporalio.exceptions import ActivityError, FailureError
 
 with workflow.unsafe.imports_passed_through():
     from activities.gate import ClosedWorkflowsInput, GateActivities
@@ -20,7 +20,9 @@ with workflow.unsafe.imports_passed_through():
 # that they say it, and reaps from the database: runs whose workflows are gone have their calls hung
 # up, and the lines of those calls are not granted until Twilio says they ended.
 GATE_CONVERGES = "gate-converges"
-REAP_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=30))
+# A reap that keeps failing (Twilio refusing the account, the database away) is given up for this
+# interval and tried at the next: meanwhile the gate goes on granting lines.
+REAP_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=10), maximum_attempts=3)
 
 
 @workflow.defn
@@ -46,7 +48,8 @@ class BusinessLinesWorkflow:
     @workflow.run
     async def run(self, input: GateInput) -> None:
         if self._converges():
-            self._reap_due = True
+            # A gate started afresh (not continued as new) looks at once for what it cannot know.
+            self._reap_due = workflow.info().continued_run_id is None
             await self._run_converging()
         else:
             await self._run_before_convergence()
@@ -148,14 +151,20 @@ class BusinessLinesWorkflow:
 
     async def _reap_from_database(self) -> None:
         pool = self._pool
-        reaped = await workflow.execute_activity_method(
-            LineActivities.reap_lines,
-            ReapLinesInput(self._input.business_id, sorted(pool.holders)),
-            start_to_close_timeout=timedelta(minutes=2),
-            heartbeat_timeout=timedelta(seconds=60),
-            retry_policy=REAP_RETRY,
-            summary=f"reap lines of runs that are gone ({len(pool.holders)} holding)",
-        )
+        try:
+            reaped = await workflow.execute_activity_method(
+                LineActivities.reap_lines,
+                ReapLinesInput(self._input.business_id, sorted(pool.holders)),
+                start_to_close_timeout=timedelta(minutes=2),
+                heartbeat_timeout=timedelta(seconds=60),
+                retry_policy=REAP_RETRY,
+                summary=f"reap lines of runs that are gone ({len(pool.holders)} holding)",
+            )
+        except ActivityError as error:
+            workflow.logger.warning(
+                "reap failed; tried again later", extra={"error": str(error.cause or error)}
+            )
+            return
         for run_workflow_id in reaped.gone:
             if pool.reclaim(run_workflow_id):
                 workflow.logger.info(
@@ -163,7 +172,8 @@ class BusinessLinesWorkflow:
                 )
         if reaped.still_leased != pool.reserved:
             pool.reserve(reaped.still_leased)
-        for run_workflow_id in reaped.running:
+        # Runs whose calls hold lines this execution has not heard of: they say what they hold.
+        for run_workflow_id in reaped.running_with_lines:
             if run_workflow_id not in pool.holders and run_workflow_id not in self._greeted:
                 self._greeted.add(run_workflow_id)
                 await self._signal(run_workflow_id, "lines_granted", pool.hello(run_workflow_id))

@@ -301,7 +301,9 @@ class OutboundRunWorkflow:
     async def _load_leads(self) -> None:
         page = await workflow.execute_activity_method(
             RecordActivities.load_leads,
-            LoadLeadsInput(self._input.run_id, self._book.state.next_lead_cursor, LEAD_PAGE_SIZE),
+            LoadLeadsInput(
+                self._input.run_id, self._book.state.next_lead_cursor, LEAD_PAGE_SIZE, pack_zones=True
+            ),
             start_to_close_timeout=timedelta(seconds=30),
             retry_policy=DB_RETRY,
         )
