@@ -317,9 +317,10 @@ class DialingActivities:
             if input.answer_version >= 2 and earlier.status in FINAL_ATTEMPT_STATUSES:
                 # Ended without a call by an earlier execution of the run (reset by an operator).
                 await self._ended_holds_no_line(session, input)
-                return DialOutput(
+                ended = DialOutput(
                     "", earlier.status, error_code=earlier.error_code, error_message=earlier.error_message
-                ), None
+                )
+                return ended, await write_outcomes(session, input.run_id, input.outcomes)
         if dial.earlier_may_have_placed:
             found = _created_by_earlier_try()
             if found is None:

@@ -124,6 +124,10 @@ class LineActivities:
                 reaped.running.append(run_workflow_id(run_id))
                 if run_id in leased:
                     reaped.running_with_lines.append(run_workflow_id(run_id))
+                    try:
+                        await self._end_stale_leases(run_id)
+                    except Exception:  # looked at again next time
+                        log.warning("stale lines not looked at", extra={"run": run_id}, exc_info=True)
                 continue
             reaped.gone.append(run_workflow_id(run_id))
             why = WHY_GONE.get(status, GONE) if status is not None else GONE
@@ -136,6 +140,49 @@ class LineActivities:
             if left:
                 reaped.still_leased[run_workflow_id(run_id)] = left
         return reaped
+
+    async def _end_stale_leases(self, run_id: str) -> None:
+        """A running run's leases held by calls older than any call of the run can last (its time
+        limit, ring timeout and margin): a call an earlier execution placed that this one does not
+        know of (an operator reset the run). Twilio says it ended; its outcome is written (the run
+        adopts that ending when it dials the attempt), and its line comes back."""
+        async with self.sessions() as session:
+            options = await session.scalar(select(Run.options).where(Run.id == run_id)) or {}
+            longest = timedelta(
+                seconds=int(options.get("call_time_limit_seconds", 3600))
+                + int(options.get("ring_timeout_seconds", 30))
+                + 2 * int(options.get("reconcile_margin_seconds", 60))
+            )
+            stale = await session.execute(
+                select(LineLease.lead_id, LineLease.attempt, CallAttempt.call_sid)
+                .join(
+                    CallAttempt,
+                    and_(
+                        CallAttempt.run_id == LineLease.run_id,
+                        CallAttempt.lead_id == LineLease.lead_id,
+                        CallAttempt.attempt == LineLease.attempt,
+                    ),
+                )
+                .where(
+                    LineLease.run_id == run_id,
+                    LineLease.claimed_at < datetime.now(UTC) - longest,
+                    CallAttempt.call_sid.is_not(None),
+                )
+            )
+            rows = list(stale)
+        outcomes = []
+        for row in rows:
+            snapshot = await fetch_snapshot(self.twilio, row.call_sid)
+            held = _Held(row.lead_id, row.attempt, row.call_sid, "", None)
+            if (outcome := _outcome(held, row.call_sid, snapshot)) is not None:
+                outcomes.append(outcome)
+        if outcomes:
+            async with self.sessions() as session, session.begin():
+                events_for = await write_outcomes(session, run_id, outcomes)
+            observability.LINES_REAPED.inc(len(outcomes))
+            if events_for is not None and self.courier is not None:
+                await self.courier.notify_soon(events_for)
+            log.info("ended stale lines of a running run", extra={"run": run_id, "ended": len(outcomes)})
 
     async def _workflow_status(self, run_id: str) -> WorkflowExecutionStatus | None:
         try:
@@ -172,6 +219,8 @@ class LineActivities:
                 sid = str(found)
             snapshot = await fetch_snapshot(self.twilio, sid)
             if snapshot.found and not is_terminal(snapshot.status):
+                if await self._workflow_status(run_id) == WorkflowExecutionStatus.RUNNING:
+                    return len(held)  # reset back to life meanwhile: its calls are its own again
                 log.info(
                     "hanging up a call of a gone run",
                     extra={**context, "lead": call.lead_id, "call_sid": sid},
@@ -182,6 +231,8 @@ class LineActivities:
                 left += 1
             else:
                 outcomes.append(outcome)
+        if await self._workflow_status(run_id) == WorkflowExecutionStatus.RUNNING:
+            return len(held)
         events_for = None
         async with self.sessions() as session, session.begin():
             if outcomes:

@@ -105,8 +105,12 @@ async def claim_line(connection: AsyncConnection, business_id: str, key: Attempt
     statement = _claim_statement(connection.dialect.name)
     now = utcnow()
     params = {**_params(key), "l_business": business_id, "l_now": now}
-    # A slot another dial took between our read and our insert costs one more try.
-    for _ in range(3):
+    # A slot another dial took between our read and our insert costs one more try: as many tries
+    # as there are slots, stopping once every one is taken.
+    cap = await connection.scalar(
+        select(_BUSINESSES.c.max_concurrent_calls).where(_BUSINESSES.c.id == business_id)
+    )
+    for _ in range(max(1, cap or 0) + 1):
         slot = (await connection.execute(statement, params)).scalar()
         if slot is not None:
             return Claimed(int(slot), held_before=False, claimed_at=now)

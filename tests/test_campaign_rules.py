@@ -138,6 +138,8 @@ class WorldRunner:
         self.plain = plain  # the gate keeps real time: only the run's clock skips
         self.workers: list[Worker] = []
         self.world: FakeWorld | None = None
+        # Workflows the workers keep in memory between tasks; 0 replays every task from history.
+        self.max_cached_workflows = 1000
         self.task_queue = f"rules-{uuid.uuid4().hex[:8]}"
 
     async def start_workers(self) -> None:
@@ -158,7 +160,13 @@ class WorldRunner:
         ]
         workflows = [OutboundRunWorkflow, BusinessLinesWorkflow]
         self.workers = [
-            Worker(self.env.client, task_queue=self.task_queue, workflows=workflows, activities=activities),
+            Worker(
+                self.env.client,
+                task_queue=self.task_queue,
+                workflows=workflows,
+                activities=activities,
+                max_cached_workflows=self.max_cached_workflows,
+            ),
             Worker(
                 self.env.client, task_queue=dial_task_queue(self.task_queue), activities=[world.place_call]
             ),
@@ -425,3 +433,50 @@ async def test_calls_whose_end_was_lost_are_asked_about_sooner_when_leads_wait_f
     [last] = [d for d in world.dials if d.lead == waiting.id]
     assert last.at - silent_dialed < timedelta(minutes=3)
     await save_history(skipping.client, handle.id, "run_asked_sooner")
+
+
+@dataclass
+class SlowToPageWorld(FakeWorld):
+    """A world whose database is slow to hand over the second page of leads."""
+
+    paging: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @activity.defn(name="load_leads")
+    async def load_leads(self, input: LoadLeadsInput) -> LoadLeadsOutput:
+        if input.after_lead_id > 0 and not self.paging.is_set():
+            self.paging.set()
+            await asyncio.sleep(3)
+            raise RuntimeError("the database did not answer in time")
+        return await super().load_leads(input)
+
+
+async def test_a_cancel_from_temporal_while_the_run_awaits_an_activity_is_a_cancel(
+    skipping: WorkflowEnvironment, world_runner: WorldRunner
+) -> None:
+    """A cancel request that comes while the run waits on an activity (here, a page of leads the
+    database is slow to give) cancels the run as the `cancel` signal does: it ends `cancelled`,
+    with its final status written, not failed with its row still `running`."""
+    leads = [LeadRef(i, f"+141555503{i:02d}") for i in range(1, 206)]
+    world = SlowToPageWorld(skipping, leads, {lead.phone: ["completed"] for lead in leads})
+    handle = await world_runner(world, RunOptions(calling_window=ALWAYS), auto_skip=False)
+
+    await asyncio.wait_for(world.paging.wait(), timeout=30)
+    await handle.cancel()
+    result = await handle.result()
+    assert result.status == "cancelled"
+    assert world.statuses[-1] == "cancelled"
+    assert result.outcomes.get("cancelled", 0) > 0
+
+
+async def test_a_run_evicted_from_the_cache_after_every_task_still_ends(
+    skipping: WorkflowEnvironment, world_runner: WorldRunner
+) -> None:
+    """A worker that keeps no workflow in memory replays the run for every task and tears it down
+    after: each teardown must go through (a run that caught it as a cancel request, or looped on
+    it, would spin the worker's CPU), and the run ends as it would have."""
+    world_runner.max_cached_workflows = 0
+    leads = [LeadRef(i, f"+141555504{i:02d}") for i in range(1, 6)]
+    world = FakeWorld(skipping, leads, {lead.phone: ["completed"] for lead in leads})
+    handle = await world_runner(world, RunOptions(calling_window=ALWAYS))
+    result = await asyncio.wait_for(handle.result(), timeout=60)
+    assert result.status == "completed" and result.outcomes == {"answered": 5}

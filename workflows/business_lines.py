@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 from temporalio import workflow
@@ -43,6 +44,7 @@ class BusinessLinesWorkflow:
         self._reap_interval = timedelta(seconds=input.reap_interval_seconds)
         self._changed = True
         self._reap_due = False
+        self._reap_task: asyncio.Task[None] | None = None
         self._greeted: set[str] = set()
 
     @workflow.run
@@ -62,7 +64,7 @@ class BusinessLinesWorkflow:
 
     @workflow.signal
     def reap(self) -> None:
-        """Look now for runs whose workflows are gone (the API asks when it finds one)."""
+        """Look now for runs whose workflows are gone (an operator can send it from the Web UI)."""
         self._reap_due = True
 
     @workflow.query
@@ -78,7 +80,7 @@ class BusinessLinesWorkflow:
         while True:
             try:
                 await workflow.wait_condition(
-                    lambda: self._changed or self._reap_due,
+                    lambda: self._changed or (self._reap_due and not self._reaping()),
                     timeout=self._reap_interval if pool.holders or pool.reserved else None,
                     timeout_summary="reap",
                 )
@@ -86,14 +88,19 @@ class BusinessLinesWorkflow:
                 self._reap_due = True
             self._changed = False
             await self._send(pool)
-            if self._reap_due:
+            if self._reap_due and not self._reaping():
+                # In the background: grants go on while Twilio and the database are asked.
                 self._reap_due = False
-                await self._reap_from_database()
+                self._reap_task = asyncio.create_task(self._reap_from_database())
             self._show(pool)
             if workflow.info().is_continue_as_new_suggested():
-                await workflow.wait_condition(workflow.all_handlers_finished)
-                if not self._changed and not self._reap_due:
-                    workflow.continue_as_new(self._carry_over())
+                await workflow.wait_condition(
+                    lambda: workflow.all_handlers_finished() and not self._reaping()
+                )
+                workflow.continue_as_new(self._carry_over())
+
+    def _reaping(self) -> bool:
+        return self._reap_task is not None and not self._reap_task.done()
 
     async def _run_before_convergence(self) -> None:
         """The loop of gates started before `gate-converges`, kept for their executions."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Coroutine
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -55,6 +55,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.names import RUN_STATUS, dial_task_queue, gate_workflow_id, run_workflow_id
     from workflows.run_book import LEAD_PAGE_SIZE, RunBook
 
+T = TypeVar("T")
 DB_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
 # Retried until DIAL_DEADLINE: a 429 was never processed and a 5xx or timeout is looked up before
 # dialing again, so a retry never places a second call.
@@ -64,6 +65,7 @@ DIAL_RETRY = RetryPolicy(
     non_retryable_error_types=[INVALID_NUMBER, ACCOUNT_ERROR, RUN_CANCELLED, DO_NOT_CALL, TWILIO_REFUSED],
 )
 DIAL_DEADLINE = timedelta(hours=1)
+DIAL_TRY_TIMEOUT = timedelta(seconds=60)
 # Outcomes ride the next dial (written in the transaction that claims its attempt) rather than an
 # activity of their own, as long as dials run promptly; see _outcomes_to_carry.
 OUTCOMES_RIDE_DIALS = "outcomes-ride-dials"
@@ -93,15 +95,21 @@ DIAL_ANSWERS_V2 = "dial-answers-v2"
 BACKGROUND_WORK_SURVIVES = "background-work-survives"
 HANG_UP_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
 # A cancel hangs up the calls in flight before it writes anything (the database may be away: the
-# hang-ups need only Twilio), and a cancel request from Temporal that comes while the run writes
-# its end does not stop it writing it (the row would say `running` with no workflow behind it).
+# hang-ups need only Twilio).
 CANCEL_HANGS_UP_FIRST = "cancel-hangs-up-first"
+# A cancel request from Temporal (the Web UI, the CLI) is a cancel whenever it comes: the run's
+# dialing and its end run as tasks it awaits through asyncio.shield, so the request reaches the run
+# as a CancelledError there, not inside an activity it was awaiting (which failed the workflow, or
+# ended it with its row still `running`).
+TEMPORAL_CANCEL_SHIELDED = "temporal-cancel-shielded"
+# While the run drains before continuing as new it still writes outcomes: a call that ended holds
+# its line lease until its outcome is written.
+OUTCOMES_WHILE_DRAINING = "outcomes-while-draining"
 # A quiet answered call whose line leads wait for (or that is all the run waits for) is asked about
 # once it has been quiet for much longer than this run's answered calls last (RunBook.overdue_calls),
 # checked every SOONER_TICK meanwhile; other calls are asked about as before.
 ANSWERED_CHECKED_SOONER = "answered-calls-checked-sooner"
 SOONER_TICK = timedelta(seconds=15)
-FINISH_SURVIVES_CANCEL = "finish-survives-cancel"
 ANSWERED_RECHECK_SECONDS = 300
 # The API commits the run row just after starting the workflow; load_run gives it time to appear
 # (RUN_APPEARS_WITHIN_TRIES tries), and is retried without limit while the database is away: it runs
@@ -139,6 +147,8 @@ class OutboundRunWorkflow:
         self._hang_ups: dict[str, asyncio.Task[None]] = {}
         # What a background task raised that it should not have (a bug): the run loop raises it.
         self._broken: BaseException | None = None
+        # Whether Temporal has asked this execution to cancel (it asks once).
+        self._cancel_requested = False
         self._dials_stopped = False
 
     # Messages
@@ -227,24 +237,36 @@ class OutboundRunWorkflow:
             for timer in timers:
                 timer.add_done_callback(self._note_if_broken)
 
-        try:
-            await self._dial_until_done()
-        except asyncio.CancelledError:
-            # A cancel request from the Temporal Web UI or CLI is handled like the `cancel` signal.
-            self.cancel(CancelRequest("cancelled from Temporal"))
-            await self._dial_until_done()
+        if not workflow.patched(TEMPORAL_CANCEL_SHIELDED):
+            try:
+                await self._dial_until_done()
+            except asyncio.CancelledError:
+                # A cancel request from the Temporal Web UI or CLI is handled like the `cancel` signal.
+                self.cancel(CancelRequest("cancelled from Temporal"))
+                await self._dial_until_done()
+            for timer in timers:
+                timer.cancel()
+            return await self._finish()
+        await self._shielded(self._dial_until_done())
         for timer in timers:
             timer.cancel()
-        if not workflow.patched(FINISH_SURVIVES_CANCEL):
-            return await self._finish()
-        finishing = asyncio.create_task(self._finish())
+        return await self._shielded(self._finish())
+
+    async def _shielded(self, work: Coroutine[Any, Any, T]) -> T:
+        """Run `work` to its end; a cancel request from Temporal meanwhile is taken as the `cancel`
+        signal (dialing stops, calls are hung up) instead of breaking off what `work` awaits.
+
+        Temporal sends a run one cancel request; a second CancelledError is the worker tearing the
+        workflow down (evicted from its cache, or a replay that failed), which must go through."""
+        task = asyncio.create_task(work)
         while True:
             try:
-                return await asyncio.shield(finishing)
+                return await asyncio.shield(task)
             except asyncio.CancelledError:
-                workflow.logger.info(
-                    "cancel requested while the run writes its end; it is written all the same"
-                )
+                if self._cancel_requested:
+                    raise
+                self._cancel_requested = True
+                self.cancel(CancelRequest("cancelled from Temporal"))
 
     async def _dial_until_done(self) -> None:
         book = self._book
@@ -280,8 +302,9 @@ class OutboundRunWorkflow:
             if dialing_allowed and (why := book.settle_refused(workflow.time())) is not None:
                 self.pause(PauseRequest(why))
             await self._settle_lines(dialing_allowed)
-            # Asked again: the awaits above may have let the last call end.
-            if not self._draining():
+            # Asked again: the awaits above may have let the last call end. While draining, outcomes
+            # are still written: a call that ended holds its line lease until its outcome is.
+            if not self._draining() or workflow.patched(OUTCOMES_WHILE_DRAINING):
                 self._record_outcomes()
             await self._show_pause()
 
@@ -400,7 +423,9 @@ class OutboundRunWorkflow:
                     release=[freed] if freed else [],
                 ),
                 task_queue=dial_task_queue(workflow.info().task_queue),
-                start_to_close_timeout=timedelta(seconds=20),
+                # Longer than a try can take (two lookups and a create, TWILIO_TIMEOUT_SECONDS each),
+                # so a retry never overlaps a try still at work.
+                start_to_close_timeout=DIAL_TRY_TIMEOUT,
                 schedule_to_close_timeout=DIAL_DEADLINE,
                 retry_policy=DIAL_RETRY,
                 summary=f"dial {call.phone[:5]}… (lead {call.lead_id}, attempt {call.attempt})",
@@ -514,17 +539,27 @@ class OutboundRunWorkflow:
             self._apply_snapshot(call, snapshot)
             return
         try:
+            options = self._input.options
             snapshot = await workflow.execute_activity_method(
                 DialingActivities.hang_up,
                 HangUpInput(call.call_sid, call.answered, keep_trying=True),
                 start_to_close_timeout=timedelta(seconds=30),
+                # No call outlives its time limit: past it, the quiet-call checks learn its end.
+                schedule_to_close_timeout=timedelta(
+                    seconds=options.call_time_limit_seconds
+                    + options.ring_timeout_seconds
+                    + options.reconcile_margin_seconds
+                ),
                 retry_policy=HANG_UP_RETRY,
                 summary=summary,
             )
         except (asyncio.CancelledError, ActivityError) as error:
             if isinstance(error, ActivityError) and not isinstance(error.cause, CancelledError):
-                raise
-            return  # the call ended otherwise (its callback came): nothing left to hang up
+                workflow.logger.warning(
+                    "hang-up given up; the call has reached its time limit",
+                    extra={"lead": call.lead_id, "attempt": call.attempt, "call_sid": call.call_sid},
+                )
+            return  # the call ended otherwise (its callback came), or its time limit has passed
         finally:
             self._hang_ups.pop(call.call_sid, None)
         self._apply_snapshot(call, snapshot)

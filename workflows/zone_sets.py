@@ -13,10 +13,12 @@ class HasZones(Protocol):
 
 
 def pack_zones(items: Iterable[HasZones], table: list[list[str]]) -> None:
-    """Replace each item's zones by an index into `table`, adding the lists it lacks."""
+    """Replace each item's zones by an index into `table`, adding the lists it lacks. A single zone
+    stays where it is: it costs no more than the index, and workflow code from before the tables
+    (a worker not yet upgraded) still reads it."""
     index = {tuple(zones): i for i, zones in enumerate(table)}
     for item in items:
-        if not item.zones:
+        if len(item.zones) < 2:
             continue
         key = tuple(item.zones)
         if key not in index:
