@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, exists, select, update
+from sqlalchemy import Table, bindparam, delete, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 from sqlalchemy.sql import Executable
 from temporalio import activity
@@ -23,7 +23,7 @@ import observability
 from activities.events import EventCourier
 from activities.records import write_outcomes
 from db.leases import AttemptKey, Claimed, claim_line, release_lines
-from db.models import CallAttempt, DoNotCall, Run, utcnow
+from db.models import CallAttempt, DoNotCall, LineLease, Run, utcnow
 from db.upsert import dialect_insert
 from telephony.status import FINAL_ATTEMPT_STATUSES
 from telephony.twilio_client import (
@@ -88,6 +88,15 @@ _STORE_SID = (
     .values(call_sid=bindparam("a_sid"), status="queued", updated_at=bindparam("a_now"))
 )
 _CLAIMS: dict[str, Executable] = {}
+_LEASES = cast(Table, LineLease.__table__)
+# A line the run freed comes back once its attempt's final word is written: until then a late try
+# of that attempt's dial could find neither, and dial again (the write gives the line back then).
+_RELEASE_ENDED = delete(_LEASES).where(
+    _LEASES.c.run_id == bindparam("a_run"),
+    _LEASES.c.lead_id == bindparam("a_lead"),
+    _LEASES.c.attempt == bindparam("a_attempt"),
+    exists().where(*_KEY, _ATTEMPTS.c.status.in_(FINAL_ATTEMPT_STATUSES)),
+)
 
 
 def _claim_statement(dialect: str) -> Executable:
@@ -136,6 +145,13 @@ async def _claim(connection: AsyncConnection, input: DialInput) -> _Claim:
         new = (await connection.execute(_claim_statement(dialect), key)).first() is not None
         cancel_requested_at, suppressed = (await connection.execute(_FENCE, fence)).one()
     return _Claim(bool(new), cancel_requested_at, bool(suppressed))
+
+
+async def _release_ended(connection: AsyncConnection, run_id: str, freed: list[AttemptRef]) -> None:
+    """Give back the lines the run freed whose attempts' final words are written."""
+    if freed:
+        rows = [{"a_run": run_id, "a_lead": f.lead_id, "a_attempt": f.attempt} for f in freed]
+        await connection.execute(_RELEASE_ENDED, rows)
 
 
 def _attempt_key(input: DialInput) -> dict[str, Any]:
@@ -239,9 +255,9 @@ class DialingActivities:
         the call even while Twilio's call list does not show it yet.
         """
         key = AttemptKey(input.run_id, input.lead_id, input.attempt)
-        ended = [AttemptKey(input.run_id, o.lead_id, o.attempt) for o in input.outcomes]
-        ended += [AttemptKey(input.run_id, r.lead_id, r.attempt) for r in input.release]
-        line = await self._take_line(input, key, ended)
+        line, events_for = await self._take_line(input, key)
+        if events_for is not None and self.courier is not None:
+            await self.courier.notify_soon(events_for)
         if line is None:
             log.info(
                 "every line in use",
@@ -260,33 +276,35 @@ class DialingActivities:
         dial = _DialState(line, earlier_may_have_placed=earlier)
         try:
             async with self.sessions() as session, session.begin():
-                placed, events_for = await self._place(session, input, dial)
+                placed = await self._place(session, input, dial)
         except BaseException as error:
             if dial.created:
                 activity.heartbeat(dial.created.call_sid, dial.created.status)
             elif dial.never_placed(error):
                 await self._give_back_line(key)
             raise
-        if self.courier is not None:
-            await self.courier.notify_soon(events_for)
         placed.took_seconds = round((datetime.now(UTC) - activity.info().scheduled_time).total_seconds(), 3)
         return placed
 
-    async def _take_line(self, input: DialInput, key: AttemptKey, ended: list[AttemptKey]) -> Claimed | None:
-        """Claim a line lease for the attempt, committed before Twilio is asked (the lines of the
-        calls whose outcomes this dial carries come back first): the attempt's own lease if an
-        earlier try took one, else a free slot below the cap, asking again briefly while none is."""
+    async def _take_line(self, input: DialInput, key: AttemptKey) -> tuple[Claimed | None, str | None]:
+        """Claim a line lease for the attempt, committed before Twilio is asked: the attempt's own
+        lease if an earlier try took one, else a free slot below the cap, asking again briefly while
+        none is. The outcomes this dial carries are written first, in the same transaction that
+        gives back their lines: a line comes back only with its attempt's final word, which a late
+        try of that attempt's dial reads (and adopts its call) instead of dialing again. Also
+        returns the business whose events the outcomes recorded, if any."""
+        events_for = None
         for wait in (0.0, *LINE_WAITS_SECONDS):
             if wait:
                 await asyncio.sleep(wait)
             async with self.sessions() as session, session.begin():
-                connection = await session.connection()
-                await release_lines(connection, ended)
-                ended = []
-                line = await claim_line(connection, input.business_id, key)
+                if wait == 0.0:
+                    events_for = await write_outcomes(session, input.run_id, input.outcomes)
+                    await _release_ended(await session.connection(), input.run_id, input.release)
+                line = await claim_line(await session.connection(), input.business_id, key)
             if line is not None:
-                return line
-        return None
+                return line, events_for
+        return None, events_for
 
     async def _give_back_line(self, key: AttemptKey) -> None:
         """Release the line of a dial that certainly placed no call."""
@@ -296,11 +314,9 @@ class DialingActivities:
         except Exception:  # the retry, or the outcome's write, gives it back then
             log.warning("line not given back", extra={"run": key.run_id, "lead": key.lead_id}, exc_info=True)
 
-    async def _place(
-        self, session: AsyncSession, input: DialInput, dial: _DialState
-    ) -> tuple[DialOutput, str | None]:
-        """place_call's transaction; also returns the business whose events it recorded, if any.
-        A call it creates is put in `dial.created` at once, before anything can fail to record it."""
+    async def _place(self, session: AsyncSession, input: DialInput, dial: _DialState) -> DialOutput:
+        """place_call's transaction. A call it creates is put in `dial.created` at once, before
+        anything can fail to record it."""
         context = {"run": input.run_id, "lead": input.lead_id, "attempt": input.attempt}
         claim = await _claim(await session.connection(), input)
         if not claim.new:
@@ -313,14 +329,15 @@ class DialingActivities:
                     placed = await self._as_it_is_now(placed, earlier)
                     if placed.status in FINAL_ATTEMPT_STATUSES:
                         await self._ended_holds_no_line(session, input)
-                return placed, await self._store_sid(session, input, placed)
+                await self._store_sid(session, input, placed)
+                return placed
             if input.answer_version >= 2 and earlier.status in FINAL_ATTEMPT_STATUSES:
                 # Ended without a call by an earlier execution of the run (reset by an operator).
                 await self._ended_holds_no_line(session, input)
                 ended = DialOutput(
                     "", earlier.status, error_code=earlier.error_code, error_message=earlier.error_message
                 )
-                return ended, await write_outcomes(session, input.run_id, input.outcomes)
+                return ended
         if dial.earlier_may_have_placed:
             found = _created_by_earlier_try()
             if found is None:
@@ -333,7 +350,8 @@ class DialingActivities:
                     "adopted call placed by an earlier try", extra={**context, "call_sid": found.call_sid}
                 )
                 observability.CALLS_ADOPTED.inc()
-                return found, await self._store_sid(session, input, found)
+                await self._store_sid(session, input, found)
+                return found
         if claim.cancel_requested_at is not None:
             raise ApplicationError(
                 "the run was cancelled before this call was placed",
@@ -380,7 +398,8 @@ class DialingActivities:
         dial.created = placed
         log.info("call placed", extra={**context, "call_sid": placed.call_sid})
         observability.CALLS_PLACED.inc()
-        return placed, await self._store_sid(session, input, placed)
+        await self._store_sid(session, input, placed)
+        return placed
 
     def _wait_for_call_lists(self, dial: _DialState) -> None:
         """Raise (to be retried later) while Twilio's lists may not show yet a call that an earlier
@@ -418,15 +437,11 @@ class DialingActivities:
             placed.call_sid, snapshot.status, duration=snapshot.duration, answered_by=snapshot.answered_by
         )
 
-    async def _store_sid(self, session: AsyncSession, input: DialInput, placed: DialOutput) -> str | None:
-        """Record the call's SID on its attempt, with the outcomes the dial carries (and their
-        events): after the create, so they add nothing to the time before it. Returns the business
-        whose events were recorded, if any."""
-        events_for = await write_outcomes(session, input.run_id, input.outcomes)
+    async def _store_sid(self, session: AsyncSession, input: DialInput, placed: DialOutput) -> None:
+        """Record the call's SID on its attempt."""
         await (await session.connection()).execute(
             _STORE_SID, {**_attempt_key(input), "a_sid": placed.call_sid, "a_now": utcnow()}
         )
-        return events_for
 
     @activity.defn
     async def hang_up(self, input: HangUpInput) -> CallSnapshot:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import cast
 
-from sqlalchemy import Table, bindparam, exists, func, select, update
+from sqlalchemy import Table, bindparam, case, exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -213,7 +213,11 @@ _FINISH_ATTEMPT = (
     )
     .values(
         status=bindparam("o_status"),
-        updated_at=bindparam("o_now"),
+        # Written again (a dial that carried it failed, or found every line busy), the same final
+        # word keeps its time: the `call.completed` event reports it, and must not change.
+        updated_at=case(
+            (_ATTEMPTS.c.status == bindparam("o_status"), _ATTEMPTS.c.updated_at), else_=bindparam("o_now")
+        ),
         **{
             name: func.coalesce(bindparam(f"o_{name}", type_=_ATTEMPTS.c[name].type), _ATTEMPTS.c[name])
             for name in ("call_sid", "duration", "answered_by", "error_code", "error_message")
