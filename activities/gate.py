@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus
@@ -30,6 +31,28 @@ class ClosedWorkflowsOutput:
     workflow_ids: list[str] = field(default_factory=list)
 
 
+async def signal_gate(
+    client: Client,
+    business_id: str,
+    cap: int,
+    task_queue: str,
+    reap_interval_seconds: float,
+    signal: str,
+    args: list[Any],
+) -> None:
+    """Signal a business's line gate, starting it first if it is not running."""
+    await client.start_workflow(
+        "BusinessLinesWorkflow",
+        GateInput(business_id=business_id, cap=cap, reap_interval_seconds=reap_interval_seconds),
+        id=gate_workflow_id(business_id),
+        task_queue=task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        start_signal=signal,
+        start_signal_args=args,
+        static_summary=f"Lines of business {business_id}",
+    )
+
+
 class GateActivities:
     """Activities holding a Temporal client, built once in the worker."""
 
@@ -40,19 +63,14 @@ class GateActivities:
     @activity.defn
     async def request_lines(self, input: RequestLinesInput) -> None:
         """Deliver a run's demand to its business's gate, starting the gate if it is not running."""
-        await self.client.start_workflow(
-            "BusinessLinesWorkflow",
-            GateInput(
-                business_id=input.business_id,
-                cap=input.demand.cap,
-                reap_interval_seconds=self.reap_interval_seconds,
-            ),
-            id=gate_workflow_id(input.business_id),
-            task_queue=input.task_queue,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            start_signal="demand",
-            start_signal_args=[input.demand],
-            static_summary=f"Lines of business {input.business_id}",
+        await signal_gate(
+            self.client,
+            input.business_id,
+            input.demand.cap,
+            input.task_queue,
+            self.reap_interval_seconds,
+            "demand",
+            [input.demand],
         )
 
     @activity.defn

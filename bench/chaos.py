@@ -9,7 +9,14 @@ driver, at random moments drawn from `--seed`:
 - SIGKILLs the worker process; a new one is started (after up to a second);
 - restarts the API process (SIGKILL or SIGTERM, down for up to 1.5 s);
 - SIGKILLs the Temporal dev server and starts it again on the same SQLite file and port (down for
-  0.5-3 s). The dev server is this run's own, never a shared one.
+  0.5-3 s). The dev server is this run's own, never a shared one;
+- does what an operator does in the Temporal Web UI: terminates a business's line gate, or resets
+  it to its first workflow task; terminates a run (it must end `failed`, its calls hung up), or
+  resets one to its first workflow task (it must still complete, dialing no lead twice); pauses a
+  run through the API and resumes it 2-6 s later (no dial may be scheduled in between, across
+  continue-as-new);
+- cuts PostgreSQL away from the API and the worker for 2-6 s (a TCP proxy refuses and resets every
+  connection), while the carrier's callbacks keep coming.
 
 It also starts runs while this goes on, and cancels some runs mid-way (at a random moment, once a
 fifth of their leads were called). The dev server suggests continue-as-new after 100 events, so
@@ -30,7 +37,7 @@ the dev server how long it was down and how long until dialing resumed (the firs
 reaching the carrier after it was back), plus the time until the next create after every fault.
 
     .venv/bin/python -m bench.chaos [--seed 1] [--businesses 4] [--runs-per-business 3]
-                                    [--leads-per-run 20] [--seconds 90] [--quick]
+                                    [--leads-per-run 20] [--seconds 90] [--cap 3] [--quick]
 
 The same seed gives the same businesses, leads, run and cancel schedule, fault schedule and
 simulator random sequence; the interleaving with the processes' own timing still varies, so a
@@ -57,11 +64,13 @@ from typing import Any
 import httpx
 import phonenumbers
 from sqlalchemy import select
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.service import RPCError
 from temporalio.worker import Replayer
 
+from bench import operators
 from bench.chaos_checks import (
     RUN_ENDINGS,
     AttemptRow,
@@ -85,9 +94,10 @@ from bench.restartable import (
 from db.engine import create_engine, create_sessionmaker
 from db.models import Business, CallAttempt, Lead, Run
 from settings import DEV_ADMIN_TOKEN, Settings
-from tests.harness import ALWAYS_OPEN, wait_for
+from tests.harness import ALWAYS_OPEN, execution_chain, wait_for
+from tests.tcp_proxy import TcpProxy
 from workflows.business_lines import BusinessLinesWorkflow
-from workflows.names import run_workflow_id
+from workflows.names import gate_workflow_id, run_workflow_id
 from workflows.outbound_run import OutboundRunWorkflow
 
 CAPS = (1, 2, 3)
@@ -112,14 +122,27 @@ CARRIER: dict[str, Any] = {
     "retry_after_seconds": 0.5,
     "create_5xx_rate": 0.04,
     "create_5xx_after_create_rate": 0.06,
-    # As Twilio does for a callback that failed (the API was down, or could not reach Temporal):
-    # retried after 0.25, 0.5, 1, 2, 4 and 8 s.
-    "callback_retry_attempts": 6,
+    # Failed callbacks are retried as the callback URL's connection overrides ask (#rc=5&rp=ct,rt,5xx):
+    # after 0.25, 0.5, 1, 2 and 4 s.
     "callback_retry_backoff_seconds": 0.25,
     "callback_timeout_seconds": 5.0,
 }
-FAULT_KINDS = ("worker_kill", "api_restart", "temporal_restart")
-FAULT_WEIGHTS = (0.4, 0.3, 0.3)
+PROCESS_FAULTS = ("worker_kill", "api_restart", "temporal_restart")
+OPERATOR_FAULTS = ("gate_terminate", "gate_reset", "run_terminate", "run_reset", "pause_resume")
+DATABASE_FAULTS = ("db_outage",)
+FAULT_KINDS = PROCESS_FAULTS + OPERATOR_FAULTS + DATABASE_FAULTS
+# How often each kind comes, once every kind has come once.
+FAULT_WEIGHT = {
+    "worker_kill": 0.4,
+    "api_restart": 0.3,
+    "temporal_restart": 0.3,
+    "gate_terminate": 0.1,
+    "gate_reset": 0.1,
+    "run_terminate": 0.08,
+    "run_reset": 0.1,
+    "pause_resume": 0.15,
+    "db_outage": 0.15,
+}
 PROCESS_OF = {"worker_kill": "worker", "api_restart": "api", "temporal_restart": "temporal"}
 CALLS_PER_SECOND = 20.0
 SAMPLE_EVERY_SECONDS = 0.5
@@ -141,19 +164,43 @@ class Scenario:
     recover_within: float = 300.0
     # Far below the server's default (4096 events), so runs and gates continue as new under fire.
     suggest_continue_as_new_after: int = 100
+    # What an operator does in the Web UI, and database outages, besides the process faults.
+    operator: bool = True
+    db_outages: bool = True
+    # Every business's line cap; 0 gives them 1, 2 and 3 in turn.
+    cap: int = 0
+
+    @property
+    def fault_kinds(self) -> tuple[str, ...]:
+        return (
+            PROCESS_FAULTS
+            + (OPERATOR_FAULTS if self.operator else ())
+            + (DATABASE_FAULTS if self.db_outages else ())
+        )
 
     def command(self) -> str:
         """The command line that repeats this scenario."""
         return (
             f"python -m bench.chaos --seed {self.seed} --businesses {self.businesses} "
             f"--runs-per-business {self.runs_per_business} --leads-per-run {self.leads_per_run} "
-            f"--seconds {self.seconds:g} --fault-gap {self.fault_gap_seconds:g} --cancels {self.cancels}"
+            f"--seconds {self.seconds:g} --fault-gap {self.fault_gap_seconds:g} --cancels {self.cancels} "
+            f"--cap {self.cap}"
+            + ("" if self.operator else " --no-operator")
+            + ("" if self.db_outages else " --no-db-outages")
         )
 
 
-# `make test`'s version: 36 leads, about 15 s of faults with at least one of each kind.
+# `make test`'s version: 36 leads, about 15 s of the process faults, at least one of each kind
+# (the operator's actions and database outages are in the full run).
 SHORT = Scenario(
-    businesses=3, runs_per_business=2, leads_per_run=6, seconds=15.0, fault_gap_seconds=4.0, cancels=1
+    businesses=3,
+    runs_per_business=2,
+    leads_per_run=6,
+    seconds=15.0,
+    fault_gap_seconds=4.0,
+    cancels=1,
+    operator=False,
+    db_outages=False,
 )
 
 
@@ -174,6 +221,8 @@ class PlannedFault:
     kind: str
     how: signal.Signals
     down_seconds: float
+    # Which business or live run an operator's action picks: this fraction into the list.
+    pick: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -202,7 +251,7 @@ def plan(scenario: Scenario) -> Plan:
     rng = random.Random(scenario.seed)
     taken: set[str] = set()
     caller_ids = numbers(rng, scenario.businesses, taken)
-    caps = [CAPS[i % len(CAPS)] for i in range(scenario.businesses)]
+    caps = [scenario.cap or CAPS[i % len(CAPS)] for i in range(scenario.businesses)]
     runs = []
     for business in range(scenario.businesses):
         for n in range(scenario.runs_per_business):
@@ -216,22 +265,29 @@ def plan(scenario: Scenario) -> Plan:
         cancel_at = max(runs[i].start_at, round(rng.uniform(0.1, 0.35) * scenario.seconds, 2))
         runs[i] = replace(runs[i], cancel_at=cancel_at)
 
-    kinds = list(FAULT_KINDS)
+    all_kinds = scenario.fault_kinds
+    kinds = list(all_kinds)
     rng.shuffle(kinds)
     faults: list[PlannedFault] = []
     at = 0.0
     while True:
         at += rng.uniform(0.5, 1.5) * scenario.fault_gap_seconds
-        if at > scenario.seconds and len(faults) >= len(FAULT_KINDS):
+        if at > scenario.seconds and len(faults) >= len(all_kinds):
             break
-        kind = kinds[len(faults)] if len(faults) < len(kinds) else rng.choices(FAULT_KINDS, FAULT_WEIGHTS)[0]
+        if len(faults) < len(kinds):
+            kind = kinds[len(faults)]
+        else:
+            kind = rng.choices(all_kinds, [FAULT_WEIGHT[k] for k in all_kinds])[0]
+        pick = round(rng.random(), 3)
         if kind == "worker_kill":
             fault = PlannedFault(round(at, 2), kind, signal.SIGKILL, round(rng.uniform(0, 1), 2))
         elif kind == "api_restart":
             how = rng.choice((signal.SIGKILL, signal.SIGTERM))
             fault = PlannedFault(round(at, 2), kind, how, round(rng.uniform(0, 1.5), 2))
-        else:
+        elif kind == "temporal_restart":
             fault = PlannedFault(round(at, 2), kind, signal.SIGKILL, round(rng.uniform(0.5, 3), 2))
+        else:
+            fault = PlannedFault(round(at, 2), kind, signal.SIGTERM, round(rng.uniform(2, 6), 2), pick)
         faults.append(fault)
     return Plan(caller_ids, caps, runs, faults)
 
@@ -290,6 +346,10 @@ class StartedRun:
     started_at: float
     cancel_accepted_at: float | None = None
     cancel_refused: bool = False
+    cancel_planned: bool = False
+    terminated_at: float | None = None
+    reset_at: list[float] = field(default_factory=list)
+    paused: int = 0
 
 
 @dataclass
@@ -316,11 +376,13 @@ class Chaos:
     worker: Restartable
     api_process: Restartable
     temporal: Restartable
+    database_proxy: TcpProxy | None = None
     businesses: list[tuple[str, str]] = field(default_factory=list)  # (id, api key)
     runs: list[StartedRun] = field(default_factory=list)
     faults: list[FaultDone] = field(default_factory=list)
     samples: list[ProgressSample] = field(default_factory=list)
     ended: set[str] = field(default_factory=set)
+    operator_actions: list[dict[str, Any]] = field(default_factory=list)
     t0: float = 0.0
 
     # Businesses and runs
@@ -342,7 +404,13 @@ class Chaos:
         body = {"name": "chaos", "leads": [{"phone": p} for p in planned.phones], "options": RUN_OPTIONS}
         response = await self.api.send("POST", "/v1/runs", key=key, body=body)
         assert response.status_code == 201, response.text
-        run = StartedRun(response.json()["id"], planned.business, planned.phones, time.time())
+        run = StartedRun(
+            response.json()["id"],
+            planned.business,
+            planned.phones,
+            time.time(),
+            cancel_planned=planned.cancel_at is not None,
+        )
         self.runs.append(run)
         if planned.cancel_at is not None:
             await self.cancel_mid_way(run, planned.cancel_at)
@@ -361,7 +429,7 @@ class Chaos:
         await wait_for(
             called_enough, within=self.scenario.recover_within, what="calls to cancel", interval=0.2
         )
-        if run.id in self.ended:
+        if run.id in self.ended or run.terminated_at is not None:
             return
         _, key = self.businesses[run.business]
         response = await self.api.send("POST", f"/v1/runs/{run.id}/cancel", key=key)
@@ -430,15 +498,66 @@ class Chaos:
             await wait_until_serving(self.api.http, PROCESS_UP_WITHIN)
             back = time.time()
             self.api.up.set()
-        else:
+        elif fault.kind == "temporal_restart":
             await self.temporal.restart(fault.how, fault.down_seconds)
             await wait_until_temporal_serves(self.client, PROCESS_UP_WITHIN)
             back = time.time()
             await wait_until_polling(self.client, queue, self.worker, PROCESS_UP_WITHIN)
             polling_after = round(time.time() - back, 3)
+        else:
+            target = await self.act_as_operator(fault)
+            back = time.time()
+            self.operator_actions.append({"at_seconds": round(at - self.t0, 2), "kind": fault.kind, **target})
         self.faults.append(
             FaultDone(at, fault.kind, fault.how.name, fault.down_seconds, round(back - at, 3), polling_after)
         )
+
+    async def act_as_operator(self, fault: PlannedFault) -> dict[str, Any]:
+        """An operator's action, or a database outage; says what it acted on."""
+        if fault.kind == "db_outage":
+            assert self.database_proxy is not None
+            self.database_proxy.cut()
+            try:
+                await asyncio.sleep(fault.down_seconds)
+            finally:
+                self.database_proxy.restore()
+            return {"down_seconds": fault.down_seconds}
+        if fault.kind in ("gate_terminate", "gate_reset"):
+            business_id, _ = self.businesses[int(fault.pick * len(self.businesses))]
+            gate = gate_workflow_id(business_id)
+            if fault.kind == "gate_terminate":
+                done = await operators.terminate(self.client, gate, "chaos: operator")
+            else:
+                done = await operators.reset_to_first_workflow_task(self.client, gate)
+            return {"business": business_id, "done": done}
+        live = [r for r in self.runs if r.id not in self.ended and r.terminated_at is None]
+        if fault.kind == "run_terminate":
+            live = [r for r in live if not r.cancel_planned]
+        if not live:
+            return {"done": False}
+        run = live[int(fault.pick * len(live))]
+        workflow_id = run_workflow_id(run.id)
+        if fault.kind == "run_terminate":
+            run.terminated_at = time.time()
+            done = await operators.terminate(self.client, workflow_id, "chaos: operator")
+            if not done:
+                run.terminated_at = None
+        elif fault.kind == "run_reset":
+            done = await operators.reset_to_first_workflow_task(self.client, workflow_id)
+            if done:
+                run.reset_at.append(time.time())
+        else:
+            done = await self.pause_and_resume(run, fault.down_seconds)
+        return {"run": run.id, "done": done}
+
+    async def pause_and_resume(self, run: StartedRun, seconds: float) -> bool:
+        _, key = self.businesses[run.business]
+        if (await self.api.send("POST", f"/v1/runs/{run.id}/pause", key=key)).status_code != 202:
+            return False
+        run.paused += 1
+        await asyncio.sleep(seconds)
+        await self.api.send("POST", f"/v1/runs/{run.id}/resume", key=key)
+        return True
 
     # The end
 
@@ -500,6 +619,7 @@ class Chaos:
                 api_progress = response.json()["progress"]
             workflow_status, result = await self._workflow(run.id)
             driven = started.get(run.id)
+            paused_dials = await self._dials_while_paused(run.id) if driven and driven.paused else []
             runs.append(
                 RunEvidence(
                     id=run.id,
@@ -517,6 +637,8 @@ class Chaos:
                     workflow_result=result,
                     cancel_accepted_at=driven.cancel_accepted_at if driven else None,
                     cancel_refused=driven.cancel_refused if driven else False,
+                    terminated_at=driven.terminated_at if driven else None,
+                    dials_while_paused=paused_dials,
                 )
             )
             timeline.append(
@@ -565,6 +687,24 @@ class Chaos:
                 )
         continued = {kind: executions[kind] - len(ids[kind]) for kind in sorted(ids)}
         return continued, failures
+
+    async def _dials_while_paused(self, run_id: str) -> list[dict[str, Any]]:
+        """Dials the run scheduled between a `pause` signal and the next `resume`, over every
+        execution of its workflow in turn (a pause holds across continue-as-new)."""
+        found = []
+        paused = False
+        for history in await execution_chain(self.client, run_workflow_id(run_id)):
+            for event in history.events:
+                if event.HasField("workflow_execution_signaled_event_attributes"):
+                    name = event.workflow_execution_signaled_event_attributes.signal_name
+                    paused = {"pause": True, "resume": False}.get(name, paused)
+                elif (
+                    paused
+                    and event.HasField("activity_task_scheduled_event_attributes")
+                    and event.activity_task_scheduled_event_attributes.activity_type.name == "place_call"
+                ):
+                    found.append({"execution": history.run_id, "event": event.event_id})
+        return found
 
     async def _workflow(self, run_id: str) -> tuple[str | None, dict[str, Any] | None]:
         """The run workflow's status and result. The run's row says it ended just before its
@@ -689,6 +829,13 @@ async def chaos(scenario: Scenario, *, keep_state: bool = False) -> dict[str, An
         exits.push_async_callback(temporal.close)
         client = await connect_when_up(f"127.0.0.1:{temporal_port}", PROCESS_UP_WITHIN)
         database_url = await exits.enter_async_context(fresh_database())
+        # The API and the worker reach PostgreSQL through a proxy the driver can cut; the driver
+        # reads its evidence directly.
+        server = make_url(database_url)
+        proxy = await exits.enter_async_context(
+            TcpProxy.running(server.host or "127.0.0.1", server.port or 5432)
+        )
+        proxied_url = server.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
         simulator_url = await exits.enter_async_context(simulator_server("process"))
         sim = await exits.enter_async_context(httpx.AsyncClient(base_url=simulator_url, timeout=60))
         (await sim.post("/_sim/config", json={**CARRIER, "seed": scenario.seed})).raise_for_status()
@@ -696,7 +843,7 @@ async def chaos(scenario: Scenario, *, keep_state: bool = False) -> dict[str, An
 
         api_port = free_port()
         settings = Settings(
-            DATABASE_URL=database_url,
+            DATABASE_URL=proxied_url,
             TEMPORAL_ADDRESS=f"127.0.0.1:{temporal_port}",
             TEMPORAL_NAMESPACE=client.namespace,
             TEMPORAL_TASK_QUEUE=f"chaos-{uuid.uuid4().hex[:8]}",
@@ -731,6 +878,7 @@ async def chaos(scenario: Scenario, *, keep_state: bool = False) -> dict[str, An
             worker,
             api_process,
             temporal,
+            database_proxy=proxy,
         )
         await driver.create_businesses()
         log.info(
@@ -839,8 +987,12 @@ def build_report(
             "callbacks_given_up": callbacks["failed"],
             "callbacks_sent": callbacks["sent"],
         },
+        "operator_actions": driver.operator_actions,
+        "runs_terminated": sum(1 for r in driver.runs if r.terminated_at is not None),
+        "runs_reset": sum(1 for r in driver.runs if r.reset_at),
+        "runs_paused": sum(1 for r in driver.runs if r.paused),
         "process_faults": {
-            "by_kind": {kind: kinds.get(kind, 0) for kind in FAULT_KINDS},
+            "by_kind": {kind: kinds.get(kind, 0) for kind in scenario.fault_kinds},
             "by_process": {
                 name: {
                     "kills_or_restarts": kinds.get(kind, 0),
@@ -880,6 +1032,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[Scenario, bool]:
         help="mean seconds between process faults",
     )
     parser.add_argument("--cancels", type=int, default=default.cancels, help="runs cancelled mid-way")
+    parser.add_argument("--cap", type=int, default=default.cap, help="every business's line cap (0: 1, 2, 3)")
+    parser.add_argument(
+        "--no-operator", action="store_true", help="no terminate, reset or pause from the Temporal side"
+    )
+    parser.add_argument("--no-db-outages", action="store_true", help="never cut PostgreSQL away")
     parser.add_argument(
         "--recover-within",
         type=float,
@@ -902,6 +1059,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[Scenario, bool]:
         cancels=args.cancels,
         seed=args.seed,
         recover_within=args.recover_within,
+        operator=not args.no_operator,
+        db_outages=not args.no_db_outages,
+        cap=args.cap,
     )
     return scenario, args.keep_state
 

@@ -94,6 +94,10 @@ class RunEvidence:
     workflow_result: dict[str, Any] | None
     cancel_accepted_at: float | None = None
     cancel_refused: bool = False
+    # Terminated by the driver, as an operator would from the Web UI: it must end `failed`.
+    terminated_at: float | None = None
+    # Dials the run's workflow scheduled while a pause was in force (there must be none).
+    dials_while_paused: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -226,7 +230,16 @@ def check_terminal(evidence: Evidence) -> list[dict[str, Any]]:
             continue  # I4 reports it
         if run.status not in RUN_ENDINGS:
             found.append(violation("I3", f"run shows {run.status!r}", run=run.id))
-        if run.workflow_status != "COMPLETED":
+        if run.terminated_at is not None:
+            if run.workflow_status != "TERMINATED" or run.status != "failed":
+                found.append(
+                    violation(
+                        "I3",
+                        f"a terminated run ended {run.status}, its workflow {run.workflow_status}",
+                        run=run.id,
+                    )
+                )
+        elif run.workflow_status != "COMPLETED":
             found.append(
                 violation(
                     "I3", f"run ended {run.status} but its workflow is {run.workflow_status}", run=run.id
@@ -277,6 +290,8 @@ def check_durable(evidence: Evidence) -> list[dict[str, Any]]:
                     api_progress=run.api_progress,
                 )
             )
+        elif run.terminated_at is not None:
+            continue  # I3 checks how it ended
         elif run.cancel_accepted_at is None and run.status != "completed":
             found.append(
                 violation(
@@ -332,9 +347,19 @@ def check_webhooks(evidence: Evidence) -> list[dict[str, Any]]:
 
 
 def check_cancel(evidence: Evidence) -> list[dict[str, Any]]:
-    """I6: no call of a run is created after its cancel was accepted (202)."""
+    """I6: no call of a run is created after its cancel was accepted (202); no dial is started
+    while a pause is in force, across continue-as-new."""
     found: list[dict[str, Any]] = []
     for run in evidence.runs:
+        if run.dials_while_paused:
+            found.append(
+                violation(
+                    "I6",
+                    f"{len(run.dials_while_paused)} dials started while the run was paused",
+                    run=run.id,
+                    dials=run.dials_while_paused,
+                )
+            )
         if run.cancel_accepted_at is None:
             continue
         late = [c for c in evidence.calls if c.run == run.id and c.created_at > run.cancel_accepted_at]

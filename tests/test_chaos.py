@@ -98,6 +98,14 @@ def called_after_cancel(e: Evidence) -> None:
     e.runs[0].status, e.runs[0].cancel_accepted_at = "cancelled", 10.5
 
 
+def dialed_while_paused(e: Evidence) -> None:
+    e.runs[0].dials_while_paused = [{"execution": "r1-2", "event": 40}]
+
+
+def terminated_yet_completed(e: Evidence) -> None:
+    e.runs[0].terminated_at = 10.5  # its workflow COMPLETED: the terminate did not hold
+
+
 def progress_without_a_call(e: Evidence) -> None:
     e.samples[0] = ProgressSample("r1", 10.5, "running", e.samples[0].progress, calls_created=0)
 
@@ -116,6 +124,8 @@ def api_shows_other_counts(e: Evidence) -> None:
         ("I4", run_never_ended),
         ("I5", outcome_differs),
         ("I6", called_after_cancel),
+        ("I6", dialed_while_paused),
+        ("I3", terminated_yet_completed),
         ("I7", progress_without_a_call),
         ("I7", api_shows_other_counts),
     ],

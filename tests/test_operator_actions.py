@@ -4,14 +4,12 @@ and no stuck run hold throughout."""
 
 from __future__ import annotations
 
-import uuid
 from collections import Counter
 
-from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.enums.v1 import EventType
-from temporalio.api.workflowservice.v1 import ResetWorkflowExecutionRequest
 from temporalio.client import WorkflowHandle
 
+from bench.operators import reset_to_first_workflow_task
 from db.models import Run
 from telephony.status import FINAL_ATTEMPT_STATUSES
 from tests.conftest import SimulatorKnobs
@@ -103,28 +101,6 @@ async def _calls_live(stack: Stack, phones: list[str]) -> int:
     )
 
 
-async def _first_workflow_task(handle: WorkflowHandle) -> int:
-    history = await handle.fetch_history()
-    return next(
-        e.event_id for e in history.events if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED
-    )
-
-
-async def reset_to_first_workflow_task(stack: Stack, workflow_id: str) -> None:
-    """What the Web UI's Reset to "first workflow task" does (signals received since are reapplied)."""
-    handle = stack.temporal.get_workflow_handle(workflow_id)
-    description = await handle.describe()
-    await stack.temporal.workflow_service.reset_workflow_execution(
-        ResetWorkflowExecutionRequest(
-            namespace=stack.temporal.namespace,
-            workflow_execution=WorkflowExecution(workflow_id=workflow_id, run_id=description.run_id),
-            reason="operator reset",
-            workflow_task_finish_event_id=await _first_workflow_task(handle),
-            request_id=str(uuid.uuid4()),
-        )
-    )
-
-
 async def test_terminating_the_line_gate_mid_run_keeps_the_cap(
     stack: Stack, sim_knobs: SimulatorKnobs
 ) -> None:
@@ -183,7 +159,7 @@ async def test_gate_terminated_a_run_terminated_and_another_reset_mid_run(
     await wait_for(every_run_calling, within=30, what="every run to have placed a call")
     await stack.temporal.get_workflow_handle(gate_workflow_id(business.id)).terminate("operator")
     await stack.temporal.get_workflow_handle(run_workflow_id(doomed_id)).terminate("operator")
-    await reset_to_first_workflow_task(stack, run_workflow_id(reset_id))
+    assert await reset_to_first_workflow_task(stack.temporal, run_workflow_id(reset_id))
 
     async def doomed_calls_hung_up() -> bool:
         return await _calls_live(stack, doomed) == 0
