@@ -2,7 +2,7 @@
 flight fails here, not in production. Refresh with `SAVE_HISTORIES=1 make pytest` only when a change
 is deliberately incompatible and guarded by `workflow.patched()`, after moving today's files into a
 folder of their own under `histories/` (`v1/` holds those from before the `outcomes-ride-dials`
-patch): every folder keeps replaying."""
+patch, `v2/` those from before the line leases and `dial-answers-v2`): every folder keeps replaying."""
 
 from __future__ import annotations
 
@@ -29,6 +29,10 @@ def test_histories_of_the_main_paths_are_kept() -> None:
     assert main_paths <= set(HISTORIES), "today's code"
     before = main_paths - {"run_continued_as_new", "events_delivered"}
     assert {f"v1/{name}" for name in before} <= set(HISTORIES), "before outcomes rode dials"
+    assert {f"v2/{name}" for name in main_paths} <= set(HISTORIES), "before the line leases"
+    operators = {"gate_started_afresh", "gate_reaped_a_gone_run", "run_reset_by_operator"}
+    operators |= {"run_paused_across_continue_as_new", "run_skipped_window", "run_cancelled_without_database"}
+    assert operators <= set(HISTORIES), "what operators and Twilio do"
 
 
 @pytest.mark.parametrize("name", sorted(HISTORIES))
