@@ -9,6 +9,7 @@ import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from typing import Protocol
 
 import httpx
 from temporalio.client import Client
@@ -16,7 +17,7 @@ from temporalio.worker import Worker
 
 from activities.dialing import DialingActivities
 from activities.events import EventActivities, EventCourier
-from activities.gate import GateActivities
+from activities.gate import GateActivities, GateWatch
 from activities.lines import LineActivities
 from activities.records import RecordActivities
 from db.engine import create_engine, create_sessionmaker
@@ -39,10 +40,17 @@ DIAL_POLLERS = 12
 GRACEFUL_SHUTDOWN = timedelta(seconds=30)
 
 
+class Runnable(Protocol):
+    async def run(self) -> None: ...
+
+    async def shutdown(self) -> None: ...
+
+
 @asynccontextmanager
-async def build_workers(settings: Settings, client: Client) -> AsyncIterator[list[Worker]]:
-    """The two workers of one process: workflows and most activities on TEMPORAL_TASK_QUEUE, and
-    call creation on its own queue, rate-limited by the Temporal server across all workers."""
+async def build_workers(settings: Settings, client: Client) -> AsyncIterator[list[Runnable]]:
+    """What one process runs: workflows and most activities on TEMPORAL_TASK_QUEUE, call creation
+    on its own queue (rate-limited by the Temporal server across all workers), and the watch that
+    starts a business's line gate when runs or calls need one and none runs."""
     # Activities are retried, so a connection the database dropped costs one try, not a ping per use.
     engine = create_engine(settings.DATABASE_URL, ping_on_checkout=False)
     sessions = create_sessionmaker(engine)
@@ -93,6 +101,7 @@ async def build_workers(settings: Settings, client: Client) -> AsyncIterator[lis
                 # default of 5 a dial could wait ~40 ms for a poller to reach its partition.
                 max_concurrent_activity_task_polls=DIAL_POLLERS,
             ),
+            GateWatch(client, sessions, settings.TEMPORAL_TASK_QUEUE, settings.GATE_REAP_SECONDS),
         ]
     finally:
         await webhooks.aclose()

@@ -1,17 +1,26 @@
-"""Activities the line gate and the runs use to reach each other through the Temporal service."""
+"""Activities the line gate and the runs use to reach each other through the Temporal service,
+and the watch that keeps a gate running wherever one is needed."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
+from db.models import LIVE_RUN_STATUSES, Business, LineLease, Run
 from workflows.messages import GateInput, LineDemand
 from workflows.names import gate_workflow_id
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -88,3 +97,72 @@ class GateActivities:
             if description.status != WorkflowExecutionStatus.RUNNING:
                 closed.append(workflow_id)
         return ClosedWorkflowsOutput(closed)
+
+
+class GateWatch:
+    """Keeps a line gate running for every business that has calls holding lines or runs not yet
+    ended, run by each worker beside its Temporal workers.
+
+    A gate is started by its runs' demands; an operator who terminates a business's gate and its
+    only run leaves nobody to demand lines again, and that run's calls would go on unheard of while
+    its row said `running`. Every interval the watch lists the running gates and starts, with a
+    `reap` signal, the gate of each business that needs one and has none: the gate hangs up the gone
+    run's calls and ends it."""
+
+    def __init__(
+        self,
+        client: Client,
+        sessions: async_sessionmaker[AsyncSession],
+        task_queue: str,
+        interval_seconds: float,
+    ) -> None:
+        self.client = client
+        self.sessions = sessions
+        self.task_queue = task_queue
+        self.interval_seconds = interval_seconds
+        self._stop = asyncio.Event()
+
+    async def run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                await self.look()
+            except Exception:  # Temporal or the database away: looked at again next time
+                log.warning("line gates not looked at", exc_info=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.interval_seconds)
+
+    async def shutdown(self) -> None:
+        self._stop.set()
+
+    async def look(self) -> list[str]:
+        """Start the gates that should run and do not; returns the businesses whose gates it started."""
+        async with self.sessions() as session:
+            leased = select(LineLease.business_id)
+            live = select(Run.business_id).where(Run.status.in_(LIVE_RUN_STATUSES))
+            wanted = dict(
+                (
+                    await session.execute(
+                        select(Business.id, Business.max_concurrent_calls).where(
+                            Business.id.in_(leased.union(live).scalar_subquery())
+                        )
+                    )
+                ).all()
+            )
+        if not wanted:
+            return []
+        running = {
+            execution.id
+            async for execution in self.client.list_workflows(
+                'WorkflowType="BusinessLinesWorkflow" AND ExecutionStatus="Running"'
+            )
+        }
+        started = []
+        for business_id, cap in wanted.items():
+            if gate_workflow_id(business_id) in running:
+                continue
+            log.info("starting a line gate to look for gone runs", extra={"business": business_id})
+            await signal_gate(
+                self.client, business_id, cap, self.task_queue, self.interval_seconds, "reap", []
+            )
+            started.append(business_id)
+        return started

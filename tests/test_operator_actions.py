@@ -222,3 +222,30 @@ async def test_a_terminated_runs_calls_are_hung_up_before_its_lines_are_used_aga
     # Hung up: answered calls end `completed`, ringing ones `canceled`.
     assert len(attempts) == 2 and all(a.status in ("completed", "canceled") for a in attempts)
     assert {lead.status for lead in await stack.leads(terminated_id)} <= {"answered", "cancelled"}
+
+
+async def test_a_run_terminated_with_its_gate_has_its_calls_hung_up_with_no_other_run_about(
+    stack: Stack, sim_knobs: SimulatorKnobs
+) -> None:
+    """An operator terminates a business's gate and its only run, calls live: no run will ever ask
+    the gate for lines again, yet the calls are hung up and the run ends `failed`."""
+    business = await stack.create_business(cap=2)
+    phones = [new_number() for _ in range(3)]
+    await stack.force_outcomes(dict.fromkeys(phones, "completed"))
+    await sim_knobs(talk_seconds_by_to=dict.fromkeys(phones, 120.0))
+    run_id = await stack.start_run(business, phones)
+
+    async def holding_both_lines() -> bool:
+        return await _calls_live(stack, phones) == 2
+
+    await wait_for(holding_both_lines, within=30, what="the run's calls to be live on both lines")
+    await stack.temporal.get_workflow_handle(gate_workflow_id(business.id)).terminate("operator")
+    await stack.temporal.get_workflow_handle(run_workflow_id(run_id)).terminate("operator")
+
+    async def hung_up_and_ended() -> bool:
+        async with stack.sessions() as session:
+            row = await session.get(Run, run_id)
+        return await _calls_live(stack, phones) == 0 and row is not None and row.status == "failed"
+
+    await wait_for(hung_up_and_ended, within=45, what="the calls hung up and the run ended failed")
+    assert len(await stack.sim_calls(business.caller_id)) == 2
