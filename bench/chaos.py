@@ -94,7 +94,7 @@ from bench.restartable import (
 from db.engine import create_engine, create_sessionmaker
 from db.models import Business, CallAttempt, Lead, Run
 from settings import DEV_ADMIN_TOKEN, Settings
-from tests.harness import ALWAYS_OPEN, execution_chain, wait_for
+from tests.harness import ALWAYS_OPEN, as_its_worker_replays, execution_chain, wait_for
 from tests.tcp_proxy import TcpProxy
 from workflows.business_lines import BusinessLinesWorkflow
 from workflows.names import gate_workflow_id, run_workflow_id
@@ -672,7 +672,8 @@ class Chaos:
             executions[execution.workflow_type] += 1
             handle = self.client.get_workflow_handle(execution.id, run_id=execution.run_id)
             replayed = await replayer.replay_workflow(
-                await handle.fetch_history(), raise_on_replay_failure=False
+                as_its_worker_replays(await handle.fetch_history(), execution.run_id),
+                raise_on_replay_failure=False,
             )
             if replayed.replay_failure is not None:
                 failures.append(

@@ -102,8 +102,19 @@ async def save_history(client: Client, workflow_id: str, name: str, first_execut
     if first_execution:
         history = (await execution_chain(client, workflow_id))[0]
     else:
-        history = await client.get_workflow_handle(workflow_id).fetch_history()
+        handle = client.get_workflow_handle(workflow_id)
+        history = as_its_worker_replays(await handle.fetch_history(), (await handle.describe()).run_id)
     (ROOT / "tests" / "histories" / f"{name}.json").write_text(history.to_json())
+
+
+def as_its_worker_replays(history: WorkflowHistory, run_id: str) -> WorkflowHistory:
+    """An execution's history with its own run id, as a worker replays it. The SDK's Replayer takes
+    the run id from the start event's `original_execution_run_id`, and an execution an operator
+    reset starts with a copy of the start event of the execution it was reset from: replayed as
+    fetched, it reads that execution's run id where its worker read its own."""
+    events = list(history.events)
+    events[0].workflow_execution_started_event_attributes.original_execution_run_id = run_id
+    return WorkflowHistory(history.workflow_id, events)
 
 
 async def execution_chain(client: Client, workflow_id: str) -> list[WorkflowHistory]:

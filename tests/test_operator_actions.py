@@ -8,12 +8,14 @@ from collections import Counter
 
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHandle
+from temporalio.worker import Replayer
 
 from bench.operators import reset_to_first_workflow_task
 from db.models import Run
 from telephony.status import FINAL_ATTEMPT_STATUSES
 from tests.conftest import SimulatorKnobs
-from tests.harness import Stack, execution_chain, new_number, save_history, wait_for
+from tests.harness import Stack, as_its_worker_replays, execution_chain, new_number, save_history, wait_for
+from workflows.business_lines import BusinessLinesWorkflow
 from workflows.messages import CallStatusEvent, RunProgress
 from workflows.names import RUN_STATUS, gate_workflow_id, run_workflow_id
 from workflows.outbound_run import OutboundRunWorkflow
@@ -129,6 +131,39 @@ async def test_terminating_the_line_gate_mid_run_keeps_the_cap(
     called = Counter(c["to"] for c in await stack.sim_calls(business.caller_id))
     assert called == Counter(long_run + short_run + later_run)
     await stack.save_history(gate_workflow_id(business.id), "gate_started_afresh")
+
+
+async def test_a_gate_reset_mid_run_keeps_the_cap_and_its_history_replays(
+    stack: Stack, sim_knobs: SimulatorKnobs
+) -> None:
+    """I1 and I4: an operator resets the line gate to its first workflow task while two runs hold
+    its lines. The runs finish within the cap, and the reset gate's history replays as its worker
+    replays it (with its own run id, which the gate tells its executions apart by)."""
+    await sim_knobs(talk_seconds=(1.0, 2.0))
+    business = await stack.create_business(cap=3)
+    first, second = [new_number() for _ in range(12)], [new_number() for _ in range(6)]
+    await stack.force_outcomes(dict.fromkeys(first + second, "completed"))
+    first_id = await stack.start_run(business, first)
+    second_id = await stack.start_run(business, second)
+
+    async def both_runs_calling() -> bool:
+        return await _calls_live(stack, first) > 0 and await _calls_live(stack, second) > 0
+
+    await wait_for(both_runs_calling, within=30, what="both runs to have calls live")
+    assert await reset_to_first_workflow_task(stack.temporal, gate_workflow_id(business.id))
+    for run_id, phones in ((first_id, first), (second_id, second)):
+        run = await stack.wait_run_ends(business, run_id, within=120)
+        assert run["status"] == "completed" and run["progress"]["outcomes"]["answered"] == len(phones)
+    assert await stack.peak_concurrency([business.caller_id]) <= 3
+    assert Counter(c["to"] for c in await stack.sim_calls(business.caller_id)) == Counter(first + second)
+
+    gate = gate_workflow_id(business.id)
+    replayer = Replayer(workflows=[BusinessLinesWorkflow])
+    executions = [e async for e in stack.temporal.list_workflows(f'WorkflowId="{gate}"')]
+    assert len(executions) >= 2, "the gate was never reset, so this test proved nothing"
+    for execution in executions:
+        handle = stack.temporal.get_workflow_handle(gate, run_id=execution.run_id)
+        await replayer.replay_workflow(as_its_worker_replays(await handle.fetch_history(), execution.run_id))
 
 
 async def test_gate_terminated_a_run_terminated_and_another_reset_mid_run(
