@@ -15,7 +15,7 @@ from activities.events import EventCourier, record_call_events, record_run_event
 from db.leases import AttemptKey, release_lines
 from db.models import LIVE_RUN_STATUSES, Business, CallAttempt, Lead, Run, utcnow
 from db.upsert import insert_ignoring_conflict
-from telephony.status import LEAD_QUEUED, LEAD_RETRYING, outcome_for
+from telephony.status import LEAD_QUEUED, LEAD_RETRYING, OUTCOMES, outcome_for
 from telephony.zones import lead_zones
 from workflows.messages import LeadRef, Outcome
 from workflows.zone_sets import pack_zones
@@ -73,6 +73,14 @@ class SetRunStatusInput:
     status: str
     reason: str | None = None
     final: bool = False
+
+
+@dataclass
+class LeadCounts:
+    """How a run's leads ended, as the leads table says (the run's result reports these)."""
+
+    done: int
+    outcomes: dict[str, int]
 
 
 class RecordActivities:
@@ -158,13 +166,16 @@ class RecordActivities:
             )
 
     @activity.defn
-    async def set_run_status(self, input: SetRunStatusInput) -> None:
+    async def set_run_status(self, input: SetRunStatusInput) -> LeadCounts | None:
         """Set the run's status; at the end, leads never dialed become `cancelled` and the
-        business's webhook gets `run.completed` (its events workflow is told, or this is retried)."""
-        events_for = None
+        business's webhook gets `run.completed` (its events workflow is told, or this is retried),
+        and the leads' outcomes are returned: the table knows the calls of every execution of the
+        run, an execution an operator reset only those it placed or adopted."""
+        events_for, counts = None, None
         async with self.sessions() as session, session.begin():
             if input.final:
                 events_for = await finish_run(session, input.run_id, input.status, input.reason)
+                counts = await _lead_counts(session, input.run_id)
             else:
                 await session.execute(
                     update(Run)
@@ -173,6 +184,15 @@ class RecordActivities:
                 )
         if events_for is not None and self.courier is not None:
             await self.courier.notify(events_for)
+        return counts
+
+
+async def _lead_counts(session: AsyncSession, run_id: str) -> LeadCounts:
+    rows = await session.execute(
+        select(Lead.status, func.count()).where(Lead.run_id == run_id).group_by(Lead.status)
+    )
+    outcomes = {status: int(count) for status, count in rows.all() if status in OUTCOMES}
+    return LeadCounts(sum(outcomes.values()), outcomes)
 
 
 async def finish_run(

@@ -284,3 +284,85 @@ async def test_a_run_terminated_with_its_gate_has_its_calls_hung_up_with_no_othe
 
     await wait_for(hung_up_and_ended, within=45, what="the calls hung up and the run ended failed")
     assert len(await stack.sim_calls(business.caller_id)) == 2
+
+
+async def test_a_run_reset_then_cancelled_reports_the_outcomes_its_calls_had(stack: Stack) -> None:
+    """I7: a run reset to its first workflow task after some of its calls were answered, then
+    cancelled before it reached those leads again. What the workflow reports (its result, in the
+    Web UI) is what the leads table says, not `cancelled` for calls that were answered."""
+    business = await stack.create_business(cap=2)
+    phones = [new_number() for _ in range(8)]
+    await stack.force_outcomes(dict.fromkeys(phones, "completed"))
+    run_id = await stack.start_run(business, phones)
+
+    async def some_answered() -> bool:
+        return sum(1 for lead in await stack.leads(run_id) if lead.status == "answered") >= 2
+
+    await wait_for(some_answered, within=30, what="two leads answered")
+    response = await stack.http.post(f"/v1/runs/{run_id}/pause", headers=business.headers)
+    assert response.status_code == 202
+
+    async def quiet() -> bool:
+        return await _calls_live(stack, phones) == 0
+
+    await wait_for(quiet, within=30, what="the paused run's calls to end")
+    # The pause is applied again after the reset: the new execution dials nothing before the cancel.
+    assert await reset_to_first_workflow_task(stack.temporal, run_workflow_id(run_id))
+    response = await stack.http.post(f"/v1/runs/{run_id}/cancel", headers=business.headers)
+    assert response.status_code == 202
+    run = await stack.wait_run_ends(business, run_id, within=60)
+    assert run["status"] == "cancelled"
+
+    result = await stack.temporal.get_workflow_handle(run_workflow_id(run_id)).result()
+    table = Counter(lead.status for lead in await stack.leads(run_id))
+    assert table["answered"] >= 2
+    assert {k: v for k, v in result["outcomes"].items() if v} == dict(table)
+    assert result["done"] == len(phones)
+    await save_history(stack.temporal, run_workflow_id(run_id), "run_reset_then_cancelled")
+
+
+async def test_a_run_waiting_for_lines_when_the_gate_is_terminated_still_gets_them(
+    stack: Stack, sim_knobs: SimulatorKnobs
+) -> None:
+    """A run that asked for lines and holds none when an operator terminates the gate: the gate
+    started afresh (by the other run's next demand, or a worker) learns of it and grants it lines."""
+    business = await stack.create_business(cap=2)
+    holding, waiting = [new_number() for _ in range(2)], [new_number() for _ in range(2)]
+    await stack.force_outcomes(dict.fromkeys(holding + waiting, "completed"))
+    await sim_knobs(talk_seconds_by_to=dict.fromkeys(holding, 8.0))
+    holding_id = await stack.start_run(business, holding)
+
+    async def both_lines_held() -> bool:
+        return await _calls_live(stack, holding) == 2
+
+    await wait_for(both_lines_held, within=30, what="the first run's calls on both lines")
+    waiting_id = await stack.start_run(business, waiting)
+    waiter = stack.temporal.get_workflow_handle(run_workflow_id(waiting_id))
+
+    async def asked_for_lines() -> bool:
+        return await _asked(waiter)
+
+    await wait_for(asked_for_lines, within=30, what="the second run to ask the gate for lines")
+    await stack.temporal.get_workflow_handle(gate_workflow_id(business.id)).terminate("operator")
+
+    run = await stack.wait_run_ends(business, waiting_id, within=60)
+    assert run["status"] == "completed" and run["progress"]["outcomes"]["answered"] == 2
+    assert (await stack.wait_run_ends(business, holding_id, within=30))["status"] == "completed"
+    assert await stack.peak_concurrency([business.caller_id]) <= 2
+    await stack.save_history(gate_workflow_id(business.id), "gate_greeted_a_waiting_run")
+
+
+async def _asked(handle: WorkflowHandle) -> bool:
+    """Whether the run's `request_lines` activity has delivered a demand to its gate."""
+    history = await handle.fetch_history()
+    requests = {
+        e.event_id
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+        and e.activity_task_scheduled_event_attributes.activity_type.name == "request_lines"
+    }
+    return any(
+        e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED
+        and e.activity_task_completed_event_attributes.scheduled_event_id in requests
+        for e in history.events
+    )

@@ -40,6 +40,7 @@ def test_histories_of_the_main_paths_are_kept() -> None:
         "run_reset_by_operator",
     }
     operators |= {"run_paused_across_continue_as_new", "run_skipped_window", "run_cancelled_without_database"}
+    operators |= {"run_reset_then_cancelled", "gate_greeted_a_waiting_run"}
     assert operators <= set(HISTORIES), "what operators and Twilio do"
 
 

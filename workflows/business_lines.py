@@ -24,6 +24,9 @@ GATE_CONVERGES = "gate-converges"
 # A reap that keeps failing (Twilio refusing the account, the database away) is given up for this
 # interval and tried at the next: meanwhile the gate goes on granting lines.
 REAP_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=10), maximum_attempts=3)
+# A gate greets every running run of the business it has not heard from, not only those whose calls
+# hold lines: a run that had asked a terminated gate for lines and held none waited for good.
+GREET_EVERY_RUNNING_RUN = "greet-every-running-run"
 
 
 @workflow.defn
@@ -179,8 +182,9 @@ class BusinessLinesWorkflow:
                 )
         if reaped.still_leased != pool.reserved:
             pool.reserve(reaped.still_leased)
-        # Runs whose calls hold lines this execution has not heard of: they say what they hold.
-        for run_workflow_id in reaped.running_with_lines:
+        # Runs this execution has not heard of: they say what they hold and want.
+        unknown = reaped.running if workflow.patched(GREET_EVERY_RUNNING_RUN) else reaped.running_with_lines
+        for run_workflow_id in unknown:
             if run_workflow_id not in pool.holders and run_workflow_id not in self._greeted:
                 self._greeted.add(run_workflow_id)
                 await self._signal(run_workflow_id, "lines_granted", pool.hello(run_workflow_id))

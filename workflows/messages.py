@@ -229,7 +229,8 @@ class RunCarryOver:
     line_retry_at: float | None = None
     line_backoff: float = 1.0
     # Attempts whose calls have ended and whose line leases may not have been released yet: each
-    # dial releases one, the line it reuses, so it never waits on another write to find it free.
+    # dial releases one, the line it reuses, once that attempt's outcome is written (a line never
+    # comes back before its attempt's final word).
     lines_freed: list[AttemptRef] = field(default_factory=list)
     refused: list[RefusedLead] = field(default_factory=list)
     # Whether Twilio has placed any call of this run: then the account can call.

@@ -28,6 +28,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.gate import GateActivities, RequestLinesInput
     from activities.records import (
         RUN_NOT_FOUND,
+        LeadCounts,
         LoadLeadsInput,
         LoadRunInput,
         RecordActivities,
@@ -110,6 +111,10 @@ OUTCOMES_WHILE_DRAINING = "outcomes-while-draining"
 # checked every SOONER_TICK meanwhile; other calls are asked about as before.
 ANSWERED_CHECKED_SOONER = "answered-calls-checked-sooner"
 SOONER_TICK = timedelta(seconds=15)
+# The run's result reports its leads' outcomes as the leads table has them once the run is over: an
+# execution an operator reset and then cancelled counted `cancelled` the leads its earlier
+# execution had called.
+RESULT_FROM_TABLE = "result-from-table"
 ANSWERED_RECHECK_SECONDS = 300
 # The API commits the run row just after starting the workflow; load_run gives it time to appear
 # (RUN_APPEARS_WITHIN_TRIES tries), and is retried without limit while the database is away: it runs
@@ -460,7 +465,8 @@ class OutboundRunWorkflow:
         else:
             self._note_dial_time(scheduled_at, placed.took_seconds)
             if answer_version >= 2 and placed.line_busy:
-                # The leases it was to release were (the claim commits them first); not its outcomes.
+                # Its outcomes were written with the leases they free (before the claim found no
+                # line); kept to be written again, which changes nothing, should that have failed.
                 self._book.state.unrecorded.extend(carried)
                 self._book.line_busy(call.lead_id, call.attempt, workflow.time())
                 return
@@ -681,14 +687,15 @@ class OutboundRunWorkflow:
         status = "paused" if state.paused else "running"
         await self._set_status(status, state.pause_reason, final=False)
 
-    async def _set_status(self, status: str, reason: str | None, final: bool) -> None:
-        await workflow.execute_activity_method(
+    async def _set_status(self, status: str, reason: str | None, final: bool) -> LeadCounts | None:
+        counts = await workflow.execute_activity_method(
             RecordActivities.set_run_status,
             SetRunStatusInput(self._input.run_id, status, reason, final=final),
             start_to_close_timeout=timedelta(seconds=30),
             retry_policy=DB_RETRY,
         )
         workflow.upsert_search_attributes([RUN_STATUS.value_set(status)])
+        return counts
 
     async def _finish(self) -> RunResult:
         book = self._book
@@ -698,7 +705,9 @@ class OutboundRunWorkflow:
             held = book.state.lines_held
             book.released(held)
             await self._send_demand(held, 0, done=True)
-        await self._set_status(self._status, self._reason, final=True)
+        counts = await self._set_status(self._status, self._reason, final=True)
+        if counts is not None and workflow.patched(RESULT_FROM_TABLE):
+            book.state.done, book.state.outcomes = counts.done, dict(counts.outcomes)
         workflow.set_current_details(self._details())
         return RunResult(status=self._status, done=book.state.done, outcomes=dict(book.state.outcomes))
 
