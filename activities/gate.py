@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,8 @@ from workflows.messages import GateInput, LineDemand
 from workflows.names import gate_workflow_id
 
 log = logging.getLogger(__name__)
+# The longest one look at the business's gates may take.
+LOOK_TIMEOUT = 20.0
 
 
 @dataclass
@@ -105,9 +108,9 @@ class GateWatch:
 
     A gate is started by its runs' demands; an operator who terminates a business's gate and its
     only run leaves nobody to demand lines again, and that run's calls would go on unheard of while
-    its row said `running`. Every interval the watch lists the running gates and starts, with a
-    `reap` signal, the gate of each business that needs one and has none: the gate hangs up the gone
-    run's calls and ends it."""
+    its row said `running`. Every interval the watch looks at the gate of each business with live
+    runs or leased lines and starts, with a `reap` signal, any that is not running: the gate hangs up
+    the gone run's calls and ends it, and greets the runs it does not know."""
 
     def __init__(
         self,
@@ -125,17 +128,22 @@ class GateWatch:
     async def run(self) -> None:
         while not self._stop.is_set():
             try:
-                await self.look()
+                # Bounded, so that a worker told to stop is not held by Temporal or the database.
+                await asyncio.wait_for(self.look(), timeout=min(self.interval_seconds, LOOK_TIMEOUT))
             except Exception:  # Temporal or the database away: looked at again next time
                 log.warning("line gates not looked at", exc_info=True)
+            # Workers started together by a deploy do not all look at once.
+            pause = self.interval_seconds * random.uniform(0.75, 1.25)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self.interval_seconds)
+                await asyncio.wait_for(self._stop.wait(), pause)
 
     async def shutdown(self) -> None:
         self._stop.set()
 
     async def look(self) -> list[str]:
-        """Start the gates that should run and do not; returns the businesses whose gates it started."""
+        """Start the gates that should run and do not; returns the businesses whose gates it started.
+        Each gate is described (not listed, which lags), and a business that cannot be looked at does
+        not keep the others from being looked at."""
         async with self.sessions() as session:
             leased = select(LineLease.business_id)
             live = select(Run.business_id).where(Run.status.in_(LIVE_RUN_STATUSES))
@@ -148,21 +156,26 @@ class GateWatch:
                     )
                 ).all()
             )
-        if not wanted:
-            return []
-        running = {
-            execution.id
-            async for execution in self.client.list_workflows(
-                'WorkflowType="BusinessLinesWorkflow" AND ExecutionStatus="Running"'
-            )
-        }
         started = []
         for business_id, cap in wanted.items():
-            if gate_workflow_id(business_id) in running:
+            try:
+                if await self._gate_runs(business_id):
+                    continue
+                log.info("starting a line gate to look for gone runs", extra={"business": business_id})
+                await signal_gate(
+                    self.client, business_id, cap, self.task_queue, self.interval_seconds, "reap", []
+                )
+            except RPCError:
+                log.warning("line gate not looked at", extra={"business": business_id}, exc_info=True)
                 continue
-            log.info("starting a line gate to look for gone runs", extra={"business": business_id})
-            await signal_gate(
-                self.client, business_id, cap, self.task_queue, self.interval_seconds, "reap", []
-            )
             started.append(business_id)
         return started
+
+    async def _gate_runs(self, business_id: str) -> bool:
+        try:
+            description = await self.client.get_workflow_handle(gate_workflow_id(business_id)).describe()
+        except RPCError as error:
+            if error.status == RPCStatusCode.NOT_FOUND:
+                return False
+            raise
+        return description.status == WorkflowExecutionStatus.RUNNING

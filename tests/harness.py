@@ -102,8 +102,9 @@ async def save_history(client: Client, workflow_id: str, name: str, first_execut
     if first_execution:
         history = (await execution_chain(client, workflow_id))[0]
     else:
-        handle = client.get_workflow_handle(workflow_id)
-        history = as_its_worker_replays(await handle.fetch_history(), (await handle.describe()).run_id)
+        run_id = (await client.get_workflow_handle(workflow_id).describe()).run_id
+        handle = client.get_workflow_handle(workflow_id, run_id=run_id)
+        history = as_its_worker_replays(await handle.fetch_history(), run_id)
     (ROOT / "tests" / "histories" / f"{name}.json").write_text(history.to_json())
 
 
