@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -54,4 +56,7 @@ def progress_from_workflow(progress: RunProgress) -> Progress:
         window_waiting=progress.window_waiting,
         done=progress.done,
         outcomes=progress.outcomes,
+        window_opens_at=datetime.fromisoformat(progress.window_opens_at)
+        if progress.window_opens_at
+        else None,
     )

@@ -225,6 +225,10 @@ class Progress(BaseModel):
     window_waiting: int = 0
     done: int
     outcomes: dict[str, int]
+    window_opens_at: datetime | None = Field(
+        default=None,
+        description="While leads wait for their calling window: when the first of them may be called (UTC).",
+    )
 
 
 class RunPublic(BaseModel):

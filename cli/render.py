@@ -92,7 +92,14 @@ def live_counts(progress: dict[str, Any]) -> str:
         f"waiting {waiting}",
     ]
     parts += [f"{outcome} {count}" for outcome, count in progress["outcomes"].items() if count]
+    if progress.get("window_waiting") and progress.get("window_opens_at"):
+        parts.append(f"calling window opens {_utc_minute(progress['window_opens_at'])} UTC")
     return " · ".join(parts)
+
+
+def _utc_minute(moment: str) -> str:
+    """An ISO 8601 time as `YYYY-MM-DD HH:MM`."""
+    return moment[:16].replace("T", " ")
 
 
 def _status_style(status: str) -> str:

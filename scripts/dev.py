@@ -78,7 +78,14 @@ def demo_business(settings: Settings) -> str:
             return key
     response = httpx.post(
         f"{api}/v1/businesses",
-        json={"name": "Demo business", "caller_id": "+14155550100", "max_concurrent_calls": 3},
+        # The demo calls at any hour, so a first run dials at once; a real business's runs wait
+        # for its calling window (08:00-21:00 in each lead's zone unless it sets one).
+        json={
+            "name": "Demo business",
+            "caller_id": "+14155550100",
+            "max_concurrent_calls": 3,
+            "calling_window": {"start": "00:00", "end": "24:00"},
+        },
         headers={"Authorization": f"Bearer {settings.ADMIN_TOKEN.get_secret_value()}"},
     )
     response.raise_for_status()

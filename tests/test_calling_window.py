@@ -6,10 +6,11 @@ from __future__ import annotations
 import csv
 import io
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
+from cli.render import live_counts
 from telephony.zones import lead_zones
-from tests.harness import Stack, new_number
+from tests.harness import Stack, new_number, wait_for
 from tests.test_campaign_rules import zone_where_it_is
 from workflows.calling_window import CallingWindow, window_check
 from workflows.messages import LeadRef, RunCarryOver, RunOptions
@@ -106,3 +107,32 @@ async def test_a_number_whose_window_never_opens_does_not_hold_up_the_run(stack:
     assert row["status"] == row["lead_status"] == "skipped_window"
     assert "never open at once" in row["error_message"]
     await stack.save_history(run_workflow_id(run_id), "run_skipped_window")
+
+
+async def test_a_run_outside_calling_hours_says_when_its_window_opens(stack: Stack) -> None:
+    """The first five minutes: a run started at night shows its leads waiting and says when the
+    window opens, in the API and on the command line."""
+    business = await stack.create_business(cap=3)
+    now = datetime.now(UTC)
+    # A window that opens in two hours (or at 01:00 tomorrow, when that would cross midnight).
+    opens = (now + timedelta(hours=2)).replace(second=0, microsecond=0)
+    if opens.date() != now.date() or opens.hour >= 23:
+        opens = (now + timedelta(days=1)).replace(hour=1, minute=0, second=0, microsecond=0)
+    window = {"start": opens.strftime("%H:%M"), "end": f"{opens.hour + 1:02d}:{opens.minute:02d}"}
+    leads = [{"phone": new_number(), "timezone": "UTC"} for _ in range(2)]
+    response = await stack.http.post(
+        "/v1/runs", json={"leads": leads, "options": {"calling_window": window}}, headers=business.headers
+    )
+    assert response.status_code == 201, response.text
+    run_id = response.json()["id"]
+
+    async def waiting() -> dict | None:
+        run = await stack.run(business, run_id)
+        return run if run["progress"]["window_waiting"] == 2 else None
+
+    run = await wait_for(waiting, within=30, what="both leads to wait for their window")
+    assert datetime.fromisoformat(run["progress"]["window_opens_at"]) == opens
+    assert f"calling window opens {opens:%Y-%m-%d %H:%M} UTC" in live_counts(run["progress"])
+    assert not await stack.sim_calls(business.caller_id)
+    response = await stack.http.post(f"/v1/runs/{run_id}/cancel", headers=business.headers)
+    assert response.status_code == 202

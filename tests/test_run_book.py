@@ -176,6 +176,8 @@ def test_a_lead_outside_its_window_waits_and_others_go_on() -> None:
     assert call is None  # both closed: New York until 08:00 local, Paris until 08:00 local
     assert book.progress("running").window_waiting == 2
     paris_opens = datetime(2026, 11, 28, 7, 0, tzinfo=UTC).timestamp()
+    # What the person running the campaign is told: when the first waiting lead can be called.
+    assert book.progress("running").window_opens_at == "2026-11-28T07:00:00+00:00"
     assert book.next_due() == paris_opens
     book.release_due(paris_opens)
     call = book.next_dial(paris_opens)

@@ -131,6 +131,8 @@ class RunProgress:
     done: int = 0
     outcomes: dict[str, int] = field(default_factory=dict)
     status_reason: str | None = None
+    # When the first lead waiting for its calling window may be called (ISO 8601, UTC).
+    window_opens_at: str | None = None
 
 
 @dataclass

@@ -435,6 +435,7 @@ class RunBook:
         dialing = sum(1 for c in self.calls.values() if c.call_sid is None)
         retry_waiting = sum(1 for w in self.state.waiting if w.reason == "retry")
         window_waiting = len(self.state.waiting) - retry_waiting
+        opens = min((w.due for w in self.state.waiting if w.reason == "window"), default=None)
         return RunProgress(
             status=status,
             total=self.total,
@@ -446,6 +447,7 @@ class RunBook:
             done=self.state.done,
             outcomes={name: self.state.outcomes.get(name, 0) for name in OUTCOMES},
             status_reason=reason,
+            window_opens_at=datetime.fromtimestamp(opens, UTC).isoformat() if opens is not None else None,
         )
 
     def carry_over(self) -> RunCarryOver:

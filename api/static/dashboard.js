@@ -134,6 +134,9 @@
       setText(root, "count-total", run.progress.total);
       for (const key of COUNTS) setText(root, "count-" + key, run.progress[key] ?? 0);
       for (const key of OUTCOMES) setText(root, "outcome-" + key, run.progress.outcomes[key] ?? 0);
+      const opens = run.progress.window_waiting ? run.progress.window_opens_at : null;
+      field(root, "window-opens").hidden = !opens;
+      if (opens) setText(root, "window-opens-at", opens.slice(0, 16).replace("T", " "));
       const reason = field(root, "status-reason");
       reason.textContent = run.status_reason || "";
       reason.hidden = !run.status_reason;
