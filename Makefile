@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test lint typecheck pytest venv clean audit
+.PHONY: dev test test-fast lint typecheck pytest venv clean audit
 
 venv: $(STAMP)
 
@@ -29,6 +29,10 @@ typecheck: $(STAMP)
 
 pytest: $(STAMP)
 	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+## The inner loop: lint, and the unit, time-skipping and replay tests (no dev server, database or simulator).
+test-fast: lint $(STAMP)
+	$(BIN)/pytest -q -m "not integration" $(PYTEST_ARGS)
 
 ## Known vulnerabilities in the locked packages (pip-audit, PyPI's advisory data). --strict: a package
 ## it cannot look up is a failure, not a silent pass.

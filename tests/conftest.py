@@ -23,6 +23,15 @@ from tests.harness import Stack, scratch_database, serve
 from workflows.names import SEARCH_ATTRIBUTES
 
 DEFAULT_TEST_DATABASE = "postgresql://postgres@127.0.0.1:5432/test"
+# A test that needs any of these runs against the real system: `make test-fast` leaves it out.
+REAL_SYSTEM = {"temporal_env", "database_url", "simulator"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests that need the real Temporal dev server, PostgreSQL or the simulator."""
+    for item in items:
+        if REAL_SYSTEM & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
 
 
 def free_port() -> int:
