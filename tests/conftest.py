@@ -23,7 +23,8 @@ from tests.harness import Stack, scratch_database, serve
 from workflows.names import SEARCH_ATTRIBUTES
 
 DEFAULT_TEST_DATABASE = "postgresql://postgres@127.0.0.1:5432/test"
-# A test that needs any of these runs against the real system: `make test-fast` leaves it out.
+# A test that needs any of these runs against the real system: `make test-fast` leaves it out (as it
+# does the tests marked `integration` by hand, which start a system of their own).
 REAL_SYSTEM = {"temporal_env", "database_url", "simulator"}
 
 

@@ -12,6 +12,7 @@ import pytest
 from tests.harness import ROOT
 
 
+@pytest.mark.integration  # each benchmark starts a system of its own
 @pytest.mark.parametrize(
     ("module", "args"),
     [

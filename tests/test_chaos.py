@@ -18,6 +18,7 @@ from bench.chaos_checks import AttemptRow, CarrierCall, Evidence, ProgressSample
 CALLER = "+14155550100"
 
 
+@pytest.mark.integration  # starts a system of its own
 async def test_a_short_chaos_run_keeps_every_invariant() -> None:
     async with asyncio.timeout(300):
         report = await chaos(SHORT)
