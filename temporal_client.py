@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.envconfig import ClientConfig
 from temporalio.runtime import Runtime
+from temporalio.service import RPCError, RPCStatusCode
 
 from observability import tracing_interceptors
 from settings import Settings
@@ -20,3 +21,14 @@ async def connect_temporal(
     config = ClientConfig.load_client_connect_config(override_env_vars=settings.temporal_env())
     interceptors = tracing_interceptors(settings, f"outbound-dialer-{service}")
     return await Client.connect(**config, runtime=runtime, interceptors=interceptors)
+
+
+async def workflow_status(client: Client, workflow_id: str) -> WorkflowExecutionStatus | None:
+    """The status of the workflow's latest execution; None if Temporal has no such workflow."""
+    try:
+        description = await client.get_workflow_handle(workflow_id).describe()
+    except RPCError as error:
+        if error.status == RPCStatusCode.NOT_FOUND:
+            return None
+        raise
+    return description.status

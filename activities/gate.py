@@ -15,9 +15,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.common import WorkflowIDConflictPolicy
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.service import RPCError
 
 from db.models import LIVE_RUN_STATUSES, Business, LineLease, Run
+from temporal_client import workflow_status
 from workflows.messages import GateInput, LineDemand
 from workflows.names import gate_workflow_id
 
@@ -88,17 +89,11 @@ class GateActivities:
     @activity.defn
     async def closed_workflows(self, input: ClosedWorkflowsInput) -> ClosedWorkflowsOutput:
         """Which of these workflows are no longer running (the gate takes their lines back)."""
-        closed = []
-        for workflow_id in input.workflow_ids:
-            try:
-                description = await self.client.get_workflow_handle(workflow_id).describe()
-            except RPCError as error:
-                if error.status == RPCStatusCode.NOT_FOUND:
-                    closed.append(workflow_id)
-                    continue
-                raise
-            if description.status != WorkflowExecutionStatus.RUNNING:
-                closed.append(workflow_id)
+        closed = [
+            workflow_id
+            for workflow_id in input.workflow_ids
+            if await workflow_status(self.client, workflow_id) != WorkflowExecutionStatus.RUNNING
+        ]
         return ClosedWorkflowsOutput(closed)
 
 
@@ -172,10 +167,7 @@ class GateWatch:
         return started
 
     async def _gate_runs(self, business_id: str) -> bool:
-        try:
-            description = await self.client.get_workflow_handle(gate_workflow_id(business_id)).describe()
-        except RPCError as error:
-            if error.status == RPCStatusCode.NOT_FOUND:
-                return False
-            raise
-        return description.status == WorkflowExecutionStatus.RUNNING
+        return (
+            await workflow_status(self.client, gate_workflow_id(business_id))
+            == WorkflowExecutionStatus.RUNNING
+        )

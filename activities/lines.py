@@ -16,7 +16,6 @@ from sqlalchemy import and_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus
-from temporalio.service import RPCError, RPCStatusCode
 from twilio.rest import Client as TwilioClient
 
 import observability
@@ -26,6 +25,7 @@ from activities.records import finish_run, write_outcomes
 from db.leases import AttemptKey, release_lines
 from db.models import LIVE_RUN_STATUSES, Business, CallAttempt, Lead, LineLease, Run
 from telephony.status import FINAL_ATTEMPT_STATUSES, is_terminal
+from temporal_client import workflow_status
 from workflows.messages import Outcome
 from workflows.names import run_id_of, run_workflow_id
 
@@ -185,13 +185,7 @@ class LineActivities:
             log.info("ended stale lines of a running run", extra={"run": run_id, "ended": len(outcomes)})
 
     async def _workflow_status(self, run_id: str) -> WorkflowExecutionStatus | None:
-        try:
-            description = await self.client.get_workflow_handle(run_workflow_id(run_id)).describe()
-        except RPCError as error:
-            if error.status == RPCStatusCode.NOT_FOUND:
-                return None
-            raise
-        return description.status
+        return await workflow_status(self.client, run_workflow_id(run_id))
 
     async def _settle(self, business_id: str, run_id: str, why: str) -> int:
         """Settle one gone run; returns how many of its calls are still live (or may be)."""
