@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -187,6 +188,8 @@ class DialOutput:
     # From the dial's first schedule to this answer, as the activity saw it: how long dials take
     # now, which the run's workflow reads from its history rather than from its own clock.
     took_seconds: float | None = None
+    # When the dial answered (epoch seconds): the run's clock moves on to it.
+    at: float | None = None
     # Every line of the business is in use (its leases): no call was placed; dial again later.
     line_busy: bool = False
     # For an attempt that had already ended: how (a call's end, or why no call was placed).
@@ -218,6 +221,8 @@ class CallSnapshot:
     status: str
     duration: int | None = None
     answered_by: str | None = None
+    # When the activity answered (epoch seconds): the run's clock moves on to it.
+    at: float | None = None
 
 
 class DialingActivities:
@@ -265,7 +270,7 @@ class DialingActivities:
             )
             observability.LINES_BUSY.inc()
             if input.answer_version >= 2:
-                return DialOutput("", "line_busy", line_busy=True)
+                return DialOutput("", "line_busy", line_busy=True, at=time.time())
             raise ApplicationError(
                 "every line of the business is in use", type=LINE_BUSY, next_retry_delay=timedelta(seconds=2)
             )
@@ -284,6 +289,7 @@ class DialingActivities:
                 await self._give_back_line(key)
             raise
         placed.took_seconds = round((datetime.now(UTC) - activity.info().scheduled_time).total_seconds(), 3)
+        placed.at = time.time()
         return placed
 
     async def _take_line(self, input: DialInput, key: AttemptKey) -> tuple[Claimed | None, str | None]:
@@ -449,16 +455,17 @@ class DialingActivities:
         Twilio says of the call afterwards: a call cancelled while queued gets no status callback,
         so this answer is the only news of its end. A call that is already over is success."""
         try:
-            return await end_call(self.twilio, input.call_sid, input.answered)
+            snapshot = await end_call(self.twilio, input.call_sid, input.answered)
         except ApplicationError as error:
             if input.keep_trying and error.non_retryable:
                 raise ApplicationError(str(error), *error.details, type=error.type) from None
             raise
+        return replace(snapshot, at=time.time())
 
     @activity.defn
     async def fetch_call(self, input: FetchCallInput) -> CallSnapshot:
         """Ask Twilio for a call's current status, for a call whose callbacks went missing."""
-        return await fetch_snapshot(self.twilio, input.call_sid)
+        return replace(await fetch_snapshot(self.twilio, input.call_sid), at=time.time())
 
 
 class _DialState:

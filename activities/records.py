@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -40,6 +41,8 @@ class RunFacts:
     caller_id: str
     max_concurrent_calls: int
     total_leads: int
+    # When the activity answered (epoch seconds): the run's clock moves on to it.
+    at: float | None = None
 
 
 @dataclass
@@ -57,6 +60,8 @@ class LoadLeadsOutput:
     leads: list[LeadRef] = field(default_factory=list)
     # The distinct zone lists the leads refer to by `zone_set`.
     zone_sets: list[list[str]] = field(default_factory=list)
+    # When the activity answered (epoch seconds): the run's clock moves on to it.
+    at: float | None = None
 
 
 @dataclass
@@ -117,6 +122,7 @@ class RecordActivities:
             caller_id=business.caller_id,
             max_concurrent_calls=business.max_concurrent_calls,
             total_leads=run.total_leads,
+            at=time.time(),
         )
 
     @activity.defn
@@ -143,16 +149,19 @@ class RecordActivities:
             )
         if input.pack_zones:
             pack_zones(page.leads, page.zone_sets)
+        page.at = time.time()
         return page
 
     @activity.defn
-    async def record_outcomes(self, input: RecordOutcomesInput) -> None:
+    async def record_outcomes(self, input: RecordOutcomesInput) -> float | None:
         """Write final attempt statuses and lead outcomes in one transaction, with their events for
-        the business's webhook; safe to repeat."""
+        the business's webhook; safe to repeat. Returns when it was done (epoch seconds), which
+        moves the run's clock on (runs from before read no answer)."""
         async with self.sessions() as session, session.begin():
             events_for = await write_outcomes(session, input.run_id, input.outcomes)
         if self.courier is not None:
             await self.courier.notify_soon(events_for)
+        return time.time()
 
     @activity.defn
     async def stop_dials(self, input: LoadRunInput) -> None:

@@ -15,10 +15,12 @@ from typing import Any
 
 import pytest
 from sqlalchemy.engine import make_url
+from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from settings import DEV_ACCOUNT_SID, DEV_AUTH_TOKEN
 from telephony.simulator import SimulatorConfig, create_app
+from tests.fake_world import WorldRunner
 from tests.harness import Stack, scratch_database, serve
 from workflows.names import SEARCH_ATTRIBUTES
 
@@ -147,3 +149,23 @@ async def sim_knobs(stack: Stack) -> AsyncIterator[SimulatorKnobs]:
 
     yield set_knobs
     await stack.sim.post("/_sim/config", json={key: before[key] for key in touched})
+
+
+@pytest.fixture(scope="module")
+async def skipping() -> AsyncIterator[WorkflowEnvironment]:
+    """A dev server whose workflows skip idle time: hours of timers pass in moments."""
+    async with await WorkflowEnvironment.start_time_skipping_v2(
+        dev_server_existing_path=str(Path(sys.executable).parent / "temporal"),
+        dev_server_extra_args=["--dynamic-config-value", "frontend.WorkflowTimeSkippingEnabled=true"],
+        search_attributes=SEARCH_ATTRIBUTES,
+        port=free_port(),
+        dev_server_startup_timeout=DEV_SERVER_STARTUP,
+    ) as env:
+        yield env
+
+
+@pytest.fixture
+async def world_runner(skipping: WorkflowEnvironment) -> AsyncIterator[WorldRunner]:
+    runner = WorldRunner(skipping, await Client.connect(skipping.client.service_client.config.target_host))
+    yield runner
+    await runner.stop_workers()

@@ -5,212 +5,30 @@ carrier are replaced by same-named fake activities (the end-to-end tests cover t
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import sys
 import uuid
-from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Any
-from zoneinfo import ZoneInfo, available_timezones
+from zoneinfo import ZoneInfo
 
-import pytest
 from temporalio import activity
-from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import Worker
 
-from activities.dialing import CallSnapshot, DialInput, DialOutput, FetchCallInput, HangUpInput
-from activities.gate import GateActivities
-from activities.lines import ReapedLines, ReapLinesInput
+from activities.dialing import CallSnapshot, DialInput, DialOutput
 from activities.records import (
     LoadLeadsInput,
     LoadLeadsOutput,
-    LoadRunInput,
-    RecordOutcomesInput,
-    RunFacts,
     SetRunStatusInput,
 )
-from tests.conftest import DEV_SERVER_STARTUP, free_port
+from tests.fake_world import ALWAYS, Dial, FakeWorld, WorldRunner, zone_where_it_is
 from tests.harness import save_history, wait_for
-from workflows.business_lines import BusinessLinesWorkflow
-from workflows.calling_window import CallingWindow
 from workflows.messages import (
     CallStatusEvent,
     LeadRef,
-    Outcome,
     PauseRequest,
     ResumeRequest,
-    RunInput,
     RunOptions,
-    RunResult,
 )
-from workflows.names import SEARCH_ATTRIBUTES, dial_task_queue, run_workflow_id
 from workflows.outbound_run import OutboundRunWorkflow
-
-ALWAYS = CallingWindow("00:00", "24:00")
-
-
-@pytest.fixture(scope="module")
-async def skipping() -> AsyncIterator[WorkflowEnvironment]:
-    """A dev server whose workflows skip idle time: hours of timers pass in moments."""
-    async with await WorkflowEnvironment.start_time_skipping_v2(
-        dev_server_existing_path=str(Path(sys.executable).parent / "temporal"),
-        dev_server_extra_args=["--dynamic-config-value", "frontend.WorkflowTimeSkippingEnabled=true"],
-        search_attributes=SEARCH_ATTRIBUTES,
-        port=free_port(),
-        dev_server_startup_timeout=DEV_SERVER_STARTUP,
-    ) as env:
-        yield env
-
-
-@dataclass
-class Dial:
-    lead: int
-    attempt: int
-    at: datetime
-
-
-@dataclass
-class FakeWorld:
-    """The run's leads and the carrier's script: the status each attempt at a number ends with."""
-
-    env: WorkflowEnvironment
-    leads: list[LeadRef]
-    script: dict[str, list[str]]
-    business_id: str = field(default_factory=lambda: f"biz-{uuid.uuid4().hex[:8]}")
-    dials: list[Dial] = field(default_factory=list)
-    outcomes: list[Outcome] = field(default_factory=list)
-    statuses: list[str] = field(default_factory=list)
-    # What Twilio says when the run fetches a call it has heard nothing about for too long.
-    fetched: CallSnapshot = field(default_factory=lambda: CallSnapshot(found=True, status="in-progress"))
-
-    @activity.defn(name="load_run")
-    async def load_run(self, input: LoadRunInput) -> RunFacts:
-        return RunFacts(self.business_id, "+14155550100", 3, len(self.leads))
-
-    @activity.defn(name="load_leads")
-    async def load_leads(self, input: LoadLeadsInput) -> LoadLeadsOutput:
-        after = [lead for lead in self.leads if lead.id > input.after_lead_id]
-        return LoadLeadsOutput(after[: input.limit])
-
-    @activity.defn(name="record_outcomes")
-    async def record_outcomes(self, input: RecordOutcomesInput) -> None:
-        self.outcomes.extend(input.outcomes)
-
-    @activity.defn(name="set_run_status")
-    async def set_run_status(self, input: SetRunStatusInput) -> None:
-        self.statuses.append(input.status)
-
-    @activity.defn(name="stop_dials")
-    async def stop_dials(self, input: LoadRunInput) -> None:
-        return None
-
-    @activity.defn(name="hang_up")
-    async def hang_up(self, input: HangUpInput) -> CallSnapshot:
-        return CallSnapshot(found=True, status="canceled")
-
-    @activity.defn(name="fetch_call")
-    async def fetch_call(self, input: FetchCallInput) -> CallSnapshot:
-        return self.fetched
-
-    @activity.defn(name="reap_lines")
-    async def reap_lines(self, input: ReapLinesInput) -> ReapedLines:
-        return ReapedLines()
-
-    @activity.defn(name="place_call")
-    async def place_call(self, input: DialInput) -> DialOutput:
-        handle = self.env.client.get_workflow_handle(activity.info().workflow_id or "")
-        self.dials.append(Dial(input.lead_id, input.attempt, await self.env.get_current_time(handle)))
-        self.outcomes.extend(input.outcomes)
-        sid = f"CA{uuid.uuid4().hex}"
-        status = self.script[input.to][input.attempt - 1]
-        await handle.signal("call_status", CallStatusEvent(input.lead_id, input.attempt, sid, status))
-        return DialOutput(sid, "queued")
-
-
-class WorldRunner:
-    """Runs OutboundRunWorkflow against a FakeWorld, with workers that can be restarted."""
-
-    def __init__(self, env: WorkflowEnvironment, plain: Client) -> None:
-        self.env = env
-        self.plain = plain  # the gate keeps real time: only the run's clock skips
-        self.workers: list[Worker] = []
-        self.world: FakeWorld | None = None
-        # Workflows the workers keep in memory between tasks; 0 replays every task from history.
-        self.max_cached_workflows = 1000
-        self.task_queue = f"rules-{uuid.uuid4().hex[:8]}"
-
-    async def start_workers(self) -> None:
-        world = self.world
-        assert world is not None
-        gate = GateActivities(self.plain)
-        activities: list[Callable[..., Any]] = [
-            world.load_run,
-            world.load_leads,
-            world.record_outcomes,
-            world.set_run_status,
-            world.stop_dials,
-            world.hang_up,
-            world.fetch_call,
-            gate.request_lines,
-            gate.closed_workflows,
-            world.reap_lines,
-        ]
-        workflows = [OutboundRunWorkflow, BusinessLinesWorkflow]
-        self.workers = [
-            Worker(
-                self.env.client,
-                task_queue=self.task_queue,
-                workflows=workflows,
-                activities=activities,
-                max_cached_workflows=self.max_cached_workflows,
-            ),
-            Worker(
-                self.env.client, task_queue=dial_task_queue(self.task_queue), activities=[world.place_call]
-            ),
-        ]
-        for worker in self.workers:
-            await worker.__aenter__()
-
-    async def stop_workers(self) -> None:
-        for worker in self.workers:
-            await worker.__aexit__(None, None, None)
-        self.workers = []
-
-    async def __call__(
-        self, world: FakeWorld, options: RunOptions, auto_skip: bool = True
-    ) -> WorkflowHandle[OutboundRunWorkflow, RunResult]:
-        """Start a run. With auto_skip, idle time passes at once; without, only by fast_forward."""
-        self.world = world
-        await self.start_workers()
-        run_id = uuid.uuid4().hex
-        with contextlib.nullcontext() if auto_skip else self.env.with_time_skipping_disabled():
-            return await self.env.client.start_workflow(
-                OutboundRunWorkflow.run,
-                RunInput(run_id, world.business_id, options, total_leads=len(world.leads)),
-                id=run_workflow_id(run_id),
-                task_queue=self.task_queue,
-            )
-
-
-@pytest.fixture
-async def world_runner(skipping: WorkflowEnvironment) -> AsyncIterator[WorldRunner]:
-    runner = WorldRunner(skipping, await Client.connect(skipping.client.service_client.config.target_host))
-    yield runner
-    await runner.stop_workers()
-
-
-def zone_where_it_is(hour: int) -> str:
-    """An IANA zone whose local time is now within the given hour."""
-    now = datetime.now(UTC)
-    for name in sorted(available_timezones()):
-        if name.startswith(("Etc/", "SystemV/")) or "/" not in name:
-            continue
-        if now.astimezone(ZoneInfo(name)).hour == hour:
-            return name
-    raise AssertionError(f"no zone is at {hour}:00 now")
 
 
 async def test_busy_then_answered_on_the_second_attempt_an_hour_later(
@@ -398,7 +216,8 @@ class LostEndingsWorld(FakeWorld):
     @activity.defn(name="place_call")
     async def place_call(self, input: DialInput) -> DialOutput:
         handle = self.env.client.get_workflow_handle(activity.info().workflow_id or "")
-        self.dials.append(Dial(input.lead_id, input.attempt, await self.env.get_current_time(handle)))
+        now = await self.env.get_current_time(handle)
+        self.dials.append(Dial(input.lead_id, input.attempt, now))
         self.outcomes.extend(input.outcomes)
         sid = f"CA{uuid.uuid4().hex}"
         played = self.script[input.to][input.attempt - 1]
@@ -407,8 +226,9 @@ class LostEndingsWorld(FakeWorld):
         else:
             status, seconds = played.split("/")
             event = CallStatusEvent(input.lead_id, input.attempt, sid, status, duration=int(seconds))
+        event.at = now.timestamp()
         await handle.signal("call_status", event)
-        return DialOutput(sid, "queued")
+        return DialOutput(sid, "queued", at=now.timestamp())
 
 
 async def test_calls_whose_end_was_lost_are_asked_about_sooner_when_leads_wait_for_their_lines(

@@ -152,3 +152,31 @@ def test_lines_of_calls_of_gone_runs_are_not_granted_until_they_end() -> None:
     assert [(run, g.count) for run, g in pool.rebalance().grants] == [("a", 1)]
     pool.reserve({})
     assert [(run, g.count) for run, g in pool.rebalance().grants] == [("a", 2)]
+
+
+def test_a_gate_reset_to_a_later_point_counts_what_it_copied_as_its_original_did() -> None:
+    """An operator resets the gate to a workflow task in the middle of its history: the new
+    execution replays the demands it copied, which name the grants of the execution it was reset
+    from as seen. It must count them as that execution did (or its replay differs and the gate is
+    stuck), while the grants it sends itself carry its own run id (so runs tell it what they hold)."""
+
+    def play(pool: LinePool) -> tuple[list[tuple[str, int, int]], int]:
+        sent: list[tuple[str, int, int]] = []
+
+        def rebalance() -> None:
+            for run, grant in pool.rebalance().grants:
+                assert grant.gate_run == pool.gate_run
+                sent.append((run, grant.seq, grant.count))
+
+        pool.apply(report("a", 1, held=0, want=2), convergent=True)
+        rebalance()
+        pool.apply(report("a", 2, held=2, want=3, seen=("g1", 1)), convergent=True)
+        rebalance()
+        # The run was reset too: its new execution says what it holds, having seen every grant.
+        pool.apply(report("a", 1, held=3, want=3, epoch="e2", seen=("g1", 2)), convergent=True)
+        rebalance()
+        return sent, pool.held
+
+    original = play(LinePool(3, [], gate_run="g1"))
+    assert original == ([("a", 1, 2), ("a", 2, 1)], 3)
+    assert play(LinePool(3, [], gate_run="g2", reset_from="g1")) == original

@@ -3,20 +3,29 @@
 A workflow task retried after the Temporal server restarts can run at another time than the one
 its history keeps. A choice made from the workflow's clock can then differ between the live run and
 a replay of it, and the run stops with a nondeterminism error. These tests replay real runs with
-the workflow-task times moved and check that today's code makes the same choices."""
+the workflow-task times moved and check that today's code makes the same choices: when a dial took
+(`dial-time-from-result`), and every choice the run's clock decides (`history-clock`): which
+leads are due again, whether a lead's calling window is open, which calls have been quiet too long."""
 
 from __future__ import annotations
+
+import random
 
 import pytest
 from temporalio import workflow
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHistory
+from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
 from temporalio.workflow import NondeterminismError
 
+from activities.dialing import CallSnapshot
+from tests.fake_world import FakeWorld, WorldRunner, zone_where_it_is
 from tests.harness import Stack, execution_chain, new_number, wait_for
-from workflows.names import run_workflow_id
-from workflows.outbound_run import DIAL_TIME_FROM_RESULT, OutboundRunWorkflow
+from workflows.business_lines import BusinessLinesWorkflow
+from workflows.messages import LeadRef, RunOptions
+from workflows.names import gate_workflow_id, run_workflow_id
+from workflows.outbound_run import DIAL_TIME_FROM_RESULT, HISTORY_CLOCK, OutboundRunWorkflow
 
 LATE_BY_SECONDS = 2
 
@@ -82,3 +91,91 @@ async def test_before_the_fix_the_dial_answers_time_changed_the_runs_choices(
     with pytest.raises(NondeterminismError):
         for history in histories:
             await replayer.replay_workflow(answers_read_late(history))
+
+
+def tasks_read_at(history: WorkflowHistory, shifts: dict[int, float]) -> WorkflowHistory:
+    """The same history, with workflow task `n` (counted from 0) started `shifts[n]` seconds later
+    (earlier when negative) than it was: what a retried task can read."""
+    events, task = list(history.events), -1
+    for event in events:
+        if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED:
+            task += 1
+            nanos = event.event_time.ToNanoseconds() + int(shifts.get(task, 0.0) * 1_000_000_000)
+            event.event_time.FromNanoseconds(nanos)
+    return WorkflowHistory(history.workflow_id, events)
+
+
+def task_count(history: WorkflowHistory) -> int:
+    return sum(e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED for e in history.events)
+
+
+def every_task_read_otherwise(history: WorkflowHistory) -> list[WorkflowHistory]:
+    """The history with each of its workflow tasks in turn read two seconds early, then two seconds
+    late; and with every task read at a random time up to two seconds away."""
+    tasks = task_count(history)
+    jitter = random.Random(tasks)
+    return [
+        *(tasks_read_at(history, {n: shift}) for n in range(tasks) for shift in (-2.0, 2.0)),
+        tasks_read_at(history, {n: jitter.uniform(-2.0, 2.0) for n in range(tasks)}),
+    ]
+
+
+async def run_on_timers(
+    world_runner: WorldRunner, env: WorkflowEnvironment
+) -> tuple[FakeWorld, WorkflowHistory, WorkflowHistory]:
+    """A run whose choices wait on its clock: a lead busy then called again an hour later, a lead
+    outside its calling window called when it opens, and an answered call whose end was never heard
+    of, asked about once it has been quiet too long. Its history, and its business's gate's."""
+    noon, night = zone_where_it_is(12), zone_where_it_is(22)
+    leads = [
+        LeadRef(1, "+14155550601", zones=[noon]),
+        LeadRef(2, "+14155550602", zones=[night]),
+        LeadRef(3, "+14155550603", zones=[noon]),
+        LeadRef(4, "+14155550604", zones=[noon]),
+    ]
+    script = {
+        "+14155550601": ["busy", "completed"],
+        "+14155550602": ["completed"],
+        "+14155550603": ["in-progress"],
+        "+14155550604": ["completed"],
+    }
+    world = FakeWorld(env, leads, script)
+    world.fetched = CallSnapshot(found=True, status="completed", duration=30)
+    handle = await world_runner(world, RunOptions(max_attempts=2, retry_delay_seconds=3600))
+    result = await handle.result()
+    assert result.outcomes == {"answered": 4}
+    gate = world_runner.plain.get_workflow_handle(gate_workflow_id(world.business_id))
+    return world, await handle.fetch_history(), await gate.fetch_history()
+
+
+async def test_a_run_that_waits_on_its_clock_replays_the_same_whenever_its_tasks_ran(
+    skipping: WorkflowEnvironment, world_runner: WorldRunner
+) -> None:
+    world, run, gate = await run_on_timers(world_runner, skipping)
+    # The retry came an hour later, the lead outside its window when the window opened.
+    assert [(d.lead, d.attempt) for d in world.dials][-2:] == [(1, 2), (2, 1)]
+    runs, gates = Replayer(workflows=[OutboundRunWorkflow]), Replayer(workflows=[BusinessLinesWorkflow])
+    for history in every_task_read_otherwise(run):
+        await runs.replay_workflow(history)
+    for history in every_task_read_otherwise(gate):
+        await gates.replay_workflow(history)
+
+
+async def test_before_the_history_clock_a_task_read_at_another_time_changed_the_runs_choices(
+    skipping: WorkflowEnvironment, world_runner: WorldRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check above can fail: runs from before `history-clock` read the workflow's clock, and
+    some task of theirs, read two seconds away, makes another choice on replay."""
+    patched = workflow.patched  # every other change stays, with its marker in history
+    monkeypatch.setattr(workflow, "patched", lambda id: id != HISTORY_CLOCK and patched(id))
+    _, run, _ = await run_on_timers(world_runner, skipping)
+    monkeypatch.undo()
+    replayer = Replayer(workflows=[OutboundRunWorkflow])
+    await replayer.replay_workflow(run)  # as recorded, it replays
+    failed = 0
+    for history in every_task_read_otherwise(run):
+        try:
+            await replayer.replay_workflow(history)
+        except NondeterminismError:
+            failed += 1
+    assert failed > 0

@@ -27,6 +27,10 @@ REAP_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=10), maximum_attempt
 # A gate greets every running run of the business it has not heard from, not only those whose calls
 # hold lines: a run that had asked a terminated gate for lines and held none waited for good.
 GREET_EVERY_RUNNING_RUN = "greet-every-running-run"
+# A gate an operator reset to a point after its first workflow task replays the demands it copied
+# as the execution it was reset from applied them (LinePool.reset_from); before, it read them as
+# naming another execution's grants, counted other lines, and its replay failed.
+GATE_KNOWS_ITS_RESET = "gate-knows-its-reset"
 
 
 @workflow.defn
@@ -43,7 +47,9 @@ class BusinessLinesWorkflow:
     def __init__(self, input: GateInput) -> None:
         # Built here, not in run(): signals delivered with the start are applied before run() begins.
         self._input = input
-        self._pool = LinePool(input.cap, input.holders, input.seq, workflow.info().run_id, input.reserved)
+        info = workflow.info()
+        reset_from = info.original_execution_run_id if workflow.patched(GATE_KNOWS_ITS_RESET) else ""
+        self._pool = LinePool(input.cap, input.holders, input.seq, info.run_id, input.reserved, reset_from)
         self._reap_interval = timedelta(seconds=input.reap_interval_seconds)
         self._changed = True
         self._reap_due = False
@@ -148,6 +154,8 @@ class BusinessLinesWorkflow:
             await self._signal(run_workflow_id, "lines_recalled", recall)
 
     async def _signal(self, run_workflow_id: str, name: str, message: LineGrant | LineRecall) -> None:
+        # The run's clock moves on to this (a run waiting for lines may have heard nothing for long).
+        message.at = workflow.time()
         try:
             await workflow.get_external_workflow_handle(run_workflow_id).signal(name, message)
         except FailureError:

@@ -30,6 +30,7 @@ class LinePool:
         seq: int = 0,
         gate_run: str = "",
         reserved: dict[str, int] | None = None,
+        reset_from: str = "",
     ) -> None:
         self.cap = cap
         # Insertion order is arrival order, which breaks ties fairly.
@@ -39,6 +40,9 @@ class LinePool:
         self.seq = seq
         # This gate execution; its grants carry it, so a run can tell a new execution from an old.
         self.gate_run = gate_run
+        # The execution this one was reset from, if an operator reset the gate: the demands it copied
+        # name that execution's grants as seen, and are counted as that execution counted them.
+        self.reset_from = reset_from
         # Lines leased to calls of runs whose workflows are gone: not grantable until they end.
         self.reserved: dict[str, int] = dict(reserved or {})
         # Grants this execution sent each run, newest last, until the run says it has them.
@@ -85,7 +89,7 @@ class LinePool:
     def _forget_seen(self, demand: LineDemand) -> list[tuple[int, int]]:
         """Drop the grants the run says it has applied; returns those it has not."""
         sent = self._sent.get(demand.run_workflow_id, [])
-        if demand.grant_seen_run and demand.grant_seen_run == self.gate_run:
+        if demand.grant_seen_run and demand.grant_seen_run in (self.gate_run, self.reset_from):
             sent = [(seq, count) for seq, count in sent if seq > demand.grant_seen_seq]
             self._sent[demand.run_workflow_id] = sent
         return sent

@@ -75,7 +75,7 @@ class InFlightCall:
     status: str = "dialing"
     sequence_number: int = -1
     answered: bool = False
-    last_news_at: float = 0.0  # workflow time (epoch seconds) of the last thing heard about the call
+    last_news_at: float = 0.0  # the run's clock (epoch seconds) when it last heard about the call
 
 
 @dataclass
@@ -91,6 +91,8 @@ class CallStatusEvent:
     answered_by: str | None = None
     error_code: int | None = None
     error_message: str | None = None
+    # When the sender sent it (epoch seconds): what moves the run's clock (OutboundRunWorkflow._now).
+    at: float | None = None
 
 
 @dataclass
@@ -140,6 +142,8 @@ class CancelRequest:
     """Signal `cancel`."""
 
     reason: str = "cancelled by user"
+    # When the sender sent it (epoch seconds): what moves the run's clock (OutboundRunWorkflow._now).
+    at: float | None = None
 
 
 @dataclass
@@ -147,11 +151,16 @@ class PauseRequest:
     """Signal `pause`."""
 
     reason: str = "paused by user"
+    # When the sender sent it (epoch seconds): what moves the run's clock (OutboundRunWorkflow._now).
+    at: float | None = None
 
 
 @dataclass
 class ResumeRequest:
     """Signal `resume`."""
+
+    # When the sender sent it (epoch seconds): what moves the run's clock (OutboundRunWorkflow._now).
+    at: float | None = None
 
 
 @dataclass
@@ -186,6 +195,8 @@ class LineGrant:
     seq: int
     count: int
     gate_run: str = ""
+    # When the sender sent it (epoch seconds): what moves the run's clock (OutboundRunWorkflow._now).
+    at: float | None = None
 
 
 @dataclass
@@ -195,6 +206,8 @@ class LineRecall:
     seq: int
     hold_at_most: int | None
     gate_run: str = ""
+    # When the sender sent it (epoch seconds): what moves the run's clock (OutboundRunWorkflow._now).
+    at: float | None = None
 
 
 @dataclass

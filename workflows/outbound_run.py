@@ -116,6 +116,14 @@ SOONER_TICK = timedelta(seconds=15)
 # execution had called.
 RESULT_FROM_TABLE = "result-from-table"
 ANSWERED_RECHECK_SECONDS = 300
+# The run's choices (which leads are due, which calls are quiet, whether a window is open) read the
+# run's own clock, moved on only by what its history holds: when each signal was sent and each
+# activity answered (their `at`), and the due time of each timer that fired. The workflow's clock is
+# the time a workflow task started, and a task retried after the Temporal server restarted can be
+# read at another time on replay than it ran: a choice made from it could differ, and the run stop
+# on a nondeterminism error. Timers are still armed from the workflow's clock: only when they fire
+# matters, and their firing is in the history.
+HISTORY_CLOCK = "history-clock"
 # The API commits the run row just after starting the workflow; load_run gives it time to appear
 # (RUN_APPEARS_WITHIN_TRIES tries), and is retried without limit while the database is away: it runs
 # again at the start of every continue-as-new.
@@ -155,13 +163,20 @@ class OutboundRunWorkflow:
         # Whether Temporal has asked this execution to cancel (it asks once).
         self._cancel_requested = False
         self._dials_stopped = False
+        # See HISTORY_CLOCK: the execution's start is in its history, and so is every later move.
+        started = workflow.info().workflow_start_time
+        self._clock = started.timestamp() if started is not None else 0.0
 
     # Messages
 
     @workflow.signal
     def call_status(self, event: CallStatusEvent) -> None:
         """A Twilio status callback for one of this run's attempts."""
-        outcome = self._book.apply_status(event, workflow.time())
+        self._clock_to(event.at)
+        self._apply_status(event)
+
+    def _apply_status(self, event: CallStatusEvent) -> None:
+        outcome = self._book.apply_status(event, self._now())
         if outcome is not None and outcome.call_sid in self._hang_ups:
             self._hang_ups.pop(outcome.call_sid).cancel()
         if outcome is not None:
@@ -179,20 +194,29 @@ class OutboundRunWorkflow:
     @workflow.signal
     def cancel(self, request: CancelRequest) -> None:
         """Stop dialing now; hang up calls in flight; the rest of the leads end `cancelled`."""
+        self._clock_to(request.at)
+        self._cancel(request.reason)
+
+    def _cancel(self, reason: str) -> None:
         if self._book.state.cancel_reason is None:
-            self._book.state.cancel_reason = request.reason
+            self._book.state.cancel_reason = reason
         self._wake = True
 
     @workflow.signal
     def pause(self, request: PauseRequest) -> None:
         """Dial nothing new; calls in flight finish."""
+        self._clock_to(request.at)
+        self._pause(request.reason)
+
+    def _pause(self, reason: str) -> None:
         self._book.state.paused = True
-        self._book.state.pause_reason = request.reason
+        self._book.state.pause_reason = reason
         self._wake = True
 
     @workflow.signal
-    def resume(self, _request: ResumeRequest) -> None:
+    def resume(self, request: ResumeRequest) -> None:
         """Dial again after a pause."""
+        self._clock_to(request.at)
         self._book.state.paused = False
         self._book.state.pause_reason = None
         self._book.requeue_refused()
@@ -201,12 +225,14 @@ class OutboundRunWorkflow:
     @workflow.signal
     def lines_granted(self, grant: LineGrant) -> None:
         """Lines from the business's gate."""
+        self._clock_to(grant.at)
         if self._book.grant(grant.seq, grant.count, grant.gate_run):
             self._wake = True
 
     @workflow.signal
     def lines_recalled(self, recall: LineRecall) -> None:
         """The gate asks for lines back for a waiting run."""
+        self._clock_to(recall.at)
         if self._book.recall(recall.seq, recall.hold_at_most, recall.gate_run):
             self._wake = True
 
@@ -232,6 +258,7 @@ class OutboundRunWorkflow:
                 return RunResult(status="failed", done=0, outcomes={})
             raise
         self._facts = facts
+        self._clock_to(facts.at)
         self._book.total = facts.total_leads
         # Not among self._tasks: these sleep on timers for as long as there is something to wait for.
         timers = [
@@ -247,7 +274,7 @@ class OutboundRunWorkflow:
                 await self._dial_until_done()
             except asyncio.CancelledError:
                 # A cancel request from the Temporal Web UI or CLI is handled like the `cancel` signal.
-                self.cancel(CancelRequest("cancelled from Temporal"))
+                self._cancel("cancelled from Temporal")
                 await self._dial_until_done()
             for timer in timers:
                 timer.cancel()
@@ -271,7 +298,7 @@ class OutboundRunWorkflow:
                 if self._cancel_requested:
                     raise
                 self._cancel_requested = True
-                self.cancel(CancelRequest("cancelled from Temporal"))
+                self._cancel("cancelled from Temporal")
 
     async def _dial_until_done(self) -> None:
         book = self._book
@@ -290,7 +317,7 @@ class OutboundRunWorkflow:
                     await self._stop_dials()
                     self._hang_up_calls()
             else:
-                book.release_due(workflow.time())
+                book.release_due(self._now())
                 if book.needs_leads():
                     await self._load_leads()
 
@@ -301,11 +328,11 @@ class OutboundRunWorkflow:
             while (
                 dialing_allowed
                 and not self._draining()
-                and (call := book.next_dial(workflow.time(), exact_windows)) is not None
+                and (call := book.next_dial(self._now(), exact_windows)) is not None
             ):
                 self._start_task(self._dial(call, self._outcomes_to_carry(), book.take_freed()))
-            if dialing_allowed and (why := book.settle_refused(workflow.time())) is not None:
-                self.pause(PauseRequest(why))
+            if dialing_allowed and (why := book.settle_refused(self._now())) is not None:
+                self._pause(why)
             await self._settle_lines(dialing_allowed)
             # Asked again: the awaits above may have let the last call end. While draining, outcomes
             # are still written: a call that ended holds its line lease until its outcome is.
@@ -335,6 +362,7 @@ class OutboundRunWorkflow:
             start_to_close_timeout=timedelta(seconds=30),
             retry_policy=DB_RETRY,
         )
+        self._clock_to(page.at)
         self._book.add_leads(page.leads, LEAD_PAGE_SIZE, page.zone_sets)
 
     async def _settle_lines(self, dialing_allowed: bool) -> None:
@@ -453,22 +481,23 @@ class OutboundRunWorkflow:
                 # Every dial would fail the same way: keep the lead, pause, and say why.
                 self._book.dial_refused(call.lead_id, call.attempt)
                 said = f"error {code}: {message}" if code is not None else message
-                self.pause(PauseRequest(f"Twilio refused the call ({said}); fix the account, then resume"))
+                self._pause(f"Twilio refused the call ({said}); fix the account, then resume")
                 return
             if kind == TWILIO_REFUSED and answer_version >= 2:
                 why = self._book.dial_refused_unsure(call.lead_id, call.attempt, code, message)
                 if why is not None:
-                    self.pause(PauseRequest(why))
+                    self._pause(why)
                 return
             status = {RUN_CANCELLED: "canceled", DO_NOT_CALL: SKIPPED_DNC}.get(kind or "", "failed")
-            self._book.dial_failed(call.lead_id, call.attempt, code, message, workflow.time(), status)
+            self._book.dial_failed(call.lead_id, call.attempt, code, message, self._now(), status)
         else:
+            self._clock_to(placed.at)
             self._note_dial_time(scheduled_at, placed.took_seconds)
             if answer_version >= 2 and placed.line_busy:
                 # Its outcomes were written with the leases they free (before the claim found no
                 # line); kept to be written again, which changes nothing, should that have failed.
                 self._book.state.unrecorded.extend(carried)
-                self._book.line_busy(call.lead_id, call.attempt, workflow.time())
+                self._book.line_busy(call.lead_id, call.attempt, self._now())
                 return
             self._book.forget_freed(carried)
             if answer_version >= 2 and not placed.call_sid:
@@ -478,16 +507,14 @@ class OutboundRunWorkflow:
                     call.attempt,
                     placed.error_code,
                     placed.error_message or "",
-                    workflow.time(),
+                    self._now(),
                     placed.status,
                 )
                 return
-            self._book.dial_placed(
-                call.lead_id, call.attempt, placed.call_sid, placed.status, workflow.time()
-            )
+            self._book.dial_placed(call.lead_id, call.attempt, placed.call_sid, placed.status, self._now())
             if answer_version >= 2 and is_terminal(placed.status):
                 # Adopted a call that has already ended (its callbacks came before this execution).
-                self.call_status(
+                self._apply_status(
                     CallStatusEvent(
                         lead_id=call.lead_id,
                         attempt=call.attempt,
@@ -559,6 +586,7 @@ class OutboundRunWorkflow:
                 retry_policy=HANG_UP_RETRY,
                 summary=summary,
             )
+            self._clock_to(snapshot.at)
         except (asyncio.CancelledError, ActivityError) as error:
             if isinstance(error, ActivityError) and not isinstance(error.cause, CancelledError):
                 workflow.logger.warning(
@@ -578,12 +606,13 @@ class OutboundRunWorkflow:
 
     async def _write_outcomes(self, batch: list[Outcome]) -> None:
         try:
-            await workflow.execute_activity_method(
+            done_at = await workflow.execute_activity_method(
                 RecordActivities.record_outcomes,
                 RecordOutcomesInput(self._input.run_id, batch),
                 start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=DB_RETRY,
             )
+            self._clock_to(done_at)
             self._book.forget_freed(batch)
         finally:
             self._recording = False
@@ -611,6 +640,7 @@ class OutboundRunWorkflow:
                     timeout_summary="next lead due",
                 )
             except TimeoutError:
+                self._clock_to(armed_for)
                 self._wake = True
                 await workflow.wait_condition(released)
 
@@ -625,10 +655,13 @@ class OutboundRunWorkflow:
                 and self._book.quiet_answered_seconds() is not None
                 and self._book.lines_wanted_by_waiting()
             )
-            await workflow.sleep(min(interval, SOONER_TICK) if wanted else interval)
+            tick = min(interval, SOONER_TICK) if wanted else interval
+            armed_at = self._now()
+            await workflow.sleep(tick)
+            self._clock_to(armed_at + tick.total_seconds())
             recheck = ANSWERED_RECHECK_SECONDS if workflow.patched(RECHECK_ANSWERED_CALLS) else None
             survives = workflow.patched(BACKGROUND_WORK_SURVIVES)
-            for call in self._book.overdue_calls(workflow.time(), recheck, sooner):
+            for call in self._book.overdue_calls(self._now(), recheck, sooner):
                 assert call.call_sid is not None
                 try:
                     snapshot: CallSnapshot = await workflow.execute_activity_method(
@@ -638,6 +671,7 @@ class OutboundRunWorkflow:
                         retry_policy=DB_RETRY,
                         summary=f"fetch quiet call {call.call_sid}",
                     )
+                    self._clock_to(snapshot.at)
                 except ActivityError as error:
                     if not survives:
                         raise
@@ -666,7 +700,7 @@ class OutboundRunWorkflow:
     def _apply_snapshot(self, call: InFlightCall, snapshot: CallSnapshot) -> None:
         """Apply what Twilio said when asked, as if it were a status callback."""
         assert call.call_sid is not None
-        self.call_status(
+        self._apply_status(
             CallStatusEvent(
                 lead_id=call.lead_id,
                 attempt=call.attempt,
@@ -712,6 +746,16 @@ class OutboundRunWorkflow:
         return RunResult(status=self._status, done=book.state.done, outcomes=dict(book.state.outcomes))
 
     # Helpers
+
+    def _now(self) -> float:
+        """The time the run's choices read (see HISTORY_CLOCK); runs from before read the workflow's."""
+        return self._clock if workflow.patched(HISTORY_CLOCK) else workflow.time()
+
+    def _clock_to(self, at: float | None) -> None:
+        """Move the run's clock on to when something it heard was sent; never back. A message that
+        does not say (from code of before) leaves it where it is."""
+        if at is not None and at > self._clock:
+            self._clock = at
 
     def _start_task(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(coroutine)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Annotated, Any
@@ -493,7 +494,7 @@ async def cancel_run(
         # Committed before the signal: dials under way finish first, and none starts after this.
         await session.execute(update(Run).where(Run.id == run.id).values(cancel_requested_at=utcnow()))
         await session.commit()
-    await _signal_run(temporal, run, "cancel", CancelRequest())
+    await _signal_run(temporal, run, "cancel", CancelRequest(at=time.time()))
     log.info("run cancel requested", extra={"run": run.id})
     return Accepted(id=run.id, status=run.status, detail="cancel accepted: no new calls will be placed")
 
@@ -509,7 +510,7 @@ async def pause_run(
 ) -> Accepted:
     """Dial nothing new; calls in flight finish."""
     run = await own_run(session, business, run_id)
-    await _signal_run(temporal, run, "pause", PauseRequest())
+    await _signal_run(temporal, run, "pause", PauseRequest(at=time.time()))
     return Accepted(id=run.id, status=run.status, detail="pause accepted")
 
 
@@ -524,5 +525,5 @@ async def resume_run(
 ) -> Accepted:
     """Dial again after a pause."""
     run = await own_run(session, business, run_id)
-    await _signal_run(temporal, run, "resume", ResumeRequest())
+    await _signal_run(temporal, run, "resume", ResumeRequest(at=time.time()))
     return Accepted(id=run.id, status=run.status, detail="resume accepted")

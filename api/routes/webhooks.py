@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from fastapi import APIRouter, HTTPException, Request, Response, status
 from temporalio.client import Client
@@ -128,6 +129,7 @@ async def call_status(
             answered_by=params.get("AnsweredBy") or None,
             error_code=_int(params.get("ErrorCode")),
             error_message=params.get("ErrorMessage") or None,
+            at=time.time(),
         )
     except (KeyError, ValueError) as error:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, f"malformed status callback: {error}") from None
