@@ -21,11 +21,11 @@ from activities.gate import GateActivities, GateWatch
 from activities.lines import LineActivities
 from activities.records import RecordActivities
 from db.engine import create_engine, create_sessionmaker
-from logs import configure_logging
-from observability import serve_worker_metrics, worker_runtime
-from settings import Settings, get_settings
+from outbound_dialer.logs import configure_logging
+from outbound_dialer.observability import serve_worker_metrics, worker_runtime
+from outbound_dialer.settings import Settings, get_settings
+from outbound_dialer.temporal_client import connect_temporal
 from telephony.twilio_client import close_twilio_client, create_twilio_client
-from temporal_client import connect_temporal
 from workflows.business_events import BusinessEventsWorkflow
 from workflows.business_lines import BusinessLinesWorkflow
 from workflows.names import dial_task_queue

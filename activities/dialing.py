@@ -20,12 +20,12 @@ from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.rest import Client
 from twilio.rest.api.v2010.account.call import CallInstance
 
-import observability
 from activities.events import EventCourier
 from activities.records import write_outcomes
 from db.leases import AttemptKey, Claimed, claim_line, release_lines
 from db.models import CallAttempt, DoNotCall, LineLease, Run, utcnow
 from db.upsert import dialect_insert
+from outbound_dialer import observability
 from telephony.status import FINAL_ATTEMPT_STATUSES
 from telephony.twilio_client import (
     ACCOUNT_ERROR_CODES,

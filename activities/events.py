@@ -32,9 +32,9 @@ from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError
 
-import observability
 from db.models import Business, CallAttempt, Event, Lead, Run, utcnow
 from db.upsert import insert_ignoring_conflict
+from outbound_dialer import observability
 from telephony.status import OUTCOME_BY_CALL_STATUS, OUTCOMES
 from workflows.messages import Outcome
 from workflows.names import events_workflow_id

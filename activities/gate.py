@@ -18,7 +18,7 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError
 
 from db.models import LIVE_RUN_STATUSES, Business, LineLease, Run
-from temporal_client import workflow_status
+from outbound_dialer.temporal_client import workflow_status
 from workflows.messages import GateInput, LineDemand
 from workflows.names import gate_workflow_id
 

@@ -18,14 +18,14 @@ from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus
 from twilio.rest import Client as TwilioClient
 
-import observability
 from activities.dialing import NO_RECORD, CallSnapshot, end_call, fetch_snapshot, find_unrecorded_call
 from activities.events import EventCourier
 from activities.records import finish_run, write_outcomes
 from db.leases import AttemptKey, release_lines
 from db.models import LIVE_RUN_STATUSES, Business, CallAttempt, Lead, LineLease, Run
+from outbound_dialer import observability
+from outbound_dialer.temporal_client import workflow_status
 from telephony.status import FINAL_ATTEMPT_STATUSES, is_terminal
-from temporal_client import workflow_status
 from workflows.messages import Outcome
 from workflows.names import run_id_of, run_workflow_id
 

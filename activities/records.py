@@ -11,11 +11,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-import observability
 from activities.events import EventCourier, record_call_events, record_run_event
 from db.leases import AttemptKey, release_lines
 from db.models import LIVE_RUN_STATUSES, Business, CallAttempt, Lead, Run, utcnow
 from db.upsert import insert_ignoring_conflict
+from outbound_dialer import observability
 from telephony.status import LEAD_QUEUED, LEAD_RETRYING, OUTCOMES, outcome_for
 from telephony.zones import lead_zones
 from workflows.messages import LeadRef, Outcome

@@ -7,8 +7,8 @@ import argparse
 import uvicorn
 
 from api.app import create_app
-from logs import configure_logging
-from settings import get_settings
+from outbound_dialer.logs import configure_logging
+from outbound_dialer.settings import get_settings
 
 
 def main() -> None:

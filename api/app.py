@@ -20,8 +20,8 @@ from api.request_guards import BodyLimitMiddleware, NulInUrlMiddleware
 from api.routes import businesses, dashboard, dnc, runs, webhooks
 from api.schemas import problems
 from db.engine import create_engine, create_sessionmaker
-from settings import Settings, get_settings
-from temporal_client import connect_temporal
+from outbound_dialer.settings import Settings, get_settings
+from outbound_dialer.temporal_client import connect_temporal
 
 log = logging.getLogger(__name__)
 

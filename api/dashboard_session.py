@@ -28,7 +28,7 @@ from starlette.datastructures import FormData
 from api.deps import SessionDep
 from api.security import hash_api_key, same_secret
 from db.models import Business
-from settings import Settings
+from outbound_dialer.settings import Settings
 
 SESSION_COOKIE = "dialer_session"
 LOGIN_COOKIE = "dialer_login"

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from starlette.datastructures import FormData, UploadFile
 
 from api.schemas import CallingWindowIn, Progress, RunOptionsIn
-from settings import Settings
+from outbound_dialer.settings import Settings
 from workflows.calling_window import ALL_DAYS
 
 HERE = Path(__file__).resolve().parent

@@ -14,7 +14,7 @@ from temporalio.client import Client
 from api.metrics import ApiMetrics
 from api.security import hash_api_key, same_secret
 from db.models import Business
-from settings import Settings
+from outbound_dialer.settings import Settings
 
 _bearer = HTTPBearer(auto_error=False)
 

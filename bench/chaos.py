@@ -93,7 +93,7 @@ from bench.restartable import (
 )
 from db.engine import create_engine, create_sessionmaker
 from db.models import Business, CallAttempt, Lead, Run
-from settings import DEV_ADMIN_TOKEN, Settings
+from outbound_dialer.settings import DEV_ADMIN_TOKEN, Settings
 from tests.harness import ALWAYS_OPEN, as_its_worker_replays, execution_chain, wait_for
 from tests.tcp_proxy import TcpProxy
 from workflows.business_lines import BusinessLinesWorkflow

@@ -38,7 +38,7 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app
-from settings import DEV_ACCOUNT_SID, DEV_AUTH_TOKEN, Settings
+from outbound_dialer.settings import DEV_ACCOUNT_SID, DEV_AUTH_TOKEN, Settings
 from telephony.simulator import SimulatorConfig
 from telephony.simulator import create_app as create_simulator_app
 from telephony.status import TERMINAL_CALL_STATUSES

@@ -48,7 +48,7 @@ from bench.common import (
     simulator_server,
 )
 from db.engine import create_engine, create_sessionmaker
-from settings import Settings
+from outbound_dialer.settings import Settings
 from tests.harness import ROOT, wait_for
 from workflows.names import dial_task_queue
 

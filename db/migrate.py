@@ -18,6 +18,6 @@ def upgrade(database_url: str, revision: str = "head") -> None:
 
 
 if __name__ == "__main__":
-    from settings import get_settings
+    from outbound_dialer.settings import get_settings
 
     upgrade(get_settings().DATABASE_URL)

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 
 from db.migrate import upgrade
-from settings import Settings
+from outbound_dialer.settings import Settings
 from workflows.names import SEARCH_ATTRIBUTES
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -10,7 +10,7 @@ from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.http.response import Response
 from twilio.rest import Client
 
-from settings import Settings
+from outbound_dialer.settings import Settings
 
 # Twilio's error codes for a create-call, by what they mean for a run
 # (https://www.twilio.com/docs/api/errors/<code>).

@@ -18,7 +18,7 @@ from sqlalchemy.engine import make_url
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from settings import DEV_ACCOUNT_SID, DEV_AUTH_TOKEN
+from outbound_dialer.settings import DEV_ACCOUNT_SID, DEV_AUTH_TOKEN
 from telephony.simulator import SimulatorConfig, create_app
 from tests.fake_world import WorldRunner
 from tests.harness import Stack, scratch_database, serve

@@ -32,7 +32,7 @@ from api.app import create_app
 from db.engine import create_engine, create_sessionmaker
 from db.migrate import upgrade
 from db.models import CallAttempt, Lead
-from settings import DEV_ADMIN_TOKEN, Settings
+from outbound_dialer.settings import DEV_ADMIN_TOKEN, Settings
 from worker import build_workers
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 
 from db.models import Business as BusinessRow
 from db.models import Lead, Run
-from settings import DEV_ADMIN_TOKEN, Settings
+from outbound_dialer.settings import DEV_ADMIN_TOKEN, Settings
 from tests.harness import ALWAYS_OPEN, Business, Stack, new_number
 
 REQUEST_LIMIT = 4 * 1024

@@ -26,7 +26,7 @@ from activities.events import DeliverEventsInput, EventActivities, event_id
 from api.app import create_app
 from db.migrate import upgrade
 from db.models import Event, Run
-from settings import DEV_ADMIN_TOKEN, DEV_AUTH_TOKEN, Settings
+from outbound_dialer.settings import DEV_ADMIN_TOKEN, DEV_AUTH_TOKEN, Settings
 from tests.conftest import free_port
 from tests.harness import Business, Stack, new_number, serve, wait_for
 from workflows.names import events_workflow_id

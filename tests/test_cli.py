@@ -11,7 +11,7 @@ from pathlib import Path
 from typer.testing import CliRunner, Result
 
 from cli.app import app
-from settings import DEV_ADMIN_TOKEN
+from outbound_dialer.settings import DEV_ADMIN_TOKEN
 from tests.conftest import free_port
 from tests.harness import ALWAYS_OPEN, Stack, new_number, wait_for
 

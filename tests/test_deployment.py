@@ -22,7 +22,7 @@ import pytest
 import yaml  # type: ignore[import-untyped]
 from temporalio.api.enums.v1 import IndexedValueType
 
-from settings import Settings
+from outbound_dialer.settings import Settings
 from telephony.simulator.__main__ import FAULTS_ENV
 from telephony.simulator.fidelity import SPEC_ENV
 from workflows.names import SEARCH_ATTRIBUTES

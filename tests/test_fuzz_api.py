@@ -22,7 +22,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app
 from api.schemas import MAX_OFFSET
-from settings import DEV_ADMIN_TOKEN, Settings
+from outbound_dialer.settings import DEV_ADMIN_TOKEN, Settings
 from tests.conftest import free_port
 from tests.harness import Stack, new_number
 

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import select
 
 from db.models import Business as BusinessRow
-from settings import DEV_ADMIN_TOKEN
+from outbound_dialer.settings import DEV_ADMIN_TOKEN
 from tests.harness import ALWAYS_OPEN, Stack, new_number
 
 

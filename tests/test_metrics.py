@@ -25,10 +25,10 @@ from twilio.request_validator import RequestValidator
 
 from activities.dialing import DialingActivities, DialInput
 from api.app import create_app
-from observability import serve_worker_metrics
-from settings import DEV_ACCOUNT_SID, DEV_ADMIN_TOKEN, DEV_AUTH_TOKEN, Settings
+from outbound_dialer.observability import serve_worker_metrics
+from outbound_dialer.settings import DEV_ACCOUNT_SID, DEV_ADMIN_TOKEN, DEV_AUTH_TOKEN, Settings
+from outbound_dialer.temporal_client import connect_temporal
 from telephony.twilio_client import close_twilio_client, create_twilio_client
-from temporal_client import connect_temporal
 from tests.conftest import SimulatorKnobs, free_port
 from tests.harness import Stack, new_number
 

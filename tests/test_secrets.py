@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from settings import DEV_ADMIN_TOKEN, DEV_AUTH_TOKEN, Settings
+from outbound_dialer.settings import DEV_ADMIN_TOKEN, DEV_AUTH_TOKEN, Settings
 from tests.conftest import free_port
 from tests.harness import ROOT, Stack, execution_chain, new_number, wait_for
 from workflows.names import events_workflow_id, gate_workflow_id, run_workflow_id

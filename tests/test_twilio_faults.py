@@ -20,7 +20,7 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.dialing import DialingActivities, DialInput
 from db.models import Lead, Run
-from settings import DEV_AUTH_TOKEN
+from outbound_dialer.settings import DEV_AUTH_TOKEN
 from telephony.status import OUTCOME_BY_CALL_STATUS
 from telephony.twilio_client import close_twilio_client, create_twilio_client
 from tests.conftest import SUGGEST_CONTINUE_AS_NEW_AFTER_EVENTS, SimulatorKnobs

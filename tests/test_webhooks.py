@@ -11,7 +11,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from twilio.request_validator import RequestValidator
 
 from api.app import create_app
-from settings import DEV_AUTH_TOKEN
+from outbound_dialer.settings import DEV_AUTH_TOKEN
 from tests.conftest import SimulatorKnobs, free_port
 from tests.harness import Business, Stack, new_number, serve, wait_for
 

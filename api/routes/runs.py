@@ -44,7 +44,7 @@ from api.schemas import (
     problems,
 )
 from db.models import LIVE_RUN_STATUSES, Business, CallAttempt, Lead, Run, utcnow
-from settings import Settings
+from outbound_dialer.settings import Settings
 from workflows.calling_window import CallingWindow
 from workflows.messages import CancelRequest, PauseRequest, ResumeRequest, RunInput, RunOptions
 from workflows.names import BUSINESS_ID, RUN_ID, RUN_STATUS, run_workflow_id

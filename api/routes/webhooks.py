@@ -13,7 +13,7 @@ from twilio.request_validator import SIGNATURE_SETTINGS_HEADER, RequestValidator
 
 from api.deps import MetricsDep, SettingsDep, TemporalDep
 from api.schemas import problems
-from settings import Settings
+from outbound_dialer.settings import Settings
 from telephony.twilio_client import CALLBACK_RETRIES
 from workflows.messages import CallStatusEvent
 from workflows.names import run_workflow_id

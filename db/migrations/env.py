@@ -9,7 +9,7 @@ from sqlalchemy.engine import Connection
 
 from db.engine import create_engine
 from db.models import Base
-from settings import get_settings
+from outbound_dialer.settings import get_settings
 
 config = context.config
 

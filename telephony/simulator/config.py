@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from settings import DEV_ACCOUNT_SID, DEV_AUTH_TOKEN
+from outbound_dialer.settings import DEV_ACCOUNT_SID, DEV_AUTH_TOKEN
 
 FinalStatus = Literal["completed", "busy", "no-answer", "failed"]
 Seconds = tuple[float, float]

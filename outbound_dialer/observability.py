@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import Counter, start_http_server
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
-from settings import Settings
+from outbound_dialer.settings import Settings
 from telephony.status import FINAL_ATTEMPT_STATUSES
 
 if TYPE_CHECKING:

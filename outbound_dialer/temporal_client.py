@@ -7,8 +7,8 @@ from temporalio.envconfig import ClientConfig
 from temporalio.runtime import Runtime
 from temporalio.service import RPCError, RPCStatusCode
 
-from observability import tracing_interceptors
-from settings import Settings
+from outbound_dialer.observability import tracing_interceptors
+from outbound_dialer.settings import Settings
 
 
 async def connect_temporal(
