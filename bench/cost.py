@@ -53,7 +53,7 @@ from bench.common import (
     run_to_end,
     sim_calls,
 )
-from tests.harness import execution_chain
+from support.drive import execution_chain
 from workflows.names import gate_workflow_id, run_workflow_id
 
 GOAL_EVENTS = 12

@@ -51,8 +51,8 @@ from bench.common import (
 )
 from bench.processes import ProcessEnv, Sampler, process_env
 from db.models import CallAttempt, Lead
+from support.drive import ALWAYS_OPEN, Business, new_number
 from telephony.status import FINAL_ATTEMPT_STATUSES, OUTCOMES
-from tests.harness import ALWAYS_OPEN, Business, new_number
 from workflows.names import gate_workflow_id, run_workflow_id
 
 CALLS_PER_SECOND_LIMIT = 10_000

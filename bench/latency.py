@@ -60,8 +60,8 @@ from bench.common import (
 )
 from bench.floor import Endpoint, FloorSamples, floor_workers, measure_floor
 from bench.processes import process_env
+from support.drive import execution_chain, serve
 from telephony.status import TERMINAL_CALL_STATUSES
-from tests.harness import execution_chain, serve
 from workflows.names import run_workflow_id
 
 GOAL_P50_RATIO = 1.5

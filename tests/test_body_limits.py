@@ -17,7 +17,8 @@ from sqlalchemy import func, select
 from db.models import Business as BusinessRow
 from db.models import Lead, Run
 from outbound_dialer.settings import DEV_ADMIN_TOKEN, Settings
-from tests.harness import ALWAYS_OPEN, Business, Stack, new_number
+from support.drive import ALWAYS_OPEN, Business, new_number
+from support.stack import Stack
 
 REQUEST_LIMIT = 4 * 1024
 UPLOAD_LIMIT = 256 * 1024

@@ -27,8 +27,9 @@ from api.app import create_app
 from db.migrate import upgrade
 from db.models import Event, Run
 from outbound_dialer.settings import DEV_ADMIN_TOKEN, DEV_AUTH_TOKEN, Settings
-from tests.conftest import free_port
-from tests.harness import Business, Stack, new_number, serve, wait_for
+from support.drive import Business, new_number, serve, wait_for
+from support.ports import free_port
+from support.stack import Stack
 from workflows.names import events_workflow_id
 
 FAST_RETRIES = {"EVENT_RETRY_SECONDS": 0.2, "EVENT_TIMEOUT_SECONDS": 5}

@@ -9,8 +9,9 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 from cli.render import live_counts
+from support.drive import new_number, wait_for
+from support.stack import Stack
 from telephony.zones import lead_zones
-from tests.harness import Stack, new_number, wait_for
 from tests.test_campaign_rules import zone_where_it_is
 from workflows.calling_window import CallingWindow, window_check
 from workflows.messages import LeadRef, RunCarryOver, RunOptions

@@ -19,8 +19,9 @@ from activities.records import (
     LoadLeadsOutput,
     SetRunStatusInput,
 )
+from support.drive import wait_for
+from support.stack import save_history
 from tests.fake_world import ALWAYS, Dial, FakeWorld, WorldRunner, zone_where_it_is
-from tests.harness import save_history, wait_for
 from workflows.messages import (
     CallStatusEvent,
     LeadRef,

@@ -12,8 +12,9 @@ from typer.testing import CliRunner, Result
 
 from cli.app import app
 from outbound_dialer.settings import DEV_ADMIN_TOKEN
-from tests.conftest import free_port
-from tests.harness import ALWAYS_OPEN, Stack, new_number, wait_for
+from support.drive import ALWAYS_OPEN, new_number, wait_for
+from support.ports import free_port
+from support.stack import Stack
 
 OPEN_AROUND_THE_CLOCK = f"calling_window={json.dumps(ALWAYS_OPEN)}"
 

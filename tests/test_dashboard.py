@@ -20,8 +20,9 @@ import pytest
 from playwright.async_api import Browser, Dialog, FilePayload, Page, ViewportSize, async_playwright, expect
 from prometheus_client.parser import text_string_to_metric_families
 
+from support.drive import Business, new_number
+from support.stack import Stack
 from tests.conftest import SimulatorKnobs
-from tests.harness import Business, Stack, new_number
 from workflows.names import run_workflow_id
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -18,10 +18,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import make_url
 
+from support.drive import Business, new_number, wait_for
+from support.stack import Stack
+from support.tcp_proxy import TcpProxy
 from telephony.status import OUTCOME_BY_CALL_STATUS, OUTCOMES, TERMINAL_CALL_STATUSES
 from tests.conftest import SimulatorKnobs
-from tests.harness import Business, Stack, new_number, wait_for
-from tests.tcp_proxy import TcpProxy
 from workflows.names import run_workflow_id
 from workflows.outbound_run import OutboundRunWorkflow
 

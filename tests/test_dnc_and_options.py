@@ -8,8 +8,9 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from api.app import create_app
+from support.drive import new_number, wait_for
+from support.stack import Stack
 from tests.conftest import SimulatorKnobs
-from tests.harness import Stack, new_number, wait_for
 
 
 async def test_dnc_added_mid_run_suppresses_leads_not_yet_dialed_only(

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from db.migrate import upgrade
-from tests.harness import Stack, new_number
+from support.drive import new_number
+from support.stack import Stack
 
 
 @pytest.fixture

@@ -23,8 +23,9 @@ from temporalio.testing import WorkflowEnvironment
 from api.app import create_app
 from api.schemas import MAX_OFFSET
 from outbound_dialer.settings import DEV_ADMIN_TOKEN, Settings
-from tests.conftest import free_port
-from tests.harness import Stack, new_number
+from support.drive import new_number
+from support.ports import free_port
+from support.stack import Stack
 
 OPERATIONS = [
     f"{method.upper()} {path}"

@@ -11,7 +11,8 @@ from sqlalchemy import select
 
 from db.models import Business as BusinessRow
 from outbound_dialer.settings import DEV_ADMIN_TOKEN
-from tests.harness import ALWAYS_OPEN, Stack, new_number
+from support.drive import ALWAYS_OPEN, new_number
+from support.stack import Stack
 
 
 def _only_error(response: Any) -> dict[str, Any]:

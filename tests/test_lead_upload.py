@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from api.lead_upload import Record, UploadError, csv_records, json_lines_records
-from tests.harness import ALWAYS_OPEN, Stack, new_number
+from support.drive import ALWAYS_OPEN, new_number
+from support.stack import Stack
 
 OPEN_AROUND_THE_CLOCK = json.dumps({"calling_window": ALWAYS_OPEN})
 

@@ -28,9 +28,11 @@ from api.app import create_app
 from outbound_dialer.observability import serve_worker_metrics
 from outbound_dialer.settings import DEV_ACCOUNT_SID, DEV_ADMIN_TOKEN, DEV_AUTH_TOKEN, Settings
 from outbound_dialer.temporal_client import connect_temporal
+from support.drive import new_number
+from support.ports import free_port
+from support.stack import Stack
 from telephony.twilio_client import close_twilio_client, create_twilio_client
-from tests.conftest import SimulatorKnobs, free_port
-from tests.harness import Stack, new_number
+from tests.conftest import SimulatorKnobs
 
 INVALID_NUMBER = 21211
 

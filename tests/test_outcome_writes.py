@@ -20,7 +20,8 @@ from activities.records import (
 )
 from db.engine import create_engine, create_sessionmaker
 from db.models import CallAttempt, Lead, Run
-from tests.harness import Stack, new_number
+from support.drive import new_number
+from support.stack import Stack
 from workflows.messages import Outcome
 from workflows.outbound_run import LOAD_RUN_RETRY
 

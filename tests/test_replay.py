@@ -56,7 +56,7 @@ async def test_a_reset_gate_replays_only_as_its_worker_sees_it() -> None:
     a chaos run) starts with a copy of the start event of the execution it was reset from, and the
     SDK's Replayer takes the run id from there: replaying such a history as fetched reads another
     run id than its worker did, and fails. Saved histories and the chaos run's replays give each
-    execution its own run id (`tests.harness.as_its_worker_replays`)."""
+    execution its own run id (`support.stack.as_its_worker_replays`)."""
     history = WorkflowHistory.from_json("gate", HISTORIES["gate_reset_by_operator"])
     replayer = Replayer(workflows=[BusinessLinesWorkflow])
     await replayer.replay_workflow(history)

@@ -8,9 +8,10 @@ import json
 from datetime import datetime
 from typing import Any
 
+from support.drive import ALWAYS_OPEN, Business, new_number, wait_for
+from support.stack import Stack
 from telephony.status import FINAL_ATTEMPT_STATUSES
 from tests.conftest import SimulatorKnobs
-from tests.harness import ALWAYS_OPEN, Business, Stack, new_number, wait_for
 
 OPTIONS = json.dumps({"calling_window": ALWAYS_OPEN})
 CALL_COLUMNS = [

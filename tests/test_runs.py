@@ -6,9 +6,10 @@ import asyncio
 import time
 from collections import Counter
 
+from support.drive import new_number, wait_for
+from support.stack import Stack
 from telephony.status import OUTCOME_BY_CALL_STATUS, TERMINAL_CALL_STATUSES
 from tests.conftest import SimulatorKnobs
-from tests.harness import Stack, new_number, wait_for
 from workflows.names import gate_workflow_id, run_workflow_id
 from workflows.outbound_run import OutboundRunWorkflow
 

@@ -10,8 +10,9 @@ import pytest
 from pydantic import ValidationError
 
 from outbound_dialer.settings import DEV_ADMIN_TOKEN, DEV_AUTH_TOKEN, Settings
-from tests.conftest import free_port
-from tests.harness import ROOT, Stack, execution_chain, new_number, wait_for
+from support.drive import ROOT, execution_chain, new_number, wait_for
+from support.ports import free_port
+from support.stack import Stack
 from workflows.names import events_workflow_id, gate_workflow_id, run_workflow_id
 
 

@@ -21,10 +21,11 @@ from temporalio.testing import ActivityEnvironment
 from activities.dialing import DialingActivities, DialInput
 from db.models import Lead, Run
 from outbound_dialer.settings import DEV_AUTH_TOKEN
+from support.drive import execution_chain, new_number, wait_for
+from support.stack import Stack, save_history
 from telephony.status import OUTCOME_BY_CALL_STATUS
 from telephony.twilio_client import close_twilio_client, create_twilio_client
 from tests.conftest import SUGGEST_CONTINUE_AS_NEW_AFTER_EVENTS, SimulatorKnobs
-from tests.harness import Stack, execution_chain, new_number, save_history, wait_for
 from workflows.messages import Outcome, RunInput
 from workflows.names import run_workflow_id
 

@@ -12,8 +12,10 @@ from twilio.request_validator import RequestValidator
 
 from api.app import create_app
 from outbound_dialer.settings import DEV_AUTH_TOKEN
-from tests.conftest import SimulatorKnobs, free_port
-from tests.harness import Business, Stack, new_number, serve, wait_for
+from support.drive import Business, new_number, serve, wait_for
+from support.ports import free_port
+from support.stack import Stack
+from tests.conftest import SimulatorKnobs
 
 
 def signed(stack: Stack, query: dict[str, Any], params: dict[str, str], token: str = DEV_AUTH_TOKEN) -> dict:

@@ -20,8 +20,9 @@ from temporalio.worker import Replayer
 from temporalio.workflow import NondeterminismError
 
 from activities.dialing import CallSnapshot
+from support.drive import execution_chain, new_number, wait_for
+from support.stack import Stack
 from tests.fake_world import FakeWorld, WorldRunner, zone_where_it_is
-from tests.harness import Stack, execution_chain, new_number, wait_for
 from workflows.business_lines import BusinessLinesWorkflow
 from workflows.messages import LeadRef, RunOptions
 from workflows.names import gate_workflow_id, run_workflow_id
@@ -124,8 +125,9 @@ async def run_on_timers(
     world_runner: WorldRunner, env: WorkflowEnvironment
 ) -> tuple[FakeWorld, WorkflowHistory, WorkflowHistory]:
     """A run whose choices wait on its clock: a lead busy then called again an hour later, a lead
-    outside its calling window called when it opens, and an answered call whose end was never heard
-    of, asked about once it has been quiet too long. Its history, and its business's gate's."""
+    outside its calling window called when it opens, an answered call whose end was never heard
+    of, asked about once it has been quiet too long, and a dial that found every line in use, tried
+    again a moment later. Its history, and its business's gate's."""
     noon, night = zone_where_it_is(12), zone_where_it_is(22)
     leads = [
         LeadRef(1, "+14155550601", zones=[noon]),
@@ -141,6 +143,7 @@ async def run_on_timers(
     }
     world = FakeWorld(env, leads, script)
     world.fetched = CallSnapshot(found=True, status="completed", duration=30)
+    world.lines_busy = {"+14155550604": 2}
     handle = await world_runner(world, RunOptions(max_attempts=2, retry_delay_seconds=3600))
     result = await handle.result()
     assert result.outcomes == {"answered": 4}

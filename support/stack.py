@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -15,28 +14,33 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
-import phonenumbers
-import uvicorn
 from fastapi import FastAPI
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-from temporalio.client import Client, WorkflowHistory
+from temporalio.client import Client
 
 from api.app import create_app
 from db.engine import create_engine, create_sessionmaker
 from db.migrate import upgrade
 from db.models import CallAttempt, Lead
 from outbound_dialer.settings import DEV_ADMIN_TOKEN, Settings
+from support.drive import (
+    ALWAYS_OPEN,
+    ROOT,
+    Business,
+    as_its_worker_replays,
+    execution_chain,
+    new_number,
+    overlap_peak,
+    serve,
+    wait_for,
+)
 from worker import build_workers
-
-ROOT = Path(__file__).resolve().parent.parent
-ALWAYS_OPEN = {"start": "00:00", "end": "24:00"}
 
 
 @asynccontextmanager
@@ -58,42 +62,6 @@ async def scratch_database(server_url: str, prefix: str) -> AsyncIterator[str]:
         await admin.close()
 
 
-@asynccontextmanager
-async def serve(app: FastAPI, port: int) -> AsyncIterator[str]:
-    """Serve an ASGI app with uvicorn in this event loop; yields its base URL."""
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    )
-    task = asyncio.create_task(server.serve())
-    await wait_for(lambda: _true(server.started), within=15, what="server start")
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
-
-
-async def _true(value: bool) -> bool:
-    return value
-
-
-async def wait_for(
-    check: Callable[[], Awaitable[Any]], *, within: float, what: str, interval: float = 0.05
-) -> Any:
-    """Poll `check` until it returns something truthy; fail the test with `what` at the deadline."""
-    deadline = time.monotonic() + within
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(interval)
-
-
-_used_numbers: set[str] = set()
-
-
 async def save_history(client: Client, workflow_id: str, name: str, first_execution: bool = False) -> None:
     """Keep a workflow's history under tests/histories for the replay tests, when SAVE_HISTORIES is set:
     its newest execution's, or its first's (which ends in continue-as-new, if it did)."""
@@ -106,62 +74,6 @@ async def save_history(client: Client, workflow_id: str, name: str, first_execut
         handle = client.get_workflow_handle(workflow_id, run_id=run_id)
         history = as_its_worker_replays(await handle.fetch_history(), run_id)
     (ROOT / "tests" / "histories" / f"{name}.json").write_text(history.to_json())
-
-
-def as_its_worker_replays(history: WorkflowHistory, run_id: str) -> WorkflowHistory:
-    """An execution's history with its own run id, as a worker replays it. The SDK's Replayer takes
-    the run id from the start event's `original_execution_run_id`, and an execution an operator
-    reset starts with a copy of the start event of the execution it was reset from: replayed as
-    fetched, it reads that execution's run id where its worker read its own."""
-    events = list(history.events)
-    events[0].workflow_execution_started_event_attributes.original_execution_run_id = run_id
-    return WorkflowHistory(history.workflow_id, events)
-
-
-async def execution_chain(client: Client, workflow_id: str) -> list[WorkflowHistory]:
-    """The histories of every execution of a workflow id, oldest first, following continue-as-new
-    back from the newest run by each start event's `continued_execution_run_id`."""
-    histories = [await client.get_workflow_handle(workflow_id).fetch_history()]
-    while True:
-        started = histories[0].events[0].workflow_execution_started_event_attributes
-        previous = started.continued_execution_run_id
-        if not previous:
-            return histories
-        histories.insert(0, await client.get_workflow_handle(workflow_id, run_id=previous).fetch_history())
-
-
-_rng = random.Random()
-
-
-def new_number() -> str:
-    """A valid US number not used before in this session."""
-    while True:
-        candidate = f"+1{_rng.choice(['212', '312', '415', '646', '718'])}{_rng.randint(2000000, 9999999)}"
-        if candidate not in _used_numbers and phonenumbers.is_valid_number(phonenumbers.parse(candidate)):
-            _used_numbers.add(candidate)
-            return candidate
-
-
-@dataclass
-class Business:
-    id: str
-    caller_id: str
-    api_key: str
-    cap: int
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.api_key}"}
-
-
-def overlap_peak(intervals: list[tuple[float, float]]) -> int:
-    """The most intervals open at one instant."""
-    edges = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
-    peak = current = 0
-    for _, step in edges:
-        current += step
-        peak = max(peak, current)
-    return peak
 
 
 @dataclass
