@@ -15,6 +15,7 @@ import httpx
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.clock import read_clock
 from activities.dialing import DialingActivities
 from activities.events import EventActivities, EventCourier
 from activities.gate import GateActivities, GateWatch
@@ -87,6 +88,7 @@ async def build_workers(settings: Settings, client: Client) -> AsyncIterator[lis
                     gate.closed_workflows,
                     lines.reap_lines,
                     events.deliver_events,
+                    read_clock,
                 ],
             ),
             Worker(

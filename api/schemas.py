@@ -22,7 +22,7 @@ from pydantic import (
 
 from api.phones import InvalidPhone, to_e164
 from workflows.calling_window import ALL_DAYS, CallingWindow, opens_ever
-from workflows.messages import RETRY_ON_DEFAULT
+from workflows.messages import RunOptions
 
 RETRYABLE_OUTCOMES = ("busy", "no_answer", "failed", "answered")
 # Past the end of any list; a larger offset would overflow the database's 64-bit OFFSET.
@@ -158,27 +158,33 @@ class LeadIn(BaseModel):
     )
 
 
+# A run's option defaults are the workflow's (RunOptions): defined once, shown in the API's schema.
+_DEFAULT = RunOptions()
+
+
 class RunOptionsIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    max_attempts: int = Field(default=1, ge=1, le=10, description="Calls per lead at most.")
-    retry_delay_seconds: int = Field(default=3600, ge=60, le=7 * 86400)
+    max_attempts: int = Field(
+        default=_DEFAULT.max_attempts, ge=1, le=10, description="Calls per lead at most."
+    )
+    retry_delay_seconds: int = Field(default=_DEFAULT.retry_delay_seconds, ge=60, le=7 * 86400)
     retry_backoff: float = Field(
-        default=1.0, ge=1.0, le=10.0, description="Each retry waits this much longer."
+        default=_DEFAULT.retry_backoff, ge=1.0, le=10.0, description="Each retry waits this much longer."
     )
     retry_on: list[str] = Field(
-        default_factory=lambda: list(RETRY_ON_DEFAULT), description="Outcomes that retry."
+        default_factory=lambda: list(_DEFAULT.retry_on), description="Outcomes that retry."
     )
     calling_window: CallingWindowIn | None = Field(
         default=None, description="The business's window if unset."
     )
-    ring_timeout_seconds: int = Field(default=30, ge=5, le=600)
-    call_time_limit_seconds: int = Field(default=3600, ge=10, le=14400)
+    ring_timeout_seconds: int = Field(default=_DEFAULT.ring_timeout_seconds, ge=5, le=600)
+    call_time_limit_seconds: int = Field(default=_DEFAULT.call_time_limit_seconds, ge=10, le=14400)
     # Strict: the schema says true or false, so "yes" or 1 is a mistake to name, not a guess to make.
-    hang_up_on_cancel: StrictBool = True
-    machine_detection: StrictBool = False
+    hang_up_on_cancel: StrictBool = _DEFAULT.hang_up_on_cancel
+    machine_detection: StrictBool = _DEFAULT.machine_detection
     twiml: str | None = Field(default=None, max_length=4000)
-    reconcile_margin_seconds: int = Field(default=60, ge=5, le=3600)
+    reconcile_margin_seconds: int = Field(default=_DEFAULT.reconcile_margin_seconds, ge=5, le=3600)
 
     @field_validator("retry_on")
     @classmethod

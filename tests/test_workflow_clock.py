@@ -10,6 +10,9 @@ leads are due again, whether a lead's calling window is open, which calls have b
 from __future__ import annotations
 
 import random
+import time
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 from temporalio import workflow
@@ -24,7 +27,7 @@ from support.drive import execution_chain, new_number, wait_for
 from support.stack import Stack
 from tests.fake_world import FakeWorld, WorldRunner, zone_where_it_is
 from workflows.business_lines import BusinessLinesWorkflow
-from workflows.messages import LeadRef, RunOptions
+from workflows.messages import LeadRef, PauseRequest, ResumeRequest, RunOptions
 from workflows.names import gate_workflow_id, run_workflow_id
 from workflows.outbound_run import DIAL_TIME_FROM_RESULT, HISTORY_CLOCK, OutboundRunWorkflow
 
@@ -110,14 +113,14 @@ def task_count(history: WorkflowHistory) -> int:
     return sum(e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED for e in history.events)
 
 
-def every_task_read_otherwise(history: WorkflowHistory) -> list[WorkflowHistory]:
-    """The history with each of its workflow tasks in turn read two seconds early, then two seconds
-    late; and with every task read at a random time up to two seconds away."""
+def every_task_read_otherwise(history: WorkflowHistory, by: float = 2.0) -> list[WorkflowHistory]:
+    """The history with each of its workflow tasks in turn read `by` seconds early, then as much
+    late; and with every task read at a random time up to `by` seconds away."""
     tasks = task_count(history)
     jitter = random.Random(tasks)
     return [
-        *(tasks_read_at(history, {n: shift}) for n in range(tasks) for shift in (-2.0, 2.0)),
-        tasks_read_at(history, {n: jitter.uniform(-2.0, 2.0) for n in range(tasks)}),
+        *(tasks_read_at(history, {n: shift}) for n in range(tasks) for shift in (-by, by)),
+        tasks_read_at(history, {n: jitter.uniform(-by, by) for n in range(tasks)}),
     ]
 
 
@@ -156,7 +159,9 @@ async def test_a_run_that_waits_on_its_clock_replays_the_same_whenever_its_tasks
 ) -> None:
     world, run, gate = await run_on_timers(world_runner, skipping)
     # The retry came an hour later, the lead outside its window when the window opened.
-    assert [(d.lead, d.attempt) for d in world.dials][-2:] == [(1, 2), (2, 1)]
+    assert [(d.lead, d.attempt) for d in world.dials][-2:] == [(1, 2), (2, 1)], [
+        (d.lead, d.attempt, d.at.isoformat()) for d in world.dials
+    ]
     runs, gates = Replayer(workflows=[OutboundRunWorkflow]), Replayer(workflows=[BusinessLinesWorkflow])
     for history in every_task_read_otherwise(run):
         await runs.replay_workflow(history)
@@ -168,7 +173,9 @@ async def test_before_the_history_clock_a_task_read_at_another_time_changed_the_
     skipping: WorkflowEnvironment, world_runner: WorldRunner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The check above can fail: runs from before `history-clock` read the workflow's clock, and
-    some task of theirs, read two seconds away, makes another choice on replay."""
+    some task of theirs, read an hour away, makes another choice on replay. (With time skipping a
+    task that follows a timer may run well after the timer was due, so a shift of seconds does not
+    always cross a due time; an hour does.)"""
     patched = workflow.patched  # every other change stays, with its marker in history
     monkeypatch.setattr(workflow, "patched", lambda id: id != HISTORY_CLOCK and patched(id))
     _, run, _ = await run_on_timers(world_runner, skipping)
@@ -176,9 +183,42 @@ async def test_before_the_history_clock_a_task_read_at_another_time_changed_the_
     replayer = Replayer(workflows=[OutboundRunWorkflow])
     await replayer.replay_workflow(run)  # as recorded, it replays
     failed = 0
-    for history in every_task_read_otherwise(run):
+    for history in every_task_read_otherwise(run, by=3600.0):
         try:
             await replayer.replay_workflow(history)
         except NondeterminismError:
             failed += 1
     assert failed > 0
+
+
+async def test_a_signal_that_says_it_was_sent_at_another_time_does_not_move_the_calling_window(
+    skipping: WorkflowEnvironment, world_runner: WorldRunner
+) -> None:
+    """A signal's `at` is the sender's word: one hours ahead (a replica whose clock is off, a signal
+    typed into the Web UI) or not a time at all does not open a lead's calling window, nor wedge the
+    run; the run reads the time instead, and calls the lead when its window opens."""
+    zone = zone_where_it_is(22)
+    night = LeadRef(1, "+14155550701", zones=[zone])
+    world = FakeWorld(skipping, [night], {night.phone: ["completed"]})
+    started = datetime.now(UTC)
+    handle = await world_runner(world, RunOptions(), auto_skip=False)  # 08:00-21:00 local
+
+    async def waiting_for_its_window() -> bool:
+        return (await handle.query(OutboundRunWorkflow.progress)).window_waiting == 1
+
+    await wait_for(waiting_for_its_window, within=30, what="the lead to wait for its window")
+    await handle.signal(OutboundRunWorkflow.pause, PauseRequest(at=time.time() + 12 * 3600))
+    await handle.signal(OutboundRunWorkflow.resume, ResumeRequest(at=float("inf")))
+    await handle.signal(OutboundRunWorkflow.pause, PauseRequest("checked", at=float("nan")))
+
+    async def paused() -> bool:
+        return (await handle.query(OutboundRunWorkflow.progress)).status == "paused"
+
+    await wait_for(paused, within=30, what="the run to take the three signals")
+    assert world.dials == []
+    await handle.signal(OutboundRunWorkflow.resume, ResumeRequest())
+    await skipping.fast_forward(handle, timedelta(hours=11))
+    assert (await handle.result()).outcomes == {"answered": 1}
+    [dial] = world.dials
+    local = dial.at.astimezone(ZoneInfo(zone))
+    assert local.date() > started.astimezone(ZoneInfo(zone)).date() and 8 <= local.hour < 21

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Coroutine
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -12,6 +13,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, FailureError
 
 with workflow.unsafe.imports_passed_through():
+    from activities.clock import read_clock
     from activities.dialing import (
         ACCOUNT_ERROR,
         DO_NOT_CALL,
@@ -121,9 +123,16 @@ ANSWERED_RECHECK_SECONDS = 300
 # activity answered (their `at`), and the due time of each timer that fired. The workflow's clock is
 # the time a workflow task started, and a task retried after the Temporal server restarted can be
 # read at another time on replay than it ran: a choice made from it could differ, and the run stop
-# on a nondeterminism error. Timers are still armed from the workflow's clock: only when they fire
-# matters, and their firing is in the history.
+# on a nondeterminism error. Where nothing it heard said when (a timer fired, perhaps late after an
+# outage; a dial failed; a signal from the Web UI), the run reads the time by a local activity,
+# whose answer history keeps, before its next choice. Timers are still armed from the workflow's
+# clock (only when they fire matters, and their firing is in the history), for at least a
+# millisecond: whether a timer is armed at all is a choice, made from the run's clock.
 HISTORY_CLOCK = "history-clock"
+# A signal's `at` moves the run's clock only by this much (seconds): a larger step either way has the
+# time read instead, so that no sender (a replica whose clock is off, a signal typed into the Web UI)
+# can carry the run's calling windows, retries and quiet-call checks far from the time.
+SIGNAL_CLOCK_SLACK = 60.0
 # The API commits the run row just after starting the workflow; load_run gives it time to appear
 # (RUN_APPEARS_WITHIN_TRIES tries), and is retried without limit while the database is away: it runs
 # again at the start of every continue-as-new.
@@ -166,13 +175,15 @@ class OutboundRunWorkflow:
         # See HISTORY_CLOCK: the execution's start is in its history, and so is every later move.
         started = workflow.info().workflow_start_time
         self._clock = started.timestamp() if started is not None else 0.0
+        # Something happened that did not say when: read the time before the next choice.
+        self._clock_unsure = True
 
     # Messages
 
     @workflow.signal
     def call_status(self, event: CallStatusEvent) -> None:
         """A Twilio status callback for one of this run's attempts."""
-        self._clock_to(event.at)
+        self._heard_at(event.at)
         self._apply_status(event)
 
     def _apply_status(self, event: CallStatusEvent) -> None:
@@ -194,7 +205,7 @@ class OutboundRunWorkflow:
     @workflow.signal
     def cancel(self, request: CancelRequest) -> None:
         """Stop dialing now; hang up calls in flight; the rest of the leads end `cancelled`."""
-        self._clock_to(request.at)
+        self._heard_at(request.at)
         self._cancel(request.reason)
 
     def _cancel(self, reason: str) -> None:
@@ -205,7 +216,7 @@ class OutboundRunWorkflow:
     @workflow.signal
     def pause(self, request: PauseRequest) -> None:
         """Dial nothing new; calls in flight finish."""
-        self._clock_to(request.at)
+        self._heard_at(request.at)
         self._pause(request.reason)
 
     def _pause(self, reason: str) -> None:
@@ -216,7 +227,7 @@ class OutboundRunWorkflow:
     @workflow.signal
     def resume(self, request: ResumeRequest) -> None:
         """Dial again after a pause."""
-        self._clock_to(request.at)
+        self._heard_at(request.at)
         self._book.state.paused = False
         self._book.state.pause_reason = None
         self._book.requeue_refused()
@@ -225,14 +236,14 @@ class OutboundRunWorkflow:
     @workflow.signal
     def lines_granted(self, grant: LineGrant) -> None:
         """Lines from the business's gate."""
-        self._clock_to(grant.at)
+        self._heard_at(grant.at)
         if self._book.grant(grant.seq, grant.count, grant.gate_run):
             self._wake = True
 
     @workflow.signal
     def lines_recalled(self, recall: LineRecall) -> None:
         """The gate asks for lines back for a waiting run."""
-        self._clock_to(recall.at)
+        self._heard_at(recall.at)
         if self._book.recall(recall.seq, recall.hold_at_most, recall.gate_run):
             self._wake = True
 
@@ -307,6 +318,8 @@ class OutboundRunWorkflow:
                 # A plain error fails the workflow task (shown, and retried), not the run.
                 raise RuntimeError(f"background work of the run failed: {self._broken!r}") from self._broken
             self._wake = False
+            if self._clock_unsure and workflow.patched(HISTORY_CLOCK):
+                await self._read_clock()
             cancelled = book.state.cancel_reason is not None
             if cancelled:
                 book.cancel_undialed()
@@ -464,6 +477,9 @@ class OutboundRunWorkflow:
                 summary=f"dial {call.phone[:5]}… (lead {call.lead_id}, attempt {call.attempt})",
             )
         except ActivityError as error:
+            self._clock_unsure = True
+            if workflow.patched(HISTORY_CLOCK):
+                await self._read_clock()
             self._note_dial_time(scheduled_at, None)
             # A failed dial may not have written the outcomes it carried; writing twice is harmless.
             self._book.state.unrecorded.extend(carried)
@@ -633,6 +649,22 @@ class OutboundRunWorkflow:
                 due = self._book.next_due()
                 return due is None or due > armed_for
 
+            if workflow.patched(HISTORY_CLOCK):
+                if armed_for > self._now():
+                    try:
+                        await workflow.wait_condition(
+                            earlier_lead,
+                            timeout=max(0.001, armed_for - workflow.time()),
+                            timeout_summary="next lead due",
+                        )
+                        continue  # an earlier lead: arm for it instead
+                    except TimeoutError:
+                        pass
+                self._clock_to(armed_for)
+                self._clock_unsure = True
+                self._wake = True
+                await workflow.wait_condition(released)
+                continue
             try:
                 await workflow.wait_condition(
                     earlier_lead,
@@ -640,7 +672,6 @@ class OutboundRunWorkflow:
                     timeout_summary="next lead due",
                 )
             except TimeoutError:
-                self._clock_to(armed_for)
                 self._wake = True
                 await workflow.wait_condition(released)
 
@@ -658,7 +689,10 @@ class OutboundRunWorkflow:
             tick = min(interval, SOONER_TICK) if wanted else interval
             armed_at = self._now()
             await workflow.sleep(tick)
-            self._clock_to(armed_at + tick.total_seconds())
+            if workflow.patched(HISTORY_CLOCK):
+                # At least a tick has passed, however the time reads; more if the timer fired late.
+                self._clock_to(armed_at + tick.total_seconds())
+                await self._read_clock()
             recheck = ANSWERED_RECHECK_SECONDS if workflow.patched(RECHECK_ANSWERED_CALLS) else None
             survives = workflow.patched(BACKGROUND_WORK_SURVIVES)
             for call in self._book.overdue_calls(self._now(), recheck, sooner):
@@ -752,10 +786,28 @@ class OutboundRunWorkflow:
         return self._clock if workflow.patched(HISTORY_CLOCK) else workflow.time()
 
     def _clock_to(self, at: float | None) -> None:
-        """Move the run's clock on to when something it heard was sent; never back. A message that
-        does not say (from code of before) leaves it where it is."""
-        if at is not None and at > self._clock:
+        """Move the run's clock on to when one of its own activities answered, or a timer was due;
+        never back. An answer that does not say (from code of before) leaves the time to be read."""
+        if at is None or not math.isfinite(at):
+            self._clock_unsure = True
+        elif at > self._clock:
             self._clock = at
+
+    def _heard_at(self, at: float | None) -> None:
+        """Move the run's clock on to when a signal was sent, if that is within SIGNAL_CLOCK_SLACK
+        of what the run knows; otherwise (a signal from the Web UI, a long quiet spell, a sender
+        whose clock is off) the time is read before the next choice."""
+        if at is not None and math.isfinite(at) and abs(at - self._clock) <= SIGNAL_CLOCK_SLACK:
+            self._clock_to(at)
+        else:
+            self._clock_unsure = True
+
+    async def _read_clock(self) -> None:
+        """Read the time by a local activity (its answer is in the history) and move the clock on."""
+        self._clock_unsure = False
+        self._clock_to(
+            await workflow.execute_local_activity(read_clock, start_to_close_timeout=timedelta(seconds=10))
+        )
 
     def _start_task(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(coroutine)

@@ -1,0 +1,14 @@
+"""The time as a run's history keeps it: a local activity whose answer is recorded, so a replay reads
+the same time the run read."""
+
+from __future__ import annotations
+
+import time
+
+from temporalio import activity
+
+
+@activity.defn
+async def read_clock() -> float:
+    """Now, in epoch seconds, by this worker's clock."""
+    return time.time()
