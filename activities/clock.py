@@ -1,5 +1,5 @@
-"""The time as a run's history keeps it: a local activity whose answer is recorded, so a replay reads
-the same time the run read."""
+"""The time as a run's history keeps it: an activity whose answer is recorded, so a replay reads the
+same time the run read."""
 
 from __future__ import annotations
 

@@ -2,7 +2,8 @@
 flight fails here, not in production. Refresh with `SAVE_HISTORIES=1 make pytest` only when a change
 is deliberately incompatible and guarded by `workflow.patched()`, after moving today's files into a
 folder of their own under `histories/` (`v1/` holds those from before the `outcomes-ride-dials`
-patch, `v2/` those from before the line leases and `dial-answers-v2`): every folder keeps replaying."""
+patch, `v2/` those from before the line leases and `dial-answers-v2`, `v3/` those from before
+`history-clock`): every folder keeps replaying."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ def test_histories_of_the_main_paths_are_kept() -> None:
     before = main_paths - {"run_continued_as_new", "events_delivered"}
     assert {f"v1/{name}" for name in before} <= set(HISTORIES), "before outcomes rode dials"
     assert {f"v2/{name}" for name in main_paths} <= set(HISTORIES), "before the line leases"
+    assert {f"v3/{name}" for name in main_paths} <= set(HISTORIES), "before the history clock"
     operators = {
         "gate_started_afresh",
         "gate_reaped_a_gone_run",

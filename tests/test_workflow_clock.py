@@ -24,7 +24,7 @@ from temporalio.workflow import NondeterminismError
 
 from activities.dialing import CallSnapshot
 from support.drive import execution_chain, new_number, wait_for
-from support.stack import Stack
+from support.stack import Stack, save_history
 from tests.fake_world import FakeWorld, WorldRunner, zone_where_it_is
 from workflows.business_lines import BusinessLinesWorkflow
 from workflows.messages import LeadRef, PauseRequest, ResumeRequest, RunOptions
@@ -162,6 +162,7 @@ async def test_a_run_that_waits_on_its_clock_replays_the_same_whenever_its_tasks
     assert [(d.lead, d.attempt) for d in world.dials][-2:] == [(1, 2), (2, 1)], [
         (d.lead, d.attempt, d.at.isoformat()) for d in world.dials
     ]
+    await save_history(skipping.client, run.workflow_id, "run_on_its_clock")
     runs, gates = Replayer(workflows=[OutboundRunWorkflow]), Replayer(workflows=[BusinessLinesWorkflow])
     for history in every_task_read_otherwise(run):
         await runs.replay_workflow(history)

@@ -124,8 +124,8 @@ ANSWERED_RECHECK_SECONDS = 300
 # the time a workflow task started, and a task retried after the Temporal server restarted can be
 # read at another time on replay than it ran: a choice made from it could differ, and the run stop
 # on a nondeterminism error. Where nothing it heard said when (a timer fired, perhaps late after an
-# outage; a dial failed; a signal from the Web UI), the run reads the time by a local activity,
-# whose answer history keeps, before its next choice. Timers are still armed from the workflow's
+# outage; a dial failed; a signal from the Web UI), the run reads the time by an activity, whose
+# answer history keeps, before its next choice. Timers are still armed from the workflow's
 # clock (only when they fire matters, and their firing is in the history), for at least a
 # millisecond: whether a timer is armed at all is a choice, made from the run's clock.
 HISTORY_CLOCK = "history-clock"
@@ -803,10 +803,14 @@ class OutboundRunWorkflow:
             self._clock_unsure = True
 
     async def _read_clock(self) -> None:
-        """Read the time by a local activity (its answer is in the history) and move the clock on."""
+        """Read the time by an activity (its answer is in the history) and move the clock on. Not a
+        local activity: a run whose local activity's answer reached it in a later workflow task
+        than the one that recorded it replayed its choices in another order."""
         self._clock_unsure = False
         self._clock_to(
-            await workflow.execute_local_activity(read_clock, start_to_close_timeout=timedelta(seconds=10))
+            await workflow.execute_activity(
+                read_clock, start_to_close_timeout=timedelta(seconds=10), retry_policy=DB_RETRY
+            )
         )
 
     def _start_task(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
