@@ -16,12 +16,20 @@ from temporalio.client import Client
 from api.dashboard_session import SignInRequired, sign_in_redirect
 from api.dashboard_views import STATIC_DIR
 from api.metrics import ApiMetrics, MetricsMiddleware
+from api.problems import problems
 from api.request_guards import BodyLimitMiddleware, NulInUrlMiddleware
 from api.routes import businesses, dashboard, dnc, runs, webhooks
-from api.schemas import problems
 from db.engine import create_engine, create_sessionmaker
 from outbound_dialer.settings import Settings, get_settings
 from outbound_dialer.temporal_client import connect_temporal
+from service.errors import (
+    ListInvalid,
+    PhoneNotListed,
+    RunNotFound,
+    RunNotLive,
+    ServiceError,
+    UploadUnreadable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +82,7 @@ def create_app(settings: Settings | None = None, temporal: Client | None = None)
     app.include_router(dashboard.router)
     app.mount("/ui/static", StaticFiles(directory=STATIC_DIR), name="dashboard-static")
     app.add_exception_handler(SignInRequired, sign_in_redirect)  # type: ignore[arg-type]
+    app.add_exception_handler(ServiceError, refused)
     for error_type in (*_DATABASE_AWAY, DBAPIError):
         app.add_exception_handler(error_type, database_unavailable)
     app.add_middleware(
@@ -96,6 +105,26 @@ def create_app(settings: Settings | None = None, temporal: Client | None = None)
         return {"status": "ok"}
 
     return app
+
+
+# What each refusal of the service is in HTTP.
+REFUSALS: tuple[tuple[type[ServiceError], int], ...] = (
+    (RunNotFound, status.HTTP_404_NOT_FOUND),
+    (PhoneNotListed, status.HTTP_404_NOT_FOUND),
+    (RunNotLive, status.HTTP_409_CONFLICT),
+    (ListInvalid, status.HTTP_422_UNPROCESSABLE_CONTENT),
+    (UploadUnreadable, status.HTTP_422_UNPROCESSABLE_CONTENT),
+)
+
+
+async def refused(request: Request, error: Exception) -> Response:
+    """The service's refusal as an HTTP answer: the status its kind maps to, and the problem in
+    words, or, for a list, each bad entry where it is (as FastAPI names a request's own errors)."""
+    code = next((code for kind, code in REFUSALS if isinstance(error, kind)), None)
+    if code is None:
+        raise error
+    detail = error.as_detail() if isinstance(error, ListInvalid) else str(error)
+    return JSONResponse({"detail": detail}, status_code=code)
 
 
 async def database_unavailable(request: Request, error: Exception) -> Response:

@@ -4,7 +4,7 @@ carries, and the forms read back into the API's own request models."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -17,8 +17,9 @@ from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
 from starlette.datastructures import FormData, UploadFile
 
-from api.schemas import CallingWindowIn, Progress, RunOptionsIn
 from outbound_dialer.settings import Settings
+from service.errors import ListInvalid
+from service.schemas import CallingWindowIn, Progress, RunOptionsIn
 from workflows.calling_window import ALL_DAYS
 
 HERE = Path(__file__).resolve().parent
@@ -117,17 +118,14 @@ class RowError:
     problem: str
 
 
-def row_errors(errors: Iterable[dict[str, Any]], prefix: str) -> list[RowError]:
-    """The API's 422 detail items as rows: the line (or row) number, what was there, what is wrong."""
-    rows = []
-    for error in errors:
-        loc = error.get("loc") or []
-        number = loc[-1] if loc and isinstance(loc[-1], int) else None
-        message = str(error.get("msg", ""))
-        if number is not None:
-            message = message.removeprefix(f"{prefix} {number}: ")
-        value = error.get("input")
-        rows.append(RowError(number, "" if value is None else str(value), message))
+def row_errors(refused: ListInvalid) -> list[RowError]:
+    """A refused list's problems as rows: the line (or row) number, what was there, what is wrong."""
+    rows = [
+        RowError(problem.number, "" if problem.value is None else str(problem.value), problem.message)
+        for problem in refused.rows
+    ]
+    if refused.unlisted:
+        rows.append(RowError(None, "", f"{refused.unlisted} more errors not listed"))
     return rows
 
 

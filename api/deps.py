@@ -15,6 +15,8 @@ from api.metrics import ApiMetrics
 from api.security import hash_api_key, same_secret
 from db.models import Business
 from outbound_dialer.settings import Settings
+from service.dnc import DncService
+from service.runs import RunService
 
 _bearer = HTTPBearer(auto_error=False)
 
@@ -60,6 +62,20 @@ SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 TemporalDep = Annotated[Client, Depends(get_temporal)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 MetricsDep = Annotated[ApiMetrics, Depends(get_metrics)]
+
+
+async def get_runs(session: SessionDep, temporal: TemporalDep, settings: SettingsDep) -> RunService:
+    """The runs service over the request's session."""
+    return RunService(session, temporal, settings)
+
+
+async def get_dnc(session: SessionDep) -> DncService:
+    """The do-not-call service over the request's session."""
+    return DncService(session)
+
+
+RunsDep = Annotated[RunService, Depends(get_runs, scope="function")]
+DncDep = Annotated[DncService, Depends(get_dnc, scope="function")]
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 

@@ -56,7 +56,7 @@ from telephony.status import FINAL_ATTEMPT_STATUSES, OUTCOMES
 from workflows.names import gate_workflow_id, run_workflow_id
 
 CALLS_PER_SECOND_LIMIT = 10_000
-MAX_CAP = 100  # api/schemas.py: BusinessCreate.max_concurrent_calls le=100
+MAX_CAP = 100  # service/schemas.py: BusinessCreate.max_concurrent_calls le=100
 CHUNK_LEADS = 2_000
 MIB = 2**20
 

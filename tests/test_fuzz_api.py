@@ -21,8 +21,8 @@ from schemathesis import checks as schema_checks
 from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app
-from api.schemas import MAX_OFFSET
 from outbound_dialer.settings import DEV_ADMIN_TOKEN, Settings
+from service.schemas import MAX_OFFSET
 from support.drive import new_number
 from support.ports import free_port
 from support.stack import Stack

@@ -12,7 +12,9 @@ from sqlalchemy import select, update
 
 from activities.events import EVENT_TYPES, FAILED, PENDING, new_signing_secret
 from api.deps import AdminDep, BusinessDep, SessionDep, SettingsDep
-from api.schemas import (
+from api.security import hash_api_key, new_api_key
+from db.models import Business, Event
+from service.schemas import (
     BusinessCreate,
     BusinessCreated,
     BusinessPublic,
@@ -21,8 +23,6 @@ from api.schemas import (
     WebhookPublic,
     WebhookRegistered,
 )
-from api.security import hash_api_key, new_api_key
-from db.models import Business, Event
 
 router = APIRouter(prefix="/v1/businesses", tags=["businesses"])
 

@@ -2,7 +2,8 @@
 
 Each page shows the current state as rendered, and its script keeps it current by polling the small
 JSON routes under /ui/api, which read the session cookie; the public API under /v1 stays bearer-only.
-Every form posts back here and does what the matching /v1 route does, by calling that route.
+Every form posts back here and does what the matching /v1 route does, through the same service
+(`service.runs`, `service.dnc`); what the service refuses comes back as the page, saying why.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
-from pydantic import ValidationError
 from sqlalchemy import select
 from starlette.datastructures import UploadFile
 
@@ -35,12 +35,20 @@ from api.dashboard_views import (
     temporal_ui_link,
     upload_chunks,
 )
-from api.deps import MetricsDep, SessionDep, SettingsDep, TemporalDep
-from api.lead_upload import UploadError, csv_records, json_lines_records
-from api.routes import dnc, runs
-from api.schemas import MAX_OFFSET, RunPublic
+from api.deps import DncDep, MetricsDep, RunsDep, SessionDep, SettingsDep
 from api.security import hash_api_key
-from db.models import Business, Run
+from db.models import Business
+from service.calls_export import calls_csv, metadata_keys
+from service.errors import (
+    ListInvalid,
+    PhoneListInvalid,
+    PhoneNotListed,
+    RunNotFound,
+    RunNotLive,
+    UploadUnreadable,
+)
+from service.lead_files import csv_records, json_lines_records
+from service.schemas import MAX_NUMBERS_PER_REQUEST, MAX_OFFSET, RunPublic
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
@@ -134,17 +142,9 @@ async def logout(request: Request, user: PageUser) -> Response:
 
 
 @router.get("/runs")
-async def runs_page(request: Request, user: PageUser, session: SessionDep, temporal: TemporalDep) -> Response:
+async def runs_page(request: Request, user: PageUser, runs: RunsDep) -> Response:
     """The business's runs, newest first, each with its progress."""
-    listed = list(
-        await session.scalars(
-            select(Run)
-            .where(Run.business_id == user.business.id)
-            .order_by(Run.created_at.desc())
-            .limit(LISTED_RUNS)
-        )
-    )
-    shown = [await runs.run_public(session, temporal, run) for run in listed]
+    shown = [await runs.view(run) for run in await runs.newest(user.business, LISTED_RUNS)]
     return page(request, "runs.html", {"user": user, "nav": "runs", "runs": shown})
 
 
@@ -156,14 +156,7 @@ async def new_run_page(request: Request, user: PageUser) -> Response:
 
 
 @router.post("/runs/new")
-async def create_run(
-    request: Request,
-    user: PageUser,
-    session: SessionDep,
-    temporal: TemporalDep,
-    settings: SettingsDep,
-    metrics: MetricsDep,
-) -> Response:
+async def create_run(request: Request, user: PageUser, runs: RunsDep, metrics: MetricsDep) -> Response:
     """Start a run from the uploaded file, through the same checks and storage as
     `POST /v1/runs/import`. With any problem the form comes back listing each, and nothing starts."""
     async with request.form(max_files=1, max_fields=30) as form:
@@ -182,19 +175,14 @@ async def create_run(
             return again(problems)
         is_json_lines = (upload.filename or "").lower().endswith(JSON_LINES_SUFFIXES)
         read = json_lines_records if is_json_lines else csv_records
-        run, run_options = await runs.new_run(session, user.business, fields.name or None, options)
         try:
-            total = await runs.store_streamed_leads(session, run.id, read(upload_chunks(upload)))
-        except runs.LeadListErrors as bad:
-            await session.rollback()
-            return again(
-                ["Nothing was started: fix these lines and upload the file again."],
-                row_errors(bad.errors, "line"),
+            created = await runs.start_from_upload(
+                user.business, fields.name or None, options, read(upload_chunks(upload))
             )
-        except UploadError as error:
-            await session.rollback()
+        except ListInvalid as bad:
+            return again(["Nothing was started: fix these lines and upload the file again."], row_errors(bad))
+        except UploadUnreadable as error:
             return again([f"Nothing was started: {error}"])
-    created = await runs.start_run(temporal, settings, user.business, run, run_options, total)
     metrics.succeeded("import_run")
     return _redirect(f"/ui/runs/{created.id}?notice=started")
 
@@ -204,17 +192,18 @@ async def run_page(
     request: Request,
     run_id: str,
     user: PageUser,
-    session: SessionDep,
-    temporal: TemporalDep,
+    runs: RunsDep,
     settings: SettingsDep,
     notice: str | None = None,
 ) -> Response:
     """One run: progress, outcomes, the latest calls, its controls and its workflow."""
-    run = await _own_run_or_page(request, user, session, run_id)
-    if isinstance(run, Response):
-        return run
-    shown = await runs.run_public(session, temporal, run)
-    calls = await runs.calls_of(session, run, limit=LISTED_CALLS, newest_first=True)
+    try:
+        run = await runs.own_run(user.business, run_id)
+    except RunNotFound:
+        context = {"user": user, "title": "Run not found", "message": "There is no such run of yours."}
+        return page(request, "message.html", context, status.HTTP_404_NOT_FOUND)
+    shown = await runs.view(run)
+    calls = await runs.calls(run, limit=LISTED_CALLS, newest_first=True)
     context = {
         "user": user,
         "nav": "runs",
@@ -226,37 +215,21 @@ async def run_page(
     return page(request, "run.html", context)
 
 
-async def _own_run_or_page(
-    request: Request, user: DashboardUser, session: SessionDep, run_id: str
-) -> Run | Response:
-    try:
-        return await runs.own_run(session, user.business, run_id)
-    except HTTPException as error:
-        if error.status_code != status.HTTP_404_NOT_FOUND:
-            raise
-        context = {"user": user, "title": "Run not found", "message": "There is no such run of yours."}
-        return page(request, "message.html", context, status.HTTP_404_NOT_FOUND)
-
-
 @router.post("/runs/{run_id}/{action}")
 async def control_run(
     request: Request,
     run_id: str,
     action: Literal["cancel", "pause", "resume"],
     user: PageUser,
-    session: SessionDep,
-    temporal: TemporalDep,
+    runs: RunsDep,
     metrics: MetricsDep,
 ) -> Response:
     """Cancel, pause or resume, as `POST /v1/runs/{id}/{action}` does."""
     async with request.form(max_files=0, max_fields=10) as form:
         check_csrf(user, form)
-    control = {"cancel": runs.cancel_run, "pause": runs.pause_run, "resume": runs.resume_run}[action]
     try:
-        await control(run_id=run_id, business=user.business, session=session, temporal=temporal)
-    except HTTPException as error:
-        if error.status_code != status.HTTP_409_CONFLICT:
-            raise
+        await runs.control(await runs.own_run(user.business, run_id), action)
+    except RunNotLive:
         return _redirect(f"/ui/runs/{run_id}?notice=ended")
     metrics.succeeded(f"{action}_run")
     return _redirect(f"/ui/runs/{run_id}?notice={action}")
@@ -264,10 +237,16 @@ async def control_run(
 
 @router.get("/runs/{run_id}/calls.csv")
 async def export_calls(
-    request: Request, run_id: str, user: PageUser, session: SessionDep
+    request: Request, run_id: str, user: PageUser, runs: RunsDep, session: SessionDep
 ) -> StreamingResponse:
     """The run's calls as CSV, as `GET /v1/runs/{id}/calls.csv` gives them."""
-    return await runs.export_calls(run_id=run_id, request=request, business=user.business, session=session)
+    run = await runs.own_run(user.business, run_id)
+    keys = await metadata_keys(session, run.id)
+    return StreamingResponse(
+        calls_csv(request.app.state.sessions, run.id, keys),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="run-{run.id}-calls.csv"'},
+    )
 
 
 # The pages' own JSON, read by their script
@@ -280,33 +259,22 @@ def _json(content: Any) -> JSONResponse:
 @router.get("/api/runs")
 async def runs_json(
     user: ApiUser,
-    session: SessionDep,
-    temporal: TemporalDep,
+    runs: RunsDep,
     ids: Annotated[list[str], Query(alias="id", max_length=LISTED_RUNS)] = [],  # noqa: B006
 ) -> JSONResponse:
     """The runs asked for (those a page shows as live), and the ids of the newest runs, so a page
     can tell when a run has started elsewhere."""
-    newest = list(
-        await session.scalars(
-            select(Run.id)
-            .where(Run.business_id == user.business.id)
-            .order_by(Run.created_at.desc())
-            .limit(LISTED_RUNS)
-        )
-    )
-    asked = list(
-        await session.scalars(select(Run).where(Run.business_id == user.business.id, Run.id.in_(ids)))
-    )
-    shown: list[RunPublic] = [await runs.run_public(session, temporal, run) for run in asked]
+    newest = await runs.newest_ids(user.business, LISTED_RUNS)
+    shown: list[RunPublic] = [await runs.view(run) for run in await runs.some(user.business, ids)]
     return _json({"runs": [run.model_dump(mode="json") for run in shown], "newest": newest})
 
 
 @router.get("/api/runs/{run_id}")
-async def run_json(run_id: str, user: ApiUser, session: SessionDep, temporal: TemporalDep) -> JSONResponse:
+async def run_json(run_id: str, user: ApiUser, runs: RunsDep) -> JSONResponse:
     """The run and its latest calls, newest first."""
-    run = await runs.own_run(session, user.business, run_id)
-    shown = await runs.run_public(session, temporal, run)
-    calls = await runs.calls_of(session, run, limit=LISTED_CALLS, newest_first=True)
+    run = await runs.own_run(user.business, run_id)
+    shown = await runs.view(run)
+    calls = await runs.calls(run, limit=LISTED_CALLS, newest_first=True)
     return _json({"run": shown.model_dump(mode="json"), "calls": [c.model_dump(mode="json") for c in calls]})
 
 
@@ -317,27 +285,25 @@ async def run_json(run_id: str, user: ApiUser, session: SessionDep, temporal: Te
 async def dnc_page(
     request: Request,
     user: PageUser,
-    session: SessionDep,
+    dnc: DncDep,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     notice: str | None = None,
 ) -> Response:
     """The do-not-call list, a form to add numbers and a button to take each off."""
-    return await _dnc_page(request, user, session, offset, _notice(notice))
+    return await _dnc_page(request, user, dnc, offset, _notice(notice))
 
 
 async def _dnc_page(
     request: Request,
     user: DashboardUser,
-    session: SessionDep,
+    dnc: DncDep,
     offset: int = 0,
     notice: str | None = None,
     typed: str = "",
     problems: list[str] | None = None,
     rows: list[RowError] | None = None,
 ) -> Response:
-    entries = await dnc.list_numbers(
-        business=user.business, session=session, limit=LISTED_DNC + 1, offset=offset
-    )
+    entries = await dnc.numbers(user.business, limit=LISTED_DNC + 1, offset=offset)
     context = {
         "user": user,
         "nav": "dnc",
@@ -355,7 +321,7 @@ async def _dnc_page(
 
 
 @router.post("/dnc/add")
-async def add_dnc(request: Request, user: PageUser, session: SessionDep) -> Response:
+async def add_dnc(request: Request, user: PageUser, dnc: DncDep) -> Response:
     """Add numbers, one a line (or separated by commas), as `POST /v1/dnc` does."""
     async with request.form(max_files=0, max_fields=10) as form:
         check_csrf(user, form)
@@ -363,25 +329,23 @@ async def add_dnc(request: Request, user: PageUser, session: SessionDep) -> Resp
     typed = raw if isinstance(raw, str) else ""
     phones = [p.strip() for line in typed.splitlines() for p in line.split(",") if p.strip()]
     if not phones:
-        return await _dnc_page(request, user, session, typed=typed, problems=["Enter at least one number."])
+        return await _dnc_page(request, user, dnc, typed=typed, problems=["Enter at least one number."])
+    if len(phones) > MAX_NUMBERS_PER_REQUEST:
+        problem = f"At most {MAX_NUMBERS_PER_REQUEST} numbers at a time."
+        return await _dnc_page(request, user, dnc, typed=typed, problems=[problem])
     try:
-        await dnc.add_numbers(dnc.DncAdd(phones=phones), business=user.business, session=session)
-    except ValidationError as error:
-        problems = [str(e["msg"]) for e in error.errors(include_url=False)]
-        return await _dnc_page(request, user, session, typed=typed, problems=problems)
-    except HTTPException as error:
-        if error.status_code != status.HTTP_422_UNPROCESSABLE_CONTENT or not isinstance(error.detail, list):
-            raise
-        rows = row_errors(error.detail, "phones")
+        await dnc.add(user.business, phones)
+    except PhoneListInvalid as bad:
+        rows = row_errors(bad)
         for row in rows:
             row.line = None
         problem = "Nothing was added: fix these numbers (E.164, like +14155550100)."
-        return await _dnc_page(request, user, session, typed=typed, problems=[problem], rows=rows)
+        return await _dnc_page(request, user, dnc, typed=typed, problems=[problem], rows=rows)
     return _redirect("/ui/dnc?notice=dnc-added")
 
 
 @router.post("/dnc/remove")
-async def remove_dnc(request: Request, user: PageUser, session: SessionDep) -> Response:
+async def remove_dnc(request: Request, user: PageUser, dnc: DncDep) -> Response:
     """Take a number off the list, as `DELETE /v1/dnc/{phone}` does."""
     async with request.form(max_files=0, max_fields=10) as form:
         check_csrf(user, form)
@@ -389,9 +353,7 @@ async def remove_dnc(request: Request, user: PageUser, session: SessionDep) -> R
     if not isinstance(phone, str):
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "which number?")
     try:
-        await dnc.remove_number(phone, business=user.business, session=session)
-    except HTTPException as error:
-        if error.status_code not in (status.HTTP_404_NOT_FOUND, status.HTTP_422_UNPROCESSABLE_CONTENT):
-            raise
+        await dnc.remove(user.business, phone)
+    except (PhoneNotListed, PhoneListInvalid):
         return _redirect("/ui/dnc?notice=dnc-missing")
     return _redirect("/ui/dnc?notice=dnc-removed")

@@ -12,7 +12,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from twilio.request_validator import SIGNATURE_SETTINGS_HEADER, RequestValidator, get_signature_algorithm
 
 from api.deps import MetricsDep, SettingsDep, TemporalDep
-from api.schemas import problems
+from api.problems import problems
 from outbound_dialer.settings import Settings
 from telephony.twilio_client import CALLBACK_RETRIES
 from workflows.messages import CallStatusEvent

@@ -1,8 +1,10 @@
-"""Lead lists streamed as CSV or JSON lines: read a chunk at a time, never the whole body at once.
+"""Lists streamed as CSV or JSON lines (a run's leads, a do-not-call list): read a chunk at a time,
+never the whole body at once.
 
 Each record comes out with the line it starts on (1 is the first line of the body, the CSV header
-included), so an error can name the line a user sees in their editor or spreadsheet. A lead's
-fields other than phone, name and timezone are kept as its metadata.
+included), so an error can name the line a user sees in their editor or spreadsheet. A line ends at
+a line feed, a carriage return and line feed, or a lone carriage return, as the csv module reads
+lines. A lead's fields other than phone, name and timezone are kept as its metadata.
 """
 
 from __future__ import annotations
@@ -10,20 +12,19 @@ from __future__ import annotations
 import codecs
 import csv
 import json
+import re
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from api.schemas import check_metadata_keys
+from service.errors import UploadUnreadable
+from service.schemas import check_metadata_keys
 
 CSV_TYPES = ("text/csv",)
 JSON_LINES_TYPES = ("application/x-ndjson", "application/jsonl", "application/json-lines")
 MAX_RECORD_CHARS = 64 * 1024
 LEAD_COLUMNS = ("phone", "name", "timezone")
-
-
-class UploadError(ValueError):
-    """The body cannot be read as a lead list at all (not a problem of one lead)."""
+_LINE_END = re.compile(r"\r\n|\r|\n")
 
 
 @dataclass(frozen=True)
@@ -45,26 +46,37 @@ async def _lines(chunks: AsyncIterable[bytes]) -> AsyncIterator[tuple[int, str]]
         async for chunk in chunks:
             pending += decoder.decode(chunk)
             offset += len(chunk)
-            *complete, pending = pending.split("\n")
+            # A carriage return at the end may be the first half of a CRLF: wait for the next chunk.
+            complete, pending = _split_lines(pending, keep_last_cr=True)
             for line in complete:
                 number += 1
-                yield number, line.removesuffix("\r")
+                yield number, line
             if len(pending) > MAX_RECORD_CHARS:
-                raise UploadError(f"line {number + 1} is longer than {MAX_RECORD_CHARS} characters")
+                raise UploadUnreadable(f"line {number + 1} is longer than {MAX_RECORD_CHARS} characters")
         pending += decoder.decode(b"", final=True)
     except UnicodeDecodeError as error:
-        raise UploadError(
+        raise UploadUnreadable(
             f"the body is not UTF-8 text (bad byte near offset {offset + error.start})"
         ) from None
+    complete, pending = _split_lines(pending, keep_last_cr=False)
+    for line in complete:
+        number += 1
+        yield number, line
     if pending:
-        yield number + 1, pending.removesuffix("\r")
+        yield number + 1, pending
 
 
-async def csv_records(chunks: AsyncIterable[bytes]) -> AsyncIterator[Record]:
-    """Leads from CSV with a header row naming a `phone` column (`name` and `timezone` are read too;
-    every other named column is the lead's metadata, empty cells left out). A quoted field may span
-    lines."""
-    columns: list[str] | None = None
+def _split_lines(text: str, keep_last_cr: bool) -> tuple[list[str], str]:
+    """The complete lines of `text` and what follows the last line end."""
+    *complete, rest = _LINE_END.split(text)
+    if keep_last_cr and complete and text.endswith("\r"):
+        rest = complete.pop() + "\r"
+    return complete, rest
+
+
+async def _csv_rows(chunks: AsyncIterable[bytes]) -> AsyncIterator[tuple[int, list[str] | None, str | None]]:
+    """The CSV's non-blank rows: the line each starts on, and its cells, or why it is not CSV. A
+    quoted field may span lines."""
     text, first_line = "", 0
     async for number, line in _lines(chunks):
         if not text:
@@ -72,20 +84,31 @@ async def csv_records(chunks: AsyncIterable[bytes]) -> AsyncIterator[Record]:
         text = f"{text}\n{line}" if text else line
         if text.count('"') % 2:  # inside a quoted field: the record goes on on the next line
             if len(text) > MAX_RECORD_CHARS:
-                raise UploadError(f"line {first_line}: a quoted field is never closed")
+                raise UploadUnreadable(f"line {first_line}: a quoted field is never closed")
             continue
         record, text = text, ""
         if not record.strip():
             continue
         try:
-            cells = next(csv.reader([record], strict=True))
+            yield first_line, next(csv.reader([record], strict=True)), None
         except csv.Error as error:
+            yield first_line, None, f"not valid CSV ({error})"
+    if text:
+        raise UploadUnreadable(f"line {first_line}: a quoted field is never closed")
+
+
+async def csv_records(chunks: AsyncIterable[bytes]) -> AsyncIterator[Record]:
+    """Leads from CSV with a header row naming a `phone` column (`name` and `timezone` are read too;
+    every other named column is the lead's metadata, empty cells left out)."""
+    columns: list[str] | None = None
+    async for line, cells, problem in _csv_rows(chunks):
+        if cells is None:
             if columns is None:
-                raise UploadError(f"line {first_line}: the header is not valid CSV ({error})") from None
-            yield Record(first_line, None, f"not valid CSV ({error})")
+                raise UploadUnreadable(f"line {line}: the header is {problem}")
+            yield Record(line, None, problem)
             continue
         if columns is None:
-            columns = _header(first_line, cells)
+            columns = _header(line, cells)
             continue
         fields: dict[str, Any] = {}
         metadata: dict[str, str] = {}
@@ -99,11 +122,26 @@ async def csv_records(chunks: AsyncIterable[bytes]) -> AsyncIterator[Record]:
                 metadata[column] = value
         if metadata:
             fields["metadata"] = metadata
-        yield Record(first_line, fields)
-    if text:
-        raise UploadError(f"line {first_line}: a quoted field is never closed")
+        yield Record(line, fields)
     if columns is None:
-        raise UploadError("the CSV is empty: it needs a header row with a 'phone' column and a lead per row")
+        raise UploadUnreadable(
+            "the CSV is empty: it needs a header row with a 'phone' column and a lead per row"
+        )
+
+
+async def phone_records(chunks: AsyncIterable[bytes]) -> AsyncIterator[tuple[int, str]]:
+    """Numbers from CSV, each with its line: the `phone` column if the first row names one (any
+    case), else the first column of every row. A row too short to have the column has no number."""
+    column: int | None = None
+    async for line, cells, problem in _csv_rows(chunks):
+        if cells is None:
+            raise UploadUnreadable(f"line {line}: {problem}")
+        if column is None:
+            header = [cell.strip().lower() for cell in cells]
+            column = header.index("phone") if "phone" in header else 0
+            if "phone" in header:
+                continue
+        yield line, cells[column] if column < len(cells) else ""
 
 
 def _header(line: int, cells: list[str]) -> list[str]:
@@ -112,15 +150,15 @@ def _header(line: int, cells: list[str]) -> list[str]:
     columns = [cell.strip() for cell in cells]
     columns = [column.lower() if column.lower() in LEAD_COLUMNS else column for column in columns]
     if "phone" not in columns:
-        raise UploadError(f"line {line}: the header row has no 'phone' column (it has {columns})")
+        raise UploadUnreadable(f"line {line}: the header row has no 'phone' column (it has {columns})")
     named = [column for column in columns if column]
     twice = sorted({column for column in named if named.count(column) > 1})
     if twice:
-        raise UploadError(f"line {line}: the header row names {twice} more than once")
+        raise UploadUnreadable(f"line {line}: the header row names {twice} more than once")
     try:
         check_metadata_keys(column for column in named if column not in LEAD_COLUMNS)
     except ValueError as error:
-        raise UploadError(f"line {line}: {error}") from None
+        raise UploadUnreadable(f"line {line}: {error}") from None
     return columns
 
 

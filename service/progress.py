@@ -7,8 +7,8 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from api.schemas import Progress
 from db.models import CallAttempt, Lead, Run
+from service.schemas import Progress
 from telephony.status import FINAL_ATTEMPT_STATUSES, LEAD_RETRYING, OUTCOMES
 from workflows.messages import RunProgress
 

@@ -1,11 +1,12 @@
-"""Request and response bodies of HTTP API v1, separate from the database models."""
+"""What runs, businesses and lead lists are made of as the service takes and gives them: the bodies of
+HTTP API v1, separate from the database models."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -20,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from api.phones import InvalidPhone, to_e164
+from service.phones import InvalidPhone, to_e164
 from workflows.calling_window import ALL_DAYS, CallingWindow, opens_ever
 from workflows.messages import RunOptions
 
@@ -202,19 +203,6 @@ class RunCreate(BaseModel):
     leads: list[LeadIn] = Field(min_length=1, max_length=100_000)
     options: RunOptionsIn = Field(default_factory=RunOptionsIn)
 
-    @field_validator("leads")
-    @classmethod
-    def _few_metadata_columns(cls, leads: list[LeadIn]) -> list[LeadIn]:
-        seen: set[str] = set()
-        for row, lead in enumerate(leads):
-            seen.update(lead.metadata or ())
-            if len(seen) > MAX_RUN_METADATA_KEYS:
-                raise ValueError(
-                    f"lead {row}: the run's leads use more than {MAX_RUN_METADATA_KEYS} different "
-                    "metadata fields"
-                )
-        return leads
-
 
 class RunCreated(BaseModel):
     id: str
@@ -306,41 +294,19 @@ class EventPublic(BaseModel):
     delivered_at: datetime | None
 
 
-class Problem(BaseModel):
-    """An error, said for a person to read."""
-
-    detail: str
+MAX_NUMBERS_PER_REQUEST = 100_000
 
 
-class FieldProblem(BaseModel):
-    """One thing wrong with a request, and where: `["body", "line", 7]` is line 7 of an upload."""
+class DncAdd(BaseModel):
+    model_config = ConfigDict(extra="forbid")
 
-    loc: list[str | int]
-    msg: str
-    type: str
-    input: Any = None
+    phones: list[str] = Field(min_length=1, max_length=MAX_NUMBERS_PER_REQUEST)
 
 
-class Rejected(BaseModel):
-    """A request refused as sent: each problem with where it is, or, when the body cannot be read
-    at all, one sentence."""
-
-    detail: list[FieldProblem] | str
+class DncChange(BaseModel):
+    added: int = Field(description="Numbers new to the list (ones already on it are not counted).")
+    total: int
 
 
-_PROBLEMS = {
-    400: "The request could not be read: a body that is not UTF-8 JSON, a broken form, or a NUL "
-    "character (%00) in the URL.",
-    401: "No API key (or admin token) was sent, or it is not valid.",
-    403: "The request is not signed by Twilio.",
-    404: "Not among the business's own runs or numbers (another business's runs are not found either).",
-    409: "The run has already ended.",
-    413: "The body is larger than the limit, which the detail names.",
-    415: "The body's Content-Type is not one this endpoint reads.",
-    503: "The run could not take the status now; Twilio sends it again.",
-}
-
-
-def problems(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses` for the errors a route may answer, each `{"detail": "..."}`."""
-    return {code: {"model": Problem, "description": _PROBLEMS[code]} for code in codes}
+class DncEntry(BaseModel):
+    phone: str
