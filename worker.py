@@ -21,6 +21,7 @@ from activities.events import EventActivities, EventCourier
 from activities.gate import GateActivities, GateWatch
 from activities.lines import LineActivities
 from activities.records import RecordActivities
+from contracts.names import dial_task_queue
 from db.engine import create_engine, create_sessionmaker
 from outbound_dialer.logs import configure_logging
 from outbound_dialer.observability import serve_worker_metrics, worker_runtime
@@ -29,7 +30,6 @@ from outbound_dialer.temporal_client import connect_temporal
 from telephony.twilio_client import close_twilio_client, create_twilio_client
 from workflows.business_events import BusinessEventsWorkflow
 from workflows.business_lines import BusinessLinesWorkflow
-from workflows.names import dial_task_queue
 from workflows.outbound_run import OutboundRunWorkflow
 
 log = logging.getLogger("worker")

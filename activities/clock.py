@@ -7,8 +7,10 @@ import time
 
 from temporalio import activity
 
+from contracts.activities import READ_CLOCK
 
-@activity.defn
+
+@activity.defn(name=READ_CLOCK)
 async def read_clock() -> float:
     """Now, in epoch seconds, by this worker's clock."""
     return time.time()

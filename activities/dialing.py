@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -22,11 +22,29 @@ from twilio.rest.api.v2010.account.call import CallInstance
 
 from activities.events import EventCourier
 from activities.records import write_outcomes
+from contracts.activities import (
+    ACCOUNT_ERROR,
+    DO_NOT_CALL,
+    FETCH_CALL,
+    HANG_UP,
+    INVALID_NUMBER,
+    LINE_BUSY,
+    NO_RECORD,
+    PLACE_CALL,
+    RUN_CANCELLED,
+    TWILIO_REFUSED,
+    CallSnapshot,
+    DialInput,
+    DialOutput,
+    FetchCallInput,
+    HangUpInput,
+)
+from contracts.messages import AttemptRef
+from contracts.statuses import FINAL_ATTEMPT_STATUSES
 from db.leases import AttemptKey, Claimed, claim_line, release_lines
 from db.models import CallAttempt, DoNotCall, LineLease, Run, utcnow
 from db.upsert import dialect_insert
 from outbound_dialer import observability
-from telephony.status import FINAL_ATTEMPT_STATUSES
 from telephony.twilio_client import (
     ACCOUNT_ERROR_CODES,
     NOT_IN_PROGRESS,
@@ -35,21 +53,12 @@ from telephony.twilio_client import (
     last_retry_after,
     status_callback_url,
 )
-from workflows.messages import AttemptRef, Outcome
 
 log = logging.getLogger(__name__)
 
-INVALID_NUMBER = "InvalidNumber"
-DO_NOT_CALL = "DoNotCall"
-RUN_CANCELLED = "RunCancelled"
-ACCOUNT_ERROR = "TwilioAccountError"
-LINE_BUSY = "LineBusy"
-# Refused with a 4xx that may be about the number or the account (21216, or a code we do not know).
-TWILIO_REFUSED = "TwilioRefused"
 # A retry waits this long after its earlier try claimed its line before it looks for the call that
 # try may have placed: Twilio's call lists show new calls late, and queued calls have no start time.
 LOOKUP_WAIT = "WaitingForCallLists"
-NO_RECORD = "Twilio has no record of this call"
 # A dial that finds every line in use asks again a few times (another run's ended call is about to
 # give its lease back) before it answers `line_busy`.
 LINE_WAITS_SECONDS = (0.05, 0.1, 0.2, 0.4)
@@ -159,72 +168,6 @@ def _attempt_key(input: DialInput) -> dict[str, Any]:
     return {"a_run": input.run_id, "a_lead": input.lead_id, "a_attempt": input.attempt}
 
 
-@dataclass
-class DialInput:
-    run_id: str
-    lead_id: int
-    attempt: int
-    to: str
-    from_: str
-    twiml: str
-    ring_timeout_seconds: int = 30
-    call_time_limit_seconds: int = 3600
-    machine_detection: bool = False
-    business_id: str = ""
-    # Outcomes of the run's earlier calls, written with this attempt's row instead of by an
-    # activity of their own.
-    outcomes: list[Outcome] = field(default_factory=list)
-    # What the run's workflow understands of the answer: 2 adds `line_busy` and attempts that an
-    # earlier execution of the run already ended. A try for 1 waits and retries for a line instead.
-    answer_version: int = 1
-    # Ended calls of the run whose line leases this dial releases before it claims its own.
-    release: list[AttemptRef] = field(default_factory=list)
-
-
-@dataclass
-class DialOutput:
-    call_sid: str
-    status: str
-    # From the dial's first schedule to this answer, as the activity saw it: how long dials take
-    # now, which the run's workflow reads from its history rather than from its own clock.
-    took_seconds: float | None = None
-    # When the dial answered (epoch seconds): the run's clock moves on to it.
-    at: float | None = None
-    # Every line of the business is in use (its leases): no call was placed; dial again later.
-    line_busy: bool = False
-    # For an attempt that had already ended: how (a call's end, or why no call was placed).
-    duration: int | None = None
-    answered_by: str | None = None
-    error_code: int | None = None
-    error_message: str | None = None
-
-
-@dataclass
-class HangUpInput:
-    call_sid: str
-    answered: bool
-    # Every refusal is retried (by the run's retry policy), account errors included: the call may
-    # be going on, and the auth token may be fixed any moment.
-    keep_trying: bool = False
-
-
-@dataclass
-class FetchCallInput:
-    call_sid: str
-
-
-@dataclass
-class CallSnapshot:
-    """What Twilio says of a call now; `found` is False when Twilio has no such call."""
-
-    found: bool
-    status: str
-    duration: int | None = None
-    answered_by: str | None = None
-    # When the activity answered (epoch seconds): the run's clock moves on to it.
-    at: float | None = None
-
-
 class DialingActivities:
     """Activities that talk to Twilio, built once in the worker with its clients."""
 
@@ -244,7 +187,7 @@ class DialingActivities:
         # lists (TWILIO_LOOKUP_DELAY_SECONDS): longer than they lag, and than a call stays queued.
         self.lookup_delay = lookup_delay
 
-    @activity.defn
+    @activity.defn(name=PLACE_CALL)
     async def place_call(self, input: DialInput) -> DialOutput:
         """Place one call for (run, lead, attempt), at most once.
 
@@ -449,7 +392,7 @@ class DialingActivities:
             _STORE_SID, {**_attempt_key(input), "a_sid": placed.call_sid, "a_now": utcnow()}
         )
 
-    @activity.defn
+    @activity.defn(name=HANG_UP)
     async def hang_up(self, input: HangUpInput) -> CallSnapshot:
         """End a call: cancel it if it has not been answered, complete it if it has. Returns what
         Twilio says of the call afterwards: a call cancelled while queued gets no status callback,
@@ -462,7 +405,7 @@ class DialingActivities:
             raise
         return replace(snapshot, at=time.time())
 
-    @activity.defn
+    @activity.defn(name=FETCH_CALL)
     async def fetch_call(self, input: FetchCallInput) -> CallSnapshot:
         """Ask Twilio for a call's current status, for a call whose callbacks went missing."""
         return replace(await fetch_snapshot(self.twilio, input.call_sid), at=time.time())

@@ -18,7 +18,6 @@ import json
 import logging
 import secrets
 import uuid
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 from urllib.parse import urlsplit
@@ -32,12 +31,13 @@ from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError
 
+from contracts.activities import DELIVER_EVENTS, DeliverEventsInput, DeliveryPass, EventsInput
+from contracts.messages import Outcome
+from contracts.names import EVENTS_RECORDED, EVENTS_WORKFLOW, events_workflow_id
+from contracts.statuses import OUTCOME_BY_CALL_STATUS, OUTCOMES
 from db.models import Business, CallAttempt, Event, Lead, Run, utcnow
 from db.upsert import insert_ignoring_conflict
 from outbound_dialer import observability
-from telephony.status import OUTCOME_BY_CALL_STATUS, OUTCOMES
-from workflows.messages import Outcome
-from workflows.names import events_workflow_id
 
 log = logging.getLogger(__name__)
 
@@ -147,12 +147,12 @@ class EventCourier:
 
     async def notify(self, business_id: str) -> None:
         await self.client.start_workflow(
-            "BusinessEventsWorkflow",
+            EVENTS_WORKFLOW,
             EventsInput(business_id),
             id=events_workflow_id(business_id),
             task_queue=self.task_queue,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            start_signal="events_recorded",
+            start_signal=EVENTS_RECORDED,
             static_summary=f"Webhook events of business {business_id}",
         )
 
@@ -172,28 +172,6 @@ class EventCourier:
 # Delivery: one business's due events, one POST each.
 
 
-@dataclass
-class EventsInput:
-    business_id: str
-
-
-@dataclass
-class DeliverEventsInput:
-    business_id: str
-
-
-@dataclass
-class DeliveryPass:
-    """What one pass did, and when to come back: `more` when due events remain now,
-    `next_attempt_in` (seconds) when the earliest event waiting for a retry is due later."""
-
-    delivered: int = 0
-    failed_attempts: int = 0
-    given_up: int = 0
-    more: bool = False
-    next_attempt_in: float | None = None
-
-
 class EventActivities:
     """The delivery activity, built once in the worker with its session factory and HTTP client."""
 
@@ -207,7 +185,7 @@ class EventActivities:
         self.http = http
         self.first_retry = timedelta(seconds=first_retry_seconds)
 
-    @activity.defn
+    @activity.defn(name=DELIVER_EVENTS)
     async def deliver_events(self, input: DeliverEventsInput) -> DeliveryPass:
         """POST the business's due events to its webhook, oldest first, and record each result."""
         result = DeliveryPass()

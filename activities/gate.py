@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import logging
 import random
-from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select
@@ -17,31 +16,22 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError
 
-from db.models import LIVE_RUN_STATUSES, Business, LineLease, Run
+from contracts.activities import (
+    CLOSED_WORKFLOWS,
+    REQUEST_LINES,
+    ClosedWorkflowsInput,
+    ClosedWorkflowsOutput,
+    RequestLinesInput,
+)
+from contracts.messages import GateInput
+from contracts.names import DEMAND, GATE_WORKFLOW, REAP, gate_workflow_id
+from contracts.statuses import LIVE_RUN_STATUSES
+from db.models import Business, LineLease, Run
 from outbound_dialer.temporal_client import workflow_status
-from workflows.messages import GateInput, LineDemand
-from workflows.names import gate_workflow_id
 
 log = logging.getLogger(__name__)
 # The longest one look at the business's gates may take.
 LOOK_TIMEOUT = 20.0
-
-
-@dataclass
-class RequestLinesInput:
-    business_id: str
-    task_queue: str
-    demand: LineDemand
-
-
-@dataclass
-class ClosedWorkflowsInput:
-    workflow_ids: list[str]
-
-
-@dataclass
-class ClosedWorkflowsOutput:
-    workflow_ids: list[str] = field(default_factory=list)
 
 
 async def signal_gate(
@@ -55,7 +45,7 @@ async def signal_gate(
 ) -> None:
     """Signal a business's line gate, starting it first if it is not running."""
     await client.start_workflow(
-        "BusinessLinesWorkflow",
+        GATE_WORKFLOW,
         GateInput(business_id=business_id, cap=cap, reap_interval_seconds=reap_interval_seconds),
         id=gate_workflow_id(business_id),
         task_queue=task_queue,
@@ -73,7 +63,7 @@ class GateActivities:
         self.client = client
         self.reap_interval_seconds = reap_interval_seconds
 
-    @activity.defn
+    @activity.defn(name=REQUEST_LINES)
     async def request_lines(self, input: RequestLinesInput) -> None:
         """Deliver a run's demand to its business's gate, starting the gate if it is not running."""
         await signal_gate(
@@ -82,11 +72,11 @@ class GateActivities:
             input.demand.cap,
             input.task_queue,
             self.reap_interval_seconds,
-            "demand",
+            DEMAND,
             [input.demand],
         )
 
-    @activity.defn
+    @activity.defn(name=CLOSED_WORKFLOWS)
     async def closed_workflows(self, input: ClosedWorkflowsInput) -> ClosedWorkflowsOutput:
         """Which of these workflows are no longer running (the gate takes their lines back)."""
         closed = [
@@ -103,9 +93,12 @@ class GateWatch:
 
     A gate is started by its runs' demands; an operator who terminates a business's gate and its
     only run leaves nobody to demand lines again, and that run's calls would go on unheard of while
-    its row said `running`. Every interval the watch looks at the gate of each business with live
-    runs or leased lines and starts, with a `reap` signal, any that is not running: the gate hangs up
-    the gone run's calls and ends it, and greets the runs it does not know."""
+    its row said `running`. Nor does a running gate know every run: one that holds and wants no line
+    (waiting for a retry or its calling window) is dropped when the gate continues as new, and if an
+    operator then terminates it, nothing tells the gate. Every interval the watch looks at each
+    business with live runs or leased lines: it starts, with a `reap` signal, a gate that is not
+    running, and sends `reap` to a running one when one of those runs' workflows is not running. The
+    gate then hangs up the gone run's calls and ends it, and greets the runs it does not know."""
 
     def __init__(
         self,
@@ -158,7 +151,7 @@ class GateWatch:
                     continue
                 log.info("starting a line gate to look for gone runs", extra={"business": business_id})
                 await signal_gate(
-                    self.client, business_id, cap, self.task_queue, self.interval_seconds, "reap", []
+                    self.client, business_id, cap, self.task_queue, self.interval_seconds, REAP, []
                 )
             except RPCError:
                 log.warning("line gate not looked at", extra={"business": business_id}, exc_info=True)

@@ -9,7 +9,7 @@ the carrier, the run's row is made final (`failed`, saying why)."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import and_, select
@@ -18,16 +18,17 @@ from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus
 from twilio.rest import Client as TwilioClient
 
-from activities.dialing import NO_RECORD, CallSnapshot, end_call, fetch_snapshot, find_unrecorded_call
+from activities.dialing import NO_RECORD, end_call, fetch_snapshot, find_unrecorded_call
 from activities.events import EventCourier
 from activities.records import finish_run, write_outcomes
+from contracts.activities import REAP_LINES, CallSnapshot, ReapedLines, ReapLinesInput
+from contracts.messages import Outcome
+from contracts.names import run_id_of, run_workflow_id
+from contracts.statuses import FINAL_ATTEMPT_STATUSES, LIVE_RUN_STATUSES, RunStatus, is_terminal
 from db.leases import AttemptKey, release_lines
-from db.models import LIVE_RUN_STATUSES, Business, CallAttempt, Lead, LineLease, Run
+from db.models import Business, CallAttempt, Lead, LineLease, Run
 from outbound_dialer import observability
 from outbound_dialer.temporal_client import workflow_status
-from telephony.status import FINAL_ATTEMPT_STATUSES, is_terminal
-from workflows.messages import Outcome
-from workflows.names import run_id_of, run_workflow_id
 
 log = logging.getLogger(__name__)
 
@@ -45,24 +46,6 @@ WHY_GONE = {
     WorkflowExecutionStatus.CONTINUED_AS_NEW: "the run's workflow closed",
     WorkflowExecutionStatus.COMPLETED: "the run's workflow closed",
 }
-
-
-@dataclass
-class ReapLinesInput:
-    business_id: str
-    # Runs the gate counts as holding lines (workflow ids), checked along with those the database names.
-    run_workflow_ids: list[str] = field(default_factory=list)
-
-
-@dataclass
-class ReapedLines:
-    """Runs found running, runs found gone, and the lines the gone ones' calls still hold."""
-
-    running: list[str] = field(default_factory=list)
-    gone: list[str] = field(default_factory=list)
-    still_leased: dict[str, int] = field(default_factory=dict)
-    # Running runs whose calls hold lines: those a gate that does not know them should greet.
-    running_with_lines: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -91,7 +74,7 @@ class LineActivities:
         self.client = client
         self.courier = courier
 
-    @activity.defn
+    @activity.defn(name=REAP_LINES)
     async def reap_lines(self, input: ReapLinesInput) -> ReapedLines:
         """Settle the business's runs whose workflows are gone: hang up their calls, write the
         outcomes of those that ended (releasing their lines) and, when none is left, end the run."""
@@ -233,7 +216,9 @@ class LineActivities:
                 events_for = await write_outcomes(session, run_id, outcomes)
                 observability.LINES_REAPED.inc(len(outcomes))
             if not left:
-                events_for = await finish_run(session, run_id, "failed", why, only_if_live=True) or events_for
+                events_for = (
+                    await finish_run(session, run_id, RunStatus.FAILED, why, only_if_live=True) or events_for
+                )
         if events_for is not None and self.courier is not None:
             await self.courier.notify_soon(events_for)
         log.info("settled a gone run", extra={**context, "ended": len(outcomes), "live": left, "reason": why})

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from typing import cast
 
 from sqlalchemy import Table, bindparam, case, exists, func, select, update
@@ -12,80 +11,34 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.events import EventCourier, record_call_events, record_run_event
+from contracts.activities import (
+    LOAD_LEADS,
+    LOAD_RUN,
+    RECORD_OUTCOMES,
+    RUN_NOT_FOUND,
+    SET_RUN_STATUS,
+    STOP_DIALS,
+    LeadCounts,
+    LoadLeadsInput,
+    LoadLeadsOutput,
+    LoadRunInput,
+    RecordOutcomesInput,
+    RunFacts,
+    SetRunStatusInput,
+)
+from contracts.messages import LeadRef, Outcome
+from contracts.statuses import LEAD_QUEUED, LEAD_RETRYING, LIVE_RUN_STATUSES, OUTCOMES, outcome_for
+from contracts.zone_sets import pack_zones
 from db.leases import AttemptKey, release_lines
-from db.models import LIVE_RUN_STATUSES, Business, CallAttempt, Lead, Run, utcnow
+from db.models import Business, CallAttempt, Lead, Run, utcnow
 from db.upsert import insert_ignoring_conflict
 from outbound_dialer import observability
-from telephony.status import LEAD_QUEUED, LEAD_RETRYING, OUTCOMES, outcome_for
 from telephony.zones import lead_zones
-from workflows.messages import LeadRef, Outcome
-from workflows.zone_sets import pack_zones
 
-RUN_NOT_FOUND = "RunNotFound"
 # The API commits a run's row just after starting its workflow: a row still missing after this many
 # tries of load_run never will be, and the run is given up. Other failures (the database away) are
 # retried for as long as they last.
 RUN_APPEARS_WITHIN_TRIES = 20
-
-
-@dataclass
-class LoadRunInput:
-    run_id: str
-
-
-@dataclass
-class RunFacts:
-    """What a run's workflow needs from the database once per history segment."""
-
-    business_id: str
-    caller_id: str
-    max_concurrent_calls: int
-    total_leads: int
-    # When the activity answered (epoch seconds): the run's clock moves on to it.
-    at: float | None = None
-
-
-@dataclass
-class LoadLeadsInput:
-    run_id: str
-    after_lead_id: int
-    limit: int
-    # Whether the run's workflow reads zones by index into the page's `zone_sets` (workflow code
-    # from before reads only each lead's `zones`).
-    pack_zones: bool = False
-
-
-@dataclass
-class LoadLeadsOutput:
-    leads: list[LeadRef] = field(default_factory=list)
-    # The distinct zone lists the leads refer to by `zone_set`.
-    zone_sets: list[list[str]] = field(default_factory=list)
-    # When the activity answered (epoch seconds): the run's clock moves on to it.
-    at: float | None = None
-
-
-@dataclass
-class RecordOutcomesInput:
-    run_id: str
-    outcomes: list[Outcome]
-
-
-@dataclass
-class SetRunStatusInput:
-    """A run's new status; a final status also ends every lead still queued as `cancelled`."""
-
-    run_id: str
-    status: str
-    reason: str | None = None
-    final: bool = False
-
-
-@dataclass
-class LeadCounts:
-    """How a run's leads ended, as the leads table says (the run's result reports these)."""
-
-    done: int
-    outcomes: dict[str, int]
 
 
 class RecordActivities:
@@ -97,7 +50,7 @@ class RecordActivities:
         self.sessions = sessions
         self.courier = courier
 
-    @activity.defn
+    @activity.defn(name=LOAD_RUN)
     async def load_run(self, input: LoadRunInput) -> RunFacts:
         """Read the run and its business. The API commits the run after starting the workflow, so a
         missing row is retried RUN_APPEARS_WITHIN_TRIES times before the run is given up; a database
@@ -125,7 +78,7 @@ class RecordActivities:
             at=time.time(),
         )
 
-    @activity.defn
+    @activity.defn(name=LOAD_LEADS)
     async def load_leads(self, input: LoadLeadsInput) -> LoadLeadsOutput:
         """A page of the run's leads after the cursor, in upload order, each with the time zones
         its calling window is read in."""
@@ -152,7 +105,7 @@ class RecordActivities:
         page.at = time.time()
         return page
 
-    @activity.defn
+    @activity.defn(name=RECORD_OUTCOMES)
     async def record_outcomes(self, input: RecordOutcomesInput) -> float | None:
         """Write final attempt statuses and lead outcomes in one transaction, with their events for
         the business's webhook; safe to repeat. Returns when it was done (epoch seconds), which
@@ -163,7 +116,7 @@ class RecordActivities:
             await self.courier.notify_soon(events_for)
         return time.time()
 
-    @activity.defn
+    @activity.defn(name=STOP_DIALS)
     async def stop_dials(self, input: LoadRunInput) -> None:
         """Mark the run cancelled for the dial activity, so a dial already under way places no call
         (the API does the same before it acknowledges a cancel)."""
@@ -174,7 +127,7 @@ class RecordActivities:
                 .values(cancel_requested_at=utcnow())
             )
 
-    @activity.defn
+    @activity.defn(name=SET_RUN_STATUS)
     async def set_run_status(self, input: SetRunStatusInput) -> LeadCounts | None:
         """Set the run's status; at the end, leads never dialed become `cancelled` and the
         business's webhook gets `run.completed` (its events workflow is told, or this is retried),

@@ -17,10 +17,10 @@ from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
 from starlette.datastructures import FormData, UploadFile
 
+from contracts.messages import ALL_DAYS
 from outbound_dialer.settings import Settings
 from service.errors import ListInvalid
 from service.schemas import CallingWindowIn, Progress, RunOptionsIn
-from workflows.calling_window import ALL_DAYS
 
 HERE = Path(__file__).resolve().parent
 STATIC_DIR = HERE / "static"

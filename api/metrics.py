@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from telephony.status import CALL_STATUSES
+from contracts.statuses import CALL_STATUSES
 
 OTHER = "other"
 WEBHOOK_ROUTE = "call_status"

@@ -90,6 +90,7 @@ from bench.restartable import (
     wait_until_serving,
     wait_until_temporal_serves,
 )
+from contracts.names import gate_workflow_id, run_workflow_id
 from db.engine import create_engine, create_sessionmaker
 from db.models import Business, CallAttempt, Lead, Run
 from outbound_dialer.settings import DEV_ADMIN_TOKEN, Settings
@@ -98,7 +99,6 @@ from support.ports import free_port
 from support.tcp_proxy import TcpProxy
 from support.temporal_dev import dev_server_argv
 from workflows.business_lines import BusinessLinesWorkflow
-from workflows.names import gate_workflow_id, run_workflow_id
 from workflows.outbound_run import OutboundRunWorkflow
 
 CAPS = (1, 2, 3)

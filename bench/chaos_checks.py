@@ -12,7 +12,12 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from telephony.status import FINAL_ATTEMPT_STATUSES, OUTCOME_BY_CALL_STATUS, OUTCOMES, TERMINAL_CALL_STATUSES
+from contracts.statuses import (
+    FINAL_ATTEMPT_STATUSES,
+    OUTCOME_BY_CALL_STATUS,
+    OUTCOMES,
+    TERMINAL_CALL_STATUSES,
+)
 
 RUN_ENDINGS = ("completed", "cancelled", "failed")
 

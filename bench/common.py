@@ -34,6 +34,8 @@ from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client
 
 from api.app import create_app
+from contracts.names import run_workflow_id
+from contracts.statuses import TERMINAL_CALL_STATUSES
 from outbound_dialer.settings import DEV_ACCOUNT_SID, DEV_AUTH_TOKEN, Settings
 from support.drive import ROOT, Business, new_number, serve, wait_for
 from support.ports import free_port
@@ -41,8 +43,6 @@ from support.stack import Stack, scratch_database
 from support.temporal_dev import TEMPORAL_BINARY, dev_server
 from telephony.simulator import SimulatorConfig
 from telephony.simulator import create_app as create_simulator_app
-from telephony.status import TERMINAL_CALL_STATUSES
-from workflows.names import run_workflow_id
 
 log = logging.getLogger("bench")
 

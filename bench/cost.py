@@ -53,8 +53,8 @@ from bench.common import (
     run_to_end,
     sim_calls,
 )
+from contracts.names import gate_workflow_id, run_workflow_id
 from support.drive import execution_chain
-from workflows.names import gate_workflow_id, run_workflow_id
 
 GOAL_EVENTS = 12
 GOAL_ACTIONS = 4

@@ -50,8 +50,8 @@ from typing import Any
 from bench.common import add_env_arguments, configure_simulator, log, machine, run_main
 from bench.plots import Interval, intervals_of, plot_fleet
 from bench.processes import ProcessEnv, Sampler, process_env
+from contracts.names import run_workflow_id
 from support.drive import Business, new_number, overlap_peak
-from workflows.names import run_workflow_id
 
 CALLS_PER_SECOND_LIMIT = 10_000
 STARTS_IN_FLIGHT = 16

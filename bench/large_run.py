@@ -50,10 +50,10 @@ from bench.common import (
     run_main,
 )
 from bench.processes import ProcessEnv, Sampler, process_env
+from contracts.names import gate_workflow_id, run_workflow_id
+from contracts.statuses import FINAL_ATTEMPT_STATUSES, OUTCOMES
 from db.models import CallAttempt, Lead
 from support.drive import ALWAYS_OPEN, Business, new_number
-from telephony.status import FINAL_ATTEMPT_STATUSES, OUTCOMES
-from workflows.names import gate_workflow_id, run_workflow_id
 
 CALLS_PER_SECOND_LIMIT = 10_000
 MAX_CAP = 100  # service/schemas.py: BusinessCreate.max_concurrent_calls le=100

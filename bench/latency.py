@@ -60,9 +60,9 @@ from bench.common import (
 )
 from bench.floor import Endpoint, FloorSamples, floor_workers, measure_floor
 from bench.processes import process_env
+from contracts.names import run_workflow_id
+from contracts.statuses import TERMINAL_CALL_STATUSES
 from support.drive import execution_chain, serve
-from telephony.status import TERMINAL_CALL_STATUSES
-from workflows.names import run_workflow_id
 
 GOAL_P50_RATIO = 1.5
 GOAL_P99_RATIO = 3.0

@@ -47,10 +47,10 @@ from bench.common import (
     log,
     simulator_server,
 )
+from contracts.names import dial_task_queue
 from db.engine import create_engine, create_sessionmaker
 from outbound_dialer.settings import Settings
 from support.drive import ROOT, wait_for
-from workflows.names import dial_task_queue
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PROC = Path("/proc")

@@ -27,8 +27,8 @@ from temporalio.service import RPCError
 
 from bench.common import log
 from bench.processes import log_summary
+from contracts.names import dial_task_queue
 from support.drive import ROOT, wait_for
-from workflows.names import dial_task_queue
 
 RESTART_BACKOFF_SECONDS = 0.5
 STOP_PATIENCE_SECONDS = 20.0

@@ -10,7 +10,9 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-FINAL_STATUSES = ("completed", "cancelled", "failed")
+from contracts.statuses import FINAL_RUN_STATUSES
+
+FINAL_STATUSES = FINAL_RUN_STATUSES
 
 
 def show_error(console: Console, message: str, problems: list[dict[str, Any]] | None = None) -> None:

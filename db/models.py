@@ -65,10 +65,6 @@ class Business(Base):
     webhook_secret: Mapped[str | None] = mapped_column(String(100))
 
 
-# A run's status while its workflow dials (or waits to); the others are final.
-LIVE_RUN_STATUSES = ("running", "paused")
-
-
 class Run(Base):
     """An outbound run; its workflow is `outbound-run-{id}`."""
 

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 from prometheus_client import Counter, start_http_server
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
+from contracts.statuses import FINAL_ATTEMPT_STATUSES
 from outbound_dialer.settings import Settings
-from telephony.status import FINAL_ATTEMPT_STATUSES
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer

@@ -13,8 +13,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from contracts.statuses import FINAL_ATTEMPT_STATUSES
 from db.models import CallAttempt, Lead
-from telephony.status import FINAL_ATTEMPT_STATUSES
 
 CALL_COLUMNS = (
     "lead_id",

@@ -7,10 +7,10 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from contracts.messages import RunProgress
+from contracts.statuses import FINAL_ATTEMPT_STATUSES, LEAD_RETRYING, OUTCOMES
 from db.models import CallAttempt, Lead, Run
 from service.schemas import Progress
-from telephony.status import FINAL_ATTEMPT_STATUSES, LEAD_RETRYING, OUTCOMES
-from workflows.messages import RunProgress
 
 
 async def progress_from_database(session: AsyncSession, run: Run) -> Progress:

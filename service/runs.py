@@ -25,23 +25,39 @@ from temporalio.common import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
-from db.models import LIVE_RUN_STATUSES, Business, CallAttempt, Lead, Run, utcnow
+from contracts.messages import (
+    CallingWindow,
+    CancelRequest,
+    PauseRequest,
+    ResumeRequest,
+    RunInput,
+    RunOptions,
+    RunProgress,
+)
+from contracts.names import (
+    BUSINESS_ID,
+    CANCEL,
+    PAUSE,
+    PROGRESS,
+    RESUME,
+    RUN_ID,
+    RUN_STATUS,
+    RUN_WORKFLOW,
+    run_workflow_id,
+)
+from contracts.statuses import LIVE_RUN_STATUSES, RunStatus
+from db.models import Business, CallAttempt, Lead, Run, utcnow
 from outbound_dialer.settings import Settings
 from service.errors import LeadListInvalid, RunNotFound, RunNotLive, UploadUnreadable
 from service.lead_files import Record
 from service.leads import JSON_LEADS, UPLOAD_LINES, LeadList
 from service.progress import progress_from_database, progress_from_workflow
 from service.schemas import CallingWindowIn, CallPublic, LeadIn, RunCreated, RunOptionsIn, RunPublic
-from workflows.calling_window import CallingWindow
-from workflows.messages import CancelRequest, PauseRequest, ResumeRequest, RunInput, RunOptions
-from workflows.names import BUSINESS_ID, RUN_ID, RUN_STATUS, run_workflow_id
-from workflows.outbound_run import OutboundRunWorkflow
 
 log = logging.getLogger(__name__)
 
 INSERT_BATCH = 5_000
 QUERY_TIMEOUT = timedelta(seconds=5)
-CONTROLS = ("cancel", "pause", "resume")
 
 
 class RunService:
@@ -123,7 +139,7 @@ class RunService:
             id=uuid4().hex,
             business_id=business.id,
             name=name,
-            status="running",
+            status=RunStatus.RUNNING,
             options=stored_options,
             total_leads=0,
         )
@@ -139,7 +155,7 @@ class RunService:
         run.total_leads = total
         workflow_id = run_workflow_id(run.id)
         await self.temporal.start_workflow(
-            OutboundRunWorkflow.run,
+            RUN_WORKFLOW,
             RunInput(run_id=run.id, business_id=business.id, options=options, total_leads=total),
             id=workflow_id,
             task_queue=self.settings.TEMPORAL_TASK_QUEUE,
@@ -148,13 +164,13 @@ class RunService:
                 [
                     SearchAttributePair(BUSINESS_ID, business.id),
                     SearchAttributePair(RUN_ID, run.id),
-                    SearchAttributePair(RUN_STATUS, "running"),
+                    SearchAttributePair(RUN_STATUS, RunStatus.RUNNING),
                 ]
             ),
             static_summary=f"{run.name or 'Outbound run'}: {total} leads for {business.name}",
         )
         log.info("run started", extra={"run": run.id, "business": business.id, "leads": total})
-        return RunCreated(id=run.id, status="running", workflow_id=workflow_id)
+        return RunCreated(id=run.id, status=RunStatus.RUNNING, workflow_id=workflow_id)
 
     # Reading runs
 
@@ -194,7 +210,8 @@ class RunService:
             try:
                 # A closed workflow can still answer queries from its history: ask only an open one.
                 live = await handle.query(
-                    OutboundRunWorkflow.progress,
+                    PROGRESS,
+                    result_type=RunProgress,
                     rpc_timeout=QUERY_TIMEOUT,
                     reject_condition=QueryRejectCondition.NOT_OPEN,
                 )
@@ -230,7 +247,7 @@ class RunService:
             await self.session.refresh(run)
             return run.status, run.status_reason
         name = description.status.name.lower() if description.status else "closed"
-        return "failed", f"the run's workflow is {name}"
+        return RunStatus.FAILED, f"the run's workflow is {name}"
 
     async def calls(
         self, run: Run, *, limit: int, offset: int = 0, newest_first: bool = False
@@ -267,7 +284,7 @@ class RunService:
     async def control(self, run: Run, action: str) -> None:
         """Cancel (stop dialing, hang up calls in flight), pause (dial nothing new) or resume a run;
         `RunNotLive` if it has ended."""
-        if action == "cancel" and run.status in LIVE_RUN_STATUSES and run.cancel_requested_at is None:
+        if action == CANCEL and run.status in LIVE_RUN_STATUSES and run.cancel_requested_at is None:
             # Committed before the signal: dials under way finish first, and none starts after this.
             await self.session.execute(
                 update(Run).where(Run.id == run.id).values(cancel_requested_at=utcnow())
@@ -275,7 +292,7 @@ class RunService:
             await self.session.commit()
         if run.status not in LIVE_RUN_STATUSES:
             raise RunNotLive(run.id, run.status)
-        request = {"cancel": CancelRequest, "pause": PauseRequest, "resume": ResumeRequest}[action]
+        request = {CANCEL: CancelRequest, PAUSE: PauseRequest, RESUME: ResumeRequest}[action]
         try:
             await self.temporal.get_workflow_handle(run_workflow_id(run.id)).signal(
                 action, request(at=time.time())

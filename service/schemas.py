@@ -21,9 +21,9 @@ from pydantic import (
     model_validator,
 )
 
+from contracts.messages import ALL_DAYS, CallingWindow, RunOptions
 from service.phones import InvalidPhone, to_e164
-from workflows.calling_window import ALL_DAYS, CallingWindow, opens_ever
-from workflows.messages import RunOptions
+from workflows.calling_window import opens_ever
 
 RETRYABLE_OUTCOMES = ("busy", "no_answer", "failed", "answered")
 # Past the end of any list; a larger offset would overflow the database's 64-bit OFFSET.

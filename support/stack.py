@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from temporalio.client import Client
 
 from api.app import create_app
+from contracts.statuses import FINAL_RUN_STATUSES
 from db.engine import create_engine, create_sessionmaker
 from db.migrate import upgrade
 from db.models import CallAttempt, Lead
@@ -260,7 +261,7 @@ class Stack:
     async def wait_run_ends(self, business: Business, run_id: str, within: float = 60) -> dict[str, Any]:
         async def ended() -> dict[str, Any] | None:
             run = await self.run(business, run_id)
-            return run if run["status"] in ("completed", "cancelled", "failed") else None
+            return run if run["status"] in FINAL_RUN_STATUSES else None
 
         return dict(await wait_for(ended, within=within, what=f"run {run_id} to end"))
 

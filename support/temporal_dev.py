@@ -12,8 +12,8 @@ from pathlib import Path
 
 from temporalio.testing import WorkflowEnvironment
 
+from contracts.names import SEARCH_ATTRIBUTES
 from support.ports import free_port
-from workflows.names import SEARCH_ATTRIBUTES
 
 TEMPORAL_BINARY = Path(sys.executable).parent / "temporal"
 STARTUP = timedelta(seconds=60)

@@ -14,6 +14,7 @@ from sqlalchemy.engine import make_url
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
+from contracts.names import SEARCH_ATTRIBUTES
 from outbound_dialer.settings import DEV_ACCOUNT_SID, DEV_AUTH_TOKEN
 from support.drive import serve
 from support.ports import free_port
@@ -21,7 +22,6 @@ from support.stack import Stack, scratch_database
 from support.temporal_dev import STARTUP, TEMPORAL_BINARY, dev_server
 from telephony.simulator import SimulatorConfig, create_app
 from tests.fake_world import WorldRunner
-from workflows.names import SEARCH_ATTRIBUTES
 
 DEFAULT_TEST_DATABASE = "postgresql://postgres@127.0.0.1:5432/test"
 # A test that needs any of these runs against the real system: `make test-fast` leaves it out (as it

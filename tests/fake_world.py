@@ -17,21 +17,33 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.clock import read_clock
-from activities.dialing import CallSnapshot, DialInput, DialOutput, FetchCallInput, HangUpInput
 from activities.gate import GateActivities
-from activities.lines import ReapedLines, ReapLinesInput
-from activities.records import (
+from contracts.activities import (
+    CallSnapshot,
+    DialInput,
+    DialOutput,
+    FetchCallInput,
+    HangUpInput,
     LoadLeadsInput,
     LoadLeadsOutput,
     LoadRunInput,
+    ReapedLines,
+    ReapLinesInput,
     RecordOutcomesInput,
     RunFacts,
     SetRunStatusInput,
 )
+from contracts.messages import (
+    CallingWindow,
+    CallStatusEvent,
+    LeadRef,
+    Outcome,
+    RunInput,
+    RunOptions,
+    RunResult,
+)
+from contracts.names import dial_task_queue, run_workflow_id
 from workflows.business_lines import BusinessLinesWorkflow
-from workflows.calling_window import CallingWindow
-from workflows.messages import CallStatusEvent, LeadRef, Outcome, RunInput, RunOptions, RunResult
-from workflows.names import dial_task_queue, run_workflow_id
 from workflows.outbound_run import OutboundRunWorkflow
 
 ALWAYS = CallingWindow("00:00", "24:00")

@@ -9,13 +9,13 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 from cli.render import live_counts
+from contracts.messages import CallingWindow, LeadRef, RunCarryOver, RunOptions
+from contracts.names import run_workflow_id
 from support.drive import new_number, wait_for
 from support.stack import Stack
 from telephony.zones import lead_zones
 from tests.test_campaign_rules import zone_where_it_is
-from workflows.calling_window import CallingWindow, window_check
-from workflows.messages import LeadRef, RunCarryOver, RunOptions
-from workflows.names import run_workflow_id
+from workflows.calling_window import window_check
 from workflows.run_book import RunBook
 
 NINE_TO_FIVE = CallingWindow("09:00", "17:00")

@@ -13,22 +13,24 @@ from zoneinfo import ZoneInfo
 from temporalio import activity
 from temporalio.testing import WorkflowEnvironment
 
-from activities.dialing import CallSnapshot, DialInput, DialOutput
-from activities.records import (
+from contracts.activities import (
+    CallSnapshot,
+    DialInput,
+    DialOutput,
     LoadLeadsInput,
     LoadLeadsOutput,
     SetRunStatusInput,
 )
-from support.drive import wait_for
-from support.stack import save_history
-from tests.fake_world import ALWAYS, Dial, FakeWorld, WorldRunner, zone_where_it_is
-from workflows.messages import (
+from contracts.messages import (
     CallStatusEvent,
     LeadRef,
     PauseRequest,
     ResumeRequest,
     RunOptions,
 )
+from support.drive import wait_for
+from support.stack import save_history
+from tests.fake_world import ALWAYS, Dial, FakeWorld, WorldRunner, zone_where_it_is
 from workflows.outbound_run import OutboundRunWorkflow
 
 

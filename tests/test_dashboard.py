@@ -20,10 +20,10 @@ import pytest
 from playwright.async_api import Browser, Dialog, FilePayload, Page, ViewportSize, async_playwright, expect
 from prometheus_client.parser import text_string_to_metric_families
 
+from contracts.names import run_workflow_id
 from support.drive import Business, new_number
 from support.stack import Stack
 from tests.conftest import SimulatorKnobs
-from workflows.names import run_workflow_id
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Without the background-networking switches Chromium keeps trying to reach Google's services.

@@ -18,12 +18,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import make_url
 
+from contracts.names import run_workflow_id
+from contracts.statuses import OUTCOME_BY_CALL_STATUS, OUTCOMES, TERMINAL_CALL_STATUSES
 from support.drive import Business, new_number, wait_for
 from support.stack import Stack
 from support.tcp_proxy import TcpProxy
-from telephony.status import OUTCOME_BY_CALL_STATUS, OUTCOMES, TERMINAL_CALL_STATUSES
 from tests.conftest import SimulatorKnobs
-from workflows.names import run_workflow_id
 from workflows.outbound_run import OutboundRunWorkflow
 
 CAP = 3
@@ -89,7 +89,7 @@ async def assert_called_once_each_with_outcomes_recorded(
     carrier_says = {c["to"]: OUTCOME_BY_CALL_STATUS[c["status"]] for c in sim_calls}
     assert carrier_says == {phone: OUTCOME_BY_CALL_STATUS[status] for phone, status in played.items()}
     assert {lead.phone: lead.status for lead in leads} == carrier_says
-    from_table = Counter(OUTCOME_BY_CALL_STATUS[a.status] for a in attempts)
+    from_table: Counter[str] = Counter(OUTCOME_BY_CALL_STATUS[a.status] for a in attempts)
     assert run["progress"]["outcomes"] == {name: from_table.get(name, 0) for name in OUTCOMES}
     progress = run["progress"]
     assert (progress["done"], progress["queued"], progress["dialing"], progress["in_flight"]) == (

@@ -22,10 +22,10 @@ import pytest
 import yaml  # type: ignore[import-untyped]
 from temporalio.api.enums.v1 import IndexedValueType
 
+from contracts.names import SEARCH_ATTRIBUTES
 from outbound_dialer.settings import Settings
 from telephony.simulator.__main__ import FAULTS_ENV
 from telephony.simulator.fidelity import SPEC_ENV
-from workflows.names import SEARCH_ATTRIBUTES
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.temporal.yml"
@@ -265,7 +265,7 @@ def test_temporal_namespace_has_the_search_attributes_the_app_sets(
 ) -> None:
     setup = environment(services["temporal-setup"])
     assert setup["SEARCH_ATTRIBUTES"].split() == [key.name for key in SEARCH_ATTRIBUTES], (
-        "temporal-setup registers other search attributes than workflows/names.py SEARCH_ATTRIBUTES"
+        "temporal-setup registers other search attributes than contracts/names.py SEARCH_ATTRIBUTES"
     )
     keyword = IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD
     assert all(key.indexed_value_type == keyword for key in SEARCH_ATTRIBUTES), "not all are Keyword"

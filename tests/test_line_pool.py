@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import random
 
+from contracts.messages import LineDemand
 from workflows.line_pool import LinePool
-from workflows.messages import LineDemand
 
 
 def demand(run: str, seq: int, want: int, release: int = 0, cap: int = 3, done: bool = False) -> LineDemand:

@@ -23,8 +23,9 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 from twilio.request_validator import RequestValidator
 
-from activities.dialing import DialingActivities, DialInput
+from activities.dialing import DialingActivities
 from api.app import create_app
+from contracts.activities import DialInput
 from outbound_dialer.observability import serve_worker_metrics
 from outbound_dialer.settings import DEV_ACCOUNT_SID, DEV_ADMIN_TOKEN, DEV_AUTH_TOKEN, Settings
 from outbound_dialer.temporal_client import connect_temporal

@@ -11,14 +11,14 @@ from temporalio.client import WorkflowHandle
 from temporalio.worker import Replayer
 
 from bench.operators import reset_to_first_workflow_task
+from contracts.messages import CallStatusEvent, RunProgress
+from contracts.names import RUN_STATUS, gate_workflow_id, run_workflow_id
+from contracts.statuses import FINAL_ATTEMPT_STATUSES
 from db.models import Run
 from support.drive import as_its_worker_replays, execution_chain, new_number, wait_for
 from support.stack import Stack, save_history
-from telephony.status import FINAL_ATTEMPT_STATUSES
 from tests.conftest import SimulatorKnobs
 from workflows.business_lines import BusinessLinesWorkflow
-from workflows.messages import CallStatusEvent, RunProgress
-from workflows.names import RUN_STATUS, gate_workflow_id, run_workflow_id
 from workflows.outbound_run import OutboundRunWorkflow
 
 

@@ -11,18 +11,13 @@ from sqlalchemy import select
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.records import (
-    RUN_APPEARS_WITHIN_TRIES,
-    RUN_NOT_FOUND,
-    LoadRunInput,
-    RecordActivities,
-    RecordOutcomesInput,
-)
+from activities.records import RUN_APPEARS_WITHIN_TRIES, RUN_NOT_FOUND, RecordActivities
+from contracts.activities import LoadRunInput, RecordOutcomesInput
+from contracts.messages import Outcome
 from db.engine import create_engine, create_sessionmaker
 from db.models import CallAttempt, Lead, Run
 from support.drive import new_number
 from support.stack import Stack
-from workflows.messages import Outcome
 from workflows.outbound_run import LOAD_RUN_RETRY
 
 

@@ -8,9 +8,9 @@ import json
 from datetime import datetime
 from typing import Any
 
+from contracts.statuses import FINAL_ATTEMPT_STATUSES
 from support.drive import ALWAYS_OPEN, Business, new_number, wait_for
 from support.stack import Stack
-from telephony.status import FINAL_ATTEMPT_STATUSES
 from tests.conftest import SimulatorKnobs
 
 OPTIONS = json.dumps({"calling_window": ALWAYS_OPEN})

@@ -6,9 +6,8 @@ from datetime import UTC, datetime
 
 from temporalio.converter import DataConverter
 
-from telephony.zones import lead_zones
-from workflows.calling_window import CallingWindow
-from workflows.messages import (
+from contracts.messages import (
+    CallingWindow,
     CallStatusEvent,
     InFlightCall,
     LeadRef,
@@ -18,6 +17,7 @@ from workflows.messages import (
     RunOptions,
     WaitingLead,
 )
+from telephony.zones import lead_zones
 from workflows.run_book import LEAD_PAGE_SIZE, MAX_WAITING, RunBook
 
 ALWAYS = CallingWindow("00:00", "24:00")

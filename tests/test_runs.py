@@ -6,11 +6,11 @@ import asyncio
 import time
 from collections import Counter
 
+from contracts.names import gate_workflow_id, run_workflow_id
+from contracts.statuses import OUTCOME_BY_CALL_STATUS, TERMINAL_CALL_STATUSES
 from support.drive import new_number, wait_for
 from support.stack import Stack
-from telephony.status import OUTCOME_BY_CALL_STATUS, TERMINAL_CALL_STATUSES
 from tests.conftest import SimulatorKnobs
-from workflows.names import gate_workflow_id, run_workflow_id
 from workflows.outbound_run import OutboundRunWorkflow
 
 STATUSES = ["completed", "busy", "no-answer", "failed"]

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from contracts.names import events_workflow_id, gate_workflow_id, run_workflow_id
 from outbound_dialer.settings import DEV_ADMIN_TOKEN, DEV_AUTH_TOKEN, Settings
 from support.drive import ROOT, execution_chain, new_number, wait_for
 from support.ports import free_port
 from support.stack import Stack
-from workflows.names import events_workflow_id, gate_workflow_id, run_workflow_id
 
 
 async def test_no_secret_reaches_a_history_a_log_or_an_error_body(

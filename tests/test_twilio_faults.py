@@ -18,16 +18,17 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.dialing import DialingActivities, DialInput
+from activities.dialing import DialingActivities
+from contracts.activities import DialInput
+from contracts.messages import Outcome, RunInput
+from contracts.names import run_workflow_id
+from contracts.statuses import OUTCOME_BY_CALL_STATUS
 from db.models import Lead, Run
 from outbound_dialer.settings import DEV_AUTH_TOKEN
 from support.drive import execution_chain, new_number, wait_for
 from support.stack import Stack, save_history
-from telephony.status import OUTCOME_BY_CALL_STATUS
 from telephony.twilio_client import close_twilio_client, create_twilio_client
 from tests.conftest import SUGGEST_CONTINUE_AS_NEW_AFTER_EVENTS, SimulatorKnobs
-from workflows.messages import Outcome, RunInput
-from workflows.names import run_workflow_id
 
 # Quick reconciliation for tests: a quiet call is fetched within seconds, not minutes.
 QUICK_RECONCILE = {"reconcile_margin_seconds": 5, "call_time_limit_seconds": 10, "ring_timeout_seconds": 5}

@@ -11,9 +11,9 @@ import pytest
 from temporalio import workflow
 from temporalio.api.history.v1 import HistoryEvent
 
+from contracts.names import run_workflow_id
 from support.drive import execution_chain, new_number, wait_for
 from support.stack import Stack
-from workflows.names import run_workflow_id
 from workflows.outbound_run import DIAL_TIME_FROM_RESULT, OUTCOMES_RIDE_DIALS
 
 

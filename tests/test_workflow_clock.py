@@ -22,13 +22,13 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
 from temporalio.workflow import NondeterminismError
 
-from activities.dialing import CallSnapshot
+from contracts.activities import CallSnapshot
+from contracts.messages import LeadRef, PauseRequest, ResumeRequest, RunOptions
+from contracts.names import gate_workflow_id, run_workflow_id
 from support.drive import execution_chain, new_number, wait_for
 from support.stack import Stack, save_history
 from tests.fake_world import FakeWorld, WorldRunner, zone_where_it_is
 from workflows.business_lines import BusinessLinesWorkflow
-from workflows.messages import LeadRef, PauseRequest, ResumeRequest, RunOptions
-from workflows.names import gate_workflow_id, run_workflow_id
 from workflows.outbound_run import DIAL_TIME_FROM_RESULT, HISTORY_CLOCK, OutboundRunWorkflow
 
 LATE_BY_SECONDS = 2

@@ -8,7 +8,8 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
-    from activities.events import DeliverEventsInput, DeliveryPass, EventActivities, EventsInput
+    from contracts.activities import DELIVER_EVENTS, DeliverEventsInput, DeliveryPass, EventsInput
+    from contracts.names import EVENTS_RECORDED, EVENTS_WORKFLOW
 
 # A delivery pass is retried only when the database or the worker fails it; a webhook that fails is
 # the event's own retry, recorded on its row.
@@ -18,7 +19,7 @@ PASS_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval
 IDLE = timedelta(minutes=10)
 
 
-@workflow.defn
+@workflow.defn(name=EVENTS_WORKFLOW)
 class BusinessEventsWorkflow:
     """Sends a business's recorded events to its webhook (`business-events-{business_id}`).
 
@@ -34,7 +35,7 @@ class BusinessEventsWorkflow:
         self._recorded = True
         self._delivered = 0
 
-    @workflow.signal
+    @workflow.signal(name=EVENTS_RECORDED)
     def events_recorded(self) -> None:
         """New events are in the database."""
         self._recorded = True
@@ -45,13 +46,14 @@ class BusinessEventsWorkflow:
         while True:
             if self._recorded:
                 self._recorded = False
-                done: DeliveryPass = await workflow.execute_activity_method(
-                    EventActivities.deliver_events,
+                done: DeliveryPass = await workflow.execute_activity(
+                    DELIVER_EVENTS,
                     DeliverEventsInput(input.business_id),
                     start_to_close_timeout=timedelta(minutes=10),
                     heartbeat_timeout=timedelta(minutes=1),
                     retry_policy=PASS_RETRY,
                     summary="deliver due events",
+                    result_type=DeliveryPass,
                 )
                 self._delivered += done.delivered
                 self._recorded = self._recorded or done.more

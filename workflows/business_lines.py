@@ -10,10 +10,17 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, FailureError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.gate import ClosedWorkflowsInput, GateActivities
-    from activities.lines import LineActivities, ReapLinesInput
+    from contracts.activities import (
+        CLOSED_WORKFLOWS,
+        REAP_LINES,
+        ClosedWorkflowsInput,
+        ClosedWorkflowsOutput,
+        ReapedLines,
+        ReapLinesInput,
+    )
+    from contracts.messages import GateInput, LineDemand, LineGrant, LineRecall
+    from contracts.names import DEMAND, GATE_WORKFLOW, LINES_GRANTED, LINES_IN_USE, LINES_RECALLED, REAP
     from workflows.line_pool import LinePool
-    from workflows.messages import GateInput, LineDemand, LineGrant, LineRecall
 
 # The gate's grants are advisory: the hard cap is the database's line leases. A gate execution
 # takes what a run says it holds when it has not heard from the run before (it was started afresh
@@ -33,7 +40,7 @@ GREET_EVERY_RUNNING_RUN = "greet-every-running-run"
 GATE_KNOWS_ITS_RESET = "gate-knows-its-reset"
 
 
-@workflow.defn
+@workflow.defn(name=GATE_WORKFLOW)
 class BusinessLinesWorkflow:
     """A counting semaphore over a business's lines (`business-lines-{business_id}`).
 
@@ -65,18 +72,18 @@ class BusinessLinesWorkflow:
         else:
             await self._run_before_convergence()
 
-    @workflow.signal
+    @workflow.signal(name=DEMAND)
     def demand(self, demand: LineDemand) -> None:
         """A run's lines given back and lines wanted."""
         if self._pool.apply(demand, self._converges()):
             self._changed = True
 
-    @workflow.signal
+    @workflow.signal(name=REAP)
     def reap(self) -> None:
         """Look now for runs whose workflows are gone (an operator can send it from the Web UI)."""
         self._reap_due = True
 
-    @workflow.query
+    @workflow.query(name=LINES_IN_USE)
     def lines_in_use(self) -> int:
         """Lines granted to runs now, and lines held by calls of runs that are gone."""
         return self._pool.held
@@ -149,9 +156,9 @@ class BusinessLinesWorkflow:
     async def _send(self, pool: LinePool) -> None:
         messages = pool.rebalance()
         for run_workflow_id, grant in messages.grants:
-            await self._signal(run_workflow_id, "lines_granted", grant)
+            await self._signal(run_workflow_id, LINES_GRANTED, grant)
         for run_workflow_id, recall in messages.recalls:
-            await self._signal(run_workflow_id, "lines_recalled", recall)
+            await self._signal(run_workflow_id, LINES_RECALLED, recall)
 
     async def _signal(self, run_workflow_id: str, name: str, message: LineGrant | LineRecall) -> None:
         # The run's clock moves on to this (a run waiting for lines may have heard nothing for long).
@@ -170,13 +177,14 @@ class BusinessLinesWorkflow:
     async def _reap_from_database(self) -> None:
         pool = self._pool
         try:
-            reaped = await workflow.execute_activity_method(
-                LineActivities.reap_lines,
+            reaped = await workflow.execute_activity(
+                REAP_LINES,
                 ReapLinesInput(self._input.business_id, sorted(pool.holders)),
                 start_to_close_timeout=timedelta(minutes=2),
                 heartbeat_timeout=timedelta(seconds=60),
                 retry_policy=REAP_RETRY,
                 summary=f"reap lines of runs that are gone ({len(pool.holders)} holding)",
+                result_type=ReapedLines,
             )
         except ActivityError as error:
             workflow.logger.warning(
@@ -195,19 +203,20 @@ class BusinessLinesWorkflow:
         for run_workflow_id in unknown:
             if run_workflow_id not in pool.holders and run_workflow_id not in self._greeted:
                 self._greeted.add(run_workflow_id)
-                await self._signal(run_workflow_id, "lines_granted", pool.hello(run_workflow_id))
+                await self._signal(run_workflow_id, LINES_GRANTED, pool.hello(run_workflow_id))
         self._changed = True
 
     async def _reap_closed_holders(self) -> None:
         holders = [h.run_workflow_id for h in self._pool.holders.values() if h.held > 0]
         if not holders:
             return
-        closed = await workflow.execute_activity_method(
-            GateActivities.closed_workflows,
+        closed = await workflow.execute_activity(
+            CLOSED_WORKFLOWS,
             ClosedWorkflowsInput(holders),
             start_to_close_timeout=timedelta(seconds=30),
             retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=30)),
             summary=f"check {len(holders)} runs holding lines",
+            result_type=ClosedWorkflowsOutput,
         )
         for run_workflow_id in closed.workflow_ids:
             workflow.logger.info(

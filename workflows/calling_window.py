@@ -6,20 +6,11 @@ in every one of them (the most restrictive reading); when that never happens, th
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-ALL_DAYS = [0, 1, 2, 3, 4, 5, 6]  # Monday is 0
-
-
-@dataclass
-class CallingWindow:
-    """Local hours ("HH:MM", end exclusive; "24:00" is midnight) on the given weekdays."""
-
-    start: str = "08:00"
-    end: str = "21:00"
-    days: list[int] = field(default_factory=lambda: list(ALL_DAYS))
+from contracts.messages import CallingWindow
 
 
 def _minutes(hhmm: str) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from workflows.messages import GateHolder, LineDemand, LineGrant, LineRecall
+from contracts.messages import GateHolder, LineDemand, LineGrant, LineRecall
 
 
 @dataclass

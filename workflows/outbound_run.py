@@ -6,40 +6,46 @@ import asyncio
 import math
 from collections.abc import Coroutine
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, FailureError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.clock import read_clock
-    from activities.dialing import (
+    from contracts.activities import (
         ACCOUNT_ERROR,
         DO_NOT_CALL,
+        FETCH_CALL,
+        HANG_UP,
         INVALID_NUMBER,
+        LOAD_LEADS,
+        LOAD_RUN,
         NO_RECORD,
+        PLACE_CALL,
+        READ_CLOCK,
+        RECORD_OUTCOMES,
+        REQUEST_LINES,
         RUN_CANCELLED,
+        RUN_NOT_FOUND,
+        SET_RUN_STATUS,
+        STOP_DIALS,
         TWILIO_REFUSED,
         CallSnapshot,
-        DialingActivities,
         DialInput,
+        DialOutput,
         FetchCallInput,
         HangUpInput,
-    )
-    from activities.gate import GateActivities, RequestLinesInput
-    from activities.records import (
-        RUN_NOT_FOUND,
         LeadCounts,
         LoadLeadsInput,
+        LoadLeadsOutput,
         LoadRunInput,
-        RecordActivities,
         RecordOutcomesInput,
+        RequestLinesInput,
         RunFacts,
         SetRunStatusInput,
     )
-    from telephony.status import SKIPPED_DNC, is_terminal
-    from workflows.messages import (
+    from contracts.messages import (
         AttemptRef,
         CallStatusEvent,
         CancelRequest,
@@ -55,7 +61,21 @@ with workflow.unsafe.imports_passed_through():
         RunProgress,
         RunResult,
     )
-    from workflows.names import RUN_STATUS, dial_task_queue, gate_workflow_id, run_workflow_id
+    from contracts.names import (
+        CALL_STATUS,
+        CANCEL,
+        LINES_GRANTED,
+        LINES_RECALLED,
+        PAUSE,
+        PROGRESS,
+        RESUME,
+        RUN_STATUS,
+        RUN_WORKFLOW,
+        dial_task_queue,
+        gate_workflow_id,
+        run_workflow_id,
+    )
+    from contracts.statuses import SKIPPED_DNC, RunStatus, is_terminal
     from workflows.run_book import LEAD_PAGE_SIZE, RunBook
 
 T = TypeVar("T")
@@ -141,7 +161,7 @@ LOAD_RUN_RETRY = RetryPolicy(
 )
 
 
-@workflow.defn
+@workflow.defn(name=RUN_WORKFLOW)
 class OutboundRunWorkflow:
     """Dials a run's leads through Twilio within the business's line cap (`outbound-run-{run_id}`).
 
@@ -157,7 +177,7 @@ class OutboundRunWorkflow:
         self._input = input
         self._book = RunBook(input.total_leads, input.options, input.carry_over or RunCarryOver())
         self._facts: RunFacts | None = None
-        self._status = "running"
+        self._status: str = RunStatus.RUNNING
         self._reason: str | None = None
         self._wake = False
         # Activities started in the background: dials, hang-ups, outcome writes.
@@ -180,7 +200,7 @@ class OutboundRunWorkflow:
 
     # Messages
 
-    @workflow.signal
+    @workflow.signal(name=CALL_STATUS)
     def call_status(self, event: CallStatusEvent) -> None:
         """A Twilio status callback for one of this run's attempts."""
         self._heard_at(event.at)
@@ -202,7 +222,7 @@ class OutboundRunWorkflow:
             )
         self._wake = True
 
-    @workflow.signal
+    @workflow.signal(name=CANCEL)
     def cancel(self, request: CancelRequest) -> None:
         """Stop dialing now; hang up calls in flight; the rest of the leads end `cancelled`."""
         self._heard_at(request.at)
@@ -213,7 +233,7 @@ class OutboundRunWorkflow:
             self._book.state.cancel_reason = reason
         self._wake = True
 
-    @workflow.signal
+    @workflow.signal(name=PAUSE)
     def pause(self, request: PauseRequest) -> None:
         """Dial nothing new; calls in flight finish."""
         self._heard_at(request.at)
@@ -224,7 +244,7 @@ class OutboundRunWorkflow:
         self._book.state.pause_reason = reason
         self._wake = True
 
-    @workflow.signal
+    @workflow.signal(name=RESUME)
     def resume(self, request: ResumeRequest) -> None:
         """Dial again after a pause."""
         self._heard_at(request.at)
@@ -233,21 +253,21 @@ class OutboundRunWorkflow:
         self._book.requeue_refused()
         self._wake = True
 
-    @workflow.signal
+    @workflow.signal(name=LINES_GRANTED)
     def lines_granted(self, grant: LineGrant) -> None:
         """Lines from the business's gate."""
         self._heard_at(grant.at)
         if self._book.grant(grant.seq, grant.count, grant.gate_run):
             self._wake = True
 
-    @workflow.signal
+    @workflow.signal(name=LINES_RECALLED)
     def lines_recalled(self, recall: LineRecall) -> None:
         """The gate asks for lines back for a waiting run."""
         self._heard_at(recall.at)
         if self._book.recall(recall.seq, recall.hold_at_most, recall.gate_run):
             self._wake = True
 
-    @workflow.query
+    @workflow.query(name=PROGRESS)
     def progress(self) -> RunProgress:
         """Live progress: counts agree with the attempts table once outcomes are written."""
         return self._book.progress(self._display_status(), self._reason or self._book.state.pause_reason)
@@ -257,16 +277,17 @@ class OutboundRunWorkflow:
     @workflow.run
     async def run(self, input: RunInput) -> RunResult:
         try:
-            facts = await workflow.execute_activity_method(
-                RecordActivities.load_run,
+            facts = await workflow.execute_activity(
+                LOAD_RUN,
                 LoadRunInput(input.run_id),
                 start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=LOAD_RUN_RETRY,
+                result_type=RunFacts,
             )
         except ActivityError as error:
             if isinstance(error.cause, ApplicationError) and error.cause.type == RUN_NOT_FOUND:
                 workflow.logger.warning("run never appeared in the database", extra={"run": input.run_id})
-                return RunResult(status="failed", done=0, outcomes={})
+                return RunResult(status=RunStatus.FAILED, done=0, outcomes={})
             raise
         self._facts = facts
         self._clock_to(facts.at)
@@ -367,13 +388,14 @@ class OutboundRunWorkflow:
             await workflow.wait_condition(lambda: self._wake)
 
     async def _load_leads(self) -> None:
-        page = await workflow.execute_activity_method(
-            RecordActivities.load_leads,
+        page = await workflow.execute_activity(
+            LOAD_LEADS,
             LoadLeadsInput(
                 self._input.run_id, self._book.state.next_lead_cursor, LEAD_PAGE_SIZE, pack_zones=True
             ),
             start_to_close_timeout=timedelta(seconds=30),
             retry_policy=DB_RETRY,
+            result_type=LoadLeadsOutput,
         )
         self._clock_to(page.at)
         self._book.add_leads(page.leads, LEAD_PAGE_SIZE, page.zone_sets)
@@ -418,8 +440,8 @@ class OutboundRunWorkflow:
                 return
             except FailureError:
                 workflow.logger.info("gate not running; starting it", extra={"run": self._input.run_id})
-        await workflow.execute_activity_method(
-            GateActivities.request_lines,
+        await workflow.execute_activity(
+            REQUEST_LINES,
             RequestLinesInput(self._facts.business_id, workflow.info().task_queue, demand),
             start_to_close_timeout=timedelta(seconds=30),
             retry_policy=DB_RETRY,
@@ -451,8 +473,8 @@ class OutboundRunWorkflow:
         scheduled_at = workflow.time()
         answer_version = 2 if workflow.patched(DIAL_ANSWERS_V2) else 1
         try:
-            placed = await workflow.execute_activity_method(
-                DialingActivities.place_call,
+            placed = await workflow.execute_activity(
+                PLACE_CALL,
                 DialInput(
                     run_id=self._input.run_id,
                     lead_id=call.lead_id,
@@ -475,6 +497,7 @@ class OutboundRunWorkflow:
                 schedule_to_close_timeout=DIAL_DEADLINE,
                 retry_policy=DIAL_RETRY,
                 summary=f"dial {call.phone[:5]}… (lead {call.lead_id}, attempt {call.attempt})",
+                result_type=DialOutput,
             )
         except ActivityError as error:
             self._clock_unsure = True
@@ -557,8 +580,8 @@ class OutboundRunWorkflow:
             return
         self._dials_stopped = True
         if any(call.call_sid is None for call in self._book.calls.values()):
-            await workflow.execute_activity_method(
-                RecordActivities.stop_dials,
+            await workflow.execute_activity(
+                STOP_DIALS,
                 LoadRunInput(self._input.run_id),
                 start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=DB_RETRY,
@@ -578,19 +601,20 @@ class OutboundRunWorkflow:
         assert call.call_sid is not None
         summary = f"hang up {call.call_sid} (lead {call.lead_id}, attempt {call.attempt})"
         if not workflow.patched(BACKGROUND_WORK_SURVIVES):
-            snapshot = await workflow.execute_activity_method(
-                DialingActivities.hang_up,
+            snapshot = await workflow.execute_activity(
+                HANG_UP,
                 HangUpInput(call.call_sid, call.answered),
                 start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=RetryPolicy(maximum_attempts=5, non_retryable_error_types=[ACCOUNT_ERROR]),
                 summary=summary,
+                result_type=CallSnapshot,
             )
             self._apply_snapshot(call, snapshot)
             return
         try:
             options = self._input.options
-            snapshot = await workflow.execute_activity_method(
-                DialingActivities.hang_up,
+            snapshot = await workflow.execute_activity(
+                HANG_UP,
                 HangUpInput(call.call_sid, call.answered, keep_trying=True),
                 start_to_close_timeout=timedelta(seconds=30),
                 # No call outlives its time limit: past it, the quiet-call checks learn its end.
@@ -601,6 +625,7 @@ class OutboundRunWorkflow:
                 ),
                 retry_policy=HANG_UP_RETRY,
                 summary=summary,
+                result_type=CallSnapshot,
             )
             self._clock_to(snapshot.at)
         except (asyncio.CancelledError, ActivityError) as error:
@@ -622,11 +647,12 @@ class OutboundRunWorkflow:
 
     async def _write_outcomes(self, batch: list[Outcome]) -> None:
         try:
-            done_at = await workflow.execute_activity_method(
-                RecordActivities.record_outcomes,
+            done_at = await workflow.execute_activity(
+                RECORD_OUTCOMES,
                 RecordOutcomesInput(self._input.run_id, batch),
                 start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=DB_RETRY,
+                result_type=cast(type, float | None),
             )
             self._clock_to(done_at)
             self._book.forget_freed(batch)
@@ -698,12 +724,13 @@ class OutboundRunWorkflow:
             for call in self._book.overdue_calls(self._now(), recheck, sooner):
                 assert call.call_sid is not None
                 try:
-                    snapshot: CallSnapshot = await workflow.execute_activity_method(
-                        DialingActivities.fetch_call,
+                    snapshot: CallSnapshot = await workflow.execute_activity(
+                        FETCH_CALL,
                         FetchCallInput(call.call_sid),
                         start_to_close_timeout=timedelta(seconds=30),
                         retry_policy=DB_RETRY,
                         summary=f"fetch quiet call {call.call_sid}",
+                        result_type=CallSnapshot,
                     )
                     self._clock_to(snapshot.at)
                 except ActivityError as error:
@@ -752,22 +779,23 @@ class OutboundRunWorkflow:
         if state.paused == state.pause_recorded or state.cancel_reason:
             return
         state.pause_recorded = state.paused
-        status = "paused" if state.paused else "running"
+        status = RunStatus.PAUSED if state.paused else RunStatus.RUNNING
         await self._set_status(status, state.pause_reason, final=False)
 
     async def _set_status(self, status: str, reason: str | None, final: bool) -> LeadCounts | None:
-        counts = await workflow.execute_activity_method(
-            RecordActivities.set_run_status,
+        counts = await workflow.execute_activity(
+            SET_RUN_STATUS,
             SetRunStatusInput(self._input.run_id, status, reason, final=final),
             start_to_close_timeout=timedelta(seconds=30),
             retry_policy=DB_RETRY,
+            result_type=cast(type, LeadCounts | None),
         )
         workflow.upsert_search_attributes([RUN_STATUS.value_set(status)])
         return counts
 
     async def _finish(self) -> RunResult:
         book = self._book
-        self._status = "cancelled" if book.state.cancel_reason else "completed"
+        self._status = RunStatus.CANCELLED if book.state.cancel_reason else RunStatus.COMPLETED
         self._reason = book.state.cancel_reason
         if book.state.gate_contacted:
             held = book.state.lines_held
@@ -809,7 +837,10 @@ class OutboundRunWorkflow:
         self._clock_unsure = False
         self._clock_to(
             await workflow.execute_activity(
-                read_clock, start_to_close_timeout=timedelta(seconds=10), retry_policy=DB_RETRY
+                READ_CLOCK,
+                start_to_close_timeout=timedelta(seconds=10),
+                retry_policy=DB_RETRY,
+                result_type=float,
             )
         )
 
@@ -835,11 +866,11 @@ class OutboundRunWorkflow:
             self._wake = True
 
     def _display_status(self) -> str:
-        if self._status != "running":
+        if self._status != RunStatus.RUNNING:
             return self._status
         if self._book.state.cancel_reason:
             return "cancelling"
-        return "paused" if self._book.state.paused else "running"
+        return RunStatus.PAUSED if self._book.state.paused else RunStatus.RUNNING
 
     def _details(self) -> str:
         p = self._book.progress(self._display_status())

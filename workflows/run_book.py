@@ -8,9 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from telephony.status import OUTCOMES, SKIPPED_WINDOW, is_terminal, outcome_for
-from workflows.calling_window import window_check
-from workflows.messages import (
+from contracts.messages import (
     AttemptRef,
     CallStatusEvent,
     InFlightCall,
@@ -22,7 +20,9 @@ from workflows.messages import (
     RunProgress,
     WaitingLead,
 )
-from workflows.zone_sets import pack_zones, unpack_zones
+from contracts.statuses import OUTCOMES, SKIPPED_WINDOW, is_terminal, outcome_for
+from contracts.zone_sets import pack_zones, unpack_zones
+from workflows.calling_window import window_check
 
 LEAD_PAGE_SIZE = 200
 # Leads parked on timers are workflow state; past this many, paging waits for some to be dialed.

@@ -14,10 +14,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from api.deps import BusinessDep, RunsDep, SessionDep
 from api.problems import Rejected, problems
+from contracts.names import run_workflow_id
 from service.calls_export import calls_csv, metadata_keys
 from service.lead_files import CSV_TYPES, JSON_LINES_TYPES, csv_records, json_lines_records
 from service.schemas import MAX_OFFSET, Accepted, CallPublic, RunCreate, RunCreated, RunOptionsIn, RunPublic
-from workflows.names import run_workflow_id
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
 

@@ -13,10 +13,10 @@ from twilio.request_validator import SIGNATURE_SETTINGS_HEADER, RequestValidator
 
 from api.deps import MetricsDep, SettingsDep, TemporalDep
 from api.problems import problems
+from contracts.messages import CallStatusEvent
+from contracts.names import CALL_STATUS, run_workflow_id
 from outbound_dialer.settings import Settings
 from telephony.twilio_client import CALLBACK_RETRIES
-from workflows.messages import CallStatusEvent
-from workflows.names import run_workflow_id
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/webhooks/twilio", tags=["webhooks"])
@@ -78,7 +78,7 @@ async def _signal_patiently(temporal: Client, run_id: str, event: CallStatusEven
     pause = 0.05
     while True:
         try:
-            await temporal.get_workflow_handle(run_workflow_id(run_id)).signal("call_status", event)
+            await temporal.get_workflow_handle(run_workflow_id(run_id)).signal(CALL_STATUS, event)
             return
         except RPCError as error:
             if error.status != RPCStatusCode.RESOURCE_EXHAUSTED or loop.time() + pause > give_up_at:

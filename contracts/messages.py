@@ -5,7 +5,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from workflows.calling_window import CallingWindow
+ALL_DAYS = [0, 1, 2, 3, 4, 5, 6]  # Monday is 0
+
+
+@dataclass
+class CallingWindow:
+    """Local hours ("HH:MM", end exclusive; "24:00" is midnight) on the given weekdays."""
+
+    start: str = "08:00"
+    end: str = "21:00"
+    days: list[int] = field(default_factory=lambda: list(ALL_DAYS))
+
 
 RETRY_ON_DEFAULT = ("busy", "no_answer", "failed")
 

@@ -1,8 +1,29 @@
-"""Names shared by the worker, the API and the tests: workflow ids and search attributes."""
+"""Names shared by the worker, the API and the tests: workflow types, ids, signals and queries, and
+search attributes."""
 
 from __future__ import annotations
 
 from temporalio.common import SearchAttributeKey
+
+# The workflows, by type name: one per run, one line gate and one event courier per business.
+RUN_WORKFLOW = "OutboundRunWorkflow"
+GATE_WORKFLOW = "BusinessLinesWorkflow"
+EVENTS_WORKFLOW = "BusinessEventsWorkflow"
+
+# A run's signals and query.
+CALL_STATUS = "call_status"  # Twilio's status callback for one of the run's calls
+CANCEL = "cancel"
+PAUSE = "pause"
+RESUME = "resume"
+LINES_GRANTED = "lines_granted"  # from the business's gate
+LINES_RECALLED = "lines_recalled"
+PROGRESS = "progress"
+# A gate's signals and query.
+DEMAND = "demand"  # from a run: the lines it holds and wants
+REAP = "reap"  # from the gate watch: take back the lines of runs that are gone
+LINES_IN_USE = "lines_in_use"
+# The event courier's signal: new events are waiting.
+EVENTS_RECORDED = "events_recorded"
 
 BUSINESS_ID = SearchAttributeKey.for_keyword("BusinessId")
 # "RunId" is reserved by Temporal (every execution has one), so the run id goes under this name.
