@@ -24,7 +24,7 @@ from contracts.activities import (
     RequestLinesInput,
 )
 from contracts.messages import GateInput
-from contracts.names import DEMAND, GATE_WORKFLOW, REAP, gate_workflow_id
+from contracts.names import DEMAND, GATE_WORKFLOW, REAP, gate_workflow_id, run_workflow_id
 from contracts.statuses import LIVE_RUN_STATUSES
 from db.models import Business, LineLease, Run
 from outbound_dialer.temporal_client import workflow_status
@@ -129,35 +129,43 @@ class GateWatch:
         self._stop.set()
 
     async def look(self) -> list[str]:
-        """Start the gates that should run and do not; returns the businesses whose gates it started.
-        Each gate is described (not listed, which lags), and a business that cannot be looked at does
-        not keep the others from being looked at."""
+        """Have the gates look that should; returns the businesses whose gates it started or asked
+        to reap. Each workflow is described (not listed, which lags), and a business that cannot be
+        looked at does not keep the others from being looked at."""
         async with self.sessions() as session:
-            leased = select(LineLease.business_id)
-            live = select(Run.business_id).where(Run.status.in_(LIVE_RUN_STATUSES))
-            wanted = dict(
+            leased = select(LineLease.business_id, LineLease.run_id)
+            live = select(Run.business_id, Run.id).where(Run.status.in_(LIVE_RUN_STATUSES))
+            runs_of: dict[str, set[str]] = {}
+            for business_id, run_id in (await session.execute(leased.union(live))).all():
+                runs_of.setdefault(business_id, set()).add(run_id)
+            caps = dict(
                 (
                     await session.execute(
-                        select(Business.id, Business.max_concurrent_calls).where(
-                            Business.id.in_(leased.union(live).scalar_subquery())
-                        )
+                        select(Business.id, Business.max_concurrent_calls).where(Business.id.in_(runs_of))
                     )
                 ).all()
             )
-        started = []
-        for business_id, cap in wanted.items():
+        asked = []
+        for business_id, cap in caps.items():
             try:
-                if await self._gate_runs(business_id):
+                if await self._gate_runs(business_id) and not await self._any_gone(runs_of[business_id]):
                     continue
-                log.info("starting a line gate to look for gone runs", extra={"business": business_id})
+                log.info("asking a line gate to look for gone runs", extra={"business": business_id})
                 await signal_gate(
                     self.client, business_id, cap, self.task_queue, self.interval_seconds, REAP, []
                 )
             except RPCError:
                 log.warning("line gate not looked at", extra={"business": business_id}, exc_info=True)
                 continue
-            started.append(business_id)
-        return started
+            asked.append(business_id)
+        return asked
+
+    async def _any_gone(self, run_ids: set[str]) -> bool:
+        """Whether any of these runs' workflows is not running (terminated, or reset away from)."""
+        for run_id in sorted(run_ids):
+            if await workflow_status(self.client, run_workflow_id(run_id)) != WorkflowExecutionStatus.RUNNING:
+                return True
+        return False
 
     async def _gate_runs(self, business_id: str) -> bool:
         return (

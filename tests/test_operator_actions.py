@@ -11,7 +11,7 @@ from temporalio.client import WorkflowHandle
 from temporalio.worker import Replayer
 
 from bench.operators import reset_to_first_workflow_task
-from contracts.messages import CallStatusEvent, RunProgress
+from contracts.messages import CallStatusEvent, LineDemand, RunProgress
 from contracts.names import RUN_STATUS, gate_workflow_id, run_workflow_id
 from contracts.statuses import FINAL_ATTEMPT_STATUSES
 from db.models import Run
@@ -367,3 +367,45 @@ async def _asked(handle: WorkflowHandle) -> bool:
         and e.activity_task_completed_event_attributes.scheduled_event_id in requests
         for e in history.events
     )
+
+
+async def test_a_run_the_gate_has_forgotten_still_ends_when_it_is_terminated(stack: Stack) -> None:
+    """Found by the chaos run: a run waiting for a retry holds and wants no line, so its gate, once
+    continued as new, no longer knows it. An operator then terminated it: nothing asked the gate to
+    look, the gate (running for the business) was never started afresh, and the run's row said
+    `running` for good. The workers' gate watch now finds runs whose rows are live but whose
+    workflows are not, and has their gate settle them."""
+    business = await stack.create_business(cap=1)
+    phone = new_number()
+    await stack.force_outcomes({phone: "busy"})
+    options = {"max_attempts": 2, "retry_on": ["busy"], "retry_delay_seconds": 3600}
+    run_id = await stack.start_run(business, [phone], options)
+
+    async def waiting_to_retry() -> bool:
+        return (await stack.run(business, run_id))["progress"]["retry_waiting"] == 1
+
+    await wait_for(waiting_to_retry, within=30, what="the run to wait for its retry")
+    gate = stack.temporal.get_workflow_handle(gate_workflow_id(business.id))
+    first_gate = (await gate.describe()).run_id
+
+    # Demands of runs already done grow the gate's history until the server suggests continuing as
+    # new, as the busy business's other runs did; none of them makes the gate look at the database.
+    done_runs = iter(range(1_000_000))
+
+    async def gate_continued_as_new() -> bool:
+        gone = LineDemand(run_workflow_id(f"done-{next(done_runs)}"), seq=1, cap=1, done=True, held=0)
+        await gate.signal(BusinessLinesWorkflow.demand, gone)
+        return (await gate.describe()).run_id != first_gate
+
+    await wait_for(gate_continued_as_new, within=60, what="the gate to continue as new", interval=0)
+    await stack.temporal.get_workflow_handle(run_workflow_id(run_id)).terminate("operator")
+
+    async def ended_failed() -> bool:
+        async with stack.sessions() as session:
+            row = await session.get(Run, run_id)
+        return row is not None and row.status == "failed"
+
+    await wait_for(ended_failed, within=30, what="the terminated run to end failed")
+    run = await stack.run(business, run_id)
+    assert run["status"] == "failed" and run["progress"]["retry_waiting"] == 0
+    assert len(await stack.sim_calls(business.caller_id)) == 1
