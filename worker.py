@@ -16,8 +16,9 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.clock import read_clock
+from activities.courier import EventCourier
 from activities.dialing import DialingActivities
-from activities.events import EventActivities, EventCourier
+from activities.events import EventActivities
 from activities.gate import GateActivities, GateWatch
 from activities.lines import LineActivities
 from activities.records import RecordActivities

@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, delete, exists, select, update
+from sqlalchemy import Table, bindparam, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 from sqlalchemy.sql import Executable
 from temporalio import activity
@@ -20,8 +20,7 @@ from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.rest import Client
 from twilio.rest.api.v2010.account.call import CallInstance
 
-from activities.events import EventCourier
-from activities.records import write_outcomes
+from activities.courier import EventCourier
 from contracts.activities import (
     ACCOUNT_ERROR,
     DO_NOT_CALL,
@@ -39,10 +38,10 @@ from contracts.activities import (
     FetchCallInput,
     HangUpInput,
 )
-from contracts.messages import AttemptRef
 from contracts.statuses import FINAL_ATTEMPT_STATUSES
-from db.leases import AttemptKey, Claimed, claim_line, release_lines
-from db.models import CallAttempt, DoNotCall, LineLease, Run, utcnow
+from db.leases import AttemptKey, Claimed, claim_line, release_lines, release_lines_of_ended_attempts
+from db.models import CallAttempt, DoNotCall, Run, utcnow
+from db.outcomes import write_outcomes
 from db.upsert import dialect_insert
 from outbound_dialer import observability
 from telephony.twilio_client import (
@@ -98,15 +97,6 @@ _STORE_SID = (
     .values(call_sid=bindparam("a_sid"), status="queued", updated_at=bindparam("a_now"))
 )
 _CLAIMS: dict[str, Executable] = {}
-_LEASES = cast(Table, LineLease.__table__)
-# A line the run freed comes back once its attempt's final word is written: until then a late try
-# of that attempt's dial could find neither, and dial again (the write gives the line back then).
-_RELEASE_ENDED = delete(_LEASES).where(
-    _LEASES.c.run_id == bindparam("a_run"),
-    _LEASES.c.lead_id == bindparam("a_lead"),
-    _LEASES.c.attempt == bindparam("a_attempt"),
-    exists().where(*_KEY, _ATTEMPTS.c.status.in_(FINAL_ATTEMPT_STATUSES)),
-)
 
 
 def _claim_statement(dialect: str) -> Executable:
@@ -155,13 +145,6 @@ async def _claim(connection: AsyncConnection, input: DialInput) -> _Claim:
         new = (await connection.execute(_claim_statement(dialect), key)).first() is not None
         cancel_requested_at, suppressed = (await connection.execute(_FENCE, fence)).one()
     return _Claim(bool(new), cancel_requested_at, bool(suppressed))
-
-
-async def _release_ended(connection: AsyncConnection, run_id: str, freed: list[AttemptRef]) -> None:
-    """Give back the lines the run freed whose attempts' final words are written."""
-    if freed:
-        rows = [{"a_run": run_id, "a_lead": f.lead_id, "a_attempt": f.attempt} for f in freed]
-        await connection.execute(_RELEASE_ENDED, rows)
 
 
 def _attempt_key(input: DialInput) -> dict[str, Any]:
@@ -249,7 +232,10 @@ class DialingActivities:
             async with self.sessions() as session, session.begin():
                 if wait == 0.0:
                     events_for = await write_outcomes(session, input.run_id, input.outcomes)
-                    await _release_ended(await session.connection(), input.run_id, input.release)
+                    await release_lines_of_ended_attempts(
+                        await session.connection(),
+                        keys=[AttemptKey(input.run_id, f.lead_id, f.attempt) for f in input.release],
+                    )
                 line = await claim_line(await session.connection(), input.business_id, key)
             if line is not None:
                 return line, events_for

@@ -1,10 +1,9 @@
-"""Events for a business's webhook: recorded with what they report, delivered signed, retried.
+"""Delivering a business's webhook events: signed, retried.
 
 A business that registers a webhook URL gets a `call.completed` event for every attempt's outcome
-and a `run.completed` event when a run ends. Each event is written to the `events` table in the
-same transaction as the outcome or final status it reports, so no crash can lose one, and its id is
-derived from what it reports, so writing the same outcome twice makes one event. The business's
-events workflow (`business-events-{id}`) delivers them with the activity below: a POST of the event
+and a `run.completed` event when a run ends, recorded in the outbox (`db.outbox`) with what they
+report. The business's events workflow (`business-events-{id}`) delivers them with the activity
+below: a POST of the event
 as JSON, signed per the Standard Webhooks specification (HMAC-SHA256 over id, timestamp and body),
 retried with backoff until the receiver answers 2xx or EVENT_RETRY_PERIOD has passed. Every
 delivery of an event carries the same `webhook-id`, so a receiver that keeps the ids it has
@@ -13,163 +12,32 @@ processed sees each event once in effect.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
-import secrets
-import uuid
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any, cast
 from urllib.parse import urlsplit
 
 import httpx
-from sqlalchemy import Table, bindparam, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from standardwebhooks.webhooks import Webhook
 from temporalio import activity
-from temporalio.client import Client
-from temporalio.common import WorkflowIDConflictPolicy
-from temporalio.service import RPCError
 
-from contracts.activities import DELIVER_EVENTS, DeliverEventsInput, DeliveryPass, EventsInput
-from contracts.messages import Outcome
-from contracts.names import EVENTS_RECORDED, EVENTS_WORKFLOW, events_workflow_id
-from contracts.statuses import OUTCOME_BY_CALL_STATUS, OUTCOMES
+from contracts.activities import DELIVER_EVENTS, DeliverEventsInput, DeliveryPass
+from contracts.statuses import OUTCOME_BY_CALL_STATUS, OUTCOMES, EventStatus
 from db.models import Business, CallAttempt, Event, Lead, Run, utcnow
-from db.upsert import insert_ignoring_conflict
+from db.outbox import CALL_COMPLETED, RUN_COMPLETED
 from outbound_dialer import observability
 
 log = logging.getLogger(__name__)
 
-CALL_COMPLETED = "call.completed"
-RUN_COMPLETED = "run.completed"
-EVENT_TYPES = (CALL_COMPLETED, RUN_COMPLETED)
-
-PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
 # Deliveries are retried for this long after the event was recorded, then it is given up.
 EVENT_RETRY_PERIOD = timedelta(days=3)
 MAX_RETRY_DELAY = timedelta(hours=1)
 # Events one pass of the delivery activity sends before it reports back to its workflow.
 PASS_SIZE = 100
 USER_AGENT = "outbound-dialer-webhooks/1"
-
-_EVENT_IDS = uuid.UUID("6c1f6a52-8d1e-4c55-9a47-3f1f8f0e2b7d")
-
-
-def event_id(type_: str, run_id: str, lead_id: int | None = None, attempt: int | None = None) -> str:
-    """The event's id, from what it reports: the same outcome always makes the same event."""
-    subject = f"{type_}/{run_id}" if lead_id is None else f"{type_}/{run_id}/{lead_id}/{attempt}"
-    return f"evt_{uuid.uuid5(_EVENT_IDS, subject).hex}"
-
-
-def new_signing_secret() -> str:
-    """A signing secret in the Standard Webhooks form: `whsec_` and 32 random bytes in base64."""
-    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
-
-
-# Recording: in the transaction that writes what the event reports.
-
-_BUSINESSES = cast(Table, Business.__table__)
-_RUNS = cast(Table, Run.__table__)
-_WEBHOOK_OF_RUN = (
-    select(_RUNS.c.business_id)
-    .join(_BUSINESSES, _BUSINESSES.c.id == _RUNS.c.business_id)
-    .where(_RUNS.c.id == bindparam("run"), _BUSINESSES.c.webhook_url.is_not(None))
-)
-
-
-async def _business_with_webhook(session: AsyncSession, run_id: str) -> str | None:
-    connection = await session.connection()
-    business_id: str | None = (await connection.execute(_WEBHOOK_OF_RUN, {"run": run_id})).scalar()
-    return business_id
-
-
-async def record_call_events(session: AsyncSession, run_id: str, outcomes: list[Outcome]) -> str | None:
-    """A `call.completed` event per outcome, if the run's business has a webhook; returns that
-    business's id when it has one (its events workflow should be told), else None."""
-    if not outcomes:
-        return None
-    business_id = await _business_with_webhook(session, run_id)
-    if business_id is None:
-        return None
-    now = utcnow()
-    await insert_ignoring_conflict(
-        session,
-        Event,
-        [
-            _event_row(CALL_COMPLETED, business_id, run_id, now, o.lead_id, o.attempt)
-            for o in {(o.lead_id, o.attempt): o for o in outcomes}.values()
-        ],
-        ["id"],
-    )
-    return business_id
-
-
-async def record_run_event(session: AsyncSession, run_id: str) -> str | None:
-    """The run's `run.completed` event, if its business has a webhook; returns the business's id
-    when it has one."""
-    business_id = await _business_with_webhook(session, run_id)
-    if business_id is not None:
-        await insert_ignoring_conflict(
-            session, Event, [_event_row(RUN_COMPLETED, business_id, run_id, utcnow())], ["id"]
-        )
-    return business_id
-
-
-def _event_row(
-    type_: str,
-    business_id: str,
-    run_id: str,
-    now: datetime,
-    lead_id: int | None = None,
-    attempt: int | None = None,
-) -> dict[str, Any]:
-    return {
-        "id": event_id(type_, run_id, lead_id, attempt),
-        "business_id": business_id,
-        "type": type_,
-        "run_id": run_id,
-        "lead_id": lead_id,
-        "attempt": attempt,
-        "status": PENDING,
-        "attempts": 0,
-        "next_attempt_at": now,
-        "created_at": now,
-    }
-
-
-class EventCourier:
-    """Tells a business's events workflow that it has events to deliver, starting it if need be."""
-
-    def __init__(self, client: Client, task_queue: str) -> None:
-        self.client = client
-        self.task_queue = task_queue
-
-    async def notify(self, business_id: str) -> None:
-        await self.client.start_workflow(
-            EVENTS_WORKFLOW,
-            EventsInput(business_id),
-            id=events_workflow_id(business_id),
-            task_queue=self.task_queue,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            start_signal=EVENTS_RECORDED,
-            static_summary=f"Webhook events of business {business_id}",
-        )
-
-    async def notify_soon(self, business_id: str | None) -> None:
-        """Notify, and on failure only log: the events are safe in the database, and the next
-        notice for the business (at the latest its run's `run.completed`) delivers them."""
-        if business_id is None:
-            return
-        try:
-            await self.notify(business_id)
-        except RPCError as error:
-            log.warning(
-                "could not notify the events workflow", extra={"business": business_id, "error": str(error)}
-            )
-
-
-# Delivery: one business's due events, one POST each.
 
 
 class EventActivities:
@@ -196,7 +64,7 @@ class EventActivities:
                     select(Event)
                     .where(
                         Event.business_id == input.business_id,
-                        Event.status == PENDING,
+                        Event.status == EventStatus.PENDING,
                         Event.next_attempt_at <= utcnow(),
                     )
                     .order_by(Event.created_at, Event.lead_id, Event.attempt)
@@ -250,7 +118,7 @@ class EventActivities:
         attempts = event.attempts + 1
         values: dict[str, Any] = {"attempts": attempts, "last_status_code": status_code, "last_error": error}
         if error is None:
-            values.update(status=DELIVERED, delivered_at=utcnow())
+            values.update(status=EventStatus.DELIVERED, delivered_at=utcnow())
             result.delivered += 1
             observability.EVENTS_DELIVERED.labels(event.type).inc()
             log.info("event delivered", extra=context)
@@ -258,7 +126,7 @@ class EventActivities:
             retry_at = utcnow() + min(self.first_retry * 2 ** (attempts - 1), MAX_RETRY_DELAY)
             result.failed_attempts += 1
             if retry_at > event.created_at + EVENT_RETRY_PERIOD:
-                values.update(status=FAILED)
+                values.update(status=EventStatus.FAILED)
                 result.given_up += 1
                 observability.EVENTS_GIVEN_UP.labels(event.type).inc()
                 log.warning("event given up", extra={**context, "error": error, "tries": attempts})
@@ -272,7 +140,9 @@ class EventActivities:
     async def _give_up(self, session: AsyncSession, events: list[Event], reason: str) -> None:
         """Mark these events failed, in the transaction the session has open (it read them)."""
         await session.execute(
-            update(Event).where(Event.id.in_([e.id for e in events])).values(status=FAILED, last_error=reason)
+            update(Event)
+            .where(Event.id.in_([e.id for e in events]))
+            .values(status=EventStatus.FAILED, last_error=reason)
         )
         await session.commit()
 
@@ -280,7 +150,7 @@ class EventActivities:
         async with self.sessions() as session:
             earliest = await session.scalar(
                 select(func.min(Event.next_attempt_at)).where(
-                    Event.business_id == business_id, Event.status == PENDING
+                    Event.business_id == business_id, Event.status == EventStatus.PENDING
                 )
             )
         if earliest is None:

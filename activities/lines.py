@@ -18,15 +18,15 @@ from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus
 from twilio.rest import Client as TwilioClient
 
+from activities.courier import EventCourier
 from activities.dialing import NO_RECORD, end_call, fetch_snapshot, find_unrecorded_call
-from activities.events import EventCourier
-from activities.records import finish_run, write_outcomes
 from contracts.activities import REAP_LINES, CallSnapshot, ReapedLines, ReapLinesInput
 from contracts.messages import Outcome
 from contracts.names import run_id_of, run_workflow_id
 from contracts.statuses import FINAL_ATTEMPT_STATUSES, LIVE_RUN_STATUSES, RunStatus, is_terminal
-from db.leases import AttemptKey, release_lines
+from db.leases import release_lines_of_ended_attempts
 from db.models import Business, CallAttempt, Lead, LineLease, Run
+from db.outcomes import finish_run, write_outcomes
 from outbound_dialer import observability
 from outbound_dialer.temporal_client import workflow_status
 
@@ -79,7 +79,10 @@ class LineActivities:
         """Settle the business's runs whose workflows are gone: hang up their calls, write the
         outcomes of those that ended (releasing their lines) and, when none is left, end the run."""
         async with self.sessions() as session, session.begin():
-            await _release_lines_of_ended_attempts(session, input.business_id)
+            released = await release_lines_of_ended_attempts(
+                await session.connection(), business_id=input.business_id
+            )
+            observability.LINES_REAPED.inc(released)
             leased = set(
                 await session.scalars(
                     select(LineLease.run_id).where(LineLease.business_id == input.business_id).distinct()
@@ -244,27 +247,6 @@ class LineActivities:
 
 AMBIGUOUS = object()
 GONE = "the run's workflow no longer exists"
-
-
-async def _release_lines_of_ended_attempts(session: AsyncSession, business_id: str) -> None:
-    """Leases whose attempts are final hold no call (a late try of an attempt that ended meanwhile,
-    a reset run's earlier execution): give them back, whatever the run's workflow is doing."""
-    ended = await session.execute(
-        select(LineLease.run_id, LineLease.lead_id, LineLease.attempt)
-        .join(
-            CallAttempt,
-            and_(
-                CallAttempt.run_id == LineLease.run_id,
-                CallAttempt.lead_id == LineLease.lead_id,
-                CallAttempt.attempt == LineLease.attempt,
-            ),
-        )
-        .where(LineLease.business_id == business_id, CallAttempt.status.in_(FINAL_ATTEMPT_STATUSES))
-    )
-    keys = [AttemptKey(r.run_id, r.lead_id, r.attempt) for r in ended]
-    if keys:
-        await release_lines(await session.connection(), keys)
-        observability.LINES_REAPED.inc(len(keys))
 
 
 async def _other_attempts_to(session: AsyncSession, business_id: str, call: _Held) -> bool:

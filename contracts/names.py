@@ -25,6 +25,11 @@ LINES_IN_USE = "lines_in_use"
 # The event courier's signal: new events are waiting.
 EVENTS_RECORDED = "events_recorded"
 
+# Where Twilio posts a call's status callbacks: the worker names it when it creates the call, the
+# API serves it. Its query names the attempt (`run`, `lead`, `attempt`).
+TWILIO_WEBHOOKS = "/v1/webhooks/twilio"
+CALL_STATUS_WEBHOOK = f"{TWILIO_WEBHOOKS}/call-status"
+
 BUSINESS_ID = SearchAttributeKey.for_keyword("BusinessId")
 # "RunId" is reserved by Temporal (every execution has one), so the run id goes under this name.
 RUN_ID = SearchAttributeKey.for_keyword("OutboundRunId")

@@ -17,6 +17,14 @@ class RunStatus(StrEnum):
     FAILED = "failed"
 
 
+class EventStatus(StrEnum):
+    """Where a webhook event's delivery stands."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"  # given up after EVENT_RETRY_PERIOD of retries
+
+
 # A run whose workflow is still at work (paused is still alive: it resumes).
 LIVE_RUN_STATUSES = (RunStatus.RUNNING, RunStatus.PAUSED)
 FINAL_RUN_STATUSES = (RunStatus.COMPLETED, RunStatus.CANCELLED, RunStatus.FAILED)

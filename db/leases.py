@@ -12,14 +12,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, delete, func, literal, select
+from sqlalchemy import Table, bindparam, delete, exists, func, literal, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from db.models import Business, LineLease, utcnow
+from contracts.statuses import FINAL_ATTEMPT_STATUSES
+from db.models import Business, CallAttempt, LineLease, utcnow
 from db.upsert import dialect_insert
 
 _LEASES = cast(Table, LineLease.__table__)
 _BUSINESSES = cast(Table, Business.__table__)
+_ATTEMPTS = cast(Table, CallAttempt.__table__)
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,41 @@ async def claim_line(connection: AsyncConnection, business_id: str, key: Attempt
         if (await connection.execute(_FULL, params)).scalar():
             return None
     return None
+
+
+# A lease whose attempt's final word is written holds no call: a late try of that attempt finds the
+# attempt's row (with its call's SID) and adopts the call rather than dialing again. Until then the
+# lease stays, so such a try cannot find neither.
+_OF_ENDED_ATTEMPT = exists().where(
+    _ATTEMPTS.c.run_id == _LEASES.c.run_id,
+    _ATTEMPTS.c.lead_id == _LEASES.c.lead_id,
+    _ATTEMPTS.c.attempt == _LEASES.c.attempt,
+    _ATTEMPTS.c.status.in_(FINAL_ATTEMPT_STATUSES),
+)
+_RELEASE_ENDED = _RELEASE.where(_OF_ENDED_ATTEMPT)
+_RELEASE_ENDED_OF_BUSINESS = delete(_LEASES).where(
+    _LEASES.c.business_id == bindparam("l_business"), _OF_ENDED_ATTEMPT
+)
+
+
+async def release_lines_of_ended_attempts(
+    connection: AsyncConnection, *, keys: Iterable[AttemptKey] = (), business_id: str | None = None
+) -> int:
+    """Give back the lines of attempts whose final word is written: of these attempts (a run's
+    dial gives back those the run freed), or of all the business's (the reaper, for a late try of
+    an attempt that ended meanwhile, or a reset run's earlier execution). Returns how many."""
+    released = 0
+    rows = [_params(key) for key in keys]
+    if rows:
+        released += _count(await connection.execute(_RELEASE_ENDED, rows))
+    if business_id is not None:
+        released += _count(await connection.execute(_RELEASE_ENDED_OF_BUSINESS, {"l_business": business_id}))
+    return released
+
+
+def _count(result: Any) -> int:
+    count = getattr(result, "rowcount", 0)
+    return count if isinstance(count, int) and count > 0 else 0
 
 
 async def release_lines(connection: AsyncConnection, keys: Iterable[AttemptKey]) -> None:

@@ -1,1 +1,1 @@
-"""Telephony: the Twilio client, the call-status vocabulary and the carrier simulator."""
+"""Telephony: the Twilio client and the carrier simulator."""

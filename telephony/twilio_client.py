@@ -10,6 +10,7 @@ from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.http.response import Response
 from twilio.rest import Client
 
+from contracts.names import CALL_STATUS_WEBHOOK
 from outbound_dialer.settings import Settings
 
 # Twilio's error codes for a create-call, by what they mean for a run
@@ -96,4 +97,4 @@ def status_callback_url(public_base_url: str, run_id: str, lead_id: int, attempt
     """Where Twilio reports a call's progress; it names the attempt, so a callback for a call whose
     create response was lost still finds its attempt."""
     query = urlencode({"run": run_id, "lead": lead_id, "attempt": attempt})
-    return f"{public_base_url}/v1/webhooks/twilio/call-status?{query}#{CALLBACK_RETRIES}"
+    return f"{public_base_url}{CALL_STATUS_WEBHOOK}?{query}#{CALLBACK_RETRIES}"

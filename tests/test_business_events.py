@@ -22,12 +22,13 @@ from fastapi import FastAPI, Request, Response
 from standardwebhooks.webhooks import Webhook
 from temporalio.testing import ActivityEnvironment
 
-from activities.events import EventActivities, event_id
+from activities.events import EventActivities
 from api.app import create_app
 from contracts.activities import DeliverEventsInput
 from contracts.names import events_workflow_id
 from db.migrate import upgrade
 from db.models import Event, Run
+from db.outbox import event_id
 from outbound_dialer.settings import DEV_ADMIN_TOKEN, DEV_AUTH_TOKEN, Settings
 from support.drive import Business, new_number, serve, wait_for
 from support.ports import free_port

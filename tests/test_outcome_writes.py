@@ -11,8 +11,8 @@ from sqlalchemy import select
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.records import RUN_APPEARS_WITHIN_TRIES, RUN_NOT_FOUND, RecordActivities
-from contracts.activities import LoadRunInput, RecordOutcomesInput
+from activities.records import RUN_APPEARS_WITHIN_TRIES, RecordActivities
+from contracts.activities import RUN_NOT_FOUND, LoadRunInput, RecordOutcomesInput
 from contracts.messages import Outcome
 from db.engine import create_engine, create_sessionmaker
 from db.models import CallAttempt, Lead, Run
@@ -46,6 +46,25 @@ async def test_a_late_write_of_an_earlier_attempt_does_not_undo_the_leads_outcom
             )
         ).all()
     assert [tuple(a) for a in attempts] == [(1, "busy", None), (2, "completed", 42)]
+
+
+async def test_an_outcome_names_a_lead_of_its_own_run_only(stack: Stack) -> None:
+    """A lead is settled by its run and id together: an outcome written for one run that names
+    another run's lead (a crafted or mistaken activity input) leaves that lead as it was."""
+    business = await stack.create_business()
+    async with stack.sessions() as session, session.begin():
+        runs = [
+            Run(id=uuid4().hex, business_id=business.id, status="running", total_leads=1, options={})
+            for _ in "ab"
+        ]
+        session.add_all(runs)
+        await session.flush()
+        theirs = Lead(run_id=runs[1].id, phone=new_number())
+        session.add(theirs)
+    records = RecordActivities(stack.sessions)
+    await records.record_outcomes(RecordOutcomesInput(runs[0].id, [Outcome(theirs.id, 1, "busy")]))
+    async with stack.sessions() as session:
+        assert await session.scalar(select(Lead.status).where(Lead.id == theirs.id)) == "queued"
 
 
 async def test_a_run_row_that_never_appears_is_given_up_but_a_database_away_is_waited_out(

@@ -10,10 +10,11 @@ from uuid import uuid4
 from fastapi import APIRouter, HTTPException, Query, Response, status
 from sqlalchemy import select, update
 
-from activities.events import EVENT_TYPES, FAILED, PENDING, new_signing_secret
 from api.deps import AdminDep, BusinessDep, SessionDep, SettingsDep
-from api.security import hash_api_key, new_api_key
+from api.security import hash_api_key, new_api_key, new_signing_secret
+from contracts.statuses import EventStatus
 from db.models import Business, Event
+from db.outbox import EVENT_TYPES
 from service.schemas import (
     BusinessCreate,
     BusinessCreated,
@@ -91,8 +92,8 @@ async def delete_webhook(business: BusinessDep, session: SessionDep) -> Response
     business.webhook_secret = None
     await session.execute(
         update(Event)
-        .where(Event.business_id == business.id, Event.status == PENDING)
-        .values(status=FAILED, last_error="the webhook was removed")
+        .where(Event.business_id == business.id, Event.status == EventStatus.PENDING)
+        .values(status=EventStatus.FAILED, last_error="the webhook was removed")
     )
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
@@ -124,7 +125,7 @@ async def list_events(
             last_status_code=e.last_status_code,
             last_error=e.last_error,
             created_at=e.created_at,
-            next_attempt_at=e.next_attempt_at if e.status == PENDING else None,
+            next_attempt_at=e.next_attempt_at if e.status == EventStatus.PENDING else None,
             delivered_at=e.delivered_at,
         )
         for e in events

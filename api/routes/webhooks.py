@@ -14,12 +14,12 @@ from twilio.request_validator import SIGNATURE_SETTINGS_HEADER, RequestValidator
 from api.deps import MetricsDep, SettingsDep, TemporalDep
 from api.problems import problems
 from contracts.messages import CallStatusEvent
-from contracts.names import CALL_STATUS, run_workflow_id
+from contracts.names import CALL_STATUS, CALL_STATUS_WEBHOOK, TWILIO_WEBHOOKS, run_workflow_id
 from outbound_dialer.settings import Settings
 from telephony.twilio_client import CALLBACK_RETRIES
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/v1/webhooks/twilio", tags=["webhooks"])
+router = APIRouter(prefix=TWILIO_WEBHOOKS, tags=["webhooks"])
 SIGNAL_PATIENCE_SECONDS = 10.0
 
 # What Twilio sends, as the API reads it; Twilio sends more fields than these, and they are signed too.
@@ -88,7 +88,7 @@ async def _signal_patiently(temporal: Client, run_id: str, event: CallStatusEven
 
 
 @router.post(
-    "/call-status",
+    CALL_STATUS_WEBHOOK.removeprefix(TWILIO_WEBHOOKS),
     status_code=status.HTTP_204_NO_CONTENT,
     responses=problems(403, 503),
     openapi_extra={
