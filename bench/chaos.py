@@ -49,20 +49,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import random
-import signal
 import sys
 import tempfile
 import time
 import uuid
 from collections import Counter
 from contextlib import AsyncExitStack
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import httpx
-import phonenumbers
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -81,6 +78,23 @@ from bench.chaos_checks import (
     check,
     violation,
 )
+from bench.chaos_plan import (
+    CALL_TIME_LIMIT_SECONDS,
+    CALLS_PER_SECOND,
+    CARRIER,
+    PROCESS_UP_WITHIN,
+    RUN_OPTIONS,
+    SAMPLE_EVERY_SECONDS,
+    SHORT,
+    WORKFLOW_CLOSES_WITHIN,
+    FaultDone,
+    Plan,
+    PlannedFault,
+    PlannedRun,
+    Scenario,
+    plan,
+)
+from bench.chaos_report import build_report
 from bench.common import fresh_database, log, machine, run_main, simulator_server
 from bench.processes import settings_environment
 from bench.restartable import (
@@ -94,204 +108,12 @@ from contracts.names import gate_workflow_id, run_workflow_id
 from db.engine import create_engine, create_sessionmaker
 from db.models import Business, CallAttempt, Lead, Run
 from outbound_dialer.settings import DEV_ADMIN_TOKEN, Settings
-from support.drive import ALWAYS_OPEN, as_its_worker_replays, execution_chain, wait_for
+from support.drive import as_its_worker_replays, execution_chain, wait_for
 from support.ports import free_port
 from support.tcp_proxy import TcpProxy
 from support.temporal_dev import dev_server_argv
 from workflows.business_lines import BusinessLinesWorkflow
 from workflows.outbound_run import OutboundRunWorkflow
-
-CAPS = (1, 2, 3)
-AREA_CODES = ("212", "312", "415", "646", "718")
-# Reconciliation within seconds: a call whose last callback was lost is fetched after ring
-# timeout (or time limit, once answered) + margin, so a lost callback holds a line ~10-20 s.
-CALL_TIME_LIMIT_SECONDS = 10
-RUN_OPTIONS: dict[str, Any] = {
-    "calling_window": ALWAYS_OPEN,
-    "ring_timeout_seconds": 5,
-    "call_time_limit_seconds": CALL_TIME_LIMIT_SECONDS,
-    "reconcile_margin_seconds": 5,
-}
-CARRIER: dict[str, Any] = {
-    "ring_seconds": (0.1, 1.0),
-    "talk_seconds": (0.3, 1.5),
-    "outcome_weights": {"completed": 0.6, "busy": 0.15, "no-answer": 0.2, "failed": 0.05},
-    "drop_callback_rate": 0.03,
-    "duplicate_callback_rate": 0.15,
-    "reorder_callback_rate": 0.15,
-    "create_429_rate": 0.08,
-    "retry_after_seconds": 0.5,
-    "create_5xx_rate": 0.04,
-    "create_5xx_after_create_rate": 0.06,
-    # Failed callbacks are retried as the callback URL's connection overrides ask (#rc=5&rp=ct,rt,5xx):
-    # after 0.25, 0.5, 1, 2 and 4 s.
-    "callback_retry_backoff_seconds": 0.25,
-    "callback_timeout_seconds": 5.0,
-}
-PROCESS_FAULTS = ("worker_kill", "api_restart", "temporal_restart")
-OPERATOR_FAULTS = ("gate_terminate", "gate_reset", "run_terminate", "run_reset", "pause_resume")
-DATABASE_FAULTS = ("db_outage",)
-FAULT_KINDS = PROCESS_FAULTS + OPERATOR_FAULTS + DATABASE_FAULTS
-# How often each kind comes, once every kind has come once.
-FAULT_WEIGHT = {
-    "worker_kill": 0.4,
-    "api_restart": 0.3,
-    "temporal_restart": 0.3,
-    "gate_terminate": 0.1,
-    "gate_reset": 0.1,
-    "run_terminate": 0.08,
-    "run_reset": 0.1,
-    "pause_resume": 0.15,
-    "db_outage": 0.15,
-}
-PROCESS_OF = {"worker_kill": "worker", "api_restart": "api", "temporal_restart": "temporal"}
-CALLS_PER_SECOND = 20.0
-SAMPLE_EVERY_SECONDS = 0.5
-PROCESS_UP_WITHIN = 60.0
-WORKFLOW_CLOSES_WITHIN = 30.0
-
-
-@dataclass(frozen=True)
-class Scenario:
-    """How big the run is, how long faults go on, and the seed that fixes every random choice."""
-
-    businesses: int = 4
-    runs_per_business: int = 3
-    leads_per_run: int = 20
-    seconds: float = 90.0
-    fault_gap_seconds: float = 7.0
-    cancels: int = 2
-    seed: int = 1
-    recover_within: float = 300.0
-    # Far below the server's default (4096 events), so runs and gates continue as new under fire.
-    suggest_continue_as_new_after: int = 100
-    # What an operator does in the Web UI, and database outages, besides the process faults.
-    operator: bool = True
-    db_outages: bool = True
-    # Every business's line cap; 0 gives them 1, 2 and 3 in turn.
-    cap: int = 0
-
-    @property
-    def fault_kinds(self) -> tuple[str, ...]:
-        return (
-            PROCESS_FAULTS
-            + (OPERATOR_FAULTS if self.operator else ())
-            + (DATABASE_FAULTS if self.db_outages else ())
-        )
-
-    def command(self) -> str:
-        """The command line that repeats this scenario."""
-        return (
-            f"python -m bench.chaos --seed {self.seed} --businesses {self.businesses} "
-            f"--runs-per-business {self.runs_per_business} --leads-per-run {self.leads_per_run} "
-            f"--seconds {self.seconds:g} --fault-gap {self.fault_gap_seconds:g} --cancels {self.cancels} "
-            f"--cap {self.cap}"
-            + ("" if self.operator else " --no-operator")
-            + ("" if self.db_outages else " --no-db-outages")
-        )
-
-
-# `make test`'s version: 36 leads, about 15 s of the process faults, at least one of each kind
-# (the operator's actions and database outages are in the full run).
-SHORT = Scenario(
-    businesses=3,
-    runs_per_business=2,
-    leads_per_run=6,
-    seconds=15.0,
-    fault_gap_seconds=4.0,
-    cancels=1,
-    operator=False,
-    db_outages=False,
-)
-
-
-# The plan, drawn from the seed before anything starts
-
-
-@dataclass(frozen=True)
-class PlannedRun:
-    business: int
-    start_at: float  # seconds after the faults begin
-    phones: list[str]
-    cancel_at: float | None = None  # cancel at this moment, once a fifth of the leads were called
-
-
-@dataclass(frozen=True)
-class PlannedFault:
-    at: float
-    kind: str
-    how: signal.Signals
-    down_seconds: float
-    # Which business or live run an operator's action picks: this fraction into the list.
-    pick: float = 0.0
-
-
-@dataclass(frozen=True)
-class Plan:
-    caller_ids: list[str]
-    caps: list[int]
-    runs: list[PlannedRun]
-    faults: list[PlannedFault]
-
-
-def numbers(rng: random.Random, count: int, taken: set[str]) -> list[str]:
-    """`count` valid US numbers not in `taken` (which grows)."""
-    found: list[str] = []
-    while len(found) < count:
-        candidate = f"+1{rng.choice(AREA_CODES)}{rng.randint(2000000, 9999999)}"
-        if candidate not in taken and phonenumbers.is_valid_number(phonenumbers.parse(candidate)):
-            taken.add(candidate)
-            found.append(candidate)
-    return found
-
-
-def plan(scenario: Scenario) -> Plan:
-    """Businesses, runs (the first of each business at once, the rest during the first 60% of the
-    fault window), which runs to cancel, and the faults: the first three are one of each kind in a
-    random order, the rest random kinds, `fault_gap_seconds` apart on average."""
-    rng = random.Random(scenario.seed)
-    taken: set[str] = set()
-    caller_ids = numbers(rng, scenario.businesses, taken)
-    caps = [scenario.cap or CAPS[i % len(CAPS)] for i in range(scenario.businesses)]
-    runs = []
-    for business in range(scenario.businesses):
-        for n in range(scenario.runs_per_business):
-            start_at = 0.0 if n == 0 else round(rng.uniform(0, 0.6 * scenario.seconds), 2)
-            runs.append(PlannedRun(business, start_at, numbers(rng, scenario.leads_per_run, taken)))
-    # Cancel first runs of the narrowest businesses: they dial from the start (a business's later
-    # runs may wait for its lines) and are still dialing mid-way.
-    firsts = sorted((i for i, r in enumerate(runs) if r.start_at == 0), key=lambda i: caps[runs[i].business])
-    pool = firsts[: max(scenario.cancels, (len(firsts) + 1) // 2)]
-    for i in rng.sample(pool, min(scenario.cancels, len(pool))):
-        cancel_at = max(runs[i].start_at, round(rng.uniform(0.1, 0.35) * scenario.seconds, 2))
-        runs[i] = replace(runs[i], cancel_at=cancel_at)
-
-    all_kinds = scenario.fault_kinds
-    kinds = list(all_kinds)
-    rng.shuffle(kinds)
-    faults: list[PlannedFault] = []
-    at = 0.0
-    while True:
-        at += rng.uniform(0.5, 1.5) * scenario.fault_gap_seconds
-        if at > scenario.seconds and len(faults) >= len(all_kinds):
-            break
-        if len(faults) < len(kinds):
-            kind = kinds[len(faults)]
-        else:
-            kind = rng.choices(all_kinds, [FAULT_WEIGHT[k] for k in all_kinds])[0]
-        pick = round(rng.random(), 3)
-        if kind == "worker_kill":
-            fault = PlannedFault(round(at, 2), kind, signal.SIGKILL, round(rng.uniform(0, 1), 2))
-        elif kind == "api_restart":
-            how = rng.choice((signal.SIGKILL, signal.SIGTERM))
-            fault = PlannedFault(round(at, 2), kind, how, round(rng.uniform(0, 1.5), 2))
-        elif kind == "temporal_restart":
-            fault = PlannedFault(round(at, 2), kind, signal.SIGKILL, round(rng.uniform(0.5, 3), 2))
-        else:
-            fault = PlannedFault(round(at, 2), kind, signal.SIGTERM, round(rng.uniform(2, 6), 2), pick)
-        faults.append(fault)
-    return Plan(caller_ids, caps, runs, faults)
-
 
 # Talking to the API while it comes and goes
 
@@ -351,16 +173,6 @@ class StartedRun:
     terminated_at: float | None = None
     reset_at: list[float] = field(default_factory=list)
     paused: int = 0
-
-
-@dataclass
-class FaultDone:
-    at: float
-    kind: str
-    signal: str
-    down_seconds: float
-    back_after_seconds: float
-    worker_polling_after_seconds: float | None = None
 
 
 @dataclass
@@ -728,82 +540,6 @@ class Chaos:
         return status, result if isinstance(result, dict) else {"result": result}
 
 
-# Measures
-
-
-def create_times(stats: dict[str, Any], caller_ids: list[str]) -> list[float]:
-    """When each create request from our businesses reached the carrier (placed or refused)."""
-    return sorted(t for caller_id in caller_ids for t in stats["create_requests"].get(caller_id, []))
-
-
-def first_after(times: list[float], moment: float) -> float | None:
-    return next((t for t in times if t > moment), None)
-
-
-def runs_live_at(timeline: list[dict[str, Any]], moment: float) -> int:
-    return sum(
-        1
-        for r in timeline
-        if r["created_at"] <= moment and (r["finished_at"] is None or r["finished_at"] > moment)
-    )
-
-
-def recovery(
-    faults: list[FaultDone], timeline: list[dict[str, Any]], creates: list[float], t0: float
-) -> dict[str, Any]:
-    """Time from the last fault until every run ended; per dev-server restart, time until dialing
-    resumed; per fault, time until the next create."""
-    finished = [r["finished_at"] for r in timeline if r["finished_at"] is not None]
-    all_ended = max(finished) if finished and len(finished) == len(timeline) else None
-    last = max((f.at for f in faults), default=None)
-    last_back = max((f.at + f.back_after_seconds for f in faults), default=None)
-    restarts = []
-    for f in faults:
-        if f.kind != "temporal_restart":
-            continue
-        up = f.at + f.back_after_seconds
-        resumed = first_after(creates, up)
-        restarts.append(
-            {
-                "at_seconds": round(f.at - t0, 2),
-                "down_seconds": f.back_after_seconds,
-                "runs_live": runs_live_at(timeline, f.at),
-                "worker_polling_again_after_seconds": f.worker_polling_after_seconds,
-                "dialing_resumed_after_up_seconds": round(resumed - up, 3) if resumed else None,
-                "dialing_resumed_after_kill_seconds": round(resumed - f.at, 3) if resumed else None,
-            }
-        )
-    per_fault = []
-    for f in faults:
-        following = first_after(creates, f.at)
-        per_fault.append(
-            {
-                "at_seconds": round(f.at - t0, 2),
-                "kind": f.kind,
-                "signal": f.signal,
-                "down_seconds": f.down_seconds,
-                "back_after_seconds": f.back_after_seconds,
-                "runs_live": runs_live_at(timeline, f.at),
-                "next_create_after_seconds": round(following - f.at, 3) if following else None,
-            }
-        )
-    return {
-        "last_fault_at_seconds": round(last - t0, 2) if last is not None else None,
-        "all_runs_ended_at_seconds": round(all_ended - t0, 2) if all_ended is not None else None,
-        "seconds_from_last_fault_to_all_runs_ended": round(all_ended - last, 2)
-        if all_ended is not None and last is not None
-        else None,
-        "seconds_from_last_process_back_to_all_runs_ended": round(all_ended - last_back, 2)
-        if all_ended is not None and last_back is not None
-        else None,
-        "runs_live_at_last_fault": runs_live_at(timeline, last) if last is not None else 0,
-        # Work still ahead when the faults stopped: the wait above is for this, not only recovery.
-        "creates_after_last_fault": sum(1 for t in creates if last is not None and t > last),
-        "dev_server_restarts": restarts,
-        "faults": per_fault,
-    }
-
-
 # Putting it together
 
 
@@ -939,81 +675,6 @@ async def _all(tasks: list[asyncio.Task[None]]) -> None:
     for result in results:
         if isinstance(result, BaseException):
             raise result
-
-
-def build_report(
-    scenario: Scenario,
-    driver: Chaos,
-    evidence: Evidence,
-    timeline: list[dict[str, Any]],
-    stats: dict[str, Any],
-    violations: list[dict[str, Any]],
-    began: float,
-    log_dir: Path,
-) -> dict[str, Any]:
-    """The JSON report."""
-    kinds = Counter(f.kind for f in driver.faults)
-    processes = {"worker": driver.worker, "api": driver.api_process, "temporal": driver.temporal}
-    creates = create_times(stats, driver.plan.caller_ids)
-    callbacks = stats["callbacks"]
-    return {
-        "bench": "chaos",
-        "seed": scenario.seed,
-        "repeat_with": scenario.command(),
-        "scenario": asdict(scenario),
-        "runs": {
-            "started": len(evidence.runs),
-            "by_status": dict(Counter(r.status for r in evidence.runs)),
-            "cancelled_mid_way": [
-                {"run": r.id, "accepted_at_seconds": round(r.cancel_accepted_at - driver.t0, 2)}
-                for r in driver.runs
-                if r.cancel_accepted_at is not None
-            ],
-            "cancels_planned": sum(1 for r in driver.plan.runs if r.cancel_at is not None),
-            # Refused with 409: the run had ended by the time the cancel reached it.
-            "cancel_too_late": sum(1 for r in driver.runs if r.cancel_refused),
-            "leads": sum(len(r.leads) for r in evidence.runs),
-            "leads_by_status": dict(Counter(s for r in evidence.runs for s in r.leads.values())),
-        },
-        "calls": {
-            "placed": len(evidence.calls),
-            "by_status": dict(Counter(c.status for c in evidence.calls)),
-            "create_requests": len(creates),
-        },
-        "simulator_faults": {
-            "create_429": stats["faults"]["create_429"],
-            "create_5xx": stats["faults"]["create_5xx"],
-            "create_5xx_after_create": stats["faults"]["create_5xx_after_create"],
-            "callbacks_dropped": callbacks["dropped"],
-            "callbacks_duplicated": callbacks["duplicated"],
-            "callbacks_reordered": callbacks["reordered"],
-            "callbacks_retried": callbacks["retried"],
-            "callbacks_given_up": callbacks["failed"],
-            "callbacks_sent": callbacks["sent"],
-        },
-        "operator_actions": driver.operator_actions,
-        "runs_terminated": sum(1 for r in driver.runs if r.terminated_at is not None),
-        "runs_reset": sum(1 for r in driver.runs if r.reset_at),
-        "runs_paused": sum(1 for r in driver.runs if r.paused),
-        "process_faults": {
-            "by_kind": {kind: kinds.get(kind, 0) for kind in scenario.fault_kinds},
-            "by_process": {
-                name: {
-                    "kills_or_restarts": kinds.get(kind, 0),
-                    "starts": processes[name].starts,
-                    "exits_on_its_own": len(processes[name].unplanned_exits),
-                }
-                for kind, name in PROCESS_OF.items()
-            },
-        },
-        "progress_samples": len(evidence.samples),
-        "api_retries": dict(driver.api.retries),
-        "violations": violations,
-        "recovery": recovery(driver.faults, timeline, creates, driver.t0),
-        "wall_seconds": round(time.time() - began, 2),
-        "logs": str(log_dir),
-        "log_lines_by_level": {name: p.log_levels() for name, p in processes.items()},
-    }
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[Scenario, bool]:

@@ -195,65 +195,15 @@ async def measure(
         await asyncio.gather(*pending, return_exceptions=True)
     log.info("runs ended in %.1fs (%d still running when given up)", finished - first_start, len(pending))
 
-    statuses: Counter[str] = Counter({"not ended in time": len(pending)} if pending else {})
-    for task in done:
-        error = task.exception()
-        if error is not None:
-            statuses[f"error: {type(error).__name__}"] += 1
-            log.warning("a run did not end well: %r", error)
-        else:
-            outcome = task.result()
-            statuses[str(outcome.get("status") if isinstance(outcome, dict) else outcome)] += 1
-
+    statuses = _run_statuses(done, pending)
     calls = (await env.stack.sim.get("/_sim/calls")).json()["calls"]
-    callers = {b.caller_id: b for b in fleet}
-    by_business: dict[str, list[Interval]] = {b.id: [] for b in fleet}
-    unended = 0
-    for call in calls:
-        business = callers.get(call["from"])
-        if business is None:
-            continue
-        if call["ended_at"] is None:
-            unended += 1
-        else:
-            by_business[business.id].append((call["created_at"], call["ended_at"]))
+    by_business, unended = _calls_by_business(calls, fleet)
     every = sorted(span for spans in by_business.values() for span in spans)
     if not every:
         raise RuntimeError("no call ended")
-    creates = [start for start, _ in every]
-    lines = businesses * cap
+    low, high, steady, all_active, whole = _windows(every, by_business, businesses * cap, talk_seconds, ideal)
 
-    # The middle 60% of creates.
-    low = creates[round(MIDDLE[0] * (len(creates) - 1))]
-    high = creates[round(MIDDLE[1] * (len(creates) - 1))]
-    steady = window_report(creates, every, low, high, lines, ideal)
-    steady["start_offset_seconds"] = round(low - creates[0], 3)
-
-    # Every business dialing: from the last first-create to the first last-create.
-    firsts = [spans[0][0] for spans in by_business.values() if spans]
-    lasts = [spans[-1][0] for spans in by_business.values() if spans]
-    all_active = None
-    # Only worth a number when it spans a couple of call lengths: between two waves of creates it
-    # would count next to none.
-    if len(firsts) == businesses and min(lasts) - max(firsts) >= 2 * talk_seconds:
-        all_active = window_report(creates, every, max(firsts), min(lasts), lines, ideal)
-
-    last_end = max(end for _, end in every)
-    whole = window_report(creates, every, creates[0], last_end, lines, ideal)
-
-    utilisations: list[float] = []
-    while_waiting: list[float] = []
-    peaks: list[int] = []
-    for spans in by_business.values():
-        if not spans:
-            continue
-        busy = sum(e - s for s, e in spans)
-        wall = max(e for _, e in spans) - spans[0][0]
-        utilisations.append(busy / (cap * wall) if wall > 0 else 0.0)
-        waiting = spans[-1][0] - spans[0][0]
-        if waiting > 0:
-            while_waiting.append(busy_inside(spans, spans[0][0], spans[-1][0]) / (cap * waiting))
-        peaks.append(overlap_peak(spans))
+    utilisations, while_waiting, peaks = _per_business(by_business, cap)
     steady_cpu = sampler.cpu_report(low, high, steady["creates"])
 
     result: dict[str, Any] = {
@@ -307,6 +257,90 @@ async def measure(
         result["cpu_steady_window"]["saturates_first"],
     )
     return result
+
+
+def _windows(
+    every: list[Interval],
+    by_business: dict[str, list[Interval]],
+    lines: int,
+    talk_seconds: float,
+    ideal: float,
+) -> tuple[float, float, dict[str, Any], dict[str, Any] | None, dict[str, Any]]:
+    """Throughput in three windows: the middle 60% of creates (steady), while every business was
+    dialing, and the whole run."""
+    creates = [start for start, _ in every]
+
+    # The middle 60% of creates.
+    low = creates[round(MIDDLE[0] * (len(creates) - 1))]
+    high = creates[round(MIDDLE[1] * (len(creates) - 1))]
+    steady = window_report(creates, every, low, high, lines, ideal)
+    steady["start_offset_seconds"] = round(low - creates[0], 3)
+
+    # Every business dialing: from the last first-create to the first last-create.
+    firsts = [spans[0][0] for spans in by_business.values() if spans]
+    lasts = [spans[-1][0] for spans in by_business.values() if spans]
+    all_active = None
+    # Only worth a number when it spans a couple of call lengths: between two waves of creates it
+    # would count next to none.
+    if len(firsts) == len(by_business) and min(lasts) - max(firsts) >= 2 * talk_seconds:
+        all_active = window_report(creates, every, max(firsts), min(lasts), lines, ideal)
+
+    last_end = max(end for _, end in every)
+    whole = window_report(creates, every, creates[0], last_end, lines, ideal)
+    return low, high, steady, all_active, whole
+
+
+def _run_statuses(done: set[asyncio.Task[Any]], pending: set[asyncio.Task[Any]]) -> Counter[str]:
+    """How the runs ended, as their workflows' results say."""
+    statuses: Counter[str] = Counter({"not ended in time": len(pending)} if pending else {})
+    for task in done:
+        error = task.exception()
+        if error is not None:
+            statuses[f"error: {type(error).__name__}"] += 1
+            log.warning("a run did not end well: %r", error)
+        else:
+            outcome = task.result()
+            statuses[str(outcome.get("status") if isinstance(outcome, dict) else outcome)] += 1
+    return statuses
+
+
+def _calls_by_business(
+    calls: list[dict[str, Any]], fleet: list[Business]
+) -> tuple[dict[str, list[Interval]], int]:
+    """Each business's ended calls, as (created, ended) spans, and how many calls had not ended."""
+    callers = {b.caller_id: b for b in fleet}
+    by_business: dict[str, list[Interval]] = {b.id: [] for b in fleet}
+    unended = 0
+    for call in calls:
+        business = callers.get(call["from"])
+        if business is None:
+            continue
+        if call["ended_at"] is None:
+            unended += 1
+        else:
+            by_business[business.id].append((call["created_at"], call["ended_at"]))
+    return by_business, unended
+
+
+def _per_business(
+    by_business: dict[str, list[Interval]], cap: int
+) -> tuple[list[float], list[float], list[int]]:
+    """Each business's use of its lines: over its whole run, while it still had leads waiting, and
+    its peak of calls at once."""
+    utilisations: list[float] = []
+    while_waiting: list[float] = []
+    peaks: list[int] = []
+    for spans in by_business.values():
+        if not spans:
+            continue
+        busy = sum(e - s for s, e in spans)
+        wall = max(e for _, e in spans) - spans[0][0]
+        utilisations.append(busy / (cap * wall) if wall > 0 else 0.0)
+        waiting = spans[-1][0] - spans[0][0]
+        if waiting > 0:
+            while_waiting.append(busy_inside(spans, spans[0][0], spans[-1][0]) / (cap * waiting))
+        peaks.append(overlap_peak(spans))
+    return utilisations, while_waiting, peaks
 
 
 def main(argv: list[str] | None = None) -> None:

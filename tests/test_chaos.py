@@ -12,8 +12,9 @@ from collections.abc import Callable
 
 import pytest
 
-from bench.chaos import SHORT, chaos
+from bench.chaos import chaos
 from bench.chaos_checks import AttemptRow, CarrierCall, Evidence, ProgressSample, RunEvidence, check
+from bench.chaos_plan import SHORT
 
 CALLER = "+14155550100"
 
