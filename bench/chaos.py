@@ -96,7 +96,6 @@ from bench.chaos_plan import (
 )
 from bench.chaos_report import build_report
 from bench.common import fresh_database, log, machine, run_main, simulator_server
-from bench.processes import settings_environment
 from bench.restartable import (
     Restartable,
     connect_when_up,
@@ -592,7 +591,7 @@ async def chaos(scenario: Scenario, *, keep_state: bool = False) -> dict[str, An
             TWILIO_CALLS_PER_SECOND=CALLS_PER_SECOND,
             LOG_LEVEL="WARNING",
         )
-        env = settings_environment(settings)
+        env = settings.environment()
         worker = Restartable("worker", [sys.executable, "worker.py"], env, log_dir)
         api_process = Restartable("api", [sys.executable, "-m", "api", "--port", str(api_port)], env, log_dir)
         for process in (worker, api_process):

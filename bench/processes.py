@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from pydantic import SecretStr
 from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
@@ -321,21 +320,6 @@ class Sampler:
 # Spawning the API and the worker
 
 
-def settings_environment(settings: Settings) -> dict[str, str]:
-    """This process's environment with every `Settings` field set from `settings` (unset ones
-    removed), for a child process that reads its settings from the environment."""
-    env = dict(os.environ)
-    for name in Settings.model_fields:
-        value = getattr(settings, name)
-        if value is None:
-            env.pop(name, None)
-        elif isinstance(value, SecretStr):
-            env[name] = value.get_secret_value()
-        else:
-            env[name] = str(value)
-    return env
-
-
 @dataclass
 class Spawned:
     """A child process of ours, with the file its output goes to."""
@@ -521,7 +505,7 @@ async def process_env(
             TWILIO_CALLS_PER_SECOND=calls_per_second,
             LOG_LEVEL=log_level,
         )
-        env = settings_environment(settings)
+        env = settings.environment()
         log_dir = Path(tempfile.mkdtemp(prefix="bench-logs-"))
         log.info("API and worker logs in %s", log_dir)
         worker, *more_workers = [

@@ -117,6 +117,21 @@ class Settings(BaseSettings):
                     raise ValueError(f"{name} is a placeholder; set a real secret in production")
         return self
 
+    def environment(self) -> dict[str, str]:
+        """This process's environment with every setting set from these (unset ones removed), for a
+        child process that reads its settings from the environment: the worker a test or benchmark
+        starts is configured exactly like the settings it was given."""
+        env = dict(os.environ)
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if value is None:
+                env.pop(name, None)
+            elif isinstance(value, SecretStr):
+                env[name] = value.get_secret_value()
+            else:
+                env[name] = str(value)
+        return env
+
     def temporal_env(self) -> dict[str, str]:
         """Environment for `temporalio.envconfig`, with these settings taking precedence."""
         env = dict(os.environ)

@@ -204,19 +204,14 @@ class Stack:
 
     def spawn_worker_process(self) -> subprocess.Popen[bytes]:
         """Run `worker.py` as its own process, configured like this stack."""
-        env = {
-            **os.environ,
-            "DATABASE_URL": self.settings.DATABASE_URL,
-            "TEMPORAL_ADDRESS": self.temporal.service_client.config.target_host,
-            "TEMPORAL_NAMESPACE": self.temporal.namespace,
-            "TEMPORAL_TASK_QUEUE": self.settings.TEMPORAL_TASK_QUEUE,
-            "TWILIO_API_BASE_URL": self.settings.TWILIO_API_BASE_URL or "",
-            "PUBLIC_BASE_URL": self.settings.PUBLIC_BASE_URL,
-            "TWILIO_CALLS_PER_SECOND": str(self.settings.TWILIO_CALLS_PER_SECOND),
-            "GATE_REAP_SECONDS": str(self.settings.GATE_REAP_SECONDS),
-            "TWILIO_LOOKUP_DELAY_SECONDS": str(self.settings.TWILIO_LOOKUP_DELAY_SECONDS),
-            "LOG_LEVEL": "WARNING",
-        }
+        settings = self.settings.model_copy(
+            update={
+                "TEMPORAL_ADDRESS": self.temporal.service_client.config.target_host,
+                "TEMPORAL_NAMESPACE": self.temporal.namespace,
+                "LOG_LEVEL": "WARNING",
+            }
+        )
+        env = settings.environment()
         process = subprocess.Popen([sys.executable, "worker.py"], cwd=ROOT, env=env)
         self._processes.append(process)
         return process
