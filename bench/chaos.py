@@ -55,7 +55,7 @@ import time
 import uuid
 from collections import Counter
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +82,7 @@ from bench.chaos_plan import (
     CALL_TIME_LIMIT_SECONDS,
     CALLS_PER_SECOND,
     CARRIER,
+    PROCESS_OF,
     PROCESS_UP_WITHIN,
     RUN_OPTIONS,
     SAMPLE_EVERY_SECONDS,
@@ -94,7 +95,7 @@ from bench.chaos_plan import (
     Scenario,
     plan,
 )
-from bench.chaos_report import build_report
+from bench.chaos_report import create_times, recovery
 from bench.common import fresh_database, log, machine, run_main, simulator_server
 from bench.restartable import (
     Restartable,
@@ -674,6 +675,81 @@ async def _all(tasks: list[asyncio.Task[None]]) -> None:
     for result in results:
         if isinstance(result, BaseException):
             raise result
+
+
+def build_report(
+    scenario: Scenario,
+    driver: Chaos,
+    evidence: Evidence,
+    timeline: list[dict[str, Any]],
+    stats: dict[str, Any],
+    violations: list[dict[str, Any]],
+    began: float,
+    log_dir: Path,
+) -> dict[str, Any]:
+    """The JSON report."""
+    kinds = Counter(f.kind for f in driver.faults)
+    processes = {"worker": driver.worker, "api": driver.api_process, "temporal": driver.temporal}
+    creates = create_times(stats, driver.plan.caller_ids)
+    callbacks = stats["callbacks"]
+    return {
+        "bench": "chaos",
+        "seed": scenario.seed,
+        "repeat_with": scenario.command(),
+        "scenario": asdict(scenario),
+        "runs": {
+            "started": len(evidence.runs),
+            "by_status": dict(Counter(r.status for r in evidence.runs)),
+            "cancelled_mid_way": [
+                {"run": r.id, "accepted_at_seconds": round(r.cancel_accepted_at - driver.t0, 2)}
+                for r in driver.runs
+                if r.cancel_accepted_at is not None
+            ],
+            "cancels_planned": sum(1 for r in driver.plan.runs if r.cancel_at is not None),
+            # Refused with 409: the run had ended by the time the cancel reached it.
+            "cancel_too_late": sum(1 for r in driver.runs if r.cancel_refused),
+            "leads": sum(len(r.leads) for r in evidence.runs),
+            "leads_by_status": dict(Counter(s for r in evidence.runs for s in r.leads.values())),
+        },
+        "calls": {
+            "placed": len(evidence.calls),
+            "by_status": dict(Counter(c.status for c in evidence.calls)),
+            "create_requests": len(creates),
+        },
+        "simulator_faults": {
+            "create_429": stats["faults"]["create_429"],
+            "create_5xx": stats["faults"]["create_5xx"],
+            "create_5xx_after_create": stats["faults"]["create_5xx_after_create"],
+            "callbacks_dropped": callbacks["dropped"],
+            "callbacks_duplicated": callbacks["duplicated"],
+            "callbacks_reordered": callbacks["reordered"],
+            "callbacks_retried": callbacks["retried"],
+            "callbacks_given_up": callbacks["failed"],
+            "callbacks_sent": callbacks["sent"],
+        },
+        "operator_actions": driver.operator_actions,
+        "runs_terminated": sum(1 for r in driver.runs if r.terminated_at is not None),
+        "runs_reset": sum(1 for r in driver.runs if r.reset_at),
+        "runs_paused": sum(1 for r in driver.runs if r.paused),
+        "process_faults": {
+            "by_kind": {kind: kinds.get(kind, 0) for kind in scenario.fault_kinds},
+            "by_process": {
+                name: {
+                    "kills_or_restarts": kinds.get(kind, 0),
+                    "starts": processes[name].starts,
+                    "exits_on_its_own": len(processes[name].unplanned_exits),
+                }
+                for kind, name in PROCESS_OF.items()
+            },
+        },
+        "progress_samples": len(evidence.samples),
+        "api_retries": dict(driver.api.retries),
+        "violations": violations,
+        "recovery": recovery(driver.faults, timeline, creates, driver.t0),
+        "wall_seconds": round(time.time() - began, 2),
+        "logs": str(log_dir),
+        "log_lines_by_level": {name: p.log_levels() for name, p in processes.items()},
+    }
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[Scenario, bool]:

@@ -1,18 +1,11 @@
-"""The chaos run's measures and report: faults by kind, recovery times, the invariants' verdicts."""
+"""The chaos run's measures: when dialing resumed after each fault, and how long until every run
+ended."""
 
 from __future__ import annotations
 
-import time
-from collections import Counter
-from dataclasses import asdict
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from bench.chaos_checks import Evidence
-from bench.chaos_plan import PROCESS_OF, FaultDone, Scenario
-
-if TYPE_CHECKING:
-    from bench.chaos import Chaos
+from bench.chaos_plan import FaultDone
 
 
 def create_times(stats: dict[str, Any], caller_ids: list[str]) -> list[float]:
@@ -85,79 +78,4 @@ def recovery(
         "creates_after_last_fault": sum(1 for t in creates if last is not None and t > last),
         "dev_server_restarts": restarts,
         "faults": per_fault,
-    }
-
-
-def build_report(
-    scenario: Scenario,
-    driver: Chaos,
-    evidence: Evidence,
-    timeline: list[dict[str, Any]],
-    stats: dict[str, Any],
-    violations: list[dict[str, Any]],
-    began: float,
-    log_dir: Path,
-) -> dict[str, Any]:
-    """The JSON report."""
-    kinds = Counter(f.kind for f in driver.faults)
-    processes = {"worker": driver.worker, "api": driver.api_process, "temporal": driver.temporal}
-    creates = create_times(stats, driver.plan.caller_ids)
-    callbacks = stats["callbacks"]
-    return {
-        "bench": "chaos",
-        "seed": scenario.seed,
-        "repeat_with": scenario.command(),
-        "scenario": asdict(scenario),
-        "runs": {
-            "started": len(evidence.runs),
-            "by_status": dict(Counter(r.status for r in evidence.runs)),
-            "cancelled_mid_way": [
-                {"run": r.id, "accepted_at_seconds": round(r.cancel_accepted_at - driver.t0, 2)}
-                for r in driver.runs
-                if r.cancel_accepted_at is not None
-            ],
-            "cancels_planned": sum(1 for r in driver.plan.runs if r.cancel_at is not None),
-            # Refused with 409: the run had ended by the time the cancel reached it.
-            "cancel_too_late": sum(1 for r in driver.runs if r.cancel_refused),
-            "leads": sum(len(r.leads) for r in evidence.runs),
-            "leads_by_status": dict(Counter(s for r in evidence.runs for s in r.leads.values())),
-        },
-        "calls": {
-            "placed": len(evidence.calls),
-            "by_status": dict(Counter(c.status for c in evidence.calls)),
-            "create_requests": len(creates),
-        },
-        "simulator_faults": {
-            "create_429": stats["faults"]["create_429"],
-            "create_5xx": stats["faults"]["create_5xx"],
-            "create_5xx_after_create": stats["faults"]["create_5xx_after_create"],
-            "callbacks_dropped": callbacks["dropped"],
-            "callbacks_duplicated": callbacks["duplicated"],
-            "callbacks_reordered": callbacks["reordered"],
-            "callbacks_retried": callbacks["retried"],
-            "callbacks_given_up": callbacks["failed"],
-            "callbacks_sent": callbacks["sent"],
-        },
-        "operator_actions": driver.operator_actions,
-        "runs_terminated": sum(1 for r in driver.runs if r.terminated_at is not None),
-        "runs_reset": sum(1 for r in driver.runs if r.reset_at),
-        "runs_paused": sum(1 for r in driver.runs if r.paused),
-        "process_faults": {
-            "by_kind": {kind: kinds.get(kind, 0) for kind in scenario.fault_kinds},
-            "by_process": {
-                name: {
-                    "kills_or_restarts": kinds.get(kind, 0),
-                    "starts": processes[name].starts,
-                    "exits_on_its_own": len(processes[name].unplanned_exits),
-                }
-                for kind, name in PROCESS_OF.items()
-            },
-        },
-        "progress_samples": len(evidence.samples),
-        "api_retries": dict(driver.api.retries),
-        "violations": violations,
-        "recovery": recovery(driver.faults, timeline, creates, driver.t0),
-        "wall_seconds": round(time.time() - began, 2),
-        "logs": str(log_dir),
-        "log_lines_by_level": {name: p.log_levels() for name, p in processes.items()},
     }
