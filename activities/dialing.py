@@ -297,9 +297,21 @@ class DialingActivities:
             raise ApplicationError(
                 "the number is on the business's do-not-call list", type=DO_NOT_CALL, non_retryable=True
             )
+        call = await self._create(input, dial)
+        placed = DialOutput(call.sid or "", call.status or "queued")
+        dial.created = placed
+        log.info("call placed", extra={**context, "call_sid": placed.call_sid})
+        observability.CALLS_PLACED.inc()
+        await self._store_sid(session, input, placed)
+        return placed
+
+    async def _create(self, input: DialInput, dial: _DialState) -> CallInstance:
+        """Ask Twilio to place the call. A refusal is classified (a 4xx about the number or the
+        account fails for good); a 5xx or no answer may have placed it, and is retried after the
+        lookup delay, when the retry looks for it first."""
         dial.sent = True
         try:
-            call = await self.twilio.calls.create_async(
+            return await self.twilio.calls.create_async(
                 to=input.to,
                 from_=input.from_,
                 twiml=input.twiml,
@@ -329,12 +341,6 @@ class DialingActivities:
                 type=type(error).__name__,
                 next_retry_delay=self.lookup_delay,
             ) from None
-        placed = DialOutput(call.sid or "", call.status or "queued")
-        dial.created = placed
-        log.info("call placed", extra={**context, "call_sid": placed.call_sid})
-        observability.CALLS_PLACED.inc()
-        await self._store_sid(session, input, placed)
-        return placed
 
     def _wait_for_call_lists(self, dial: _DialState) -> None:
         """Raise (to be retried later) while Twilio's lists may not show yet a call that an earlier

@@ -468,28 +468,12 @@ class OutboundRunWorkflow:
         return self._book.take_unrecorded()
 
     async def _dial(self, call: InFlightCall, carried: list[Outcome], freed: AttemptRef | None) -> None:
-        assert self._facts is not None
-        options = self._input.options
         scheduled_at = workflow.time()
         answer_version = 2 if workflow.patched(DIAL_ANSWERS_V2) else 1
         try:
             placed = await workflow.execute_activity(
                 PLACE_CALL,
-                DialInput(
-                    run_id=self._input.run_id,
-                    lead_id=call.lead_id,
-                    attempt=call.attempt,
-                    to=call.phone,
-                    from_=self._facts.caller_id,
-                    twiml=options.twiml,
-                    ring_timeout_seconds=options.ring_timeout_seconds,
-                    call_time_limit_seconds=options.call_time_limit_seconds,
-                    machine_detection=options.machine_detection,
-                    business_id=self._facts.business_id,
-                    outcomes=carried,
-                    answer_version=answer_version,
-                    release=[freed] if freed else [],
-                ),
+                self._dial_input(call, carried, freed, answer_version),
                 task_queue=dial_task_queue(workflow.info().task_queue),
                 # Longer than a try can take (two lookups and a create, TWILIO_TIMEOUT_SECONDS each),
                 # so a retry never overlaps a try still at work.
@@ -500,71 +484,117 @@ class OutboundRunWorkflow:
                 result_type=DialOutput,
             )
         except ActivityError as error:
-            self._clock_unsure = True
-            if workflow.patched(HISTORY_CLOCK):
-                await self._read_clock()
-            self._note_dial_time(scheduled_at, None)
-            # A failed dial may not have written the outcomes it carried; writing twice is harmless.
-            self._book.state.unrecorded.extend(carried)
-            if freed is not None:
-                self._book.state.lines_freed.append(freed)
-            cause = error.cause
-            kind = cause.type if isinstance(cause, ApplicationError) else None
-            code, message = None, str(cause or error)
-            if isinstance(cause, ApplicationError) and cause.details:
-                code, message = cause.details[0], f"{cause.details[1]}"
-            workflow.logger.warning(
-                "dial failed", extra={"lead": call.lead_id, "attempt": call.attempt, "error": message}
-            )
-            if kind == ACCOUNT_ERROR:
-                # Every dial would fail the same way: keep the lead, pause, and say why.
-                self._book.dial_refused(call.lead_id, call.attempt)
-                said = f"error {code}: {message}" if code is not None else message
-                self._pause(f"Twilio refused the call ({said}); fix the account, then resume")
-                return
-            if kind == TWILIO_REFUSED and answer_version >= 2:
-                why = self._book.dial_refused_unsure(call.lead_id, call.attempt, code, message)
-                if why is not None:
-                    self._pause(why)
-                return
-            status = {RUN_CANCELLED: "canceled", DO_NOT_CALL: SKIPPED_DNC}.get(kind or "", "failed")
-            self._book.dial_failed(call.lead_id, call.attempt, code, message, self._now(), status)
+            await self._dial_failed(call, error, carried, freed, scheduled_at, answer_version)
         else:
-            self._clock_to(placed.at)
-            self._note_dial_time(scheduled_at, placed.took_seconds)
-            if answer_version >= 2 and placed.line_busy:
-                # Its outcomes were written with the leases they free (before the claim found no
-                # line); kept to be written again, which changes nothing, should that have failed.
-                self._book.state.unrecorded.extend(carried)
-                self._book.line_busy(call.lead_id, call.attempt, self._now())
-                return
-            self._book.forget_freed(carried)
-            if answer_version >= 2 and not placed.call_sid:
-                # An earlier execution of this run ended the attempt without a call.
-                self._book.dial_failed(
-                    call.lead_id,
-                    call.attempt,
-                    placed.error_code,
-                    placed.error_message or "",
-                    self._now(),
-                    placed.status,
+            self._dial_answered(call, placed, carried, scheduled_at, answer_version)
+
+    def _dial_input(
+        self, call: InFlightCall, carried: list[Outcome], freed: AttemptRef | None, answer_version: int
+    ) -> DialInput:
+        assert self._facts is not None
+        options = self._input.options
+        return DialInput(
+            run_id=self._input.run_id,
+            lead_id=call.lead_id,
+            attempt=call.attempt,
+            to=call.phone,
+            from_=self._facts.caller_id,
+            twiml=options.twiml,
+            ring_timeout_seconds=options.ring_timeout_seconds,
+            call_time_limit_seconds=options.call_time_limit_seconds,
+            machine_detection=options.machine_detection,
+            business_id=self._facts.business_id,
+            outcomes=carried,
+            answer_version=answer_version,
+            release=[freed] if freed else [],
+        )
+
+    async def _dial_failed(
+        self,
+        call: InFlightCall,
+        error: ActivityError,
+        carried: list[Outcome],
+        freed: AttemptRef | None,
+        scheduled_at: float,
+        answer_version: int,
+    ) -> None:
+        """A dial that failed for good: the lead's outcome, a pause for the account, or nothing
+        placed (its carried outcomes and freed line are kept for the next write)."""
+        self._clock_unsure = True
+        if workflow.patched(HISTORY_CLOCK):
+            await self._read_clock()
+        self._note_dial_time(scheduled_at, None)
+        # A failed dial may not have written the outcomes it carried; writing twice is harmless.
+        self._book.state.unrecorded.extend(carried)
+        if freed is not None:
+            self._book.state.lines_freed.append(freed)
+        cause = error.cause
+        kind = cause.type if isinstance(cause, ApplicationError) else None
+        code, message = None, str(cause or error)
+        if isinstance(cause, ApplicationError) and cause.details:
+            code, message = cause.details[0], f"{cause.details[1]}"
+        workflow.logger.warning(
+            "dial failed", extra={"lead": call.lead_id, "attempt": call.attempt, "error": message}
+        )
+        if kind == ACCOUNT_ERROR:
+            # Every dial would fail the same way: keep the lead, pause, and say why.
+            self._book.dial_refused(call.lead_id, call.attempt)
+            said = f"error {code}: {message}" if code is not None else message
+            self._pause(f"Twilio refused the call ({said}); fix the account, then resume")
+            return
+        if kind == TWILIO_REFUSED and answer_version >= 2:
+            why = self._book.dial_refused_unsure(call.lead_id, call.attempt, code, message)
+            if why is not None:
+                self._pause(why)
+            return
+        status = {RUN_CANCELLED: "canceled", DO_NOT_CALL: SKIPPED_DNC}.get(kind or "", "failed")
+        self._book.dial_failed(call.lead_id, call.attempt, code, message, self._now(), status)
+
+    def _dial_answered(
+        self,
+        call: InFlightCall,
+        placed: DialOutput,
+        carried: list[Outcome],
+        scheduled_at: float,
+        answer_version: int,
+    ) -> None:
+        """A dial's answer: the call placed (or adopted, perhaps already ended), every line busy, or
+        an attempt an earlier execution of the run ended without a call."""
+        self._clock_to(placed.at)
+        self._note_dial_time(scheduled_at, placed.took_seconds)
+        if answer_version >= 2 and placed.line_busy:
+            # Its outcomes were written with the leases they free (before the claim found no
+            # line); kept to be written again, which changes nothing, should that have failed.
+            self._book.state.unrecorded.extend(carried)
+            self._book.line_busy(call.lead_id, call.attempt, self._now())
+            return
+        self._book.forget_freed(carried)
+        if answer_version >= 2 and not placed.call_sid:
+            # An earlier execution of this run ended the attempt without a call.
+            self._book.dial_failed(
+                call.lead_id,
+                call.attempt,
+                placed.error_code,
+                placed.error_message or "",
+                self._now(),
+                placed.status,
+            )
+            return
+        self._book.dial_placed(call.lead_id, call.attempt, placed.call_sid, placed.status, self._now())
+        if answer_version >= 2 and is_terminal(placed.status):
+            # Adopted a call that has already ended (its callbacks came before this execution).
+            self._apply_status(
+                CallStatusEvent(
+                    lead_id=call.lead_id,
+                    attempt=call.attempt,
+                    call_sid=placed.call_sid,
+                    status=placed.status,
+                    duration=placed.duration,
+                    answered_by=placed.answered_by,
+                    error_code=placed.error_code,
+                    error_message=placed.error_message,
                 )
-                return
-            self._book.dial_placed(call.lead_id, call.attempt, placed.call_sid, placed.status, self._now())
-            if answer_version >= 2 and is_terminal(placed.status):
-                # Adopted a call that has already ended (its callbacks came before this execution).
-                self._apply_status(
-                    CallStatusEvent(
-                        lead_id=call.lead_id,
-                        attempt=call.attempt,
-                        call_sid=placed.call_sid,
-                        status=placed.status,
-                        duration=placed.duration,
-                        answered_by=placed.answered_by,
-                        error_code=placed.error_code,
-                        error_message=placed.error_message,
-                    )
-                )
+            )
 
     def _note_dial_time(self, scheduled_at: float, took_seconds: float | None) -> None:
         """Keep how long the last dial took (it decides whether outcomes ride the next one): as the

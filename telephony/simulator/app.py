@@ -113,44 +113,7 @@ def _twilio_routes(sim: Simulator) -> APIRouter:
 
     @router.get("/Calls.json")
     async def list_calls(account_sid: str, request: Request) -> dict[str, Any]:
-        query = request.query_params
-        try:
-            for key in ("StartTime", "StartTime>", "StartTime<"):
-                if key in query:
-                    parse_time(query[key])
-            page = int(query.get("Page", "0"))
-            page_size = min(int(query.get("PageSize", "50")), 1000)
-        except ValueError as exc:
-            raise TwilioApiError(400, 20001, f"Invalid query parameter: {exc}") from exc
-        if page < 0 or page_size < 1:
-            raise TwilioApiError(400, 20001, "Page must be >= 0 and PageSize >= 1")
-        calls = sim.calls.search(
-            account_sid,
-            to=query.get("To"),
-            from_=query.get("From"),
-            status=query.get("Status"),
-            start=TimeFilter(query.get("StartTime"), query.get("StartTime>"), query.get("StartTime<")),
-            created_before=time.time() - sim.config.list_lag_seconds if sim.config.list_lag_seconds else None,
-        )
-        start = page * page_size
-        selected = calls[start : start + page_size]
-        filters = [(k, v) for k, v in query.multi_items() if k not in _PAGE_PARAMS]
-
-        def page_uri(number: int) -> str:
-            params = [*filters, ("PageSize", str(page_size)), ("Page", str(number))]
-            return f"{request.url.path}?{urlencode(params)}"
-
-        return {
-            "calls": [c.resource() for c in selected],
-            "end": start + len(selected) - 1 if selected else start,
-            "first_page_uri": page_uri(0),
-            "next_page_uri": page_uri(page + 1) if start + page_size < len(calls) else None,
-            "page": page,
-            "page_size": page_size,
-            "previous_page_uri": page_uri(page - 1) if page > 0 else None,
-            "start": start,
-            "uri": page_uri(page),
-        }
+        return _calls_page(sim, account_sid, request)
 
     @router.get("/Calls/{sid}.json")
     async def fetch_call(account_sid: str, sid: str, request: Request) -> dict[str, Any]:
@@ -166,6 +129,49 @@ def _twilio_routes(sim: Simulator) -> APIRouter:
         return sim.update_call(call, status if isinstance(status, str) else None).resource()
 
     return router
+
+
+def _calls_page(sim: Simulator, account_sid: str, request: Request) -> dict[str, Any]:
+    """A page of the account's calls, filtered and paged as Twilio's Calls list is (and as late to
+    show new calls as the simulator is told to be)."""
+    query = request.query_params
+    try:
+        for key in ("StartTime", "StartTime>", "StartTime<"):
+            if key in query:
+                parse_time(query[key])
+        page = int(query.get("Page", "0"))
+        page_size = min(int(query.get("PageSize", "50")), 1000)
+    except ValueError as exc:
+        raise TwilioApiError(400, 20001, f"Invalid query parameter: {exc}") from exc
+    if page < 0 or page_size < 1:
+        raise TwilioApiError(400, 20001, "Page must be >= 0 and PageSize >= 1")
+    calls = sim.calls.search(
+        account_sid,
+        to=query.get("To"),
+        from_=query.get("From"),
+        status=query.get("Status"),
+        start=TimeFilter(query.get("StartTime"), query.get("StartTime>"), query.get("StartTime<")),
+        created_before=time.time() - sim.config.list_lag_seconds if sim.config.list_lag_seconds else None,
+    )
+    start = page * page_size
+    selected = calls[start : start + page_size]
+    filters = [(k, v) for k, v in query.multi_items() if k not in _PAGE_PARAMS]
+
+    def page_uri(number: int) -> str:
+        params = [*filters, ("PageSize", str(page_size)), ("Page", str(number))]
+        return f"{request.url.path}?{urlencode(params)}"
+
+    return {
+        "calls": [c.resource() for c in selected],
+        "end": start + len(selected) - 1 if selected else start,
+        "first_page_uri": page_uri(0),
+        "next_page_uri": page_uri(page + 1) if start + page_size < len(calls) else None,
+        "page": page,
+        "page_size": page_size,
+        "previous_page_uri": page_uri(page - 1) if page > 0 else None,
+        "start": start,
+        "uri": page_uri(page),
+    }
 
 
 def _control_routes(sim: Simulator) -> APIRouter:
