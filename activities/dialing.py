@@ -23,6 +23,7 @@ from twilio.rest.api.v2010.account.call import CallInstance
 from activities.courier import EventCourier
 from contracts.activities import (
     ACCOUNT_ERROR,
+    ANSWER_INVALID,
     DO_NOT_CALL,
     FETCH_CALL,
     HANG_UP,
@@ -40,10 +41,11 @@ from contracts.activities import (
 )
 from contracts.statuses import FINAL_ATTEMPT_STATUSES
 from db.leases import AttemptKey, Claimed, claim_line, release_lines, release_lines_of_ended_attempts
-from db.models import CallAttempt, DoNotCall, Run, utcnow
+from db.models import CallAttempt, DoNotCall, Lead, Run, utcnow
 from db.outcomes import write_outcomes
 from db.upsert import dialect_insert
 from outbound_dialer import observability
+from telephony.answers import LeadFields, says_lead_fields, twiml_for
 from telephony.twilio_client import (
     ACCOUNT_ERROR_CODES,
     NOT_IN_PROGRESS,
@@ -145,6 +147,26 @@ async def _claim(connection: AsyncConnection, input: DialInput) -> _Claim:
         new = (await connection.execute(_claim_statement(dialect), key)).first() is not None
         cancel_requested_at, suppressed = (await connection.execute(_FENCE, fence)).one()
     return _Claim(bool(new), cancel_requested_at, bool(suppressed))
+
+
+async def _twiml(session: AsyncSession, input: DialInput) -> str:
+    """What the answered call runs: the run's answer, with the lead's fields if its message names
+    them; runs started before answers were taken play their `twiml`."""
+    if input.answer is None:
+        return input.twiml
+    lead = LeadFields()
+    if says_lead_fields(input.answer):
+        row = (
+            await session.execute(
+                select(Lead.name, Lead.extra).where(Lead.id == input.lead_id, Lead.run_id == input.run_id)
+            )
+        ).first()
+        if row is not None:
+            lead = LeadFields(row.name, row.extra or {})
+    try:
+        return twiml_for(input.answer, lead)
+    except ValueError as error:
+        raise ApplicationError(str(error), type=ANSWER_INVALID, non_retryable=True) from None
 
 
 def _attempt_key(input: DialInput) -> dict[str, Any]:
@@ -297,7 +319,7 @@ class DialingActivities:
             raise ApplicationError(
                 "the number is on the business's do-not-call list", type=DO_NOT_CALL, non_retryable=True
             )
-        call = await self._create(input, dial)
+        call = await self._create(input, dial, await _twiml(session, input))
         placed = DialOutput(call.sid or "", call.status or "queued")
         dial.created = placed
         log.info("call placed", extra={**context, "call_sid": placed.call_sid})
@@ -305,7 +327,7 @@ class DialingActivities:
         await self._store_sid(session, input, placed)
         return placed
 
-    async def _create(self, input: DialInput, dial: _DialState) -> CallInstance:
+    async def _create(self, input: DialInput, dial: _DialState, twiml: str) -> CallInstance:
         """Ask Twilio to place the call. A refusal is classified (a 4xx about the number or the
         account fails for good); a 5xx or no answer may have placed it, and is retried after the
         lookup delay, when the retry looks for it first."""
@@ -314,7 +336,7 @@ class DialingActivities:
             return await self.twilio.calls.create_async(
                 to=input.to,
                 from_=input.from_,
-                twiml=input.twiml,
+                twiml=twiml,
                 status_callback=status_callback_url(
                     self.public_base_url, input.run_id, input.lead_id, input.attempt
                 ),

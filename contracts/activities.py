@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from contracts.messages import AttemptRef, LeadRef, LineDemand, Outcome
+from contracts.messages import Answer, AttemptRef, LeadRef, LineDemand, Outcome
 
 # The activities' names, as the workflows schedule them.
 PLACE_CALL = "place_call"
@@ -30,6 +30,8 @@ ACCOUNT_ERROR = "TwilioAccountError"
 LINE_BUSY = "LineBusy"
 # Refused with a 4xx that may be about the number or the account (21216, or a code we do not know).
 TWILIO_REFUSED = "TwilioRefused"
+# The run's answer cannot be made into TwiML (an unknown kind, or too long for Twilio).
+ANSWER_INVALID = "AnswerInvalid"
 # The error message of an attempt whose call Twilio has no record of.
 NO_RECORD = "Twilio has no record of this call"
 # The run's row never appeared: the API's request that started the run did not commit.
@@ -56,6 +58,8 @@ class DialInput:
     answer_version: int = 1
     # Ended calls of the run whose line leases this dial releases before it claims its own.
     release: list[AttemptRef] = field(default_factory=list)
+    # What the answered call does; without it (runs started before), `twiml` is played.
+    answer: Answer | None = None
 
 
 @dataclass

@@ -21,6 +21,23 @@ RETRY_ON_DEFAULT = ("busy", "no_answer", "failed")
 
 
 @dataclass
+class Answer:
+    """What an answered call does, as the business chose it; its TwiML is built when the call is
+    placed (`telephony.answers`), never written by a business. Kind `message`: say `say` (in
+    `voice` and `language`; `{name}` and `{metadata.<field>}` are the lead's) or play the https
+    audio at `play`."""
+
+    kind: str = "message"
+    say: str | None = None
+    voice: str | None = None
+    language: str | None = None
+    play: str | None = None
+
+
+DEFAULT_ANSWER = Answer(say="Hello. This is a call from your outbound campaign.")
+
+
+@dataclass
 class RunOptions:
     """Per-run dialing options, chosen when the run is created."""
 
@@ -29,6 +46,7 @@ class RunOptions:
     call_time_limit_seconds: int = 3600
     hang_up_on_cancel: bool = True
     machine_detection: bool = False
+    # Runs started before `answer` was taken play this (a business can no longer set it).
     twiml: str = "<Response><Say>Hello. This is a call from your outbound campaign.</Say></Response>"
     # Ask Twilio for a call's status when it has sent nothing for this long past the expected time.
     reconcile_margin_seconds: int = 60
@@ -36,6 +54,8 @@ class RunOptions:
     retry_backoff: float = 1.0
     retry_on: list[str] = field(default_factory=lambda: list(RETRY_ON_DEFAULT))
     calling_window: CallingWindow = field(default_factory=CallingWindow)
+    # What an answered call does; runs started before it was taken have none, and play `twiml`.
+    answer: Answer | None = None
 
 
 @dataclass

@@ -57,6 +57,8 @@ class Business(Base):
     timezone: Mapped[str | None] = mapped_column(String(64))
     # Default calling window for the business's runs: {"start": "08:00", "end": "21:00", "days": [0..6]}.
     calling_window: Mapped[dict[str, Any] | None]
+    # What its runs' answered calls do unless a run says otherwise (`AnswerIn`); the product's greeting if unset.
+    answer: Mapped[dict[str, Any] | None]
     api_key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     # Where the business's events are POSTed, and the secret they are signed with (the worker needs

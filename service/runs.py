@@ -26,6 +26,7 @@ from temporalio.common import (
 from temporalio.service import RPCError, RPCStatusCode
 
 from contracts.messages import (
+    DEFAULT_ANSWER,
     CallingWindow,
     CancelRequest,
     PauseRequest,
@@ -52,12 +53,19 @@ from service.errors import LeadListInvalid, RunNotFound, RunNotLive, UploadUnrea
 from service.lead_files import Record
 from service.leads import JSON_LEADS, UPLOAD_LINES, LeadList
 from service.progress import progress_from_database, progress_from_workflow
-from service.schemas import CallingWindowIn, CallPublic, LeadIn, RunCreated, RunOptionsIn, RunPublic
+from service.schemas import AnswerIn, CallingWindowIn, CallPublic, LeadIn, RunCreated, RunOptionsIn, RunPublic
 
 log = logging.getLogger(__name__)
 
 INSERT_BATCH = 5_000
 QUERY_TIMEOUT = timedelta(seconds=5)
+
+
+def business_answer(business: Business) -> AnswerIn:
+    """What the business's answered calls do: its own choice, or the product's greeting."""
+    if business.answer:
+        return AnswerIn.model_validate(business.answer)
+    return AnswerIn(say=DEFAULT_ANSWER.say)
 
 
 class RunService:
@@ -133,8 +141,17 @@ class RunService:
         window = options_in.calling_window or (
             CallingWindowIn(**business.calling_window) if business.calling_window else CallingWindowIn()
         )
-        stored_options = options_in.model_dump(exclude_none=True) | {"calling_window": window.model_dump()}
-        options = RunOptions(**(stored_options | {"calling_window": CallingWindow(**window.model_dump())}))
+        answer = options_in.answer or business_answer(business)
+        stored_options = options_in.model_dump(exclude_none=True) | {
+            "calling_window": window.model_dump(),
+            "answer": answer.model_dump(mode="json", exclude_none=True),
+        }
+        options = RunOptions(
+            **(
+                stored_options
+                | {"calling_window": CallingWindow(**window.model_dump()), "answer": answer.to_answer()}
+            )
+        )
         run = Run(
             id=uuid4().hex,
             business_id=business.id,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -17,12 +17,14 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictBool,
+    TypeAdapter,
     field_validator,
     model_validator,
 )
 
-from contracts.messages import ALL_DAYS, CallingWindow, RunOptions
+from contracts.messages import ALL_DAYS, Answer, CallingWindow, RunOptions
 from service.phones import InvalidPhone, to_e164
+from telephony.answers import placeholders
 from workflows.calling_window import opens_ever
 
 RETRYABLE_OUTCOMES = ("busy", "no_answer", "failed", "answered")
@@ -159,8 +161,79 @@ class LeadIn(BaseModel):
     )
 
 
+# Twilio's `<Say>` voices: its basic ones, and the Amazon Polly and Google voices it names
+# (https://www.twilio.com/docs/voice/twiml/say/text-speech).
+VOICE = (
+    r"^(man|woman|alice|Polly\.[A-Za-z]+(-(Neural|Generative))?|Google\.[a-z]{2,3}-[A-Z]{2}-[A-Za-z0-9-]+)$"
+)
+LANGUAGE = r"^[a-z]{2,3}(-[A-Z]{2})?$"
+MAX_SAY_CHARS = 1000
+
+
+def _spoken(text: str | None) -> str | None:
+    if text is not None:
+        placeholders(text)
+    return text
+
+
+_URL = TypeAdapter(AnyHttpUrl)
+
+
+def _https(url: str | None) -> str | None:
+    if url is None:
+        return None
+    parsed = _URL.validate_python(url)
+    if parsed.scheme != "https":
+        raise ValueError("Twilio fetches the audio: give an https:// URL")
+    return url
+
+
+class AnswerIn(BaseModel):
+    """What an answered call does. `message`: say a text (`say`, in a `voice` and `language`) or play
+    an audio file (`play`, an https URL). The text may name the lead's fields as `{name}` and
+    `{metadata.<field>}`; whatever they hold is said as text."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["message"] = "message"
+    say: Annotated[StoredText | None, AfterValidator(_spoken)] = Field(
+        default=None, min_length=1, max_length=MAX_SAY_CHARS, examples=["Hello {name}, this is Acme."]
+    )
+    voice: str | None = Field(default=None, pattern=VOICE, examples=["Polly.Joanna"])
+    language: str | None = Field(default=None, pattern=LANGUAGE, examples=["en-US"])
+    play: Annotated[str | None, AfterValidator(_https)] = Field(
+        default=None, max_length=2000, description="An https URL of the audio to play."
+    )
+
+    @model_validator(mode="after")
+    def _one_thing_to_do(self) -> AnswerIn:
+        if (self.say is None) == (self.play is None):
+            raise ValueError("a message either says a text (`say`) or plays audio (`play`): give one")
+        if self.play is not None and (self.voice or self.language):
+            raise ValueError("`voice` and `language` are for a text that is said, not for `play`")
+        return self
+
+    def to_answer(self) -> Answer:
+        return Answer(
+            kind=self.kind,
+            say=self.say,
+            voice=self.voice,
+            language=self.language,
+            play=self.play,
+        )
+
+
 # A run's option defaults are the workflow's (RunOptions): defined once, shown in the API's schema.
 _DEFAULT = RunOptions()
+TWIML_GONE = (
+    "the twiml option is no longer taken: say what an answered call does with `answer`, e.g. "
+    '{"answer": {"kind": "message", "say": "Hello {name}"}} (README, "When someone answers")'
+)
+
+
+def _no_twiml(value: object) -> None:
+    if value is not None:
+        raise ValueError(TWIML_GONE)
 
 
 class RunOptionsIn(BaseModel):
@@ -184,7 +257,12 @@ class RunOptionsIn(BaseModel):
     # Strict: the schema says true or false, so "yes" or 1 is a mistake to name, not a guess to make.
     hang_up_on_cancel: StrictBool = _DEFAULT.hang_up_on_cancel
     machine_detection: StrictBool = _DEFAULT.machine_detection
-    twiml: str | None = Field(default=None, max_length=4000)
+    answer: AnswerIn | None = Field(
+        default=None, description="What an answered call does; the business's answer if unset."
+    )
+    twiml: Annotated[None, BeforeValidator(_no_twiml)] = Field(
+        default=None, deprecated=True, description="No longer taken: use `answer`."
+    )
     reconcile_margin_seconds: int = Field(default=_DEFAULT.reconcile_margin_seconds, ge=5, le=3600)
 
     @field_validator("retry_on")

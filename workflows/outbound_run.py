@@ -507,6 +507,7 @@ class OutboundRunWorkflow:
             outcomes=carried,
             answer_version=answer_version,
             release=[freed] if freed else [],
+            answer=options.answer,
         )
 
     async def _dial_failed(

@@ -15,7 +15,9 @@ from api.security import hash_api_key, new_api_key, new_signing_secret
 from contracts.statuses import EventStatus
 from db.models import Business, Event
 from db.outbox import EVENT_TYPES
+from service.runs import business_answer
 from service.schemas import (
+    AnswerIn,
     BusinessCreate,
     BusinessCreated,
     BusinessPublic,
@@ -50,6 +52,21 @@ async def create_business(body: BusinessCreate, session: SessionDep, _admin: Adm
 async def read_my_business(business: BusinessDep) -> BusinessPublic:
     """The business the API key belongs to."""
     return _public(business)
+
+
+@router.get("/me/answer", response_model=AnswerIn, response_model_exclude_none=True)
+async def read_answer(business: BusinessDep) -> AnswerIn:
+    """What the business's answered calls do, unless a run says otherwise (`options.answer`)."""
+    return business_answer(business)
+
+
+@router.put("/me/answer", response_model=AnswerIn, response_model_exclude_none=True)
+async def set_answer(body: AnswerIn, business: BusinessDep, session: SessionDep) -> AnswerIn:
+    """Choose what the business's answered calls do from now on: runs started after this take it,
+    runs under way keep theirs."""
+    business.answer = body.model_dump(mode="json", exclude_none=True)
+    await session.flush()
+    return body
 
 
 @router.put("/me/webhook", response_model=WebhookRegistered)

@@ -244,6 +244,8 @@ def _call_request(account_sid: str, form: FormData, received_at: float) -> CallR
         machine_detection=(text("MachineDetection") or "").lower() in ("enable", "detectmessageend"),
         timeout=_seconds(text("Timeout"), "Timeout") or 60.0,
         time_limit=_seconds(text("TimeLimit"), "TimeLimit"),
+        twiml=text("Twiml"),
+        url=text("Url"),
         received_at=received_at,
     )
 

@@ -66,6 +66,8 @@ class Call:
     queue_seconds: float
     ring_seconds: float
     talk_seconds: float
+    twiml: str | None = None
+    url: str | None = None
     status: str = "queued"
     created_at: float = field(default_factory=time.time)
     updated_at: float = field(default_factory=time.time)
@@ -142,6 +144,8 @@ class Call:
             "status_callback": self.status_callback,
             "duration": self.duration,
             "answered_by": self.answered_by,
+            "twiml": self.twiml,
+            "url": self.url,
         }
 
 

@@ -58,6 +58,9 @@ class CallRequest:
     machine_detection: bool = False
     timeout: float = 60.0
     time_limit: float | None = None
+    # What the call runs when answered: TwiML given with the create, or the URL Twilio fetches it from.
+    twiml: str | None = None
+    url: str | None = None
     # When the request reached the carrier, before the carrier's own checks of it.
     received_at: float = field(default_factory=time.time)
 
@@ -180,6 +183,8 @@ class Simulator:
             queue_seconds=self.rng.uniform(*config.queue_seconds),
             ring_seconds=ring,
             talk_seconds=talk,
+            twiml=request.twiml,
+            url=request.url,
         )
 
     def update_call(self, call: Call, status: str | None) -> Call:

@@ -1,0 +1,84 @@
+"""What an answered call does, as TwiML: built with the `twilio` library's `VoiceResponse` from the
+business's chosen answer, never by putting strings together, so whatever a lead's name or metadata
+holds (`<`, `&`, quotes) is text and never markup."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from twilio.twiml.voice_response import VoiceResponse
+
+from contracts.messages import Answer
+
+# Twilio takes at most this much TwiML in a create's `Twiml` parameter.
+MAX_TWIML_CHARS = 4000
+# A lead field said in a message is cut to this length: a message says a name, not a document.
+MAX_FIELD_CHARS = 200
+# `{name}`, or `{metadata.<field>}`; `{{` and `}}` are a brace.
+PLACEHOLDER = re.compile(r"\{\{|\}\}|\{(name|metadata\.[^{}]+)\}")
+ANY_BRACE = re.compile(r"[{}]")
+
+
+@dataclass(frozen=True)
+class LeadFields:
+    """What a message may say of the lead it calls."""
+
+    name: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+def placeholders(text: str) -> list[str]:
+    """The lead fields a message names; ValueError for a brace that is neither a placeholder nor
+    doubled."""
+    named = [m.group(1) for m in PLACEHOLDER.finditer(text) if m.group(1)]
+    if ANY_BRACE.search(PLACEHOLDER.sub("", text)):
+        raise ValueError(
+            "a message names lead fields as {name} or {metadata.<field>}; write a brace itself as {{ or }}"
+        )
+    return named
+
+
+def says_lead_fields(answer: Answer) -> bool:
+    """Whether the answer's message names a field of the lead (so the dial reads the lead)."""
+    return bool(answer.say and placeholders(answer.say))
+
+
+def fill(text: str, lead: LeadFields, limit: int = MAX_FIELD_CHARS) -> str:
+    """The message with the lead's fields in it (a field the lead does not have is said as nothing)."""
+
+    def value(match: re.Match[str]) -> str:
+        token = match.group(0)
+        if match.group(1) is None:
+            return token[0]
+        if match.group(1) == "name":
+            found: Any = lead.name
+        else:
+            found = lead.metadata.get(match.group(1).removeprefix("metadata."))
+        return "" if found is None else str(found)[:limit]
+
+    return PLACEHOLDER.sub(value, text)
+
+
+def twiml_for(answer: Answer, lead: LeadFields) -> str:
+    """The TwiML an answered call runs, within Twilio's size for it: lead fields are cut shorter if
+    the message would not fit, then left out."""
+    for limit in (MAX_FIELD_CHARS, 40, 0):
+        twiml = str(_response(answer, lead, limit))
+        if len(twiml) <= MAX_TWIML_CHARS:
+            return twiml
+    raise ValueError(f"the answer's TwiML is longer than {MAX_TWIML_CHARS} characters")
+
+
+def _response(answer: Answer, lead: LeadFields, limit: int) -> VoiceResponse:
+    response = VoiceResponse()
+    if answer.kind != "message":
+        raise ValueError(f"unknown answer kind {answer.kind!r}")
+    if answer.play:
+        response.play(answer.play)
+    elif answer.say:
+        attributes = {k: v for k, v in (("voice", answer.voice), ("language", answer.language)) if v}
+        response.say(fill(answer.say, lead, limit), **attributes)
+    return response

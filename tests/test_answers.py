@@ -1,0 +1,101 @@
+"""When someone answers: a business chooses what its answered calls do, and never writes TwiML. The
+TwiML is built with the `twilio` library, so whatever a lead's fields hold is said, never run."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+import pytest
+from pydantic import ValidationError
+
+from contracts.messages import Answer
+from service.schemas import AnswerIn
+from support.drive import ALWAYS_OPEN, new_number
+from support.stack import Stack
+from telephony.answers import MAX_TWIML_CHARS, LeadFields, twiml_for
+
+HOSTILE_NAME = 'Ada <Dial>+19005550100</Dial> & "Lovelace"'
+
+
+def _said(twiml: str) -> tuple[str, dict[str, str]]:
+    """The text the TwiML says and the `<Say>`'s attributes; fails if it is not one `<Say>`."""
+    response = ET.fromstring(twiml)
+    assert response.tag == "Response" and [child.tag for child in response] == ["Say"]
+    return response[0].text or "", dict(response[0].attrib)
+
+
+def test_a_leads_fields_are_said_as_text_whatever_they_hold() -> None:
+    answer = Answer(say="Hello {name}, your {metadata.plan} plan {{renews}}", voice="Polly.Joanna")
+    twiml = twiml_for(answer, LeadFields(HOSTILE_NAME, {"plan": "gold & <silver>"}))
+    text, attributes = _said(twiml)
+    assert text == f"Hello {HOSTILE_NAME}, your gold & <silver> plan {{renews}}"
+    assert attributes == {"voice": "Polly.Joanna"}
+    assert "<Dial>" not in twiml
+
+    text, _ = _said(twiml_for(answer, LeadFields(None, {})))
+    assert text == "Hello , your  plan {renews}"
+
+
+def test_a_message_fits_in_what_twilio_takes_however_long_the_leads_fields() -> None:
+    answer = Answer(say="{metadata.a} {metadata.b} {metadata.c} " * 5)
+    twiml = twiml_for(answer, LeadFields("x", {key: "&" * 1000 for key in "abc"}))
+    assert len(twiml) <= MAX_TWIML_CHARS
+    _said(twiml)
+
+
+@pytest.mark.parametrize(
+    ("body", "complaint"),
+    [
+        ({"say": "Hello {nmae}"}, "{name} or {metadata.<field>}"),
+        ({"say": "Hi", "play": "https://example.com/a.mp3"}, "give one"),
+        ({}, "give one"),
+        ({"play": "http://example.com/a.mp3"}, "https://"),
+        ({"play": "https://example.com/a.mp3", "voice": "alice"}, "not for `play`"),
+        ({"say": "Hi", "voice": 'Polly.Joanna" onload="x'}, "pattern"),
+        ({"say": "Hi", "kind": "dial"}, "literal_error"),
+    ],
+)
+def test_a_bad_answer_is_refused_with_the_reason(body: dict[str, str], complaint: str) -> None:
+    with pytest.raises(ValidationError) as refused:
+        AnswerIn.model_validate(body)
+    assert complaint in str(refused.value) or complaint in str(refused.value.errors())
+
+
+async def test_a_businesss_answer_is_what_its_calls_say_with_each_leads_fields(stack: Stack) -> None:
+    business = await stack.create_business()
+    default = await stack.http.get("/v1/businesses/me/answer", headers=business.headers)
+    assert default.status_code == 200 and "outbound campaign" in default.json()["say"]
+    chosen = {"kind": "message", "say": "Hello {name}, about your {metadata.plan} plan.", "voice": "alice"}
+    response = await stack.http.put("/v1/businesses/me/answer", json=chosen, headers=business.headers)
+    assert response.status_code == 200, response.text
+    assert (await stack.http.get("/v1/businesses/me/answer", headers=business.headers)).json() == chosen
+
+    phone, other = new_number(), new_number()
+    await stack.force_outcomes({phone: "completed", other: "completed"})
+    leads = [{"phone": phone, "name": HOSTILE_NAME, "metadata": {"plan": 'gold & "silver"'}}]
+    body = {"leads": leads, "options": {"calling_window": ALWAYS_OPEN}}
+    created = await stack.http.post("/v1/runs", json=body, headers=business.headers)
+    assert created.status_code == 201, created.text
+    await stack.wait_run_ends(business, created.json()["id"])
+    override = {"calling_window": ALWAYS_OPEN, "answer": {"play": "https://example.com/hello.mp3"}}
+    run_id = await stack.start_run(business, [other], override)
+    await stack.wait_run_ends(business, run_id)
+
+    calls = {c["to"]: c for c in await stack.sim_calls(business.caller_id)}
+    text, attributes = _said(calls[phone]["twiml"])
+    assert text == f'Hello {HOSTILE_NAME}, about your gold & "silver" plan.'
+    assert attributes == {"voice": "alice"}
+    played = ET.fromstring(calls[other]["twiml"])
+    assert [(child.tag, child.text) for child in played] == [("Play", "https://example.com/hello.mp3")]
+
+
+async def test_raw_twiml_is_refused_and_names_what_replaces_it(stack: Stack) -> None:
+    business = await stack.create_business()
+    dial_out = "<Response><Dial>+19005550100</Dial></Response>"
+    body = {"leads": [{"phone": new_number()}], "options": {"twiml": dial_out}}
+    response = await stack.http.post("/v1/runs", json=body, headers=business.headers)
+    assert response.status_code == 422
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["body", "options", "twiml"] and "`answer`" in error["msg"]
+    assert (await stack.http.get("/v1/runs", headers=business.headers)).json() == []
+    assert await stack.sim_calls(business.caller_id) == []
