@@ -36,8 +36,13 @@ app.add_typer(business_app, name="business")
 webhook_app = typer.Typer(
     help="The business's webhook: call.completed and run.completed events, signed.", no_args_is_help=True
 )
+answer_app = typer.Typer(
+    help="What the business's answered calls do: a message said or an audio file played.",
+    no_args_is_help=True,
+)
 app.add_typer(run_app, name="run")
 app.add_typer(webhook_app, name="webhook")
+app.add_typer(answer_app, name="answer")
 
 
 @dataclass(frozen=True)
@@ -363,6 +368,43 @@ def list_events(
         Console().print(events_table(events))
     else:
         _stderr().print("No events.")
+
+
+@answer_app.command("show")
+def show_answer(ctx: typer.Context) -> None:
+    """What the business's answered calls do, unless a run says otherwise."""
+    with _api(ctx) as api:
+        answer = api.call("GET", "/v1/businesses/me/answer")
+    Console(highlight=False).print(Text(_described(answer)), soft_wrap=True)
+
+
+@answer_app.command("set")
+def set_answer(
+    ctx: typer.Context,
+    say: Annotated[
+        str | None,
+        typer.Option(help="Text said to whoever answers; {name} and {metadata.<field>} are the lead's."),
+    ] = None,
+    play: Annotated[str | None, typer.Option(help="An https URL of audio to play instead.")] = None,
+    voice: Annotated[
+        str | None, typer.Option(help="The voice the text is said in, e.g. Polly.Joanna.")
+    ] = None,
+    language: Annotated[str | None, typer.Option(help="The text's language, e.g. en-US.")] = None,
+) -> None:
+    """Choose what the business's answered calls do from now on (runs under way keep theirs)."""
+    body = {"kind": "message", "say": say, "play": play, "voice": voice, "language": language}
+    with _api(ctx) as api:
+        answer = api.call(
+            "PUT", "/v1/businesses/me/answer", json={k: v for k, v in body.items() if v is not None}
+        )
+    Console(highlight=False).print(Text(f"From now on: {_described(answer)}"), soft_wrap=True)
+
+
+def _described(answer: dict[str, Any]) -> str:
+    if answer.get("play"):
+        return f"answered calls play {answer['play']}"
+    how = ", ".join(f"{key} {answer[key]}" for key in ("voice", "language") if answer.get(key))
+    return f"answered calls hear: {answer.get('say')!r}" + (f" ({how})" if how else "")
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -300,3 +301,21 @@ class Stack:
     async def leads(self, run_id: str) -> list[Lead]:
         async with self.sessions() as session:
             return list(await session.scalars(select(Lead).where(Lead.run_id == run_id).order_by(Lead.id)))
+
+
+@asynccontextmanager
+async def signed_in(stack: Stack, business: Business) -> AsyncIterator[tuple[httpx.AsyncClient, str]]:
+    """A browser signed in to the dashboard, and its forms' token."""
+    async with httpx.AsyncClient(base_url=stack.settings.PUBLIC_BASE_URL) as browser:
+        login = await browser.get("/ui/login")
+        signed = await browser.post(
+            "/ui/login", data={"api_key": business.api_key, "csrf": form_token(login.text)}
+        )
+        assert signed.status_code == 303, signed.text
+        yield browser, form_token((await browser.get("/ui/runs")).text)
+
+
+def form_token(page: str) -> str:
+    match = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert match, page
+    return match.group(1)

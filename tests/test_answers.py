@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from contracts.messages import Answer
 from service.schemas import AnswerIn
 from support.drive import ALWAYS_OPEN, new_number
-from support.stack import Stack
+from support.stack import Stack, signed_in
 from telephony.answers import MAX_TWIML_CHARS, LeadFields, twiml_for
 
 HOSTILE_NAME = 'Ada <Dial>+19005550100</Dial> & "Lovelace"'
@@ -99,3 +99,18 @@ async def test_raw_twiml_is_refused_and_names_what_replaces_it(stack: Stack) -> 
     assert error["loc"] == ["body", "options", "twiml"] and "`answer`" in error["msg"]
     assert (await stack.http.get("/v1/runs", headers=business.headers)).json() == []
     assert await stack.sim_calls(business.caller_id) == []
+
+
+async def test_the_dashboard_shows_and_changes_the_answer_and_says_what_is_wrong(stack: Stack) -> None:
+    business = await stack.create_business()
+    async with signed_in(stack, business) as (browser, token):
+        shown = await browser.get("/ui/answer")
+        assert shown.status_code == 200 and "outbound campaign" in shown.text
+        bad = await browser.post("/ui/answer", data={"csrf": token, "say": "Hi {nmae}"})
+        assert bad.status_code == 422 and "{name} or {metadata.&lt;field&gt;}" in bad.text
+        forged = await browser.post("/ui/answer", data={"csrf": "x" + token, "say": "Hi"})
+        assert forged.status_code == 403
+        saved = await browser.post("/ui/answer", data={"csrf": token, "say": "Hi {name}", "voice": "alice"})
+        assert saved.status_code == 303
+    answer = (await stack.http.get("/v1/businesses/me/answer", headers=business.headers)).json()
+    assert answer == {"kind": "message", "say": "Hi {name}", "voice": "alice"}

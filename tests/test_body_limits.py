@@ -10,7 +10,6 @@ import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
-import httpx
 import pytest
 from sqlalchemy import func, select
 
@@ -18,7 +17,7 @@ from db.models import Business as BusinessRow
 from db.models import Lead, Run
 from outbound_dialer.settings import DEV_ADMIN_TOKEN, Settings
 from support.drive import ALWAYS_OPEN, Business, new_number
-from support.stack import Stack
+from support.stack import Stack, signed_in
 
 REQUEST_LIMIT = 4 * 1024
 UPLOAD_LIMIT = 256 * 1024
@@ -156,24 +155,6 @@ async def test_the_api_answers_413_while_an_oversized_body_is_still_arriving(sta
             reader.readexactly(int(length.group(1))), timeout=10
         )
     assert (await stack.http.get("/v1/runs", headers=business.headers)).json() == []
-
-
-@asynccontextmanager
-async def signed_in(stack: Stack, business: Business) -> AsyncIterator[tuple[httpx.AsyncClient, str]]:
-    """A browser signed in to the dashboard, and its forms' token."""
-    async with httpx.AsyncClient(base_url=stack.settings.PUBLIC_BASE_URL) as browser:
-        login = await browser.get("/ui/login")
-        signed = await browser.post(
-            "/ui/login", data={"api_key": business.api_key, "csrf": form_token(login.text)}
-        )
-        assert signed.status_code == 303, signed.text
-        yield browser, form_token((await browser.get("/ui/runs")).text)
-
-
-def form_token(page: str) -> str:
-    match = re.search(r'name="csrf" value="([^"]+)"', page)
-    assert match, page
-    return match.group(1)
 
 
 async def test_every_list_upload_takes_more_than_other_requests(stack: Stack) -> None:

@@ -193,3 +193,17 @@ async def test_a_webhook_is_set_its_events_listed_and_removed(stack: Stack, tmp_
     assert dropped.output.count("the webhook was removed") == 2, dropped.output
     again = await outbound(stack, "webhook", "set", "ftp://crm.example.com", api_key=business.api_key)
     assert again.exit_code == 1 and "URL scheme should be 'http' or 'https'" in again.output
+
+
+async def test_a_businesss_answer_is_shown_and_set(stack: Stack) -> None:
+    business = await stack.create_business()
+    shown = await outbound(stack, "answer", "show", api_key=business.api_key)
+    assert shown.exit_code == 0 and "outbound campaign" in shown.output, shown.output
+    set_ = await outbound(
+        stack, "answer", "set", "--say", "Hello {name}", "--voice", "alice", api_key=business.api_key
+    )
+    assert set_.exit_code == 0 and "'Hello {name}' (voice alice)" in set_.output, set_.output
+    again = await outbound(stack, "answer", "show", api_key=business.api_key)
+    assert "'Hello {name}'" in again.output
+    bad = await outbound(stack, "answer", "set", "--say", "Hello {nmae}", api_key=business.api_key)
+    assert bad.exit_code == 1 and "{name} or {metadata.<field>}" in bad.output, bad.output

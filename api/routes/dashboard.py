@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
+from pydantic import ValidationError
 from sqlalchemy import select
 from starlette.datastructures import UploadFile
 
@@ -48,7 +49,8 @@ from service.errors import (
     UploadUnreadable,
 )
 from service.lead_files import csv_records, json_lines_records
-from service.schemas import MAX_NUMBERS_PER_REQUEST, MAX_OFFSET, RunPublic
+from service.runs import business_answer
+from service.schemas import MAX_NUMBERS_PER_REQUEST, MAX_OFFSET, AnswerIn, RunPublic
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
@@ -65,6 +67,7 @@ NOTICES = {
     "dnc-added": "Numbers added to the do-not-call list.",
     "dnc-removed": "Number taken off the do-not-call list.",
     "dnc-missing": "That number was not on the list.",
+    "answer-saved": "Saved: runs started from now on take it.",
 }
 
 
@@ -276,6 +279,41 @@ async def run_json(run_id: str, user: ApiUser, runs: RunsDep) -> JSONResponse:
     shown = await runs.view(run)
     calls = await runs.calls(run, limit=LISTED_CALLS, newest_first=True)
     return _json({"run": shown.model_dump(mode="json"), "calls": [c.model_dump(mode="json") for c in calls]})
+
+
+# When someone answers
+
+
+@router.get("/answer")
+async def answer_page(request: Request, user: PageUser, notice: str | None = None) -> Response:
+    """What the business's answered calls do, as a form to change it."""
+    context = {
+        "user": user,
+        "nav": "answer",
+        "answer": business_answer(user.business),
+        "notice": _notice(notice),
+    }
+    return page(request, "answer.html", context)
+
+
+@router.post("/answer")
+async def set_answer(request: Request, user: PageUser, session: SessionDep) -> Response:
+    """Save the answer, as `PUT /v1/businesses/me/answer` does; with a problem, the form comes back
+    saying what it is."""
+    async with request.form(max_files=0, max_fields=10) as form:
+        check_csrf(user, form)
+        typed = {
+            name: str(form.get(name) or "").strip() or None for name in ("say", "voice", "language", "play")
+        }
+    try:
+        answer = AnswerIn.model_validate(typed)
+    except ValidationError as error:
+        problems = [str(e["msg"]).removeprefix("Value error, ") for e in error.errors(include_url=False)]
+        context = {"user": user, "nav": "answer", "answer": typed, "problems": problems, "notice": None}
+        return page(request, "answer.html", context, status.HTTP_422_UNPROCESSABLE_CONTENT)
+    user.business.answer = answer.model_dump(mode="json", exclude_none=True)
+    await session.flush()
+    return _redirect("/ui/answer?notice=answer-saved")
 
 
 # Do not call
