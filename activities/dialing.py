@@ -41,7 +41,7 @@ from contracts.activities import (
 )
 from contracts.statuses import FINAL_ATTEMPT_STATUSES
 from db.leases import AttemptKey, Claimed, claim_line, release_lines, release_lines_of_ended_attempts
-from db.models import CallAttempt, DoNotCall, Lead, Run, utcnow
+from db.models import AgentNumber, CallAttempt, DoNotCall, Lead, Run, utcnow
 from db.outcomes import write_outcomes
 from db.upsert import dialect_insert
 from outbound_dialer import observability
@@ -154,6 +154,16 @@ async def _twiml(session: AsyncSession, input: DialInput) -> str:
     them; runs started before answers were taken play their `twiml`."""
     if input.answer is None:
         return input.twiml
+    if input.answer.kind == "connect" and not await _registered(
+        session, input.business_id, input.answer.number
+    ):
+        # Checked when the run started too; checked again here, as the number may have been taken
+        # off the business's agent numbers since: no call is placed to be bridged there.
+        raise ApplicationError(
+            f"{input.answer.number} is not one of the business's agent numbers",
+            type=ANSWER_INVALID,
+            non_retryable=True,
+        )
     lead = LeadFields()
     if says_lead_fields(input.answer):
         row = (
@@ -167,6 +177,13 @@ async def _twiml(session: AsyncSession, input: DialInput) -> str:
         return twiml_for(input.answer, lead)
     except ValueError as error:
         raise ApplicationError(str(error), type=ANSWER_INVALID, non_retryable=True) from None
+
+
+async def _registered(session: AsyncSession, business_id: str, number: str | None) -> bool:
+    found = await session.scalar(
+        select(AgentNumber.id).where(AgentNumber.business_id == business_id, AgentNumber.phone == number)
+    )
+    return found is not None
 
 
 def _attempt_key(input: DialInput) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from outbound_dialer.settings import Settings, get_settings
 from outbound_dialer.temporal_client import connect_temporal
 from service.errors import (
     ListInvalid,
+    NumberNotRegistered,
     PhoneNotListed,
     RunNotFound,
     RunNotLive,
@@ -114,6 +115,7 @@ REFUSALS: tuple[tuple[type[ServiceError], int], ...] = (
     (RunNotLive, status.HTTP_409_CONFLICT),
     (ListInvalid, status.HTTP_422_UNPROCESSABLE_CONTENT),
     (UploadUnreadable, status.HTTP_422_UNPROCESSABLE_CONTENT),
+    (NumberNotRegistered, status.HTTP_422_UNPROCESSABLE_CONTENT),
 )
 
 

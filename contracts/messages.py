@@ -25,13 +25,15 @@ class Answer:
     """What an answered call does, as the business chose it; its TwiML is built when the call is
     placed (`telephony.answers`), never written by a business. Kind `message`: say `say` (in
     `voice` and `language`; `{name}` and `{metadata.<field>}` are the lead's) or play the https
-    audio at `play`."""
+    audio at `play`. Kind `connect`: bridge the call to `number`, one of the business's registered
+    agent numbers (checked again when the call is placed)."""
 
     kind: str = "message"
     say: str | None = None
     voice: str | None = None
     language: str | None = None
     play: str | None = None
+    number: str | None = None
 
 
 DEFAULT_ANSWER = Answer(say="Hello. This is a call from your outbound campaign.")

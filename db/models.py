@@ -136,6 +136,20 @@ class DoNotCall(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class AgentNumber(Base):
+    """A number a business's answered calls may be connected to: registered before any run may use
+    it, so an operator limits where the account's calls can be bridged."""
+
+    __tablename__ = "agent_numbers"
+    __table_args__ = (UniqueConstraint("business_id", "phone", name="uq_agent_numbers_business_phone"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    business_id: Mapped[str] = mapped_column(ForeignKey("businesses.id"))
+    phone: Mapped[str] = mapped_column(String(20))
+    label: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Event(Base):
     """An event for a business's webhook (`call.completed`, `run.completed`) and its delivery.
 

@@ -30,10 +30,20 @@ class RunNotLive(ServiceError):
 
 
 class PhoneNotListed(ServiceError):
-    """A number taken off the do-not-call list that was not on it."""
+    """A number taken off a list (the do-not-call list, the agent numbers) that was not on it."""
+
+    def __init__(self, phone: str, listed_in: str = "the do-not-call list") -> None:
+        super().__init__(f"{phone} is not on {listed_in}")
+
+
+class NumberNotRegistered(ServiceError):
+    """An answer that connects calls to a number the business has not registered as an agent's."""
 
     def __init__(self, phone: str) -> None:
-        super().__init__(f"{phone} is not on the do-not-call list")
+        super().__init__(
+            f"{phone} is not one of the business's agent numbers: register it first "
+            f"(PUT /v1/businesses/me/agent-numbers/{phone})"
+        )
 
 
 class UploadUnreadable(ServiceError):

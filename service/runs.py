@@ -26,7 +26,6 @@ from temporalio.common import (
 from temporalio.service import RPCError, RPCStatusCode
 
 from contracts.messages import (
-    DEFAULT_ANSWER,
     CallingWindow,
     CancelRequest,
     PauseRequest,
@@ -49,23 +48,17 @@ from contracts.names import (
 from contracts.statuses import LIVE_RUN_STATUSES, RunStatus
 from db.models import Business, CallAttempt, Lead, Run, utcnow
 from outbound_dialer.settings import Settings
+from service.answers import business_answer, check_answer
 from service.errors import LeadListInvalid, RunNotFound, RunNotLive, UploadUnreadable
 from service.lead_files import Record
 from service.leads import JSON_LEADS, UPLOAD_LINES, LeadList
 from service.progress import progress_from_database, progress_from_workflow
-from service.schemas import AnswerIn, CallingWindowIn, CallPublic, LeadIn, RunCreated, RunOptionsIn, RunPublic
+from service.schemas import CallingWindowIn, CallPublic, LeadIn, RunCreated, RunOptionsIn, RunPublic
 
 log = logging.getLogger(__name__)
 
 INSERT_BATCH = 5_000
 QUERY_TIMEOUT = timedelta(seconds=5)
-
-
-def business_answer(business: Business) -> AnswerIn:
-    """What the business's answered calls do: its own choice, or the product's greeting."""
-    if business.answer:
-        return AnswerIn.model_validate(business.answer)
-    return AnswerIn(say=DEFAULT_ANSWER.say)
 
 
 class RunService:
@@ -142,6 +135,7 @@ class RunService:
             CallingWindowIn(**business.calling_window) if business.calling_window else CallingWindowIn()
         )
         answer = options_in.answer or business_answer(business)
+        await check_answer(self.session, business, answer)
         stored_options = options_in.model_dump(exclude_none=True) | {
             "calling_window": window.model_dump(),
             "answer": answer.model_dump(mode="json", exclude_none=True),

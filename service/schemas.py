@@ -189,13 +189,17 @@ def _https(url: str | None) -> str | None:
 
 
 class AnswerIn(BaseModel):
-    """What an answered call does. `message`: say a text (`say`, in a `voice` and `language`) or play
-    an audio file (`play`, an https URL). The text may name the lead's fields as `{name}` and
-    `{metadata.<field>}`; whatever they hold is said as text."""
+    """What an answered call does.
+
+    - `message`: say a text (`say`, in a `voice` and `language`) or play an audio file (`play`, an
+      https URL). The text may name the lead's fields as `{name}` and `{metadata.<field>}`; whatever
+      they hold is said as text.
+    - `connect`: put the person who answers through to `number`, one of the business's registered
+      agent numbers (`PUT /v1/businesses/me/agent-numbers/{phone}`)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["message"] = "message"
+    kind: Literal["message", "connect"] = "message"
     say: Annotated[StoredText | None, AfterValidator(_spoken)] = Field(
         default=None, min_length=1, max_length=MAX_SAY_CHARS, examples=["Hello {name}, this is Acme."]
     )
@@ -204,9 +208,20 @@ class AnswerIn(BaseModel):
     play: Annotated[str | None, AfterValidator(_https)] = Field(
         default=None, max_length=2000, description="An https URL of the audio to play."
     )
+    number: Annotated[str | None, AfterValidator(lambda n: _e164(n) if n is not None else None)] = Field(
+        default=None, max_length=40, description="`connect`: the registered agent number, E.164."
+    )
 
     @model_validator(mode="after")
     def _one_thing_to_do(self) -> AnswerIn:
+        if self.kind == "connect":
+            if self.number is None or any((self.say, self.play, self.voice, self.language)):
+                raise ValueError(
+                    "a connect answer takes a `number` (a registered agent number) and nothing else"
+                )
+            return self
+        if self.number is not None:
+            raise ValueError('`number` is for a connect answer (`"kind": "connect"`)')
         if (self.say is None) == (self.play is None):
             raise ValueError("a message either says a text (`say`) or plays audio (`play`): give one")
         if self.play is not None and (self.voice or self.language):
@@ -220,7 +235,19 @@ class AnswerIn(BaseModel):
             voice=self.voice,
             language=self.language,
             play=self.play,
+            number=self.number,
         )
+
+
+class AgentNumberIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    label: StoredText | None = Field(default=None, max_length=200, description="Who answers there.")
+
+
+class AgentNumber(BaseModel):
+    phone: str
+    label: str | None
 
 
 # A run's option defaults are the workflow's (RunOptions): defined once, shown in the API's schema.

@@ -74,6 +74,12 @@ def twiml_for(answer: Answer, lead: LeadFields) -> str:
 
 def _response(answer: Answer, lead: LeadFields, limit: int) -> VoiceResponse:
     response = VoiceResponse()
+    if answer.kind == "connect":
+        if not answer.number:
+            raise ValueError("a connect answer needs a number")
+        dial = response.dial()
+        dial.number(answer.number)
+        return response
     if answer.kind != "message":
         raise ValueError(f"unknown answer kind {answer.kind!r}")
     if answer.play:

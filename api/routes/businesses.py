@@ -11,12 +11,21 @@ from fastapi import APIRouter, HTTPException, Query, Response, status
 from sqlalchemy import select, update
 
 from api.deps import AdminDep, BusinessDep, SessionDep, SettingsDep
+from api.problems import problems
 from api.security import hash_api_key, new_api_key, new_signing_secret
 from contracts.statuses import EventStatus
 from db.models import Business, Event
 from db.outbox import EVENT_TYPES
-from service.runs import business_answer
+from service.answers import (
+    agent_numbers,
+    business_answer,
+    register_agent_number,
+    remove_agent_number,
+)
+from service.answers import set_answer as save_answer
 from service.schemas import (
+    AgentNumber,
+    AgentNumberIn,
     AnswerIn,
     BusinessCreate,
     BusinessCreated,
@@ -63,10 +72,30 @@ async def read_answer(business: BusinessDep) -> AnswerIn:
 @router.put("/me/answer", response_model=AnswerIn, response_model_exclude_none=True)
 async def set_answer(body: AnswerIn, business: BusinessDep, session: SessionDep) -> AnswerIn:
     """Choose what the business's answered calls do from now on: runs started after this take it,
-    runs under way keep theirs."""
-    business.answer = body.model_dump(mode="json", exclude_none=True)
-    await session.flush()
+    runs under way keep theirs. A `connect` answer's number must be a registered agent number."""
+    await save_answer(session, business, body)
     return body
+
+
+@router.get("/me/agent-numbers", response_model=list[AgentNumber])
+async def list_agent_numbers(business: BusinessDep, session: SessionDep) -> list[AgentNumber]:
+    """The numbers the business's answers may connect calls to."""
+    return await agent_numbers(session, business)
+
+
+@router.put("/me/agent-numbers/{phone}", response_model=AgentNumber)
+async def put_agent_number(
+    phone: str, body: AgentNumberIn, business: BusinessDep, session: SessionDep
+) -> AgentNumber:
+    """Register a number (E.164) that answers may connect calls to: an agent, a desk, an IVR."""
+    return await register_agent_number(session, business, phone, body.label)
+
+
+@router.delete("/me/agent-numbers/{phone}", status_code=status.HTTP_204_NO_CONTENT, responses=problems(404))
+async def delete_agent_number(phone: str, business: BusinessDep, session: SessionDep) -> Response:
+    """Take a number off the agent numbers: calls of runs that connect to it are no longer placed."""
+    await remove_agent_number(session, business, phone)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.put("/me/webhook", response_model=WebhookRegistered)

@@ -39,9 +39,12 @@ from api.dashboard_views import (
 from api.deps import DncDep, MetricsDep, RunsDep, SessionDep, SettingsDep
 from api.security import hash_api_key
 from db.models import Business
+from service.answers import business_answer
+from service.answers import set_answer as save_answer
 from service.calls_export import calls_csv, metadata_keys
 from service.errors import (
     ListInvalid,
+    NumberNotRegistered,
     PhoneListInvalid,
     PhoneNotListed,
     RunNotFound,
@@ -49,7 +52,6 @@ from service.errors import (
     UploadUnreadable,
 )
 from service.lead_files import csv_records, json_lines_records
-from service.runs import business_answer
 from service.schemas import MAX_NUMBERS_PER_REQUEST, MAX_OFFSET, AnswerIn, RunPublic
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
@@ -311,8 +313,11 @@ async def set_answer(request: Request, user: PageUser, session: SessionDep) -> R
         problems = [str(e["msg"]).removeprefix("Value error, ") for e in error.errors(include_url=False)]
         context = {"user": user, "nav": "answer", "answer": typed, "problems": problems, "notice": None}
         return page(request, "answer.html", context, status.HTTP_422_UNPROCESSABLE_CONTENT)
-    user.business.answer = answer.model_dump(mode="json", exclude_none=True)
-    await session.flush()
+    try:
+        await save_answer(session, user.business, answer)
+    except NumberNotRegistered as error:
+        context = {"user": user, "nav": "answer", "answer": typed, "problems": [str(error)], "notice": None}
+        return page(request, "answer.html", context, status.HTTP_422_UNPROCESSABLE_CONTENT)
     return _redirect("/ui/answer?notice=answer-saved")
 
 

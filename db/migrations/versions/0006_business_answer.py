@@ -1,4 +1,4 @@
-"""what an answered call does: a business's default answer
+"""what an answered call does: a business's default answer, and its registered agent numbers
 
 Revision ID: 0006
 Revises: 0005
@@ -19,8 +19,24 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     with op.batch_alter_table("businesses", schema=None) as batch_op:
         batch_op.add_column(sa.Column("answer", sa.JSON(), nullable=True))
+    op.create_table(
+        "agent_numbers",
+        sa.Column(
+            "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False
+        ),
+        sa.Column("business_id", sa.String(length=32), nullable=False),
+        sa.Column("phone", sa.String(length=20), nullable=False),
+        sa.Column("label", sa.String(length=200), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["business_id"], ["businesses.id"], name=op.f("fk_agent_numbers_business_id_businesses")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_agent_numbers")),
+        sa.UniqueConstraint("business_id", "phone", name="uq_agent_numbers_business_phone"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("agent_numbers")
     with op.batch_alter_table("businesses", schema=None) as batch_op:
         batch_op.drop_column("answer")
