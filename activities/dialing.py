@@ -164,7 +164,7 @@ async def _twiml(session: AsyncSession, input: DialInput) -> str:
             type=ANSWER_INVALID,
             non_retryable=True,
         )
-    lead = LeadFields()
+    lead = LeadFields(phone=input.to, run_id=input.run_id, lead_id=input.lead_id, attempt=input.attempt)
     if says_lead_fields(input.answer):
         row = (
             await session.execute(
@@ -172,7 +172,7 @@ async def _twiml(session: AsyncSession, input: DialInput) -> str:
             )
         ).first()
         if row is not None:
-            lead = LeadFields(row.name, row.extra or {})
+            lead = replace(lead, name=row.name, metadata=row.extra or {})
     try:
         return twiml_for(input.answer, lead)
     except ValueError as error:

@@ -26,7 +26,9 @@ class Answer:
     placed (`telephony.answers`), never written by a business. Kind `message`: say `say` (in
     `voice` and `language`; `{name}` and `{metadata.<field>}` are the lead's) or play the https
     audio at `play`. Kind `connect`: bridge the call to `number`, one of the business's registered
-    agent numbers (checked again when the call is placed)."""
+    agent numbers (checked again when the call is placed). Kind `voice_agent`: stream the call's
+    audio to the business's `wss://` endpoint at `url`, with the run, lead, attempt, phone, name and
+    the lead's `metadata_fields` as the stream's parameters."""
 
     kind: str = "message"
     say: str | None = None
@@ -34,6 +36,8 @@ class Answer:
     language: str | None = None
     play: str | None = None
     number: str | None = None
+    url: str | None = None
+    metadata_fields: list[str] = field(default_factory=list)
 
 
 DEFAULT_ANSWER = Answer(say="Hello. This is a call from your outbound campaign.")

@@ -4,6 +4,7 @@ HTTP API v1, separate from the database models."""
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Annotated, Literal
@@ -195,11 +196,14 @@ class AnswerIn(BaseModel):
       https URL). The text may name the lead's fields as `{name}` and `{metadata.<field>}`; whatever
       they hold is said as text.
     - `connect`: put the person who answers through to `number`, one of the business's registered
-      agent numbers (`PUT /v1/businesses/me/agent-numbers/{phone}`)."""
+      agent numbers (`PUT /v1/businesses/me/agent-numbers/{phone}`).
+    - `voice_agent`: stream the call to the business's AI voice agent at `url` (`wss://`), with
+      `<Parameter>`s naming who it talks to: `run_id`, `lead_id`, `attempt`, `phone`, `name`, and
+      `metadata.<field>` for each of `metadata_fields`."""
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["message", "connect"] = "message"
+    kind: Literal["message", "connect", "voice_agent"] = "message"
     say: Annotated[StoredText | None, AfterValidator(_spoken)] = Field(
         default=None, min_length=1, max_length=MAX_SAY_CHARS, examples=["Hello {name}, this is Acme."]
     )
@@ -211,11 +215,26 @@ class AnswerIn(BaseModel):
     number: Annotated[str | None, AfterValidator(lambda n: _e164(n) if n is not None else None)] = Field(
         default=None, max_length=40, description="`connect`: the registered agent number, E.164."
     )
+    url: Annotated[str | None, AfterValidator(_wss)] = Field(
+        default=None, max_length=2000, description="`voice_agent`: the agent's wss:// media endpoint."
+    )
+    metadata_fields: list[Annotated[str, Field(min_length=1, max_length=MAX_METADATA_KEY_CHARS)]] | None = (
+        Field(default=None, max_length=10, description="`voice_agent`: the lead's metadata fields passed on.")
+    )
 
     @model_validator(mode="after")
     def _one_thing_to_do(self) -> AnswerIn:
+        message_fields = (self.say, self.play, self.voice, self.language)
+        if self.kind == "voice_agent":
+            if self.url is None or self.number is not None or any(message_fields):
+                raise ValueError(
+                    "a voice agent answer takes a `url` (wss://) and `metadata_fields`, nothing else"
+                )
+            return self
+        if self.url is not None or self.metadata_fields:
+            raise ValueError("`url` and `metadata_fields` are for a voice agent answer")
         if self.kind == "connect":
-            if self.number is None or any((self.say, self.play, self.voice, self.language)):
+            if self.number is None or any(message_fields):
                 raise ValueError(
                     "a connect answer takes a `number` (a registered agent number) and nothing else"
                 )
@@ -236,6 +255,8 @@ class AnswerIn(BaseModel):
             language=self.language,
             play=self.play,
             number=self.number,
+            url=self.url,
+            metadata_fields=list(self.metadata_fields or ()),
         )
 
 
@@ -248,6 +269,14 @@ class AgentNumberIn(BaseModel):
 class AgentNumber(BaseModel):
     phone: str
     label: str | None
+
+
+def _wss(url: str | None) -> str | None:
+    if url is None:
+        return None
+    if not re.fullmatch(r"wss://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~:/?#@!$&()*+,;=%-]*)?", url):
+        raise ValueError("a voice agent is reached at a wss:// URL, like wss://agent.example.com/media")
+    return url
 
 
 # A run's option defaults are the workflow's (RunOptions): defined once, shown in the API's schema.

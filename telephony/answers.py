@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from twilio.twiml.voice_response import VoiceResponse
+from twilio.twiml.voice_response import Connect, VoiceResponse
 
 from contracts.messages import Answer
 
@@ -24,10 +24,14 @@ ANY_BRACE = re.compile(r"[{}]")
 
 @dataclass(frozen=True)
 class LeadFields:
-    """What a message may say of the lead it calls."""
+    """What an answer may say or pass on of the lead it calls, and of the call."""
 
     name: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    phone: str = ""
+    run_id: str = ""
+    lead_id: int = 0
+    attempt: int = 0
 
 
 def placeholders(text: str) -> list[str]:
@@ -42,8 +46,8 @@ def placeholders(text: str) -> list[str]:
 
 
 def says_lead_fields(answer: Answer) -> bool:
-    """Whether the answer's message names a field of the lead (so the dial reads the lead)."""
-    return bool(answer.say and placeholders(answer.say))
+    """Whether the answer says or passes on fields of the lead (so the dial reads the lead)."""
+    return answer.kind == "voice_agent" or bool(answer.say and placeholders(answer.say))
 
 
 def fill(text: str, lead: LeadFields, limit: int = MAX_FIELD_CHARS) -> str:
@@ -80,6 +84,15 @@ def _response(answer: Answer, lead: LeadFields, limit: int) -> VoiceResponse:
         dial = response.dial()
         dial.number(answer.number)
         return response
+    if answer.kind == "voice_agent":
+        if not answer.url:
+            raise ValueError("a voice agent answer needs its wss:// url")
+        connect = Connect()
+        stream = connect.stream(url=answer.url)
+        for name, value in _stream_parameters(answer, lead, limit):
+            stream.parameter(name=name, value=value)
+        response.append(connect)
+        return response
     if answer.kind != "message":
         raise ValueError(f"unknown answer kind {answer.kind!r}")
     if answer.play:
@@ -88,3 +101,20 @@ def _response(answer: Answer, lead: LeadFields, limit: int) -> VoiceResponse:
         attributes = {k: v for k, v in (("voice", answer.voice), ("language", answer.language)) if v}
         response.say(fill(answer.say, lead, limit), **attributes)
     return response
+
+
+def _stream_parameters(answer: Answer, lead: LeadFields, limit: int) -> list[tuple[str, str]]:
+    """Who the voice agent is talking to: the run, lead and attempt, the lead's phone and name, and
+    the metadata fields the business chose (a field the lead does not have is passed empty)."""
+    known = [
+        ("run_id", lead.run_id),
+        ("lead_id", str(lead.lead_id)),
+        ("attempt", str(lead.attempt)),
+        ("phone", lead.phone),
+        ("name", (lead.name or "")[:limit]),
+    ]
+    chosen = [
+        (f"metadata.{key}", "" if lead.metadata.get(key) is None else str(lead.metadata[key])[:limit])
+        for key in answer.metadata_fields
+    ]
+    return known + chosen

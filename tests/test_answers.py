@@ -162,3 +162,69 @@ async def test_calls_are_connected_only_to_registered_agent_numbers(
     failed = [a for a in await stack.attempts(run_id) if a.status == "failed"]
     assert len(failed) == 1 and "not one of the business's agent numbers" in (failed[0].error_message or "")
     assert [c["to"] for c in await stack.sim_calls(business.caller_id)] == [first]
+
+
+def test_a_voice_agent_learns_who_it_talks_to_from_the_streams_parameters() -> None:
+    answer = Answer(kind="voice_agent", url="wss://agent.example.com/media", metadata_fields=["plan", "gone"])
+    lead = LeadFields(HOSTILE_NAME, {"plan": 'gold & "silver"'}, "+14155550100", "r1", 7, 2)
+    response = ET.fromstring(twiml_for(answer, lead))
+    [connect] = list(response)
+    [stream] = list(connect)
+    assert (connect.tag, stream.tag, stream.attrib) == (
+        "Connect",
+        "Stream",
+        {"url": "wss://agent.example.com/media"},
+    )
+    assert [(p.attrib["name"], p.attrib["value"]) for p in stream] == [
+        ("run_id", "r1"),
+        ("lead_id", "7"),
+        ("attempt", "2"),
+        ("phone", "+14155550100"),
+        ("name", HOSTILE_NAME),
+        ("metadata.plan", 'gold & "silver"'),
+        ("metadata.gone", ""),
+    ]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"kind": "voice_agent", "url": "https://agent.example.com/media"},
+        {"kind": "voice_agent", "url": 'wss://agent.example.com/"><Dial>'},
+        {"kind": "voice_agent", "url": "wss://agent.example.com", "say": "Hi"},
+        {"kind": "message", "say": "Hi", "url": "wss://agent.example.com"},
+        {
+            "kind": "voice_agent",
+            "url": "wss://a.example.com",
+            "metadata_fields": [f"f{i}" for i in range(11)],
+        },
+    ],
+)
+def test_a_voice_agent_answer_takes_a_wss_url_and_a_few_fields(body: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        AnswerIn.model_validate(body)
+
+
+async def test_a_run_streams_its_answered_calls_to_the_businesss_voice_agent(stack: Stack) -> None:
+    business = await stack.create_business()
+    phone = new_number()
+    await stack.force_outcomes({phone: "completed"})
+    agent = {"kind": "voice_agent", "url": "wss://agent.example.com/media", "metadata_fields": ["plan"]}
+    leads = [{"phone": phone, "name": "Ada", "metadata": {"plan": "gold", "secret": "not passed on"}}]
+    body = {"leads": leads, "options": {"calling_window": ALWAYS_OPEN, "answer": agent}}
+    created = await stack.http.post("/v1/runs", json=body, headers=business.headers)
+    assert created.status_code == 201, created.text
+    run_id = created.json()["id"]
+    await stack.wait_run_ends(business, run_id)
+    [call] = await stack.sim_calls(business.caller_id)
+    [stream] = list(ET.fromstring(call["twiml"])[0])
+    parameters = {p.attrib["name"]: p.attrib["value"] for p in stream}
+    [attempt] = await stack.attempts(run_id)
+    assert parameters == {
+        "run_id": run_id,
+        "lead_id": str(attempt.lead_id),
+        "attempt": "1",
+        "phone": phone,
+        "name": "Ada",
+        "metadata.plan": "gold",
+    }
