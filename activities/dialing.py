@@ -165,17 +165,19 @@ async def _twiml(session: AsyncSession, input: DialInput) -> str:
             non_retryable=True,
         )
     lead = LeadFields(phone=input.to, run_id=input.run_id, lead_id=input.lead_id, attempt=input.attempt)
-    if says_lead_fields(input.answer):
-        row = (
-            await session.execute(
-                select(Lead.name, Lead.extra).where(Lead.id == input.lead_id, Lead.run_id == input.run_id)
-            )
-        ).first()
-        if row is not None:
-            lead = replace(lead, name=row.name, metadata=row.extra or {})
     try:
+        if says_lead_fields(input.answer):
+            row = (
+                await session.execute(
+                    select(Lead.name, Lead.extra).where(Lead.id == input.lead_id, Lead.run_id == input.run_id)
+                )
+            ).first()
+            if row is not None:
+                lead = replace(lead, name=row.name, metadata=row.extra or {})
         return twiml_for(input.answer, lead)
     except ValueError as error:
+        # The answer itself is wrong (a kind this worker does not know, mid-deploy): every call of
+        # the run would be refused the same way.
         raise ApplicationError(str(error), type=ANSWER_INVALID, non_retryable=True) from None
 
 

@@ -24,12 +24,30 @@ from contracts.activities import (
     RequestLinesInput,
 )
 from contracts.messages import GateInput
-from contracts.names import DEMAND, GATE_WORKFLOW, REAP, gate_workflow_id, run_workflow_id
+from contracts.names import (
+    DEMAND,
+    GATE_WORKFLOW,
+    REAP,
+    RUN_WORKFLOW,
+    gate_workflow_id,
+    run_id_of,
+    run_workflow_id,
+)
 from contracts.statuses import LIVE_RUN_STATUSES
 from db.models import Business, LineLease, Run
 from outbound_dialer.temporal_client import workflow_status
 
 log = logging.getLogger(__name__)
+# A run whose latest execution is in one of these is gone: nothing of it will act again.
+CLOSED = frozenset(
+    {
+        WorkflowExecutionStatus.COMPLETED,
+        WorkflowExecutionStatus.FAILED,
+        WorkflowExecutionStatus.CANCELED,
+        WorkflowExecutionStatus.TERMINATED,
+        WorkflowExecutionStatus.TIMED_OUT,
+    }
+)
 # The longest one look at the business's gates may take.
 LOOK_TIMEOUT = 20.0
 
@@ -130,8 +148,8 @@ class GateWatch:
 
     async def look(self) -> list[str]:
         """Have the gates look that should; returns the businesses whose gates it started or asked
-        to reap. Each workflow is described (not listed, which lags), and a business that cannot be
-        looked at does not keep the others from being looked at."""
+        to reap. A business that cannot be looked at does not keep the others from being looked at,
+        and they are looked at in a new order each time."""
         async with self.sessions() as session:
             leased = select(LineLease.business_id, LineLease.run_id)
             live = select(Run.business_id, Run.id).where(Run.status.in_(LIVE_RUN_STATUSES))
@@ -145,25 +163,40 @@ class GateWatch:
                     )
                 ).all()
             )
+        listed_running = await self._listed_running()
         asked = []
-        for business_id, cap in caps.items():
+        for business_id, cap in random.sample(list(caps.items()), len(caps)):
             try:
-                if await self._gate_runs(business_id) and not await self._any_gone(runs_of[business_id]):
+                unlisted = runs_of[business_id] - listed_running
+                if await self._gate_runs(business_id) and not await self._any_gone(unlisted):
                     continue
                 log.info("asking a line gate to look for gone runs", extra={"business": business_id})
                 await signal_gate(
                     self.client, business_id, cap, self.task_queue, self.interval_seconds, REAP, []
                 )
-            except RPCError:
+            except Exception:  # Temporal refused, or answered something this SDK cannot read
                 log.warning("line gate not looked at", extra={"business": business_id}, exc_info=True)
                 continue
             asked.append(business_id)
         return asked
 
+    async def _listed_running(self) -> set[str]:
+        """The runs Temporal's visibility lists as running: one list instead of a describe per run.
+        It lags, so it can only fail to list a run that runs (then described), or list for a moment
+        one that has just closed (found gone at the next look)."""
+        query = f'WorkflowType="{RUN_WORKFLOW}" AND ExecutionStatus="Running"'
+        try:
+            return {run_id_of(w.id) async for w in self.client.list_workflows(query)}
+        except RPCError:
+            log.warning("running runs not listed; each is described", exc_info=True)
+            return set()
+
     async def _any_gone(self, run_ids: set[str]) -> bool:
-        """Whether any of these runs' workflows is not running (terminated, or reset away from)."""
+        """Whether any of these runs' workflows has closed (terminated, reset away from, timed out)
+        or does not exist; a status this SDK does not name is not taken for gone."""
         for run_id in sorted(run_ids):
-            if await workflow_status(self.client, run_workflow_id(run_id)) != WorkflowExecutionStatus.RUNNING:
+            status = await workflow_status(self.client, run_workflow_id(run_id))
+            if status is None or status in CLOSED:
                 return True
         return False
 

@@ -146,9 +146,10 @@ async def release_lines_of_ended_attempts(
     dial gives back those the run freed), or of all the business's (the reaper, for a late try of
     an attempt that ended meanwhile, or a reset run's earlier execution). Returns how many."""
     released = 0
-    rows = [_params(key) for key in keys]
-    if rows:
-        released += _count(await connection.execute(_RELEASE_ENDED, rows))
+    # One statement per attempt: the final statuses are an IN list, which an executemany cannot
+    # carry; a dial gives back one attempt's line, so this is one round trip there.
+    for key in keys:
+        released += _count(await connection.execute(_RELEASE_ENDED, _params(key)))
     if business_id is not None:
         released += _count(await connection.execute(_RELEASE_ENDED_OF_BUSINESS, {"l_business": business_id}))
     return released

@@ -54,6 +54,7 @@ from service.lead_files import Record
 from service.leads import JSON_LEADS, UPLOAD_LINES, LeadList
 from service.progress import progress_from_database, progress_from_workflow
 from service.schemas import CallingWindowIn, CallPublic, LeadIn, RunCreated, RunOptionsIn, RunPublic
+from telephony.answers import LeadFields, twiml_for
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +144,13 @@ class RunService:
         options = RunOptions(
             **(
                 stored_options
-                | {"calling_window": CallingWindow(**window.model_dump()), "answer": answer.to_answer()}
+                | {
+                    "calling_window": CallingWindow(**window.model_dump()),
+                    "answer": answer.to_answer(),
+                    # What a dial worker from before answers were taken plays, mid-deploy: the
+                    # same answer, without the lead's fields.
+                    "twiml": twiml_for(answer.to_answer(), LeadFields()),
+                }
             )
         )
         run = Run(

@@ -4,6 +4,7 @@ TwiML is built with the `twilio` library, so whatever a lead's fields hold is sa
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -154,14 +155,23 @@ async def test_calls_are_connected_only_to_registered_agent_numbers(
     bridged = ET.fromstring(call["twiml"])
     assert [(c.tag, [(n.tag, n.text) for n in c]) for c in bridged] == [("Dial", [("Number", agent)])]
 
-    # Taken off the list while the run waits for its one line: its next call is not placed.
+    # Taken off the list while the run waits for its one line: its next call is not placed, and the
+    # run pauses saying why (every call would be refused alike) until the number is back.
     removed = await stack.http.delete(f"/v1/businesses/me/agent-numbers/{agent}", headers=headers)
     assert removed.status_code == 204
-    run = await stack.wait_run_ends(business, run_id)
-    assert run["progress"]["outcomes"] == {**run["progress"]["outcomes"], "answered": 1, "failed": 1}
-    failed = [a for a in await stack.attempts(run_id) if a.status == "failed"]
-    assert len(failed) == 1 and "not one of the business's agent numbers" in (failed[0].error_message or "")
+
+    async def paused() -> dict[str, Any] | None:
+        run = await stack.run(business, run_id)
+        return run if run["status"] == "paused" else None
+
+    run = await wait_for(paused, within=30, what="the run to pause")
+    assert f"{agent} is not one of the business's agent numbers" in run["status_reason"]
     assert [c["to"] for c in await stack.sim_calls(business.caller_id)] == [first]
+    await stack.http.put(f"/v1/businesses/me/agent-numbers/{agent}", json={}, headers=headers)
+    assert (await stack.http.post(f"/v1/runs/{run_id}/resume", headers=headers)).status_code == 202
+    run = await stack.wait_run_ends(business, run_id)
+    assert run["status"] == "completed" and run["progress"]["outcomes"]["answered"] == 2
+    assert sorted(c["to"] for c in await stack.sim_calls(business.caller_id)) == sorted([first, later])
 
 
 def test_a_voice_agent_learns_who_it_talks_to_from_the_streams_parameters() -> None:

@@ -15,6 +15,7 @@ from activities.records import RUN_APPEARS_WITHIN_TRIES, RecordActivities
 from contracts.activities import RUN_NOT_FOUND, LoadRunInput, RecordOutcomesInput
 from contracts.messages import Outcome
 from db.engine import create_engine, create_sessionmaker
+from db.leases import AttemptKey, claim_line, lines_held_by_run, release_lines_of_ended_attempts
 from db.models import CallAttempt, Lead, Run
 from support.drive import new_number
 from support.stack import Stack
@@ -96,3 +97,31 @@ async def test_a_run_row_that_never_appears_is_given_up_but_a_database_away_is_w
     assert LOAD_RUN_RETRY.maximum_attempts == 0, (
         "load_run's retries must not run out while the database is away"
     )
+
+
+async def test_the_lines_of_several_ended_attempts_come_back_in_one_call(stack: Stack) -> None:
+    """Found in review: giving back the lines of more than one attempt at once failed (an expanding
+    IN in an executemany); a dial gives back at most one today, the reaper and later callers more."""
+    business = await stack.create_business(cap=3)
+    async with stack.sessions() as session, session.begin():
+        run = Run(id=uuid4().hex, business_id=business.id, status="running", total_leads=3, options={})
+        session.add(run)
+        await session.flush()
+        leads = [Lead(run_id=run.id, phone=new_number()) for _ in range(3)]
+        session.add_all(leads)
+        await session.flush()
+        keys = [AttemptKey(run.id, lead.id, 1) for lead in leads]
+        for key in keys:
+            assert await claim_line(await session.connection(), business.id, key) is not None
+        session.add_all(
+            [
+                CallAttempt(run_id=run.id, lead_id=keys[0].lead_id, attempt=1, status="completed"),
+                CallAttempt(run_id=run.id, lead_id=keys[1].lead_id, attempt=1, status="busy"),
+                CallAttempt(run_id=run.id, lead_id=keys[2].lead_id, attempt=1, status="in-progress"),
+            ]
+        )
+    async with stack.sessions() as session, session.begin():
+        await release_lines_of_ended_attempts(await session.connection(), keys=keys)
+    async with stack.sessions() as session:
+        held = await lines_held_by_run(await session.connection(), run.id)
+    assert [line.key for line in held] == [keys[2]]  # the call still going keeps its line

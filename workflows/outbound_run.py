@@ -15,6 +15,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, CancelledErro
 with workflow.unsafe.imports_passed_through():
     from contracts.activities import (
         ACCOUNT_ERROR,
+        ANSWER_INVALID,
         DO_NOT_CALL,
         FETCH_CALL,
         HANG_UP,
@@ -149,6 +150,10 @@ ANSWERED_RECHECK_SECONDS = 300
 # clock (only when they fire matters, and their firing is in the history), for at least a
 # millisecond: whether a timer is armed at all is a choice, made from the run's clock.
 HISTORY_CLOCK = "history-clock"
+# A dial refused because of the run's answer (its agent number taken off the list, a kind the worker
+# does not know) pauses the run with the reason, as an account error does: every call would be
+# refused alike. Runs started before fail that lead and go on to the next.
+ANSWER_REFUSED_PAUSES = "answer-refused-pauses"
 # A signal's `at` moves the run's clock only by this much (seconds): a larger step either way has the
 # time read instead, so that no sender (a replica whose clock is off, a signal typed into the Web UI)
 # can carry the run's calling windows, retries and quiet-call checks far from the time.
@@ -542,6 +547,10 @@ class OutboundRunWorkflow:
             self._book.dial_refused(call.lead_id, call.attempt)
             said = f"error {code}: {message}" if code is not None else message
             self._pause(f"Twilio refused the call ({said}); fix the account, then resume")
+            return
+        if kind == ANSWER_INVALID and workflow.patched(ANSWER_REFUSED_PAUSES):
+            self._book.dial_refused(call.lead_id, call.attempt)
+            self._pause(f"No call was placed: {message}. Fix it, then resume")
             return
         if kind == TWILIO_REFUSED and answer_version >= 2:
             why = self._book.dial_refused_unsure(call.lead_id, call.attempt, code, message)
