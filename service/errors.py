@@ -7,6 +7,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+# A bad value is echoed back cut to this: enough to find it, not a copy of a huge upload.
+ECHOED_CHARS = 100
+
 
 class ServiceError(Exception):
     """A request the service will not carry out as asked; the message says why."""
@@ -67,14 +70,11 @@ class RowProblem:
         return next((part for part in reversed(self.loc) if isinstance(part, int)), None)
 
     def as_detail(self) -> dict[str, Any]:
-        """As one item of a 422's `detail`, in the shape FastAPI gives a request's own errors."""
+        """As one item of a 422's `detail`, in the shape FastAPI gives a request's own errors; a
+        long value is echoed cut short."""
         where = f"{self.place}: " if self.place else ""
-        return {
-            "loc": list(self.loc),
-            "type": self.kind,
-            "msg": f"{where}{self.message}",
-            "input": self.value,
-        }
+        value = self.value[:ECHOED_CHARS] if isinstance(self.value, str) else self.value
+        return {"loc": list(self.loc), "type": self.kind, "msg": f"{where}{self.message}", "input": value}
 
 
 class ListInvalid(ServiceError):

@@ -25,6 +25,7 @@ JSON_LINES_TYPES = ("application/x-ndjson", "application/jsonl", "application/js
 MAX_RECORD_CHARS = 64 * 1024
 LEAD_COLUMNS = ("phone", "name", "timezone")
 _LINE_END = re.compile(r"\r\n|\r|\n")
+_HAS_LINE_END = re.compile(r"[\r\n]")
 
 
 @dataclass(frozen=True)
@@ -37,28 +38,37 @@ class Record:
 
 
 async def _lines(chunks: AsyncIterable[bytes]) -> AsyncIterator[tuple[int, str]]:
-    """The body's lines (without their ends), numbered from 1, decoded as UTF-8 (a BOM is skipped)."""
+    """The body's lines (without their ends), numbered from 1, decoded as UTF-8 (a BOM is skipped).
+    Line ends are looked for in each new piece only, and an unfinished line is kept as its pieces: a
+    body sent a byte at a time costs what it costs in one piece."""
     decoder = codecs.getincrementaldecoder("utf-8-sig")()
-    pending = ""
+    parts: list[str] = []
+    size = 0
     number = 0
     offset = 0
     try:
         async for chunk in chunks:
-            pending += decoder.decode(chunk)
+            new = decoder.decode(chunk)
             offset += len(chunk)
-            # A carriage return at the end may be the first half of a CRLF: wait for the next chunk.
-            complete, pending = _split_lines(pending, keep_last_cr=True)
-            for line in complete:
-                number += 1
-                yield number, line
-            if len(pending) > MAX_RECORD_CHARS:
+            # A carriage return at the end may be the first half of a CRLF: it waits for what follows.
+            if not _HAS_LINE_END.search(new) and not (parts and parts[-1].endswith("\r")):
+                if new:
+                    parts.append(new)
+                    size += len(new)
+            else:
+                complete, rest = _split_lines("".join(parts) + new, keep_last_cr=True)
+                for line in complete:
+                    number += 1
+                    yield number, line
+                parts, size = ([rest], len(rest)) if rest else ([], 0)
+            if size > MAX_RECORD_CHARS:
                 raise UploadUnreadable(f"line {number + 1} is longer than {MAX_RECORD_CHARS} characters")
-        pending += decoder.decode(b"", final=True)
+        parts.append(decoder.decode(b"", final=True))
     except UnicodeDecodeError as error:
         raise UploadUnreadable(
             f"the body is not UTF-8 text (bad byte near offset {offset + error.start})"
         ) from None
-    complete, pending = _split_lines(pending, keep_last_cr=False)
+    complete, pending = _split_lines("".join(parts), keep_last_cr=False)
     for line in complete:
         number += 1
         yield number, line
@@ -180,6 +190,10 @@ def _json_lead(value: dict[str, Any]) -> dict[str, Any] | str:
     return fields
 
 
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
+
+
 async def json_lines_records(chunks: AsyncIterable[bytes]) -> AsyncIterator[Record]:
     """Leads from JSON lines: one object such as {"phone": "+14155550100", "name": "Ada"} per line;
     other keys, or a `metadata` object, are the lead's metadata."""
@@ -187,9 +201,15 @@ async def json_lines_records(chunks: AsyncIterable[bytes]) -> AsyncIterator[Reco
         if not line.strip():
             continue
         try:
-            value = json.loads(line)
+            value = json.loads(line, parse_constant=_no_constant)
         except json.JSONDecodeError as error:
             yield Record(number, None, f"not valid JSON ({error.msg} at column {error.colno})")
+            continue
+        except ValueError as error:
+            yield Record(number, None, str(error))
+            continue
+        except RecursionError:
+            yield Record(number, None, "nested too deeply to be a lead")
             continue
         if not isinstance(value, dict):
             yield Record(number, None, f"expected a JSON object with a 'phone', got {type(value).__name__}")

@@ -10,8 +10,10 @@ class InvalidPhone(ValueError):
 
 
 def to_e164(raw: str) -> str:
-    """Normalise a number written with a leading + and country code to E.164."""
+    """Normalise a number written with a leading + and country code to E.164. A refusal quotes at
+    most the first 40 characters of what was given."""
     text = raw.strip()
+    raw = raw if len(raw) <= 40 else raw[:40] + "..."
     if not text.startswith("+"):
         raise InvalidPhone(f"{raw!r} has no country code: write it in E.164 form, like +14155550100")
     try:

@@ -25,7 +25,7 @@ from pydantic import (
 
 from contracts.messages import ALL_DAYS, Answer, CallingWindow, RunOptions
 from service.phones import InvalidPhone, to_e164
-from telephony.answers import placeholders
+from telephony.answers import MAX_TWIML_CHARS, LeadFields, not_xml, placeholders, twiml_for
 from workflows.calling_window import opens_ever
 
 RETRYABLE_OUTCOMES = ("busy", "no_answer", "failed", "answered")
@@ -173,8 +173,15 @@ MAX_SAY_CHARS = 1000
 
 def _spoken(text: str | None) -> str | None:
     if text is not None:
+        _xml_only(text)
         placeholders(text)
     return text
+
+
+def _xml_only(text: str) -> None:
+    bad = not_xml(text)
+    if bad is not None:
+        raise ValueError(f"the character U+{ord(bad):04X} cannot be said or sent to Twilio")
 
 
 _URL = TypeAdapter(AnyHttpUrl)
@@ -183,6 +190,7 @@ _URL = TypeAdapter(AnyHttpUrl)
 def _https(url: str | None) -> str | None:
     if url is None:
         return None
+    _xml_only(url)
     parsed = _URL.validate_python(url)
     if parsed.scheme != "https":
         raise ValueError("Twilio fetches the audio: give an https:// URL")
@@ -245,6 +253,13 @@ class AnswerIn(BaseModel):
             raise ValueError("a message either says a text (`say`) or plays audio (`play`): give one")
         if self.play is not None and (self.voice or self.language):
             raise ValueError("`voice` and `language` are for a text that is said, not for `play`")
+        try:
+            twiml_for(self.to_answer(), LeadFields())
+        except ValueError:
+            raise ValueError(
+                f"said as TwiML the message is longer than Twilio takes ({MAX_TWIML_CHARS} characters): "
+                "shorten it (each &, < and > counts as four or five)"
+            ) from None
         return self
 
     def to_answer(self) -> Answer:

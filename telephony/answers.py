@@ -20,6 +20,9 @@ MAX_FIELD_CHARS = 200
 # `{name}`, or `{metadata.<field>}`; `{{` and `}}` are a brace.
 PLACEHOLDER = re.compile(r"\{\{|\}\}|\{(name|metadata\.[^{}]+)\}")
 ANY_BRACE = re.compile(r"[{}]")
+# Characters XML 1.0 cannot carry (control characters, lone surrogates, U+FFFE and U+FFFF): a lead's
+# field loses them; a business's text with them is refused (`not_xml`).
+NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
 @dataclass(frozen=True)
@@ -61,9 +64,19 @@ def fill(text: str, lead: LeadFields, limit: int = MAX_FIELD_CHARS) -> str:
             found: Any = lead.name
         else:
             found = lead.metadata.get(match.group(1).removeprefix("metadata."))
-        return "" if found is None else str(found)[:limit]
+        return "" if found is None else _xml_text(str(found), limit)
 
     return PLACEHOLDER.sub(value, text)
+
+
+def not_xml(text: str) -> str | None:
+    """A character of `text` that TwiML cannot carry, if any."""
+    found = NOT_XML.search(text)
+    return found.group(0) if found else None
+
+
+def _xml_text(value: str, limit: int) -> str:
+    return NOT_XML.sub("", value)[:limit]
 
 
 def twiml_for(answer: Answer, lead: LeadFields) -> str:
@@ -111,10 +124,13 @@ def _stream_parameters(answer: Answer, lead: LeadFields, limit: int) -> list[tup
         ("lead_id", str(lead.lead_id)),
         ("attempt", str(lead.attempt)),
         ("phone", lead.phone),
-        ("name", (lead.name or "")[:limit]),
+        ("name", _xml_text(lead.name or "", limit)),
     ]
     chosen = [
-        (f"metadata.{key}", "" if lead.metadata.get(key) is None else str(lead.metadata[key])[:limit])
+        (
+            f"metadata.{key}",
+            "" if lead.metadata.get(key) is None else _xml_text(str(lead.metadata[key]), limit),
+        )
         for key in answer.metadata_fields
     ]
     return known + chosen

@@ -238,3 +238,16 @@ async def test_a_run_streams_its_answered_calls_to_the_businesss_voice_agent(sta
         "name": "Ada",
         "metadata.plan": "gold",
     }
+
+
+def test_what_twiml_cannot_carry_is_refused_from_a_business_and_dropped_from_a_lead() -> None:
+    """Found in review: a control character or a lone surrogate in a message or a lead's field made
+    malformed TwiML, and a message of 1,000 ampersands was taken though it could never fit."""
+    for say in ("Hi \u000b there", "Hi \ud800"):
+        with pytest.raises(ValidationError, match="cannot be said or sent to Twilio"):
+            AnswerIn.model_validate({"say": say})
+    with pytest.raises(ValidationError, match="longer than Twilio takes"):
+        AnswerIn.model_validate({"say": "&" * 1000})
+    answer = Answer(say="{name}: {metadata.x}")
+    text, _ = _said(twiml_for(answer, LeadFields("Ada\u0001", {"x": "a\udc00b\ufffe"})))
+    assert text == "Ada: ab"

@@ -149,3 +149,11 @@ async def test_lines_may_end_in_a_lone_carriage_return_even_across_chunks() -> N
             (3, "+14155550101"),
             (4, "+14155550102"),
         ], size
+
+
+async def test_json_lines_with_nan_or_deep_nesting_are_unreadable_leads_not_errors() -> None:
+    """Found in review: NaN became a 500 (it cannot be echoed as JSON), deep nesting a RecursionError."""
+    body = b'{"phone": NaN}\n' + b"[" * 60_000 + b"\n" + b'{"phone": "+14155550100"}\n'
+    records = await _read(json_lines_records(_in_chunks(body, 4096)))
+    assert [(r.line, r.fields is None) for r in records] == [(1, True), (2, True), (3, False)]
+    assert "NaN is not a JSON number" in (records[0].problem or "")

@@ -110,3 +110,12 @@ def test_every_refusal_of_the_service_has_an_http_answer() -> None:
         codes = [code for kind, code in REFUSALS if issubclass(refusal, kind)]
         assert codes and 400 <= codes[0] < 500, refusal
     assert dict(REFUSALS)[errors.RunNotLive] == status.HTTP_409_CONFLICT
+
+
+def test_a_bad_value_is_echoed_cut_short() -> None:
+    """Found in review: each listed problem echoed the whole value twice (a 6 MB upload of bad rows
+    made a 66 MB answer)."""
+    with pytest.raises(PhoneListInvalid) as refused:
+        phones_in_e164([(2, "9" * 60_000)], UPLOAD_LINES)
+    [detail] = refused.value.as_detail()
+    assert len(detail["input"]) <= 100 and len(detail["msg"]) < 300
