@@ -10,6 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from contracts.messages import Answer
+from contracts.names import run_workflow_id
 from service.schemas import AnswerIn
 from support.drive import ALWAYS_OPEN, new_number, wait_for
 from support.stack import Stack, signed_in
@@ -171,6 +172,7 @@ async def test_calls_are_connected_only_to_registered_agent_numbers(
     assert (await stack.http.post(f"/v1/runs/{run_id}/resume", headers=headers)).status_code == 202
     run = await stack.wait_run_ends(business, run_id)
     assert run["status"] == "completed" and run["progress"]["outcomes"]["answered"] == 2
+    await stack.save_history(run_workflow_id(run_id), "run_paused_by_its_answer")
     assert sorted(c["to"] for c in await stack.sim_calls(business.caller_id)) == sorted([first, later])
 
 
