@@ -197,6 +197,16 @@ def _https(url: str | None) -> str | None:
     return url
 
 
+def _field_name(name: str) -> str:
+    _xml_only(name)
+    return name
+
+
+FieldName = Annotated[
+    str, Field(min_length=1, max_length=MAX_METADATA_KEY_CHARS), AfterValidator(_field_name)
+]
+
+
 class AnswerIn(BaseModel):
     """What an answered call does.
 
@@ -226,8 +236,8 @@ class AnswerIn(BaseModel):
     url: Annotated[str | None, AfterValidator(_wss)] = Field(
         default=None, max_length=2000, description="`voice_agent`: the agent's wss:// media endpoint."
     )
-    metadata_fields: list[Annotated[str, Field(min_length=1, max_length=MAX_METADATA_KEY_CHARS)]] | None = (
-        Field(default=None, max_length=10, description="`voice_agent`: the lead's metadata fields passed on.")
+    metadata_fields: list[FieldName] | None = Field(
+        default=None, max_length=10, description="`voice_agent`: the lead's metadata fields passed on."
     )
 
     @model_validator(mode="after")

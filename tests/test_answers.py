@@ -253,3 +253,10 @@ def test_what_twiml_cannot_carry_is_refused_from_a_business_and_dropped_from_a_l
     answer = Answer(say="{name}: {metadata.x}")
     text, _ = _said(twiml_for(answer, LeadFields("Ada\u0001", {"x": "a\udc00b\ufffe"})))
     assert text == "Ada: ab"
+
+
+def test_a_voice_agents_field_names_are_text_too() -> None:
+    with pytest.raises(ValidationError, match="cannot be said or sent to Twilio"):
+        AnswerIn.model_validate(
+            {"kind": "voice_agent", "url": "wss://a.example.com", "metadata_fields": ["a\u0000"]}
+        )
