@@ -39,7 +39,7 @@ from contracts.activities import (
     FetchCallInput,
     HangUpInput,
 )
-from contracts.statuses import FINAL_ATTEMPT_STATUSES
+from contracts.statuses import DIALING, FINAL_ATTEMPT_STATUSES, CallStatus
 from db.leases import AttemptKey, Claimed, claim_line, release_lines, release_lines_of_ended_attempts
 from db.models import AgentNumber, CallAttempt, DoNotCall, Lead, Run, utcnow
 from db.outcomes import write_outcomes
@@ -96,7 +96,7 @@ _FENCE = select(*_DIAL_BLOCKERS).where(_RUNS.c.id == bindparam("f_run")).with_fo
 _STORE_SID = (
     update(_ATTEMPTS)
     .where(*_KEY, _ATTEMPTS.c.call_sid.is_(None))
-    .values(call_sid=bindparam("a_sid"), status="queued", updated_at=bindparam("a_now"))
+    .values(call_sid=bindparam("a_sid"), status=CallStatus.QUEUED, updated_at=bindparam("a_now"))
 )
 _CLAIMS: dict[str, Executable] = {}
 
@@ -112,7 +112,7 @@ def _claim_statement(dialect: str) -> Executable:
                 run_id=bindparam("a_run"),
                 lead_id=bindparam("a_lead"),
                 attempt=bindparam("a_attempt"),
-                status="dialing",
+                status=DIALING,
             )
             .on_conflict_do_nothing(index_elements=["run_id", "lead_id", "attempt"])
             .returning(_ATTEMPTS.c.id)
@@ -339,7 +339,7 @@ class DialingActivities:
                 "the number is on the business's do-not-call list", type=DO_NOT_CALL, non_retryable=True
             )
         call = await self._create(input, dial, await _twiml(session, input))
-        placed = DialOutput(call.sid or "", call.status or "queued")
+        placed = DialOutput(call.sid or "", call.status or CallStatus.QUEUED)
         dial.created = placed
         log.info("call placed", extra={**context, "call_sid": placed.call_sid})
         observability.CALLS_PLACED.inc()
@@ -414,7 +414,7 @@ class DialingActivities:
             )
         snapshot = await fetch_snapshot(self.twilio, placed.call_sid)
         if not snapshot.found:
-            return DialOutput(placed.call_sid, "failed", error_message=NO_RECORD)
+            return DialOutput(placed.call_sid, CallStatus.FAILED, error_message=NO_RECORD)
         return DialOutput(
             placed.call_sid, snapshot.status, duration=snapshot.duration, answered_by=snapshot.answered_by
         )
@@ -480,7 +480,7 @@ async def find_unrecorded_call(
             to=to, from_=from_, start_time_after=since - LOOKUP_SKEW, limit=20
         )
         # A queued call has no start time yet, so no StartTime filter finds it.
-        queued = await twilio.calls.list_async(to=to, from_=from_, status="queued", limit=20)
+        queued = await twilio.calls.list_async(to=to, from_=from_, status=CallStatus.QUEUED, limit=20)
     except TwilioException as error:
         raise _classify(_page_error(error)) from None
 
@@ -507,13 +507,15 @@ async def end_call(twilio: Client, call_sid: str, answered: bool) -> CallSnapsho
     """Hang up a call (cancel it if not answered, complete it if it is) and say what Twilio says
     of it afterwards. A call that is already over is success."""
     try:
-        call = await twilio.calls(call_sid).update_async(status="completed" if answered else "canceled")
-        if call.status == "in-progress":
+        call = await twilio.calls(call_sid).update_async(
+            status=CallStatus.COMPLETED if answered else CallStatus.CANCELED
+        )
+        if call.status == CallStatus.IN_PROGRESS:
             # Answered between our last news and the cancel: `canceled` does not end it.
-            call = await twilio.calls(call_sid).update_async(status="completed")
+            call = await twilio.calls(call_sid).update_async(status=CallStatus.COMPLETED)
     except TwilioRestException as error:
         if error.status == 404:
-            return CallSnapshot(found=False, status="failed")
+            return CallSnapshot(found=False, status=CallStatus.FAILED)
         if error.code != NOT_IN_PROGRESS:
             raise _classify(error) from None
         return await fetch_snapshot(twilio, call_sid)
@@ -527,7 +529,7 @@ async def fetch_snapshot(twilio: Client, call_sid: str) -> CallSnapshot:
         call = await twilio.calls(call_sid).fetch_async()
     except TwilioRestException as error:
         if error.status == 404:
-            return CallSnapshot(found=False, status="failed")
+            return CallSnapshot(found=False, status=CallStatus.FAILED)
         raise _classify(error) from None
     return _snapshot(call)
 
@@ -544,7 +546,7 @@ def _created_by_earlier_try() -> DialOutput | None:
 def _snapshot(call: CallInstance) -> CallSnapshot:
     return CallSnapshot(
         found=True,
-        status=call.status or "queued",
+        status=call.status or CallStatus.QUEUED,
         duration=int(call.duration) if call.duration else None,
         answered_by=call.answered_by,
     )

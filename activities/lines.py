@@ -23,7 +23,7 @@ from activities.dialing import NO_RECORD, end_call, fetch_snapshot, find_unrecor
 from contracts.activities import REAP_LINES, CallSnapshot, ReapedLines, ReapLinesInput
 from contracts.messages import Outcome
 from contracts.names import run_id_of, run_workflow_id
-from contracts.statuses import FINAL_ATTEMPT_STATUSES, LIVE_RUN_STATUSES, RunStatus, is_terminal
+from contracts.statuses import FINAL_ATTEMPT_STATUSES, LIVE_RUN_STATUSES, CallStatus, RunStatus, is_terminal
 from db.leases import release_lines_of_ended_attempts
 from db.models import Business, CallAttempt, Lead, LineLease, Run
 from db.outcomes import finish_run, write_outcomes
@@ -194,7 +194,9 @@ class LineActivities:
                     left += 1
                     continue
                 if found is None:
-                    outcomes.append(Outcome(call.lead_id, call.attempt, "canceled", error_message=NOT_PLACED))
+                    outcomes.append(
+                        Outcome(call.lead_id, call.attempt, CallStatus.CANCELED, error_message=NOT_PLACED)
+                    )
                     continue
                 sid = str(found)
             snapshot = await fetch_snapshot(self.twilio, sid)
@@ -205,7 +207,9 @@ class LineActivities:
                     "hanging up a call of a gone run",
                     extra={**context, "lead": call.lead_id, "call_sid": sid},
                 )
-                snapshot = await end_call(self.twilio, sid, answered=snapshot.status == "in-progress")
+                snapshot = await end_call(
+                    self.twilio, sid, answered=snapshot.status == CallStatus.IN_PROGRESS
+                )
             outcome = _outcome(call, sid, snapshot)
             if outcome is None:
                 left += 1
@@ -267,7 +271,7 @@ async def _other_attempts_to(session: AsyncSession, business_id: str, call: _Hel
 
 def _outcome(call: _Held, sid: str, snapshot: CallSnapshot) -> Outcome | None:
     if not snapshot.found:
-        return Outcome(call.lead_id, call.attempt, "failed", sid, error_message=NO_RECORD)
+        return Outcome(call.lead_id, call.attempt, CallStatus.FAILED, sid, error_message=NO_RECORD)
     if not is_terminal(snapshot.status):
         return None
     return Outcome(

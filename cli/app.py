@@ -19,6 +19,7 @@ from rich.text import Text
 from cli.client import UPLOAD_TIMEOUT, Api, ApiError
 from cli.render import events_table, run_summary, runs_table, show_error
 from cli.watch import follow
+from contracts.statuses import RunStatus
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"
 JSON_LINES_SUFFIXES = (".jsonl", ".ndjson")
@@ -232,7 +233,7 @@ def _follow(api: Api, run_id: str) -> None:
         _stderr().print(f"Stopped watching; run {run_id} goes on.")
         raise typer.Exit(130) from None
     out.print(run_summary(run))
-    if run["status"] == "failed":
+    if run["status"] == RunStatus.FAILED:
         raise typer.Exit(1)
 
 

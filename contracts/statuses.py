@@ -82,6 +82,9 @@ OUTCOMES: tuple[str, ...] = tuple(outcome.value for outcome in LeadOutcome)
 # Attempt statuses after which nothing more happens to the attempt.
 FINAL_ATTEMPT_STATUSES = TERMINAL_CALL_STATUSES | {SKIPPED_DNC, SKIPPED_WINDOW}
 
+# An attempt whose create request is under way (no word from Twilio yet).
+DIALING = "dialing"
+
 # Lead states before an outcome is known.
 LEAD_QUEUED = "queued"
 LEAD_RETRYING = "retrying"

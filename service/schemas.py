@@ -24,11 +24,12 @@ from pydantic import (
 )
 
 from contracts.messages import ALL_DAYS, Answer, CallingWindow, RunOptions
+from contracts.statuses import LeadOutcome
 from service.phones import InvalidPhone, to_e164
 from telephony.answers import MAX_TWIML_CHARS, LeadFields, not_xml, placeholders, twiml_for
 from workflows.calling_window import opens_ever
 
-RETRYABLE_OUTCOMES = ("busy", "no_answer", "failed", "answered")
+RETRYABLE_OUTCOMES = (LeadOutcome.BUSY, LeadOutcome.NO_ANSWER, LeadOutcome.FAILED, LeadOutcome.ANSWERED)
 # Past the end of any list; a larger offset would overflow the database's 64-bit OFFSET.
 MAX_OFFSET = 1_000_000_000
 

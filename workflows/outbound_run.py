@@ -76,7 +76,7 @@ with workflow.unsafe.imports_passed_through():
         gate_workflow_id,
         run_workflow_id,
     )
-    from contracts.statuses import SKIPPED_DNC, RunStatus, is_terminal
+    from contracts.statuses import SKIPPED_DNC, CallStatus, RunStatus, is_terminal
     from workflows.run_book import LEAD_PAGE_SIZE, RunBook
 
 T = TypeVar("T")
@@ -557,7 +557,9 @@ class OutboundRunWorkflow:
             if why is not None:
                 self._pause(why)
             return
-        status = {RUN_CANCELLED: "canceled", DO_NOT_CALL: SKIPPED_DNC}.get(kind or "", "failed")
+        status = {RUN_CANCELLED: CallStatus.CANCELED, DO_NOT_CALL: SKIPPED_DNC}.get(
+            kind or "", CallStatus.FAILED
+        )
         self._book.dial_failed(call.lead_id, call.attempt, code, message, self._now(), status)
 
     def _dial_answered(

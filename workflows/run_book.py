@@ -20,7 +20,15 @@ from contracts.messages import (
     RunProgress,
     WaitingLead,
 )
-from contracts.statuses import OUTCOMES, SKIPPED_WINDOW, is_terminal, outcome_for
+from contracts.statuses import (
+    DIALING,
+    OUTCOMES,
+    SKIPPED_WINDOW,
+    CallStatus,
+    LeadOutcome,
+    is_terminal,
+    outcome_for,
+)
 from contracts.zone_sets import pack_zones, unpack_zones
 from workflows.calling_window import window_check
 
@@ -216,12 +224,18 @@ class RunBook:
         self.state.placed_any = True
         self.refused_were_numbers(now)
         call.call_sid = call_sid
-        if call.sequence_number < 0 and call.status == "dialing":
+        if call.sequence_number < 0 and call.status == DIALING:
             call.status = status
         call.last_news_at = now
 
     def dial_failed(
-        self, lead_id: int, attempt: int, code: int | None, message: str, now: float, status: str = "failed"
+        self,
+        lead_id: int,
+        attempt: int,
+        code: int | None,
+        message: str,
+        now: float,
+        status: str = CallStatus.FAILED,
     ) -> Outcome | None:
         """The create-call failed for good: no call exists, the lead ends `status` (it is not
         retried: the number or the lead is the problem), and the line is free."""
@@ -266,7 +280,7 @@ class RunBook:
         """A call was placed since: the account can call, so the held leads' numbers were refused;
         they fail with Twilio's reason."""
         for refused in self.state.refused:
-            self._skip(refused.lead, "failed", refused.message, refused.code)
+            self._skip(refused.lead, CallStatus.FAILED, refused.message, refused.code)
         self.state.refused = []
 
     def requeue_refused(self) -> None:
@@ -322,13 +336,13 @@ class RunBook:
         if event.sequence_number is None or event.sequence_number > call.sequence_number:
             call.sequence_number = max(call.sequence_number, event.sequence_number or -1)
             call.status = event.status
-            call.answered = call.answered or event.status == "in-progress"
+            call.answered = call.answered or event.status == CallStatus.IN_PROGRESS
         return None
 
     def _finish(self, call: InFlightCall, outcome: Outcome, now: float, retry: bool) -> Outcome:
         del self.calls[(call.lead_id, call.attempt)]
         self.state.lines_freed.append(AttemptRef(call.lead_id, call.attempt))
-        if outcome.status == "completed" and outcome.duration:
+        if outcome.status == CallStatus.COMPLETED and outcome.duration:
             self.state.answered_durations = [*self.state.answered_durations, outcome.duration][
                 -ANSWERED_KEPT:
             ]
@@ -407,7 +421,7 @@ class RunBook:
         self.state.refused.clear()
         self.state.leads_exhausted = True
         self.state.done += count
-        self.state.outcomes["cancelled"] = self.state.outcomes.get("cancelled", 0) + count
+        self.state.outcomes[LeadOutcome.CANCELLED] = self.state.outcomes.get(LeadOutcome.CANCELLED, 0) + count
         return count
 
     def take_freed(self) -> AttemptRef | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from typing import Annotated, Literal
+from typing import Annotated
 from urllib.parse import urlsplit
 from uuid import uuid4
 
@@ -148,7 +148,7 @@ async def delete_webhook(business: BusinessDep, session: SessionDep) -> Response
 async def list_events(
     business: BusinessDep,
     session: SessionDep,
-    event_status: Annotated[Literal["pending", "delivered", "failed"] | None, Query(alias="status")] = None,
+    event_status: Annotated[EventStatus | None, Query(alias="status")] = None,
     run_id: str | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> list[EventPublic]:
