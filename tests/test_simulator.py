@@ -503,3 +503,49 @@ def test_bad_fault_settings_stop_the_start(argv: list[str], environ: dict[str, s
     with pytest.raises(SystemExit) as exited:
         parse(argv, environ)
     assert exited.value.code == 2
+
+
+async def _sim_calls(sim: Sim) -> dict[str, dict[str, Any]]:
+    async with httpx.AsyncClient() as client:
+        return {c["sid"]: c for c in (await client.get(f"{sim.url}/_sim/calls")).json()["calls"]}
+
+
+async def test_an_answered_call_runs_its_twiml_or_fetches_it_signed_from_its_url(
+    sim: Sim, twilio: Client
+) -> None:
+    """As Twilio does once a call is answered: TwiML given with the create is run; a `Url` is
+    fetched with a POST signed like a callback; a document that is not TwiML (12100) or a URL that
+    does not answer 2xx (11200) ends the call."""
+    sim.config.outcomes_by_to = {TO: "completed"}
+    app = FastAPI()
+    fetched: list[Received] = []
+
+    @app.post("/voice")
+    async def voice(request: Request) -> Response:
+        form = {k: str(v) for k, v in (await request.form()).items()}
+        fetched.append(Received(str(request.url), form, request.headers.get("X-Twilio-Signature", "")))
+        return Response("<Response><Say>from the app</Say></Response>", media_type="text/xml")
+
+    sids: list[str] = []
+
+    async def all_ended() -> bool:
+        calls = await _sim_calls(sim)
+        return all(calls[sid]["ended_at"] for sid in sids)
+
+    async for app_url in serve_app(app):
+        for create in (
+            {"url": f"{app_url}/voice?lead=7", "from_": FROM},
+            {"url": f"{app_url}/nowhere", "from_": OTHER_FROM},
+            {"twiml": "<Response><Say>hi</Response>", "from_": FROM},
+        ):
+            sids.append((await twilio.calls.create_async(to=TO, **create)).sid)
+        await _wait_until(all_ended, "the three calls to end")
+    calls = await _sim_calls(sim)
+    from_app, missing, broken = (calls[sid] for sid in sids)
+    assert from_app["answered_with"] == "<Response><Say>from the app</Say></Response>"
+    assert from_app["answer_error"] is None
+    [request] = fetched
+    assert request.form["CallSid"] == sids[0] and request.form["CallStatus"] == "in-progress"
+    assert RequestValidator(TOKEN).validate(request.url, request.form, request.signature)
+    assert (missing["fetched_status"], missing["answer_error"]) == (404, 11200)
+    assert broken["answer_error"] == 12100

@@ -206,6 +206,23 @@ class CallbackSender:
         return "5xx" if response.status_code >= 500 else "4xx"
 
 
+async def fetch_twiml(sender: CallbackSender, url: str, params: dict[str, str]) -> tuple[int | None, str]:
+    """Fetch an answered call's TwiML from its `Url` as Twilio does: a POST of the call's parameters,
+    signed with `X-Twilio-Signature`. The HTTP status (None when nothing answered) and the body."""
+    assert sender._http is not None, "CallbackSender.start() was not awaited"
+    signature = RequestValidator(sender._config.auth_token).compute_signature(url, params)
+    try:
+        response = await sender._http.post(
+            url,
+            data=params,
+            headers={"X-Twilio-Signature": signature, "User-Agent": "TwilioProxy/1.1"},
+            timeout=sender._config.callback_timeout_seconds,
+        )
+    except httpx.HTTPError:
+        return None, ""
+    return response.status_code, response.text
+
+
 def new_idempotency_token(call_sid: str) -> str:
     """A token like Twilio's ``I-Twilio-Idempotency-Token``: the same for every copy of one callback."""
     return f"{call_sid}-{secrets.token_hex(8)}"

@@ -68,6 +68,11 @@ class Call:
     talk_seconds: float
     twiml: str | None = None
     url: str | None = None
+    # What it ran when answered (its TwiML, or what its Url answered), and Twilio's error if that
+    # could not run (11200: the Url did not answer 2xx; 12100: not TwiML).
+    answered_with: str | None = None
+    fetched_status: int | None = None
+    answer_error: int | None = None
     status: str = "queued"
     created_at: float = field(default_factory=time.time)
     updated_at: float = field(default_factory=time.time)
@@ -146,6 +151,9 @@ class Call:
             "answered_by": self.answered_by,
             "twiml": self.twiml,
             "url": self.url,
+            "answered_with": self.answered_with,
+            "fetched_status": self.fetched_status,
+            "answer_error": self.answer_error,
         }
 
 

@@ -11,6 +11,7 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
+from xml.etree import ElementTree
 
 import phonenumbers
 
@@ -18,6 +19,7 @@ from telephony.simulator.callbacks import (
     Callback,
     CallbackCounters,
     CallbackSender,
+    fetch_twiml,
     new_idempotency_token,
     split_overrides,
 )
@@ -220,6 +222,10 @@ class Simulator:
                 call.answered_by = self.rng.choice(("human", "machine_start"))
             call.set_status("in-progress")
             self._emit(call, "answered", "in-progress")
+            if not await self._answer(call):
+                # Twilio says "an application error has occurred" and hangs up.
+                self._finish(call, "completed")
+                return
             await asyncio.sleep(call.talk_seconds)
             self._finish(call, "completed")
         except asyncio.CancelledError:
@@ -227,6 +233,33 @@ class Simulator:
         except Exception:
             log.exception("call playback failed call_sid=%s", call.sid)
             self._finish(call, "failed")
+
+    async def _answer(self, call: Call) -> bool:
+        """Run what the call was created with, as Twilio does once it is answered: its TwiML, or the
+        TwiML its `Url` answers (fetched, signed as Twilio signs). A document that is not TwiML
+        (error 12100), or a URL that does not answer 2xx (11200), ends the call; `call.answer_error`
+        says which."""
+        twiml = call.twiml
+        if call.url is not None:
+            params = {
+                "AccountSid": call.account_sid,
+                "ApiVersion": API_VERSION,
+                "CallSid": call.sid,
+                "CallStatus": "in-progress",
+                "Direction": "outbound-api",
+                "From": call.from_,
+                "To": call.to,
+            }
+            status, twiml = await fetch_twiml(self.callbacks, call.url, params)
+            call.fetched_status = status
+            if status is None or not 200 <= status < 300:
+                call.answer_error = 11200
+                return False
+        call.answered_with = twiml
+        if twiml is None or not _is_twiml(twiml):
+            call.answer_error = 12100
+            return False
+        return True
 
     def _finish(self, call: Call, status: str) -> None:
         """End a call once: stop its playback, free its line, send the terminal callback."""
@@ -305,3 +338,11 @@ def _region(number: str) -> str:
     with contextlib.suppress(phonenumbers.NumberParseException):
         return phonenumbers.region_code_for_number(phonenumbers.parse(number)) or ""
     return ""
+
+
+def _is_twiml(document: str) -> bool:
+    """Whether a document is TwiML Twilio can run: XML whose root is `<Response>`."""
+    try:
+        return ElementTree.fromstring(document.strip()).tag == "Response"
+    except ElementTree.ParseError:
+        return False
