@@ -41,11 +41,11 @@ from contracts.activities import (
 )
 from contracts.statuses import DIALING, FINAL_ATTEMPT_STATUSES, CallStatus
 from db.leases import AttemptKey, Claimed, claim_line, release_lines, release_lines_of_ended_attempts
-from db.models import AgentNumber, CallAttempt, DoNotCall, Lead, Run, utcnow
+from db.models import AgentNumber, Business, CallAttempt, DoNotCall, Lead, Run, utcnow
 from db.outcomes import write_outcomes
 from db.upsert import dialect_insert
 from outbound_dialer import observability
-from telephony.answers import LeadFields, says_lead_fields, twiml_for
+from telephony.answers import LeadFields, says_lead_fields, twiml_for, voice_app_url
 from telephony.twilio_client import (
     ACCOUNT_ERROR_CODES,
     NOT_IN_PROGRESS,
@@ -149,11 +149,34 @@ async def _claim(connection: AsyncConnection, input: DialInput) -> _Claim:
     return _Claim(bool(new), cancel_requested_at, bool(suppressed))
 
 
-async def _twiml(session: AsyncSession, input: DialInput) -> str:
-    """What the answered call runs: the run's answer, with the lead's fields if its message names
-    them; runs started before answers were taken play their `twiml`."""
+@dataclass(frozen=True)
+class ToRun:
+    """What Twilio runs when the call is answered: TwiML given with the create, or the URL of the
+    business's voice app that it fetches the TwiML from."""
+
+    twiml: str | None = None
+    url: str | None = None
+
+
+async def _what_to_run(session: AsyncSession, input: DialInput) -> ToRun:
+    """The run's answer as TwiML (with the lead's fields if it names them), or as its voice app's
+    signed URL; runs started before answers were taken play their `twiml`."""
     if input.answer is None:
-        return input.twiml
+        return ToRun(twiml=input.twiml)
+    if input.answer.kind == "voice_app":
+        secret = await session.scalar(select(Business.answer_secret).where(Business.id == input.business_id))
+        if secret is None:
+            raise ApplicationError(
+                "the business has no voice app secret", type=ANSWER_INVALID, non_retryable=True
+            )
+        at = datetime.now(UTC)
+        return ToRun(url=voice_app_url(input.answer, secret, input.run_id, input.lead_id, input.attempt, at))
+    return ToRun(twiml=await _twiml(session, input))
+
+
+async def _twiml(session: AsyncSession, input: DialInput) -> str:
+    """The answer as TwiML, with the lead's fields if it names them."""
+    assert input.answer is not None
     if input.answer.kind == "connect" and not await _registered(
         session, input.business_id, input.answer.number
     ):
@@ -338,7 +361,7 @@ class DialingActivities:
             raise ApplicationError(
                 "the number is on the business's do-not-call list", type=DO_NOT_CALL, non_retryable=True
             )
-        call = await self._create(input, dial, await _twiml(session, input))
+        call = await self._create(input, dial, await _what_to_run(session, input))
         placed = DialOutput(call.sid or "", call.status or CallStatus.QUEUED)
         dial.created = placed
         log.info("call placed", extra={**context, "call_sid": placed.call_sid})
@@ -346,7 +369,7 @@ class DialingActivities:
         await self._store_sid(session, input, placed)
         return placed
 
-    async def _create(self, input: DialInput, dial: _DialState, twiml: str) -> CallInstance:
+    async def _create(self, input: DialInput, dial: _DialState, runs: ToRun) -> CallInstance:
         """Ask Twilio to place the call. A refusal is classified (a 4xx about the number or the
         account fails for good); a 5xx or no answer may have placed it, and is retried after the
         lookup delay, when the retry looks for it first."""
@@ -355,7 +378,9 @@ class DialingActivities:
             return await self.twilio.calls.create_async(
                 to=input.to,
                 from_=input.from_,
-                twiml=twiml,
+                twiml=runs.twiml if runs.twiml is not None else values.unset,
+                url=runs.url if runs.url is not None else values.unset,
+                method="POST" if runs.url is not None else values.unset,
                 status_callback=status_callback_url(
                     self.public_base_url, input.run_id, input.lead_id, input.attempt
                 ),

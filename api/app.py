@@ -30,6 +30,7 @@ from service.errors import (
     RunNotLive,
     ServiceError,
     UploadUnreadable,
+    VoiceAppUnsigned,
 )
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,7 @@ REFUSALS: tuple[tuple[type[ServiceError], int], ...] = (
     (ListInvalid, status.HTTP_422_UNPROCESSABLE_CONTENT),
     (UploadUnreadable, status.HTTP_422_UNPROCESSABLE_CONTENT),
     (NumberNotRegistered, status.HTTP_422_UNPROCESSABLE_CONTENT),
+    (VoiceAppUnsigned, status.HTTP_422_UNPROCESSABLE_CONTENT),
 )
 
 

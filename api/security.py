@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import secrets
@@ -23,8 +22,3 @@ def hash_api_key(key: str) -> str:
 def same_secret(given: str, expected: str) -> bool:
     """Compare secrets in constant time."""
     return hmac.compare_digest(given.encode(), expected.encode())
-
-
-def new_signing_secret() -> str:
-    """A signing secret in the Standard Webhooks form: `whsec_` and 32 random bytes in base64."""
-    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()

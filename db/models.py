@@ -59,6 +59,8 @@ class Business(Base):
     calling_window: Mapped[dict[str, Any] | None]
     # What its runs' answered calls do unless a run says otherwise (`AnswerIn`); the product's greeting if unset.
     answer: Mapped[dict[str, Any] | None]
+    # The secret a voice app's URL is signed with (Standard Webhooks form), made with its first one.
+    answer_secret: Mapped[str | None] = mapped_column(String(100))
     api_key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     # Where the business's events are POSTed, and the secret they are signed with (the worker needs

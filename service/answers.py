@@ -10,9 +10,10 @@ from contracts.messages import DEFAULT_ANSWER
 from db.models import AgentNumber as AgentNumberRow
 from db.models import Business
 from db.upsert import insert_ignoring_conflict
-from service.errors import NumberNotRegistered, PhoneListInvalid, PhoneNotListed, RowProblem
+from service.errors import NumberNotRegistered, PhoneListInvalid, PhoneNotListed, RowProblem, VoiceAppUnsigned
 from service.phones import InvalidPhone, to_e164
 from service.schemas import AgentNumber, AnswerIn
+from service.signing import new_signing_secret
 
 
 def business_answer(business: Business) -> AnswerIn:
@@ -23,7 +24,10 @@ def business_answer(business: Business) -> AnswerIn:
 
 
 async def check_answer(session: AsyncSession, business: Business, answer: AnswerIn) -> None:
-    """`NumberNotRegistered` for an answer that connects to a number not registered by the business."""
+    """`NumberNotRegistered` for an answer that connects to a number not registered by the business;
+    `VoiceAppUnsigned` for a run's voice app before the business has a signing secret for it."""
+    if answer.kind == "voice_app" and business.answer_secret is None:
+        raise VoiceAppUnsigned()
     if answer.kind == "connect" and answer.number is not None:
         registered = await session.scalar(
             select(AgentNumberRow.id).where(
@@ -34,11 +38,16 @@ async def check_answer(session: AsyncSession, business: Business, answer: Answer
             raise NumberNotRegistered(answer.number)
 
 
-async def set_answer(session: AsyncSession, business: Business, answer: AnswerIn) -> None:
-    """Make the answer the business's default, for runs started from now on."""
+async def set_answer(session: AsyncSession, business: Business, answer: AnswerIn) -> str | None:
+    """Make the answer the business's default, for runs started from now on. A voice app's first
+    answer makes the secret its URLs are signed with, returned (once) here."""
+    made = None
+    if answer.kind == "voice_app" and business.answer_secret is None:
+        made = business.answer_secret = new_signing_secret()
     await check_answer(session, business, answer)
     business.answer = answer.model_dump(mode="json", exclude_none=True)
     await session.flush()
+    return made
 
 
 async def agent_numbers(session: AsyncSession, business: Business) -> list[AgentNumber]:

@@ -49,6 +49,16 @@ class NumberNotRegistered(ServiceError):
         )
 
 
+class VoiceAppUnsigned(ServiceError):
+    """A run's voice app answer from a business that has no secret to sign its URLs with yet."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "a voice app is signed with the business's own secret: set a voice app answer with "
+            "PUT /v1/businesses/me/answer first (it makes the secret), then runs may use one"
+        )
+
+
 class UploadUnreadable(ServiceError):
     """The body cannot be read as a list at all: not a problem of one lead or number."""
 

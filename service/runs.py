@@ -26,6 +26,7 @@ from temporalio.common import (
 from temporalio.service import RPCError, RPCStatusCode
 
 from contracts.messages import (
+    DEFAULT_ANSWER,
     CallingWindow,
     CancelRequest,
     PauseRequest,
@@ -149,7 +150,9 @@ class RunService:
                     "answer": answer.to_answer(),
                     # What a dial worker from before answers were taken plays, mid-deploy: the
                     # same answer, without the lead's fields.
-                    "twiml": twiml_for(answer.to_answer(), LeadFields()),
+                    "twiml": twiml_for(
+                        answer.to_answer() if answer.kind != "voice_app" else DEFAULT_ANSWER, LeadFields()
+                    ),
                 }
             )
         )

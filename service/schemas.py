@@ -218,11 +218,14 @@ class AnswerIn(BaseModel):
       agent numbers (`PUT /v1/businesses/me/agent-numbers/{phone}`).
     - `voice_agent`: stream the call to the business's AI voice agent at `url` (`wss://`), with
       `<Parameter>`s naming who it talks to: `run_id`, `lead_id`, `attempt`, `phone`, `name`, and
-      `metadata.<field>` for each of `metadata_fields`."""
+      `metadata.<field>` for each of `metadata_fields`.
+    - `voice_app`: Twilio fetches the call's TwiML from the business's own app at `url` (`https://`)
+      when the call is answered, with `run`, `lead` and `attempt` in the query and a signature made
+      with the business's own secret (see the README, "When someone answers")."""
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["message", "connect", "voice_agent"] = "message"
+    kind: Literal["message", "connect", "voice_agent", "voice_app"] = "message"
     say: Annotated[StoredText | None, AfterValidator(_spoken)] = Field(
         default=None, min_length=1, max_length=MAX_SAY_CHARS, examples=["Hello {name}, this is Acme."]
     )
@@ -234,8 +237,10 @@ class AnswerIn(BaseModel):
     number: Annotated[str | None, AfterValidator(lambda n: _e164(n) if n is not None else None)] = Field(
         default=None, max_length=40, description="`connect`: the registered agent number, E.164."
     )
-    url: Annotated[str | None, AfterValidator(_wss)] = Field(
-        default=None, max_length=2000, description="`voice_agent`: the agent's wss:// media endpoint."
+    url: Annotated[str | None, AfterValidator(_plain_url)] = Field(
+        default=None,
+        max_length=2000,
+        description="`voice_agent`: the agent's wss:// media endpoint; `voice_app`: the app's https:// URL.",
     )
     metadata_fields: list[FieldName] | None = Field(
         default=None, max_length=10, description="`voice_agent`: the lead's metadata fields passed on."
@@ -245,13 +250,22 @@ class AnswerIn(BaseModel):
     def _one_thing_to_do(self) -> AnswerIn:
         message_fields = (self.say, self.play, self.voice, self.language)
         if self.kind == "voice_agent":
-            if self.url is None or self.number is not None or any(message_fields):
+            if self.url is None or not self.url.startswith("wss://") or self.number or any(message_fields):
                 raise ValueError(
                     "a voice agent answer takes a `url` (wss://) and `metadata_fields`, nothing else"
                 )
             return self
+        if self.kind == "voice_app":
+            if self.url is None or self.url.startswith("wss://") or self.number or any(message_fields):
+                raise ValueError(
+                    "a voice app answer takes a `url` (https://; http://127.0.0.1 or localhost while "
+                    "developing against the simulator), nothing else"
+                )
+            if self.metadata_fields:
+                raise ValueError("`metadata_fields` are for a voice agent answer")
+            return self
         if self.url is not None or self.metadata_fields:
-            raise ValueError("`url` and `metadata_fields` are for a voice agent answer")
+            raise ValueError("`url` and `metadata_fields` are for a voice agent or voice app answer")
         if self.kind == "connect":
             if self.number is None or any(message_fields):
                 raise ValueError(
@@ -286,6 +300,13 @@ class AnswerIn(BaseModel):
         )
 
 
+class AnswerSaved(AnswerIn):
+    signing_secret: str | None = Field(
+        default=None,
+        description="A voice app's signing secret (`whsec_...`): in the answer only when it is made.",
+    )
+
+
 class AgentNumberIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -297,11 +318,18 @@ class AgentNumber(BaseModel):
     label: str | None
 
 
-def _wss(url: str | None) -> str | None:
+def _plain_url(url: str | None) -> str | None:
     if url is None:
         return None
-    if not re.fullmatch(r"wss://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~:/?#@!$&()*+,;=%-]*)?", url):
-        raise ValueError("a voice agent is reached at a wss:// URL, like wss://agent.example.com/media")
+    if not re.fullmatch(
+        r"((wss|https)://[A-Za-z0-9.-]+|http://(127\.0\.0\.1|localhost))(:[0-9]{1,5})?"
+        r"(/[A-Za-z0-9._~:/?#@!$&()*+,;=%-]*)?",
+        url,
+    ):
+        raise ValueError(
+            "give a wss:// URL for a voice agent (wss://agent.example.com/media) or an https:// URL for a "
+            "voice app (https://app.example.com/answer)"
+        )
     return url
 
 

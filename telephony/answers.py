@@ -7,8 +7,11 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
+from standardwebhooks.webhooks import Webhook
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
 from contracts.messages import Answer
@@ -134,3 +137,25 @@ def _stream_parameters(answer: Answer, lead: LeadFields, limit: int) -> list[tup
         for key in answer.metadata_fields
     ]
     return known + chosen
+
+
+def voice_app_url(answer: Answer, secret: str, run_id: str, lead_id: int, attempt: int, at: datetime) -> str:
+    """The URL Twilio fetches a voice app's TwiML from: the business's URL with the call's `run`,
+    `lead` and `attempt` in its query, signed in the Standard Webhooks form with the business's own
+    secret (Twilio's `X-Twilio-Signature` is made with the operator's token, which the business does
+    not hold). The signed content is `run.lead.attempt`; `webhook-id`, `webhook-timestamp` and
+    `webhook-signature` are the headers a Standard Webhooks library verifies it with."""
+    assert answer.url is not None
+    message_id = f"call_{run_id}_{lead_id}_{attempt}"
+    signature = Webhook(secret).sign(message_id, at, f"{run_id}.{lead_id}.{attempt}")
+    query = {
+        "run": run_id,
+        "lead": str(lead_id),
+        "attempt": str(attempt),
+        "webhook-id": message_id,
+        "webhook-timestamp": str(int(at.timestamp())),
+        "webhook-signature": signature,
+    }
+    split = urlsplit(answer.url)
+    joined = "&".join(part for part in (split.query, urlencode(query)) if part)
+    return urlunsplit((split.scheme, split.netloc, split.path, joined, ""))

@@ -7,12 +7,15 @@ import xml.etree.ElementTree as ET
 from typing import Any
 
 import pytest
+from fastapi import FastAPI, Request, Response
 from pydantic import ValidationError
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from contracts.messages import Answer
 from contracts.names import run_workflow_id
 from service.schemas import AnswerIn
-from support.drive import ALWAYS_OPEN, new_number, wait_for
+from support.drive import ALWAYS_OPEN, new_number, serve, wait_for
+from support.ports import free_port
 from support.stack import Stack, signed_in
 from telephony.answers import MAX_TWIML_CHARS, LeadFields, twiml_for
 from tests.conftest import SimulatorKnobs
@@ -259,4 +262,60 @@ def test_a_voice_agents_field_names_are_text_too() -> None:
     with pytest.raises(ValidationError, match="cannot be said or sent to Twilio"):
         AnswerIn.model_validate(
             {"kind": "voice_agent", "url": "wss://a.example.com", "metadata_fields": ["a\u0000"]}
+        )
+
+
+async def test_a_voice_app_is_fetched_for_each_answered_call_signed_with_the_businesss_secret(
+    stack: Stack,
+) -> None:
+    """Twilio fetches the business's own app when the call is answered; the app learns the run, lead
+    and attempt from the query, and verifies them with its own secret (a Standard Webhooks library),
+    since Twilio's signature is made with the operator's token."""
+    business = await stack.create_business()
+    asked: list[dict[str, str]] = []
+    app = FastAPI()
+
+    @app.post("/answer")
+    async def answer(request: Request) -> Response:
+        query = dict(request.query_params)
+        asked.append(query)
+        Webhook(secrets[0]).verify(
+            f"{query['run']}.{query['lead']}.{query['attempt']}",
+            {k: query[k] for k in ("webhook-id", "webhook-timestamp", "webhook-signature")},
+            json_parse=False,
+        )
+        return Response("<Response><Say>Hello from the app</Say></Response>", media_type="text/xml")
+
+    secrets: list[str] = []
+    async with serve(app, free_port()) as app_url:
+        chosen = {"kind": "voice_app", "url": f"{app_url}/answer?campaign=spring"}
+        saved = await stack.http.put("/v1/businesses/me/answer", json=chosen, headers=business.headers)
+        assert saved.status_code == 200, saved.text
+        secrets.append(saved.json()["signing_secret"])
+        assert secrets[0].startswith("whsec_")
+        again = await stack.http.put("/v1/businesses/me/answer", json=chosen, headers=business.headers)
+        assert "signing_secret" not in again.json()  # shown once, when it is made
+
+        phone = new_number()
+        await stack.force_outcomes({phone: "completed"})
+        run_id = await stack.start_run(business, [phone])
+        await stack.wait_run_ends(business, run_id)
+    [call] = await stack.sim_calls(business.caller_id)
+    assert call["answer_error"] is None and call["twiml"] is None
+    assert call["answered_with"] == "<Response><Say>Hello from the app</Say></Response>"
+    [attempt] = await stack.attempts(run_id)
+    [query] = asked
+    assert (query["run"], query["lead"], query["attempt"], query["campaign"]) == (
+        run_id,
+        str(attempt.lead_id),
+        "1",
+        "spring",
+    )
+
+    forged = {**query, "lead": str(attempt.lead_id + 1)}
+    with pytest.raises(WebhookVerificationError):
+        Webhook(secrets[0]).verify(
+            f"{forged['run']}.{forged['lead']}.{forged['attempt']}",
+            {k: forged[k] for k in ("webhook-id", "webhook-timestamp", "webhook-signature")},
+            json_parse=False,
         )

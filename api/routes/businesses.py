@@ -12,7 +12,7 @@ from sqlalchemy import select, update
 
 from api.deps import AdminDep, BusinessDep, SessionDep, SettingsDep
 from api.problems import problems
-from api.security import hash_api_key, new_api_key, new_signing_secret
+from api.security import hash_api_key, new_api_key
 from contracts.statuses import EventStatus
 from db.models import Business, Event
 from db.outbox import EVENT_TYPES
@@ -27,6 +27,7 @@ from service.schemas import (
     AgentNumber,
     AgentNumberIn,
     AnswerIn,
+    AnswerSaved,
     BusinessCreate,
     BusinessCreated,
     BusinessPublic,
@@ -35,6 +36,7 @@ from service.schemas import (
     WebhookPublic,
     WebhookRegistered,
 )
+from service.signing import new_signing_secret
 
 router = APIRouter(prefix="/v1/businesses", tags=["businesses"])
 
@@ -69,12 +71,12 @@ async def read_answer(business: BusinessDep) -> AnswerIn:
     return business_answer(business)
 
 
-@router.put("/me/answer", response_model=AnswerIn, response_model_exclude_none=True)
-async def set_answer(body: AnswerIn, business: BusinessDep, session: SessionDep) -> AnswerIn:
+@router.put("/me/answer", response_model=AnswerSaved, response_model_exclude_none=True)
+async def set_answer(body: AnswerIn, business: BusinessDep, session: SessionDep) -> AnswerSaved:
     """Choose what the business's answered calls do from now on: runs started after this take it,
     runs under way keep theirs. A `connect` answer's number must be a registered agent number."""
-    await save_answer(session, business, body)
-    return body
+    secret = await save_answer(session, business, body)
+    return AnswerSaved(**body.model_dump(), signing_secret=secret)
 
 
 @router.get("/me/agent-numbers", response_model=list[AgentNumber])

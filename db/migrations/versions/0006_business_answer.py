@@ -19,6 +19,7 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     with op.batch_alter_table("businesses", schema=None) as batch_op:
         batch_op.add_column(sa.Column("answer", sa.JSON(), nullable=True))
+        batch_op.add_column(sa.Column("answer_secret", sa.String(length=100), nullable=True))
     op.create_table(
         "agent_numbers",
         sa.Column(
@@ -38,5 +39,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("agent_numbers")
+    with op.batch_alter_table("businesses", schema=None) as batch_op:
+        batch_op.drop_column("answer_secret")
     with op.batch_alter_table("businesses", schema=None) as batch_op:
         batch_op.drop_column("answer")
