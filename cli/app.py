@@ -401,6 +401,23 @@ def set_answer(
     Console(highlight=False).print(Text(f"From now on: {_described(answer)}"), soft_wrap=True)
 
 
+@answer_app.command("test")
+def test_call(
+    ctx: typer.Context,
+    phone: Annotated[str, typer.Argument(help="Your own number, E.164: +14155550100.")],
+    watch: Annotated[bool, typer.Option("--watch", help="Follow the call until it ends.")] = False,
+) -> None:
+    """Call PHONE once with the business's answer, to hear it (under the line cap and the
+    do-not-call list, at any hour)."""
+    with _api(ctx) as api:
+        run = api.call("POST", "/v1/businesses/me/test-call", json={"phone": phone})
+        Console(highlight=False).print(
+            Text(f"Calling {phone}: run {run['id']} (outbound run watch {run['id']})"), soft_wrap=True
+        )
+        if watch:
+            _follow(api, run["id"])
+
+
 def _described(answer: dict[str, Any]) -> str:
     if answer.get("play"):
         return f"answered calls play {answer['play']}"

@@ -54,7 +54,7 @@ from service.errors import LeadListInvalid, RunNotFound, RunNotLive, UploadUnrea
 from service.lead_files import Record
 from service.leads import JSON_LEADS, UPLOAD_LINES, LeadList
 from service.progress import progress_from_database, progress_from_workflow
-from service.schemas import CallingWindowIn, CallPublic, LeadIn, RunCreated, RunOptionsIn, RunPublic
+from service.schemas import AnswerIn, CallingWindowIn, CallPublic, LeadIn, RunCreated, RunOptionsIn, RunPublic
 from telephony.answers import LeadFields, twiml_for
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,13 @@ class RunService:
                 yield index, lead
 
         return await self._start(business, name, options, LeadList(JSON_LEADS), numbered())
+
+    async def start_test_call(self, business: Business, phone: str, answer: AnswerIn | None) -> RunCreated:
+        """One call to `phone` with the business's answer (or the one given), outside its campaigns:
+        a run of one lead, so the call is under the business's line cap, its do-not-call list and
+        the account's call rate like any other, and shows in its runs. It is placed at any hour."""
+        options = RunOptionsIn(calling_window=CallingWindowIn(start="00:00", end="24:00"), answer=answer)
+        return await self.start_from_leads(business, f"Test call to {phone}", options, [LeadIn(phone=phone)])
 
     async def start_from_upload(
         self, business: Business, name: str | None, options: RunOptionsIn, records: AsyncIterable[Record]

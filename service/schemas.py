@@ -307,6 +307,15 @@ class AnswerSaved(AnswerIn):
     )
 
 
+class TestCallIn(BaseModel):
+    """A call to a number of the business's own, to hear what its answered calls do."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    phone: Annotated[str, AfterValidator(_e164)] = Field(max_length=40, description="Where to call, E.164.")
+    answer: AnswerIn | None = Field(default=None, description="Try this answer; the business's if unset.")
+
+
 class AgentNumberIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

@@ -319,3 +319,32 @@ async def test_a_voice_app_is_fetched_for_each_answered_call_signed_with_the_bus
             {k: forged[k] for k in ("webhook-id", "webhook-timestamp", "webhook-signature")},
             json_parse=False,
         )
+
+
+async def test_a_test_call_plays_the_answer_once_under_the_do_not_call_list(stack: Stack) -> None:
+    """ "Call me": one call with the business's answer (or one to try), at any hour, as a run of one
+    lead, so the do-not-call list and the line cap hold for it as for any call."""
+    business = await stack.create_business()
+    mine, blocked = new_number(), new_number()
+    await stack.force_outcomes({mine: "completed"})
+    await stack.http.post("/v1/dnc", json={"phones": [blocked]}, headers=business.headers)
+    trial = {"phone": mine, "answer": {"say": "Is this how it sounds?", "voice": "alice"}}
+    called = await stack.http.post("/v1/businesses/me/test-call", json=trial, headers=business.headers)
+    assert called.status_code == 201, called.text
+    run = await stack.wait_run_ends(business, called.json()["id"])
+    assert run["name"] == f"Test call to {mine}" and run["progress"]["outcomes"]["answered"] == 1
+    [call] = await stack.sim_calls(business.caller_id)
+    assert _said(call["twiml"]) == ("Is this how it sounds?", {"voice": "alice"})
+
+    refused = await stack.http.post(
+        "/v1/businesses/me/test-call", json={"phone": blocked}, headers=business.headers
+    )
+    run = await stack.wait_run_ends(business, refused.json()["id"])
+    assert run["progress"]["outcomes"]["skipped_dnc"] == 1
+    assert [c["to"] for c in await stack.sim_calls(business.caller_id)] == [mine]
+
+    async with signed_in(stack, business) as (browser, token):
+        bad = await browser.post("/ui/answer/test-call", data={"csrf": token, "phone": "4155550100"})
+        assert bad.status_code == 422 and "country code" in bad.text
+        again = await browser.post("/ui/answer/test-call", data={"csrf": token, "phone": mine})
+        assert again.status_code == 303 and again.headers["location"].startswith("/ui/runs/")

@@ -207,3 +207,12 @@ async def test_a_businesss_answer_is_shown_and_set(stack: Stack) -> None:
     assert "'Hello {name}'" in again.output
     bad = await outbound(stack, "answer", "set", "--say", "Hello {nmae}", api_key=business.api_key)
     assert bad.exit_code == 1 and "{name} or {metadata.<field>}" in bad.output, bad.output
+
+
+async def test_a_test_call_is_placed_and_followed(stack: Stack) -> None:
+    business = await stack.create_business()
+    phone = new_number()
+    await stack.force_outcomes({phone: "completed"})
+    called = await outbound(stack, "answer", "test", phone, "--watch", api_key=business.api_key)
+    assert called.exit_code == 0 and f"Calling {phone}: run " in called.output, called.output
+    assert [c["to"] for c in await stack.sim_calls(business.caller_id)] == [phone]

@@ -10,7 +10,7 @@ from uuid import uuid4
 from fastapi import APIRouter, HTTPException, Query, Response, status
 from sqlalchemy import select, update
 
-from api.deps import AdminDep, BusinessDep, SessionDep, SettingsDep
+from api.deps import AdminDep, BusinessDep, RunsDep, SessionDep, SettingsDep
 from api.problems import problems
 from api.security import hash_api_key, new_api_key
 from contracts.statuses import EventStatus
@@ -32,6 +32,8 @@ from service.schemas import (
     BusinessCreated,
     BusinessPublic,
     EventPublic,
+    RunCreated,
+    TestCallIn,
     WebhookIn,
     WebhookPublic,
     WebhookRegistered,
@@ -77,6 +79,14 @@ async def set_answer(body: AnswerIn, business: BusinessDep, session: SessionDep)
     runs under way keep theirs. A `connect` answer's number must be a registered agent number."""
     secret = await save_answer(session, business, body)
     return AnswerSaved(**body.model_dump(), signing_secret=secret)
+
+
+@router.post("/me/test-call", status_code=status.HTTP_201_CREATED, response_model=RunCreated)
+async def test_call(body: TestCallIn, business: BusinessDep, runs: RunsDep) -> RunCreated:
+    """Call a number (yours) to hear what the business's answered calls do, or what `answer` would
+    do: one call, as a run of one lead, so under the line cap and the do-not-call list like any
+    other, at any hour. Follow it as a run."""
+    return await runs.start_test_call(business, body.phone, body.answer)
 
 
 @router.get("/me/agent-numbers", response_model=list[AgentNumber])

@@ -52,6 +52,7 @@ from service.errors import (
     UploadUnreadable,
 )
 from service.lead_files import csv_records, json_lines_records
+from service.phones import InvalidPhone, to_e164
 from service.schemas import MAX_NUMBERS_PER_REQUEST, MAX_OFFSET, AnswerIn, RunPublic
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
@@ -319,6 +320,28 @@ async def set_answer(request: Request, user: PageUser, session: SessionDep) -> R
         context = {"user": user, "nav": "answer", "answer": typed, "problems": [str(error)], "notice": None}
         return page(request, "answer.html", context, status.HTTP_422_UNPROCESSABLE_CONTENT)
     return _redirect("/ui/answer?notice=answer-saved")
+
+
+@router.post("/answer/test-call")
+async def test_call(request: Request, user: PageUser, runs: RunsDep) -> Response:
+    """Call the number given with the business's answer, as `POST /v1/businesses/me/test-call` does,
+    and show its run."""
+    async with request.form(max_files=0, max_fields=10) as form:
+        check_csrf(user, form)
+        raw = str(form.get("phone") or "").strip()
+    try:
+        phone = to_e164(raw)
+    except InvalidPhone as error:
+        context = {
+            "user": user,
+            "nav": "answer",
+            "answer": business_answer(user.business),
+            "problems": [str(error)],
+            "notice": None,
+        }
+        return page(request, "answer.html", context, status.HTTP_422_UNPROCESSABLE_CONTENT)
+    created = await runs.start_test_call(user.business, phone, None)
+    return _redirect(f"/ui/runs/{created.id}?notice=started")
 
 
 # Do not call
