@@ -344,11 +344,14 @@ async def test_a_429_storm_delays_calls_and_two_workers_keep_the_global_rate(
     assert run["status"] == "completed" and run["progress"]["outcomes"]["answered"] == 16
     assert stats["faults"]["create_429"] > before
     assert placed == Counter(phones)
-    # The server's limiter lets a short burst through, then holds the rate: count over 3 seconds.
+    # The server's limiter lets a burst of one second's worth through, then holds the rate as it
+    # hands out dial tasks. A create reaches Twilio a little after its task was handed out (the
+    # activity reads the database first), so a window of requests may hold the tasks handed out
+    # up to that delay before it: count over 3 seconds, allowing one second of delay.
     requests = sorted(stats["create_requests"][business.caller_id])
-    window = 3.0
+    window, burst, delay = 3.0, rate, 1.0
     busiest = max(sum(1 for t in requests if start <= t < start + window) for start in requests)
-    assert busiest <= rate * window + rate, f"{busiest} create requests in {window}s at {rate}/s"
+    assert busiest <= rate * (window + delay) + burst, f"{busiest} create requests in {window}s at {rate}/s"
     assert len(requests) > len(phones), "429s were retried"
 
 
