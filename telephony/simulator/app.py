@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import phonenumbers
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.datastructures import FormData
@@ -22,18 +22,23 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from telephony.simulator.calls import API_VERSION, Call, TimeFilter, parse_time
 from telephony.simulator.config import SimulatorConfig
+from telephony.simulator.detection import DEFAULT_TIMEOUT_SECONDS, DETECT_MESSAGE_END, ENABLE
 from telephony.simulator.engine import CallRequest, Simulator
 from telephony.simulator.errors import (
     TwilioApiError,
     account_refusal,
     internal_error,
+    invalid_parameter,
     missing_parameter,
     not_found,
 )
 from telephony.simulator.fidelity import check_request
+from telephony.simulator.recordings import Recording
 
 _E164 = re.compile(r"^\+[1-9]\d{1,14}$")
 _CALLBACK_EVENTS = frozenset({"initiated", "ringing", "answered", "completed"})
+# CreateCall `RecordingStatusCallbackEvent`: "Can be: `in-progress`, `completed` and `absent`."
+_RECORDING_EVENTS = frozenset({"in-progress", "completed", "absent"})
 _PAGE_PARAMS = frozenset({"Page", "PageSize", "PageToken"})
 _ACCOUNT_PATH = f"/{API_VERSION}/Accounts/{{account_sid}}"
 
@@ -58,7 +63,8 @@ def create_app(config: SimulatorConfig) -> FastAPI:
     async def twilio_error(request: Request, exc: TwilioApiError) -> JSONResponse:
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers())
 
-    app.include_router(_twilio_routes(simulator))
+    app.include_router(_call_routes(simulator))
+    app.include_router(_recording_routes(simulator))
     app.include_router(_control_routes(simulator))
     return app
 
@@ -77,7 +83,10 @@ class _ArrivalTime:
         await self.app(scope, receive, send)
 
 
-def _twilio_routes(sim: Simulator) -> APIRouter:
+def _account_router(sim: Simulator) -> APIRouter:
+    """A router under the account's path that answers as Twilio does before any route runs:
+    credentials and account first (20003, account refusals), then Twilio's published description."""
+
     def authenticate(request: Request, account_sid: str) -> str:
         expected = (sim.config.account_sid, sim.config.auth_token)
         given = _basic_credentials(request.headers.get("authorization", ""))
@@ -95,7 +104,11 @@ def _twilio_routes(sim: Simulator) -> APIRouter:
             await check_request(request)
 
     # Dependencies run in order: Twilio answers bad credentials before it looks at parameters.
-    router = APIRouter(prefix=_ACCOUNT_PATH, dependencies=[Depends(authenticate), Depends(conform)])
+    return APIRouter(prefix=_ACCOUNT_PATH, dependencies=[Depends(authenticate), Depends(conform)])
+
+
+def _call_routes(sim: Simulator) -> APIRouter:
+    router = _account_router(sim)
 
     def find(account_sid: str, sid: str, path: str) -> Call:
         call = sim.calls.get(sid)
@@ -125,8 +138,44 @@ def _twilio_routes(sim: Simulator) -> APIRouter:
         until = sim.config.updates_fail_until
         if until is not None and time.time() < until:
             raise internal_error()
-        status = (await request.form()).get("Status")
-        return sim.update_call(call, status if isinstance(status, str) else None).resource()
+        form = await request.form()
+        updated = sim.update_call(
+            call,
+            status=_text(form, "Status"),
+            twiml=_text(form, "Twiml"),
+            url=_text(form, "Url"),
+            method=_method(_text(form, "Method"), "Method"),
+        )
+        return updated.resource()
+
+    return router
+
+
+def _recording_routes(sim: Simulator) -> APIRouter:
+    router = _account_router(sim)
+
+    def find_recording(account_sid: str, sid: str, path: str, soft_deleted: bool = False) -> Recording:
+        recording = sim.recordings.get(sid)
+        if (
+            recording is None
+            or recording.account_sid != account_sid
+            or (recording.deleted and not soft_deleted)
+        ):
+            raise not_found(path)
+        return recording
+
+    @router.get("/Recordings/{sid}.json")
+    async def fetch_recording(account_sid: str, sid: str, request: Request) -> dict[str, Any]:
+        """Twilio's FetchRecording: a deleted recording is not found unless `IncludeSoftDeleted=true`,
+        which shows it with status `deleted`."""
+        soft_deleted = request.query_params.get("IncludeSoftDeleted", "").lower() == "true"
+        return find_recording(account_sid, sid, request.url.path, soft_deleted).resource()
+
+    @router.delete("/Recordings/{sid}.json", status_code=204)
+    async def delete_recording(account_sid: str, sid: str, request: Request) -> Response:
+        """Twilio's DeleteRecording: 204, and the recording is gone from then on."""
+        find_recording(account_sid, sid, request.url.path).deleted = True
+        return Response(status_code=204)
 
     return router
 
@@ -185,6 +234,10 @@ def _control_routes(sim: Simulator) -> APIRouter:
     async def calls() -> dict[str, Any]:
         return {"calls": [c.summary() for c in sim.calls.all()]}
 
+    @router.get("/recordings")
+    async def recordings() -> dict[str, Any]:
+        return {"recordings": [r.summary() for r in sim.recordings.all()]}
+
     @router.get("/config")
     async def get_config() -> dict[str, Any]:
         return sim.config.model_dump(exclude={"auth_token"})
@@ -216,12 +269,16 @@ def _basic_credentials(header: str) -> tuple[str, str] | None:
     return (user, password) if sep else None
 
 
+def _text(form: FormData, name: str) -> str | None:
+    value = form.get(name)
+    return (value.strip() or None) if isinstance(value, str) else None
+
+
 def _call_request(account_sid: str, form: FormData, received_at: float) -> CallRequest:
     """Validate a create-call form the way Twilio does, first error wins."""
 
     def text(name: str) -> str | None:
-        value = form.get(name)
-        return (value.strip() or None) if isinstance(value, str) else None
+        return _text(form, name)
 
     to = _phone("To", text("To"), 21211, "Invalid 'To' Phone Number")
     from_ = _phone("From", text("From"), 21212, "Invalid 'From' Phone Number")
@@ -241,13 +298,60 @@ def _call_request(account_sid: str, form: FormData, received_at: float) -> CallR
         status_callback=text("StatusCallback"),
         status_callback_method=method,
         callback_events=frozenset(events),
-        machine_detection=(text("MachineDetection") or "").lower() in ("enable", "detectmessageend"),
         timeout=_seconds(text("Timeout"), "Timeout") or 60.0,
         time_limit=_seconds(text("TimeLimit"), "TimeLimit"),
         twiml=text("Twiml"),
         url=text("Url"),
+        url_method=_method(text("Method"), "Method"),
         received_at=received_at,
+        **_machine_detection(form),
+        **_recording(form),
     )
+
+
+def _machine_detection(form: FormData) -> dict[str, Any]:
+    """CreateCall's answering-machine detection fields: `MachineDetection` (`Enable` or
+    `DetectMessageEnd`; detection is off without it), `MachineDetectionTimeout` (seconds, default 30),
+    `AsyncAmd` (`true` or `false`), `AsyncAmdStatusCallback` and its method (default POST)."""
+    mode = (_text(form, "MachineDetection") or "").lower()
+    timeout = _seconds(_text(form, "MachineDetectionTimeout"), "MachineDetectionTimeout")
+    return {
+        "machine_detection": mode in ("enable", "detectmessageend"),
+        "machine_detection_mode": DETECT_MESSAGE_END if mode == "detectmessageend" else ENABLE,
+        "machine_detection_timeout": timeout or DEFAULT_TIMEOUT_SECONDS,
+        "async_amd": (_text(form, "AsyncAmd") or "").lower() == "true",
+        "async_amd_status_callback": _text(form, "AsyncAmdStatusCallback"),
+        "async_amd_status_callback_method": _method(
+            _text(form, "AsyncAmdStatusCallbackMethod"), "AsyncAmdStatusCallbackMethod"
+        ),
+    }
+
+
+def _recording(form: FormData) -> dict[str, Any]:
+    """CreateCall's recording fields: `Record` (`true` to record), `RecordingStatusCallback` and its
+    method (default POST), `RecordingStatusCallbackEvent` (repeated or space-separated, default
+    `completed`), `RecordingChannels` (`mono`, the default, or `dual`)."""
+    events = {part for e in form.getlist("RecordingStatusCallbackEvent") for part in str(e).lower().split()}
+    if unknown := events - _RECORDING_EVENTS:
+        raise invalid_parameter("RecordingStatusCallbackEvent", ", ".join(sorted(unknown)))
+    return {
+        "record": (_text(form, "Record") or "").lower() == "true",
+        "recording_status_callback": _text(form, "RecordingStatusCallback"),
+        "recording_status_callback_method": _method(
+            _text(form, "RecordingStatusCallbackMethod"), "RecordingStatusCallbackMethod"
+        ),
+        "recording_status_callback_events": frozenset(events or {"completed"}),
+        "recording_channels": "dual"
+        if (_text(form, "RecordingChannels") or "").lower() == "dual"
+        else "mono",
+    }
+
+
+def _method(value: str | None, name: str) -> str:
+    method = (value or "POST").upper()
+    if method not in ("GET", "POST"):
+        raise invalid_parameter(name, f"{value!r} is not GET or POST")
+    return method
 
 
 def _phone(name: str, value: str | None, invalid_code: int, invalid: str) -> str:

@@ -1,4 +1,5 @@
-"""Signed status callbacks, delivered in order per call unless a fault says otherwise."""
+"""Signed callbacks (call status, answering-machine detection, recording status, `<Dial>` action),
+delivered in order per call and kind unless a fault says otherwise."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import logging
 import random
 import secrets
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from urllib.parse import parse_qsl, urlencode
 
 import httpx
@@ -65,10 +67,20 @@ def split_overrides(url: str) -> tuple[str, RetryPlan]:
     return base, plan
 
 
+# What a callback reports. Each kind is its own ordered chain per call and has its own counters:
+# Twilio sends them as separate requests, and status callbacks keep their own sequence.
+STATUS = "status"
+AMD = "amd"
+RECORDING = "recording"
+DIAL_ACTION = "dial_action"
+KINDS = (STATUS, AMD, RECORDING, DIAL_ACTION)
+
+
 @dataclass(frozen=True)
 class Callback:
-    """One status callback: where it goes (without the URL's fragment), the form fields it
-    carries, and how it is retried."""
+    """One callback: where it goes (without the URL's fragment), the form fields it carries, how it
+    is retried, what it reports (`kind`), and who wants to hear what became of it (`on_fate`, told
+    `sent`, `dropped` or `failed`)."""
 
     call_sid: str
     url: str
@@ -76,6 +88,18 @@ class Callback:
     params: dict[str, str]
     idempotency_token: str
     retries: RetryPlan = RetryPlan()
+    kind: str = STATUS
+    on_fate: Callable[[str], None] | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def chain(self) -> str:
+        """The ordered chain this callback joins: one per call and kind."""
+        return self.call_sid if self.kind == STATUS else f"{self.kind}:{self.call_sid}"
+
+    def report(self, fate: str) -> None:
+        """Tell whoever asked what became of this callback."""
+        if self.on_fate is not None:
+            self.on_fate(fate)
 
     def signed_request(self, auth_token: str) -> tuple[str, dict[str, str] | None, str]:
         """The URL, the form body (None for GET) and the ``X-Twilio-Signature`` Twilio would send."""
@@ -87,7 +111,8 @@ class Callback:
 
 
 class CallbackSender:
-    """Sends callbacks in the background, one ordered chain per call, with the configured faults."""
+    """Sends callbacks in the background, one ordered chain per call and kind, with the configured
+    faults. `counters` counts status callbacks; `other_counters` the other kinds, each apart."""
 
     def __init__(self, config: SimulatorConfig, rng: random.Random) -> None:
         self._config = config
@@ -97,6 +122,16 @@ class CallbackSender:
         self._held: dict[str, Callback] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.counters = CallbackCounters()
+        self.other_counters = {kind: CallbackCounters() for kind in KINDS if kind != STATUS}
+
+    def reset_counters(self) -> None:
+        """Start every kind's counters from zero."""
+        self.counters = CallbackCounters()
+        self.other_counters = {kind: CallbackCounters() for kind in self.other_counters}
+
+    def counters_of(self, kind: str) -> CallbackCounters:
+        """The counters of one kind of callback."""
+        return self.counters if kind == STATUS else self.other_counters[kind]
 
     async def start(self) -> None:
         """Open the HTTP client used for deliveries."""
@@ -119,21 +154,24 @@ class CallbackSender:
         self._held.clear()
 
     def emit(self, callback: Callback, final: bool) -> None:
-        """Queue a callback behind the call's earlier ones, applying drop, duplicate and reorder faults."""
+        """Queue a callback behind the earlier ones of its chain, applying drop, duplicate and reorder
+        faults. A `final` callback is never held back, having no later one to follow."""
         config = self._config
+        counters = self.counters_of(callback.kind)
         if self._chance(config.drop_callback_rate):
-            self.counters.dropped += 1
+            counters.dropped += 1
             log.info("callback dropped call_sid=%s %s", callback.call_sid, _brief(callback))
-        elif not final and callback.call_sid not in self._held and self._chance(config.reorder_callback_rate):
-            self.counters.reordered += 1
-            self._held[callback.call_sid] = callback
+            callback.report("dropped")
+        elif not final and callback.chain not in self._held and self._chance(config.reorder_callback_rate):
+            counters.reordered += 1
+            self._held[callback.chain] = callback
             return
         else:
             self._enqueue(callback)
             if self._chance(config.duplicate_callback_rate):
-                self.counters.duplicated += 1
+                counters.duplicated += 1
                 self._enqueue(callback)
-        held = self._held.pop(callback.call_sid, None)
+        held = self._held.pop(callback.chain, None)
         if held is not None:
             self._enqueue(held)
 
@@ -142,16 +180,16 @@ class CallbackSender:
 
     def _enqueue(self, callback: Callback) -> None:
         due = time.monotonic() + self._config.callback_delay_seconds
-        previous = self._tails.get(callback.call_sid)
+        previous = self._tails.get(callback.chain)
         task = asyncio.create_task(self._deliver(callback, due, previous))
-        self._tails[callback.call_sid] = task
+        self._tails[callback.chain] = task
         self._tasks.add(task)
-        task.add_done_callback(lambda t: self._forget(callback.call_sid, t))
+        task.add_done_callback(lambda t: self._forget(callback.chain, t))
 
-    def _forget(self, call_sid: str, task: asyncio.Task[None]) -> None:
+    def _forget(self, chain: str, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        if self._tails.get(call_sid) is task:
-            del self._tails[call_sid]
+        if self._tails.get(chain) is task:
+            del self._tails[chain]
 
     async def _deliver(self, callback: Callback, due: float, previous: asyncio.Task[None] | None) -> None:
         if previous is not None:
@@ -159,18 +197,21 @@ class CallbackSender:
         await asyncio.sleep(max(0.0, due - time.monotonic()))
         forced = self._config.callback_retry_attempts
         retries = callback.retries.count if forced is None else forced
+        counters = self.counters_of(callback.kind)
         for attempt in range(1 + retries):
             if attempt:
-                self.counters.retried += 1
+                counters.retried += 1
                 await asyncio.sleep(self._config.callback_retry_backoff_seconds * 2 ** (attempt - 1))
             failure = await self._attempt(callback)
             if failure is None:
-                self.counters.sent += 1
+                counters.sent += 1
+                callback.report("sent")
                 return
             if forced is None and failure not in callback.retries.on:
                 break
-        self.counters.failed += 1
+        counters.failed += 1
         log.warning("callback gave up call_sid=%s %s", callback.call_sid, _brief(callback))
+        callback.report("failed")
 
     async def _attempt(self, callback: Callback) -> str | None:
         """Deliver once; None on a 2xx, else the class of failure (`ct`, `rt`, `4xx`, `5xx`)."""
@@ -206,15 +247,22 @@ class CallbackSender:
         return "5xx" if response.status_code >= 500 else "4xx"
 
 
-async def fetch_twiml(sender: CallbackSender, url: str, params: dict[str, str]) -> tuple[int | None, str]:
-    """Fetch an answered call's TwiML from its `Url` as Twilio does: a POST of the call's parameters,
-    signed with `X-Twilio-Signature`. The HTTP status (None when nothing answered) and the body."""
+async def fetch_twiml(
+    sender: CallbackSender, url: str, params: dict[str, str], method: str = "POST"
+) -> tuple[int | None, str]:
+    """Fetch a call's TwiML from a `Url` as Twilio does: the call's parameters sent with `Method`
+    (POST, or GET in the query string), signed with `X-Twilio-Signature`. The HTTP status (None when
+    nothing answered) and the body."""
     assert sender._http is not None, "CallbackSender.start() was not awaited"
-    signature = RequestValidator(sender._config.auth_token).compute_signature(url, params)
+    request = Callback(
+        call_sid=params.get("CallSid", ""), url=url, method=method, params=params, idempotency_token=""
+    )
+    target, form, signature = request.signed_request(sender._config.auth_token)
     try:
-        response = await sender._http.post(
-            url,
-            data=params,
+        response = await sender._http.request(
+            method,
+            target,
+            data=form,
             headers={"X-Twilio-Signature": signature, "User-Agent": "TwilioProxy/1.1"},
             timeout=sender._config.callback_timeout_seconds,
         )
@@ -230,4 +278,10 @@ def new_idempotency_token(call_sid: str) -> str:
 
 def _brief(callback: Callback) -> str:
     params = callback.params
+    if callback.kind == AMD:
+        return f"kind=amd answered_by={params.get('AnsweredBy')}"
+    if callback.kind == RECORDING:
+        return f"kind=recording recording_sid={params.get('RecordingSid')}"
+    if callback.kind == DIAL_ACTION:
+        return f"kind=dial_action dial_call_status={params.get('DialCallStatus')}"
     return f"status={params.get('CallStatus')} seq={params.get('SequenceNumber')}"

@@ -6,7 +6,7 @@ import asyncio
 import secrets
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
 from email.utils import format_datetime
 from typing import Any
@@ -51,6 +51,23 @@ def national_format(number: str) -> str:
 
 
 @dataclass
+class DialedLeg:
+    """The child leg a `<Dial>` called: its SID (`DialCallSid`), how it ended (`DialCallStatus`),
+    its length in seconds (`DialCallDuration`), and what became of the action callback."""
+
+    sid: str
+    number: str
+    action: str | None
+    status: str = "ringing"
+    duration: int | None = None
+    callback_fate: str | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """The leg as the simulator's control API reports it."""
+        return asdict(self)
+
+
+@dataclass
 class Call:
     """One simulated outbound call and what the client asked for when creating it."""
 
@@ -68,11 +85,34 @@ class Call:
     talk_seconds: float
     twiml: str | None = None
     url: str | None = None
+    url_method: str = "POST"
+    # Answering-machine detection: the mode asked for (`Enable`, `DetectMessageEnd`), its timeout,
+    # and whether it runs in the background with its own callback (`AsyncAmd`).
+    machine_detection_mode: str | None = None
+    machine_detection_timeout: float = 30.0
+    async_amd: bool = False
+    async_amd_status_callback: str | None = None
+    async_amd_status_callback_method: str = "POST"
+    # What became of the AMD callback: pending (detection running), call-ended (the call ended first,
+    # so none is sent), queued, sent, dropped or failed; None when none was asked for.
+    amd_callback_fate: str | None = None
+    # `Record=true` and where the recording's status goes.
+    record: bool = False
+    recording_status_callback: str | None = None
+    recording_status_callback_method: str = "POST"
+    recording_status_callback_events: frozenset[str] = frozenset({"completed"})
+    recording_channels: str = "mono"
+    recording_sid: str | None = None
     # What it ran when answered (its TwiML, or what its Url answered), and Twilio's error if that
     # could not run (11200: the Url did not answer 2xx; 12100: not TwiML).
     answered_with: str | None = None
     fetched_status: int | None = None
     answer_error: int | None = None
+    # TwiML documents given by updates of the live call, in order, and Twilio's error if the last
+    # could not run (11200, 12100).
+    updated_with: list[str] = field(default_factory=list)
+    update_error: int | None = None
+    dialed: list[DialedLeg] = field(default_factory=list)
     status: str = "queued"
     created_at: float = field(default_factory=time.time)
     updated_at: float = field(default_factory=time.time)
@@ -84,6 +124,7 @@ class Call:
     initiated: bool = False
     sequence: int = 0
     task: asyncio.Task[None] | None = field(default=None, repr=False)
+    detection: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @property
     def ended(self) -> bool:
@@ -154,6 +195,13 @@ class Call:
             "answered_with": self.answered_with,
             "fetched_status": self.fetched_status,
             "answer_error": self.answer_error,
+            "machine_detection": self.machine_detection_mode,
+            "async_amd": self.async_amd,
+            "amd_callback_fate": self.amd_callback_fate,
+            "updated_with": list(self.updated_with),
+            "update_error": self.update_error,
+            "recording_sid": self.recording_sid,
+            "dialed": [leg.summary() for leg in self.dialed],
         }
 
 

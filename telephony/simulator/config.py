@@ -9,6 +9,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from outbound_dialer.settings import DEV_ACCOUNT_SID, DEV_AUTH_TOKEN
 
 FinalStatus = Literal["completed", "busy", "no-answer", "failed"]
+# Twilio's `AnsweredBy` values (answering-machine detection).
+AnsweredBy = Literal[
+    "human", "machine_start", "machine_end_beep", "machine_end_silence", "machine_end_other", "fax", "unknown"
+]
 Seconds = tuple[float, float]
 
 
@@ -33,6 +37,24 @@ class SimulatorConfig(BaseModel):
     talk_seconds_by_to: dict[str, float] = Field(
         default_factory=dict,
         description="how long an answered call to this number lasts, overriding talk_seconds",
+    )
+    answered_by_by_to: dict[str, AnsweredBy] = Field(
+        default_factory=dict,
+        description="what answering-machine detection reports for this number; unset: human or machine at random",
+    )
+    machine_detection_seconds: float = Field(
+        default=0.2, ge=0, description="time detection takes to tell a person, a fax or a machine's greeting"
+    )
+    machine_greeting_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        description="length of a machine's greeting, up to its beep (DetectMessageEnd waits for it)",
+    )
+    update_play_seconds: float = Field(
+        default=0.5, ge=0, description="time a call plays TwiML given by an update before it hangs up"
+    )
+    dial_outcomes_by_number: dict[str, FinalStatus] = Field(
+        default_factory=dict, description="how a <Dial> to this number ends; unset: completed"
     )
     queue_seconds: Seconds = Field(default=(0.0, 0.1), description="time a call waits before it is initiated")
     ring_seconds: Seconds = Field(default=(1.0, 3.0), description="time a call rings before its outcome")

@@ -9,23 +9,29 @@ import math
 import random
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from xml.etree import ElementTree
 
 import phonenumbers
 
 from telephony.simulator.callbacks import (
+    AMD,
+    DIAL_ACTION,
+    RECORDING,
+    STATUS,
     Callback,
-    CallbackCounters,
     CallbackSender,
     fetch_twiml,
     new_idempotency_token,
     split_overrides,
 )
-from telephony.simulator.calls import API_VERSION, Call, CallStore, new_call_sid, rfc2822
+from telephony.simulator.calls import API_VERSION, Call, CallStore, DialedLeg, new_call_sid, rfc2822
 from telephony.simulator.config import SimulatorConfig
+from telephony.simulator.detection import DEFAULT_TIMEOUT_SECONDS, ENABLE, Verdict, detect
 from telephony.simulator.errors import TwilioApiError, internal_error, too_many_requests
+from telephony.simulator.recordings import Recording, RecordingStore, new_recording_sid
+from telephony.simulator.twiml import Dial, dial_of, is_twiml
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +63,38 @@ class CallRequest:
     status_callback: str | None = None
     status_callback_method: str = "POST"
     callback_events: frozenset[str] = frozenset()
+    # Whether answering-machine detection is on (`MachineDetection` given), and how it runs.
     machine_detection: bool = False
+    machine_detection_mode: str = ENABLE
+    machine_detection_timeout: float = DEFAULT_TIMEOUT_SECONDS
+    async_amd: bool = False
+    async_amd_status_callback: str | None = None
+    async_amd_status_callback_method: str = "POST"
     timeout: float = 60.0
     time_limit: float | None = None
-    # What the call runs when answered: TwiML given with the create, or the URL Twilio fetches it from.
+    # What the call runs when answered: TwiML given with the create, or the URL Twilio fetches it
+    # from, with `Method`.
     twiml: str | None = None
     url: str | None = None
+    url_method: str = "POST"
+    # `Record=true`: the answered call is recorded, and the recording's status goes to this callback.
+    record: bool = False
+    recording_status_callback: str | None = None
+    recording_status_callback_method: str = "POST"
+    recording_status_callback_events: frozenset[str] = frozenset({"completed"})
+    recording_channels: str = "mono"
     # When the request reached the carrier, before the carrier's own checks of it.
     received_at: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True)
+class Instructions:
+    """TwiML a call was given to run, and Twilio's error if it cannot run: 11200 (its URL did not
+    answer 2xx; `http_status` says what it answered, None for nothing) or 12100 (not TwiML)."""
+
+    document: str | None
+    http_status: int | None = None
+    error: int | None = None
 
 
 @dataclass
@@ -83,12 +113,13 @@ class Simulator:
         self.config = config
         self.rng = random.Random(config.seed)
         self.calls = CallStore()
+        self.recordings = RecordingStore()
         self.callbacks = CallbackSender(config, self.rng)
         self._init_counters()
 
     def _init_counters(self) -> None:
         self.faults = FaultCounters()
-        self.callbacks.counters = CallbackCounters()
+        self.callbacks.reset_counters()
         self._creates: Counter[tuple[str, str]] = Counter()
         self._in_flight: Counter[str] = Counter()
         self._peak: Counter[str] = Counter()
@@ -109,11 +140,17 @@ class Simulator:
         await self._cancel_playback()
         await self.callbacks.cancel_all()
         self.calls.clear()
+        self.recordings.clear()
         self.rng.seed(self.config.seed)
         self._init_counters()
 
     async def _cancel_playback(self) -> None:
-        tasks = [c.task for c in self.calls.all() if c.task is not None and not c.task.done()]
+        tasks = [
+            task
+            for c in self.calls.all()
+            for task in (c.task, c.detection)
+            if task is not None and not task.done()
+        ]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -187,10 +224,31 @@ class Simulator:
             talk_seconds=talk,
             twiml=request.twiml,
             url=request.url,
+            url_method=request.url_method,
+            machine_detection_mode=request.machine_detection_mode if request.machine_detection else None,
+            machine_detection_timeout=request.machine_detection_timeout,
+            async_amd=request.machine_detection and request.async_amd,
+            async_amd_status_callback=request.async_amd_status_callback,
+            async_amd_status_callback_method=request.async_amd_status_callback_method,
+            record=request.record,
+            recording_status_callback=request.recording_status_callback,
+            recording_status_callback_method=request.recording_status_callback_method,
+            recording_status_callback_events=request.recording_status_callback_events,
+            recording_channels=request.recording_channels,
         )
 
-    def update_call(self, call: Call, status: str | None) -> Call:
-        """Apply ``Status=canceled`` or ``Status=completed`` as Twilio does; other updates change nothing."""
+    def update_call(
+        self,
+        call: Call,
+        status: str | None = None,
+        twiml: str | None = None,
+        url: str | None = None,
+        method: str = "POST",
+    ) -> Call:
+        """Update a call as Twilio's UpdateCall does (twilio_api_v2010.json): `Status=completed` hangs
+        up (or cancels a call not yet answered), `Status=canceled` cancels a queued or ringing call;
+        otherwise `Url` (fetched with `Method`) or `Twiml` gives the call new instructions, a `Url`
+        winning over `Twiml` as in a create. A call that has ended cannot be updated (21220)."""
         if call.ended:
             raise TwilioApiError(400, 21220, "Call is not in-progress. Cannot redirect.")
         if status == "completed":
@@ -200,33 +258,52 @@ class Simulator:
                 self._finish(call, "canceled")
         elif status is not None:
             raise TwilioApiError(400, 21218, f"Invalid Status: {status}")
+        elif url is not None or twiml is not None:
+            self._redirect(call, None if url is not None else twiml, url, method)
         return call
+
+    def _redirect(self, call: Call, twiml: str | None, url: str | None, method: str) -> None:
+        """New instructions for a live call. One not yet answered runs them once answered; an
+        answered one drops what it was running (a bridged `<Dial>` leg included) and runs them at
+        once, then hangs up after `update_play_seconds`, as when a short message has played."""
+        if call.status != "in-progress":
+            call.twiml, call.url, call.url_method = twiml, url, method
+            return
+        if call.task is not None:
+            call.task.cancel()
+        call.task = asyncio.create_task(
+            self._play_update(call, twiml, url, method), name=f"update-{call.sid}"
+        )
+
+    async def _play_update(self, call: Call, twiml: str | None, url: str | None, method: str) -> None:
+        try:
+            given = await self._instructions(call, twiml, url, method)
+            if given.document is not None:
+                call.updated_with.append(given.document)
+            call.update_error = given.error
+            if given.error is None and given.document is not None:
+                await self._run(call, given.document, self.config.update_play_seconds)
+            self._finish(call, "completed")
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("call update failed call_sid=%s", call.sid)
+            self._finish(call, "failed")
 
     def _chance(self, rate: float) -> bool:
         return rate > 0 and self.rng.random() < rate
 
     async def _play(self, call: Call) -> None:
         try:
-            await asyncio.sleep(call.queue_seconds)
-            call.started_at = time.time()
-            call.initiated = True
-            self._emit(call, "initiated", "initiated")
-            if call.outcome != "failed":
-                call.set_status("ringing")
-                self._emit(call, "ringing", "ringing")
-            await asyncio.sleep(call.ring_seconds)
+            await self._ring(call)
             if call.outcome != "completed":
                 self._finish(call, call.outcome)
                 return
-            if call.machine_detection:
-                call.answered_by = self.rng.choice(("human", "machine_start"))
-            call.set_status("in-progress")
-            self._emit(call, "answered", "in-progress")
-            if not await self._answer(call):
-                # Twilio says "an application error has occurred" and hangs up.
-                self._finish(call, "completed")
-                return
-            await asyncio.sleep(call.talk_seconds)
+            self._pick_up(call)
+            document = await self._answer(call)
+            # Without TwiML to run Twilio says "an application error has occurred" and hangs up.
+            if document is not None:
+                await self._run(call, document, call.talk_seconds)
             self._finish(call, "completed")
         except asyncio.CancelledError:
             raise
@@ -234,39 +311,146 @@ class Simulator:
             log.exception("call playback failed call_sid=%s", call.sid)
             self._finish(call, "failed")
 
-    async def _answer(self, call: Call) -> bool:
-        """Run what the call was created with, as Twilio does once it is answered: its TwiML, or the
-        TwiML its `Url` answers (fetched, signed as Twilio signs). A document that is not TwiML
-        (error 12100), or a URL that does not answer 2xx (11200), ends the call; `call.answer_error`
-        says which."""
-        twiml = call.twiml
-        if call.url is not None:
-            params = {
-                "AccountSid": call.account_sid,
-                "ApiVersion": API_VERSION,
-                "CallSid": call.sid,
-                "CallStatus": "in-progress",
-                "Direction": "outbound-api",
-                "From": call.from_,
-                "To": call.to,
-            }
-            status, twiml = await fetch_twiml(self.callbacks, call.url, params)
-            call.fetched_status = status
-            if status is None or not 200 <= status < 300:
-                call.answer_error = 11200
-                return False
-        call.answered_with = twiml
-        if twiml is None or not _is_twiml(twiml):
-            call.answer_error = 12100
-            return False
-        return True
+    async def _ring(self, call: Call) -> None:
+        await asyncio.sleep(call.queue_seconds)
+        call.started_at = time.time()
+        call.initiated = True
+        self._emit(call, "initiated", "initiated")
+        if call.outcome != "failed":
+            call.set_status("ringing")
+            self._emit(call, "ringing", "ringing")
+        await asyncio.sleep(call.ring_seconds)
 
-    def _finish(self, call: Call, status: str) -> None:
-        """End a call once: stop its playback, free its line, send the terminal callback."""
+    def _pick_up(self, call: Call) -> None:
+        """The call is answered. Detection without `AsyncAmd` has decided by now: Twilio holds the
+        TwiML until it has, and reports `AnsweredBy` in the status callbacks. With `AsyncAmd` it runs
+        in the background while the TwiML plays."""
+        verdict: Verdict | None = None
+        if call.machine_detection_mode is not None:
+            forced = self.config.answered_by_by_to.get(call.to)
+            verdict = detect(
+                call.machine_detection_mode, forced, self.rng, self.config, call.machine_detection_timeout
+            )
+            if not call.async_amd:
+                call.answered_by = verdict.answered_by
+        call.set_status("in-progress")
+        self._emit(call, "answered", "in-progress")
+        if verdict is not None and call.async_amd:
+            call.amd_callback_fate = "pending" if call.async_amd_status_callback else None
+            call.detection = asyncio.create_task(self._detect(call, verdict), name=f"amd-{call.sid}")
+
+    async def _detect(self, call: Call, verdict: Verdict) -> None:
+        """Asynchronous detection (CreateCall `AsyncAmd`, `AsyncAmdStatusCallback`,
+        `AsyncAmdStatusCallbackMethod` in twilio_api_v2010.json): when it ends, `AnsweredBy` is on the
+        call and goes, with `MachineDetectionDuration` in milliseconds, in one signed callback "to
+        notify customer application whether the call was answered by human, machine or fax". A call
+        that ends first is told nothing (`_finish` cancels this)."""
+        await asyncio.sleep(verdict.after_seconds)
         if call.ended:
             return
-        if call.task is not None and call.task is not asyncio.current_task():
-            call.task.cancel()
+        call.answered_by = verdict.answered_by
+        if call.async_amd_status_callback is None:
+            return
+        params = {
+            "AccountSid": call.account_sid,
+            "CallSid": call.sid,
+            "AnsweredBy": verdict.answered_by,
+            "MachineDetectionDuration": verdict.duration_ms,
+        }
+
+        def settle(fate: str) -> None:
+            call.amd_callback_fate = fate
+
+        call.amd_callback_fate = "queued"
+        self._send(
+            call, AMD, call.async_amd_status_callback, call.async_amd_status_callback_method, params, settle
+        )
+
+    async def _answer(self, call: Call) -> str | None:
+        """What the call was created with, as Twilio runs it once answered: its TwiML, or the TwiML
+        its `Url` answers. None, with `call.answer_error` saying why, when it cannot run."""
+        given = await self._instructions(call, call.twiml, call.url, call.url_method)
+        if call.url is not None:
+            call.fetched_status = given.http_status
+        call.answered_with = given.document
+        call.answer_error = given.error
+        return given.document if given.error is None else None
+
+    async def _instructions(
+        self, call: Call, twiml: str | None, url: str | None, method: str
+    ) -> Instructions:
+        """TwiML to run: `twiml` itself, or what `url` answers when fetched as Twilio fetches it
+        (signed, with `method`). A URL that does not answer 2xx is error 11200; a document that is
+        not TwiML, 12100."""
+        status: int | None = None
+        if url is not None:
+            status, twiml = await fetch_twiml(self.callbacks, url, self._request_params(call), method)
+            if status is None or not 200 <= status < 300:
+                return Instructions(None, status, 11200)
+        if twiml is None or not is_twiml(twiml):
+            return Instructions(twiml, status, 12100)
+        return Instructions(twiml, status)
+
+    async def _run(self, call: Call, document: str, seconds: float) -> None:
+        """Play a TwiML document for `seconds`, or, if it dials a number with an action URL, for as
+        long as the dialed leg lasts."""
+        dial = dial_of(document)
+        if dial is not None and dial.action is not None:
+            await self._bridge(call, dial, dial.action)
+        else:
+            await asyncio.sleep(seconds)
+
+    async def _bridge(self, call: Call, dial: Dial, action: str) -> None:
+        """`<Dial action="...">` calls the number as a child leg, which ends as
+        `dial_outcomes_by_number` says (completed after the call's talk time, otherwise unanswered
+        after its ring time). Twilio then requests the action URL with the Dial's `method`, adding
+        `DialCallSid`, `DialCallStatus`, `DialCallDuration` and `DialBridged` to the call's
+        parameters, and runs what it answers; the simulator hangs up once it has answered."""
+        outcome = self.config.dial_outcomes_by_number.get(dial.number, "completed")
+        bridged = outcome == "completed"
+        leg = DialedLeg(sid=new_call_sid(), number=dial.number, action=action)
+        call.dialed.append(leg)
+        await asyncio.sleep(call.talk_seconds if bridged else call.ring_seconds)
+        leg.status, leg.duration = outcome, math.ceil(call.talk_seconds) if bridged else 0
+        params = {
+            **self._request_params(call),
+            "DialCallSid": leg.sid,
+            "DialCallStatus": outcome,
+            "DialCallDuration": str(leg.duration),
+            "DialBridged": "true" if bridged else "false",
+        }
+        answered = asyncio.Event()
+
+        def settle(fate: str) -> None:
+            leg.callback_fate = fate
+            answered.set()
+
+        leg.callback_fate = "queued"
+        self._send(call, DIAL_ACTION, action, dial.method, params, settle)
+        await answered.wait()
+
+    def _request_params(self, call: Call) -> dict[str, str]:
+        """The parameters Twilio sends with every request about a live call it makes to the app."""
+        return {
+            "AccountSid": call.account_sid,
+            "ApiVersion": API_VERSION,
+            "CallSid": call.sid,
+            "CallStatus": "in-progress",
+            "Direction": "outbound-api",
+            "From": call.from_,
+            "To": call.to,
+        }
+
+    def _finish(self, call: Call, status: str) -> None:
+        """End a call once: stop its playback and detection, free its line, send the terminal
+        callback, and make its recording if it was recorded and answered."""
+        if call.ended:
+            return
+        for task in (call.task, call.detection):
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
+        if call.amd_callback_fate == "pending":
+            call.amd_callback_fate = "call-ended"
         call.duration = math.ceil(time.time() - call.answered_at) if call.answered_at is not None else 0
         call.set_status(status)
         self._in_flight[call.from_] -= 1
@@ -274,6 +458,59 @@ class Simulator:
         # Twilio says nothing about a call cancelled before it left the queue.
         if call.initiated:
             self._emit(call, "completed", status)
+        if call.record and call.answered_at is not None:
+            self._record(call, call.answered_at)
+
+    def _record(self, call: Call, started: float) -> None:
+        """The recording `Record=true` asked for (CreateCall in twilio_api_v2010.json), with its
+        `RecordingChannels` (`mono` 1, `dual` 2). Its status goes to `RecordingStatusCallback` with
+        `RecordingStatusCallbackMethod` when `RecordingStatusCallbackEvent` names `completed`, the
+        default; `in-progress` and `absent` are accepted and never sent."""
+        recording = Recording(
+            sid=new_recording_sid(),
+            account_sid=call.account_sid,
+            call_sid=call.sid,
+            duration=call.duration or 0,
+            channels=2 if call.recording_channels == "dual" else 1,
+            start_time=started,
+        )
+        self.recordings.add(recording)
+        call.recording_sid = recording.sid
+        url = call.recording_status_callback
+        if url is None or "completed" not in call.recording_status_callback_events:
+            return
+
+        def settle(fate: str) -> None:
+            recording.callback_fate = fate
+
+        recording.callback_fate = "queued"
+        self._send(
+            call, RECORDING, url, call.recording_status_callback_method, recording.callback_params(), settle
+        )
+
+    def _send(
+        self,
+        call: Call,
+        kind: str,
+        url: str,
+        method: str,
+        params: dict[str, str],
+        on_fate: Callable[[str], None] | None = None,
+        final: bool = True,
+    ) -> None:
+        """Sign and send a callback about a call, retried as the URL's connection overrides say."""
+        target, retries = split_overrides(url)
+        callback = Callback(
+            call_sid=call.sid,
+            url=target,
+            method=method,
+            params=params,
+            idempotency_token=new_idempotency_token(call.sid),
+            retries=retries,
+            kind=kind,
+            on_fate=on_fate,
+        )
+        self.callbacks.emit(callback, final)
 
     def _emit(self, call: Call, event: str, call_status: str) -> None:
         if call.status_callback is None:
@@ -302,22 +539,15 @@ class Simulator:
         }
         if final:
             params["CallDuration"] = params["Duration"] = str(call.duration or 0)
-        if call.machine_detection and (final or event == "answered"):
+        # With AsyncAmd the verdict has its own callback, and status callbacks do not carry it.
+        if call.machine_detection and not call.async_amd and (final or event == "answered"):
             params["AnsweredBy"] = call.answered_by or "unknown"
         call.sequence += 1
-        url, retries = split_overrides(call.status_callback)
-        callback = Callback(
-            call_sid=call.sid,
-            url=url,
-            method=call.status_callback_method,
-            params=params,
-            idempotency_token=new_idempotency_token(call.sid),
-            retries=retries,
-        )
-        self.callbacks.emit(callback, final)
+        self._send(call, STATUS, call.status_callback, call.status_callback_method, params, final=final)
 
     def stats(self) -> dict[str, Any]:
-        """Creates per (To, From), concurrency per From, callback and fault counters."""
+        """Creates per (To, From), concurrency per From, callback counters (`callbacks` for status
+        callbacks, one entry per other kind), recordings and fault counters."""
         return {
             "calls": len(self.calls.all()),
             "creates": [{"to": to, "from": from_, "count": n} for (to, from_), n in self._creates.items()],
@@ -328,6 +558,10 @@ class Simulator:
             "in_flight": sum(self._in_flight.values()),
             "peak_in_flight": self._peak_total,
             "callbacks": self.callbacks.counters.as_dict(),
+            "amd_callbacks": self.callbacks.counters_of(AMD).as_dict(),
+            "recording_callbacks": self.callbacks.counters_of(RECORDING).as_dict(),
+            "dial_callbacks": self.callbacks.counters_of(DIAL_ACTION).as_dict(),
+            "recordings": len(self.recordings.all()),
             "faults": vars(self.faults).copy(),
             # When each create request arrived (placed or refused), per caller ID: the call rate seen.
             "create_requests": dict(self._create_requests),
@@ -338,11 +572,3 @@ def _region(number: str) -> str:
     with contextlib.suppress(phonenumbers.NumberParseException):
         return phonenumbers.region_code_for_number(phonenumbers.parse(number)) or ""
     return ""
-
-
-def _is_twiml(document: str) -> bool:
-    """Whether a document is TwiML Twilio can run: XML whose root is `<Response>`."""
-    try:
-        return ElementTree.fromstring(document.strip()).tag == "Response"
-    except ElementTree.ParseError:
-        return False

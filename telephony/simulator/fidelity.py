@@ -1,8 +1,9 @@
-"""Requests checked against Twilio's own OpenAPI description of the Calls API, so what passes here passes there.
+"""Requests checked against Twilio's own OpenAPI description of the API, so what passes here passes there.
 
 The description is ``twilio_api_v2010.json`` from twilio/twilio-oai, found next to the project in
 ``shared/twilio/`` or wherever ``TWILIO_OPENAPI_SPEC`` points. It is 1.9 MB, so it is read once per
-process, on the first request, and cut down to the Calls operations the simulator serves.
+process and API, on the first request, and cut down to the operations the simulator serves: the Calls
+operations, and apart from them (read only when a recording is asked for) the Recording ones.
 """
 
 from __future__ import annotations
@@ -34,13 +35,18 @@ CALLS_PATHS = (
     f"/{API_VERSION}/Accounts/{{AccountSid}}/Calls.json",
     f"/{API_VERSION}/Accounts/{{AccountSid}}/Calls/{{Sid}}.json",
 )
-# Create and list, fetch and update; the simulator serves no delete.
+# Create and list, fetch and update; the simulator serves no delete of a call.
 _METHODS = ("get", "post")
+RECORDING_PATHS = (f"/{API_VERSION}/Accounts/{{AccountSid}}/Recordings/{{Sid}}.json",)
+# Fetch and delete a recording.
+_RECORDING_METHODS = ("get", "delete")
 _FORM = "application/x-www-form-urlencoded"
 
 # Allowed values the description gives only in prose ("Can be: `Enable` or `DetectMessageEnd`").
 _PROSE_ENUMS: dict[tuple[str, str], list[str]] = {
     ("CreateCall", "MachineDetection"): ["Enable", "DetectMessageEnd"],
+    ("CreateCall", "AsyncAmd"): ["true", "false"],
+    ("CreateCall", "RecordingChannels"): ["mono", "dual"],
 }
 # The description types these filters as date-time, yet its own examples are dates like 2008-01-02 and
 # Twilio documents YYYY-MM-DD; the list route parses them and answers 20001 itself.
@@ -60,7 +66,8 @@ class SchemaError(Protocol):
 
 @dataclass(frozen=True)
 class CallsApi:
-    """Twilio's description of the Calls operations, ready to check requests against."""
+    """Twilio's description of some operations (the Calls ones, or the Recording ones), ready to
+    check requests against."""
 
     openapi: OpenAPI
     form_types: dict[str, str]
@@ -72,18 +79,30 @@ def spec_path() -> Path:
     return Path(os.environ.get(SPEC_ENV) or DEFAULT_SPEC_PATH)
 
 
-@cache
-def calls_api(path: Path) -> CallsApi:
-    """Read Twilio's description from ``path`` and prepare its Calls operations, once per process."""
+def _read(path: Path) -> dict[str, Any]:
     try:
         with path.open(encoding="utf-8") as file:
-            full = json.load(file)
+            full: dict[str, Any] = json.load(file)
     except FileNotFoundError as exc:
         raise RuntimeError(
             f"Twilio's OpenAPI description is not at {path}; set {SPEC_ENV} or turn validate_requests off"
         ) from exc
-    spec = calls_spec(full)
+    return full
+
+
+@cache
+def calls_api(path: Path) -> CallsApi:
+    """Read Twilio's description from ``path`` and prepare its Calls operations, once per process."""
+    spec = calls_spec(_read(path))
     return CallsApi(OpenAPI.from_dict(spec), _form_types(spec))
+
+
+@cache
+def recordings_api(path: Path) -> CallsApi:
+    """Read Twilio's description from ``path`` and prepare its Recording fetch and delete, once per
+    process."""
+    spec = _spec(_read(path), dict.fromkeys(RECORDING_PATHS, _RECORDING_METHODS))
+    return CallsApi(OpenAPI.from_dict(spec), {})
 
 
 def calls_spec(full: dict[str, Any]) -> dict[str, Any]:
@@ -93,10 +112,14 @@ def calls_spec(full: dict[str, Any]) -> dict[str, Any]:
     true``), which is how the twilio SDK sends ``StatusCallbackEvent`` and which the description leaves
     unsaid. Authentication is left out (the simulator answers it with 20003 first), as are responses.
     """
+    return _spec(full, dict.fromkeys(CALLS_PATHS, _METHODS))
+
+
+def _spec(full: dict[str, Any], methods: dict[str, Sequence[str]]) -> dict[str, Any]:
     paths: dict[str, Any] = {}
-    for path in CALLS_PATHS:
+    for path, kept in methods.items():
         item = full["paths"][path]
-        paths[path] = {method: _operation(full, item[method]) for method in _METHODS}
+        paths[path] = {method: _operation(full, item[method]) for method in kept}
     return {
         "openapi": full["openapi"],
         "info": full["info"],
@@ -180,7 +203,7 @@ async def check_request(request: Request) -> None:
     Parameters the description does not name are ignored, as Twilio ignores them.
     """
     body = await request.body()
-    api = calls_api(spec_path())
+    api = recordings_api(spec_path()) if "/Recordings/" in request.url.path else calls_api(spec_path())
     error = next(iter(api.openapi.iter_request_errors(StarletteOpenAPIRequest(request, body))), None)
     if error is not None:
         raise _twilio_error(error, request, body, api)
