@@ -85,6 +85,7 @@ async def build_workers(settings: Settings, client: Client) -> AsyncIterator[lis
                     records.stop_dials,
                     dialing.hang_up,
                     dialing.fetch_call,
+                    dialing.answer_machine,
                     gate.request_lines,
                     gate.closed_workflows,
                     lines.reap_lines,

@@ -24,6 +24,7 @@ from activities.courier import EventCourier
 from contracts.activities import (
     ACCOUNT_ERROR,
     ANSWER_INVALID,
+    ANSWER_MACHINE,
     DO_NOT_CALL,
     FETCH_CALL,
     HANG_UP,
@@ -33,12 +34,15 @@ from contracts.activities import (
     PLACE_CALL,
     RUN_CANCELLED,
     TWILIO_REFUSED,
+    AnswerMachineInput,
     CallSnapshot,
     DialInput,
     DialOutput,
     FetchCallInput,
     HangUpInput,
+    MachineAnswered,
 )
+from contracts.messages import ON_MACHINE_CONTINUE, ON_MACHINE_VOICEMAIL, Answer, Message
 from contracts.statuses import DIALING, FINAL_ATTEMPT_STATUSES, CallStatus
 from db.leases import AttemptKey, Claimed, claim_line, release_lines, release_lines_of_ended_attempts
 from db.models import AgentNumber, Business, CallAttempt, DoNotCall, Lead, Run, utcnow
@@ -52,6 +56,7 @@ from telephony.twilio_client import (
     NUMBER_ERROR_CODES,
     RETRY_LATER_CODES,
     last_retry_after,
+    machine_callback_url,
     status_callback_url,
 )
 
@@ -187,21 +192,48 @@ async def _twiml(session: AsyncSession, input: DialInput) -> str:
             type=ANSWER_INVALID,
             non_retryable=True,
         )
-    lead = LeadFields(phone=input.to, run_id=input.run_id, lead_id=input.lead_id, attempt=input.attempt)
     try:
-        if says_lead_fields(input.answer):
-            row = (
-                await session.execute(
-                    select(Lead.name, Lead.extra).where(Lead.id == input.lead_id, Lead.run_id == input.run_id)
-                )
-            ).first()
-            if row is not None:
-                lead = replace(lead, name=row.name, metadata=row.extra or {})
-        return twiml_for(input.answer, lead)
+        return await _twiml_with_lead(
+            session, input.answer, input.run_id, input.lead_id, input.attempt, input.to
+        )
     except ValueError as error:
         # The answer itself is wrong (a kind this worker does not know, mid-deploy): every call of
         # the run would be refused the same way.
         raise ApplicationError(str(error), type=ANSWER_INVALID, non_retryable=True) from None
+
+
+async def _twiml_with_lead(
+    session: AsyncSession, said: Answer | Message, run_id: str, lead_id: int, attempt: int, to: str
+) -> str:
+    """An answer or a voicemail as TwiML, with the lead's fields (read only if it names them)."""
+    lead = LeadFields(phone=to, run_id=run_id, lead_id=lead_id, attempt=attempt)
+    if says_lead_fields(said):
+        row = (
+            await session.execute(
+                select(Lead.name, Lead.extra).where(Lead.id == lead_id, Lead.run_id == run_id)
+            )
+        ).first()
+        if row is not None:
+            lead = replace(lead, name=row.name, metadata=row.extra or {})
+    return twiml_for(said, lead)
+
+
+def _machine_detection(input: DialInput) -> dict[str, Any]:
+    """The create's answering-machine detection, when the run's answer asks what to do on a
+    machine (or the run asked only to know): in the background (`AsyncAmd`), so a person who
+    answers hears the answer at once, with Twilio's verdict sent to its own callback. A voicemail
+    waits for the end of the machine's greeting (`DetectMessageEnd`)."""
+    on_machine = input.answer.on_machine if input.answer is not None else None
+    if on_machine is None and input.machine_detection:
+        on_machine = ON_MACHINE_CONTINUE
+    if on_machine is None:
+        return {}
+    return {
+        "machine_detection": "DetectMessageEnd" if on_machine == ON_MACHINE_VOICEMAIL else "Enable",
+        "async_amd": "true",
+        "async_amd_status_callback": "",  # set by the caller, which knows the public URL
+        "async_amd_status_callback_method": "POST",
+    }
 
 
 async def _registered(session: AsyncSession, business_id: str, number: str | None) -> bool:
@@ -388,7 +420,7 @@ class DialingActivities:
                 status_callback_method="POST",
                 timeout=input.ring_timeout_seconds,
                 time_limit=input.call_time_limit_seconds,
-                machine_detection="Enable" if input.machine_detection else values.unset,
+                **self._machine_detection(input),
             )
         except TwilioRestException as error:
             dial.refused = error.status < 500
@@ -407,6 +439,14 @@ class DialingActivities:
                 type=type(error).__name__,
                 next_retry_delay=self.lookup_delay,
             ) from None
+
+    def _machine_detection(self, input: DialInput) -> dict[str, Any]:
+        detection = _machine_detection(input)
+        if detection:
+            detection["async_amd_status_callback"] = machine_callback_url(
+                self.public_base_url, input.run_id, input.lead_id, input.attempt
+            )
+        return detection
 
     def _wait_for_call_lists(self, dial: _DialState) -> None:
         """Raise (to be retried later) while Twilio's lists may not show yet a call that an earlier
@@ -462,6 +502,33 @@ class DialingActivities:
                 raise ApplicationError(str(error), *error.details, type=error.type) from None
             raise
         return replace(snapshot, at=time.time())
+
+    @activity.defn(name=ANSWER_MACHINE)
+    async def answer_machine(self, input: AnswerMachineInput) -> MachineAnswered:
+        """A machine answered: end the call, or put the run's voicemail on it (Twilio plays it and
+        hangs up). A call that has already ended is not an error: `done` is False."""
+        context = {
+            "run": input.run_id,
+            "lead": input.lead_id,
+            "attempt": input.attempt,
+            "call_sid": input.call_sid,
+        }
+        try:
+            if input.voicemail is None:
+                await self.twilio.calls(input.call_sid).update_async(status=CallStatus.COMPLETED)
+            else:
+                async with self.sessions() as session:
+                    twiml = await _twiml_with_lead(
+                        session, input.voicemail, input.run_id, input.lead_id, input.attempt, input.to
+                    )
+                await self.twilio.calls(input.call_sid).update_async(twiml=twiml)
+        except TwilioRestException as error:
+            if error.status == 404 or error.code == NOT_IN_PROGRESS:
+                log.info("machine's call had ended", extra=context)
+                return MachineAnswered(done=False, at=time.time())
+            raise _classify(error) from None
+        log.info("voicemail left" if input.voicemail else "hung up on a machine", extra=context)
+        return MachineAnswered(done=True, at=time.time())
 
     @activity.defn(name=FETCH_CALL)
     async def fetch_call(self, input: FetchCallInput) -> CallSnapshot:

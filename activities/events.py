@@ -25,7 +25,7 @@ from standardwebhooks.webhooks import Webhook
 from temporalio import activity
 
 from contracts.activities import DELIVER_EVENTS, DeliverEventsInput, DeliveryPass
-from contracts.statuses import OUTCOME_BY_CALL_STATUS, OUTCOMES, EventStatus
+from contracts.statuses import OUTCOMES, EventStatus
 from db.models import Business, CallAttempt, Event, Lead, Run, utcnow
 from db.outbox import CALL_COMPLETED, RUN_COMPLETED
 from outbound_dialer import observability
@@ -216,7 +216,7 @@ def _call_data(attempt: CallAttempt, lead: Lead, final: bool) -> dict[str, Any]:
         "attempt": attempt.attempt,
         # False when the lead is to be called again: a later attempt reports its outcome.
         "final": final,
-        "outcome": OUTCOME_BY_CALL_STATUS.get(attempt.status, attempt.status),
+        "outcome": attempt.lead_outcome,
         "call_sid": attempt.call_sid,
         "call_status": attempt.status,
         "duration": attempt.duration,

@@ -391,9 +391,27 @@ def set_answer(
         str | None, typer.Option(help="The voice the text is said in, e.g. Polly.Joanna.")
     ] = None,
     language: Annotated[str | None, typer.Option(help="The text's language, e.g. en-US.")] = None,
+    on_machine: Annotated[
+        str | None,
+        typer.Option(
+            help="When an answering machine picks up: continue, hang_up, or voicemail (leave "
+            "--voicemail-say or --voicemail-play after its beep)."
+        ),
+    ] = None,
+    voicemail_say: Annotated[
+        str | None, typer.Option(help="Text left on a machine; {name} and {metadata.<field>} are the lead's.")
+    ] = None,
+    voicemail_play: Annotated[
+        str | None, typer.Option(help="An https URL of audio left on a machine instead.")
+    ] = None,
 ) -> None:
     """Choose what the business's answered calls do from now on (runs under way keep theirs)."""
-    body = {"kind": "message", "say": say, "play": play, "voice": voice, "language": language}
+    body: dict[str, Any] = {"kind": "message", "say": say, "play": play, "voice": voice, "language": language}
+    body["on_machine"] = on_machine
+    if voicemail_say is not None or voicemail_play is not None:
+        body["voicemail"] = {
+            k: v for k, v in (("say", voicemail_say), ("play", voicemail_play)) if v is not None
+        }
     with _api(ctx) as api:
         answer = api.call(
             "PUT", "/v1/businesses/me/answer", json={k: v for k, v in body.items() if v is not None}
@@ -419,10 +437,32 @@ def test_call(
 
 
 def _described(answer: dict[str, Any]) -> str:
-    if answer.get("play"):
-        return f"answered calls play {answer['play']}"
-    how = ", ".join(f"{key} {answer[key]}" for key in ("voice", "language") if answer.get(key))
-    return f"answered calls hear: {answer.get('say')!r}" + (f" ({how})" if how else "")
+    kind = answer.get("kind", "message")
+    if kind == "connect":
+        said = f"answered calls are put through to {answer['number']}"
+    elif kind == "voice_agent":
+        said = f"answered calls are streamed to the voice agent at {answer['url']}"
+    elif kind == "voice_app":
+        said = f"answered calls run the voice app at {answer['url']}"
+    else:
+        said = _message(answer, "answered calls")
+    on_machine = answer.get("on_machine")
+    if on_machine == "voicemail":
+        voicemail = answer["voicemail"]
+        left = f"the audio at {voicemail['play']}" if voicemail.get("play") else repr(voicemail.get("say"))
+        return f"{said}; machines are left {left} after the beep"
+    if on_machine == "hang_up":
+        return f"{said}; calls a machine answers are ended"
+    if on_machine == "continue":
+        return f"{said}; machines are told apart from people"
+    return said
+
+
+def _message(message: dict[str, Any], who: str) -> str:
+    if message.get("play"):
+        return f"{who} play {message['play']}"
+    how = ", ".join(f"{key} {message[key]}" for key in ("voice", "language") if message.get(key))
+    return f"{who} hear: {message.get('say')!r}" + (f" ({how})" if how else "")
 
 
 def main() -> None:

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from contracts.messages import Answer, AttemptRef, LeadRef, LineDemand, Outcome
+from contracts.messages import Answer, AttemptRef, LeadRef, LineDemand, Message, Outcome
 
 # The activities' names, as the workflows schedule them.
 PLACE_CALL = "place_call"
 HANG_UP = "hang_up"
 FETCH_CALL = "fetch_call"
+ANSWER_MACHINE = "answer_machine"
 READ_CLOCK = "read_clock"
 LOAD_RUN = "load_run"
 LOAD_LEADS = "load_leads"
@@ -92,6 +93,28 @@ class HangUpInput:
 @dataclass
 class FetchCallInput:
     call_sid: str
+
+
+@dataclass
+class AnswerMachineInput:
+    """A machine answered one of the run's calls: end the call (`voicemail` None), or leave
+    `voicemail` on it (said with the lead's fields if it names them)."""
+
+    run_id: str
+    lead_id: int
+    attempt: int
+    call_sid: str
+    to: str
+    voicemail: Message | None = None
+
+
+@dataclass
+class MachineAnswered:
+    """Whether Twilio took what was asked (False: the call had already ended), and when the
+    activity answered (epoch seconds)."""
+
+    done: bool
+    at: float | None = None
 
 
 @dataclass

@@ -21,6 +21,25 @@ RETRY_ON_DEFAULT = ("busy", "no_answer", "failed")
 
 
 @dataclass
+class Message:
+    """A message said (`say`, in `voice` and `language`; `{name}` and `{metadata.<field>}` are the
+    lead's) or played (the https audio at `play`)."""
+
+    say: str | None = None
+    voice: str | None = None
+    language: str | None = None
+    play: str | None = None
+
+
+# What a run does when Twilio's answering-machine detection finds a machine (Answer.on_machine).
+# Detection runs in the background (Twilio's AsyncAmd): a person who answers hears the answer at once.
+ON_MACHINE_CONTINUE = "continue"  # the answer goes on; the lead's outcome is `machine`
+ON_MACHINE_HANG_UP = "hang_up"  # the call is ended; the lead's outcome is `machine`
+ON_MACHINE_VOICEMAIL = "voicemail"  # after the beep `voicemail` is left; the outcome is `voicemail`
+ON_MACHINE_CHOICES = (ON_MACHINE_CONTINUE, ON_MACHINE_HANG_UP, ON_MACHINE_VOICEMAIL)
+
+
+@dataclass
 class Answer:
     """What an answered call does, as the business chose it; its TwiML is built when the call is
     placed (`telephony.answers`), never written by a business. Kind `message`: say `say` (in
@@ -28,7 +47,8 @@ class Answer:
     audio at `play`. Kind `connect`: bridge the call to `number`, one of the business's registered
     agent numbers (checked again when the call is placed). Kind `voice_agent`: stream the call's
     audio to the business's `wss://` endpoint at `url`, with the run, lead, attempt, phone, name and
-    the lead's `metadata_fields` as the stream's parameters."""
+    the lead's `metadata_fields` as the stream's parameters. With `on_machine` set, machines are
+    detected (see ON_MACHINE_CHOICES); `voicemail` is what is left on one."""
 
     kind: str = "message"
     say: str | None = None
@@ -38,6 +58,8 @@ class Answer:
     number: str | None = None
     url: str | None = None
     metadata_fields: list[str] = field(default_factory=list)
+    on_machine: str | None = None
+    voicemail: Message | None = None
 
 
 DEFAULT_ANSWER = Answer(say="Hello. This is a call from your outbound campaign.")
@@ -112,6 +134,10 @@ class InFlightCall:
     sequence_number: int = -1
     answered: bool = False
     last_news_at: float = 0.0  # the run's clock (epoch seconds) when it last heard about the call
+    # Who answered, as Twilio's answering-machine detection said (`MachineDetected`).
+    answered_by: str | None = None
+    # The run's voicemail was put on the call (it is playing to a machine).
+    voicemail_left: bool = False
 
 
 @dataclass
@@ -128,6 +154,19 @@ class CallStatusEvent:
     error_code: int | None = None
     error_message: str | None = None
     # When the sender sent it (epoch seconds): what moves the run's clock (OutboundRunWorkflow._now).
+    at: float | None = None
+
+
+@dataclass
+class MachineDetected:
+    """Twilio's answering-machine detection's verdict on one of the run's calls (its
+    AsyncAmdStatusCallback): `answered_by` is Twilio's `AnsweredBy`."""
+
+    lead_id: int
+    attempt: int
+    call_sid: str
+    answered_by: str
+    # When the API received it (epoch seconds).
     at: float | None = None
 
 
@@ -153,6 +192,9 @@ class Outcome:
     error_message: str | None = None
     # False when the lead will be tried again: the attempt is recorded, the lead is not done.
     final: bool = True
+    # The lead's outcome as the run judged it, where the call's status alone does not say
+    # (`voicemail`, `machine`); otherwise the outcome its status stands for.
+    outcome: str | None = None
 
 
 @dataclass

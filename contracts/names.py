@@ -12,6 +12,7 @@ EVENTS_WORKFLOW = "BusinessEventsWorkflow"
 
 # A run's signals and query.
 CALL_STATUS = "call_status"  # Twilio's status callback for one of the run's calls
+MACHINE_DETECTED = "machine_detected"  # Twilio's answering-machine detection's verdict on one
 CANCEL = "cancel"
 PAUSE = "pause"
 RESUME = "resume"
@@ -29,6 +30,8 @@ EVENTS_RECORDED = "events_recorded"
 # API serves it. Its query names the attempt (`run`, `lead`, `attempt`).
 TWILIO_WEBHOOKS = "/v1/webhooks/twilio"
 CALL_STATUS_WEBHOOK = f"{TWILIO_WEBHOOKS}/call-status"
+# Where Twilio posts its answering-machine detection's verdict (AsyncAmdStatusCallback); same query.
+MACHINE_WEBHOOK = f"{TWILIO_WEBHOOKS}/machine"
 
 BUSINESS_ID = SearchAttributeKey.for_keyword("BusinessId")
 # "RunId" is reserved by Temporal (every execution has one), so the run id goes under this name.

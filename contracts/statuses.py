@@ -54,6 +54,17 @@ class LeadOutcome(StrEnum):
     CANCELLED = "cancelled"
     SKIPPED_DNC = "skipped_dnc"
     SKIPPED_WINDOW = "skipped_window"
+    # Answered by a machine (Twilio's answering-machine detection): a voicemail was left on it, or
+    # none was (the answer hangs up on machines, or only detects them).
+    VOICEMAIL = "voicemail"
+    MACHINE = "machine"
+
+
+# Twilio's `AnsweredBy` values that mean no person picked up (its answering-machine detection):
+# `human` and `unknown` are a person's, as far as a run can tell.
+MACHINE_ANSWERS = frozenset(
+    {"machine_start", "machine_end_beep", "machine_end_silence", "machine_end_other", "fax"}
+)
 
 
 # Statuses after which Twilio sends nothing more for a call.

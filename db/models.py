@@ -10,6 +10,8 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from contracts.statuses import OUTCOME_BY_CALL_STATUS
+
 # SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
@@ -122,8 +124,17 @@ class CallAttempt(Base):
     answered_by: Mapped[str | None] = mapped_column(String(32))
     error_code: Mapped[int | None] = mapped_column(Integer)
     error_message: Mapped[str | None] = mapped_column(Text)
+    # The attempt's outcome where its status alone does not say it (`voicemail`, `machine`).
+    outcome: Mapped[str | None] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    @property
+    def lead_outcome(self) -> str:
+        """What this attempt's ending means for its lead (`answered`, `voicemail`, `busy`, ...)."""
+        if self.outcome is not None:
+            return self.outcome
+        return OUTCOME_BY_CALL_STATUS.get(self.status, self.status)
 
 
 class DoNotCall(Base):

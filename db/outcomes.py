@@ -63,7 +63,7 @@ _FINISH_ATTEMPT = (
         ),
         **{
             name: func.coalesce(bindparam(f"o_{name}", type_=_ATTEMPTS.c[name].type), _ATTEMPTS.c[name])
-            for name in ("call_sid", "duration", "answered_by", "error_code", "error_message")
+            for name in ("call_sid", "duration", "answered_by", "error_code", "error_message", "outcome")
         },
     )
 )
@@ -111,7 +111,8 @@ async def write_outcomes(session: AsyncSession, run_id: str, outcomes: list[Outc
             "o_answered_by": o.answered_by,
             "o_error_code": o.error_code,
             "o_error_message": o.error_message,
-            "o_lead_status": outcome_for(o.status) if o.final else LEAD_RETRYING,
+            "o_outcome": o.outcome,
+            "o_lead_status": (o.outcome or outcome_for(o.status)) if o.final else LEAD_RETRYING,
         }
         for o in outcomes
     ]

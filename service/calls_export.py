@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from contracts.statuses import FINAL_ATTEMPT_STATUSES
+from contracts.statuses import FINAL_ATTEMPT_STATUSES, OUTCOME_BY_CALL_STATUS
 from db.models import CallAttempt, Lead
 
 CALL_COLUMNS = (
@@ -29,6 +29,7 @@ CALL_COLUMNS = (
     "error_message",
     "started_at",
     "ended_at",
+    "outcome",
     "lead_status",
 )
 # Metadata may hold up to 50 values of 1,000 characters a lead: keep a page's text small.
@@ -107,6 +108,7 @@ async def calls_csv(
                         CallAttempt.answered_by,
                         CallAttempt.error_code,
                         CallAttempt.error_message,
+                        CallAttempt.outcome,
                         CallAttempt.created_at,
                         CallAttempt.updated_at,
                     )
@@ -133,7 +135,9 @@ def _page_rows(
         lead_cells = [str(lead.id), lead.phone, spreadsheet_text(lead.name or "")]
         tail = [lead.status, *(_metadata_cell(extra.get(key)) for key in keys)]
         for a in attempts.get(lead.id, ()):
-            ended = _iso(a.updated_at) if a.status in FINAL_ATTEMPT_STATUSES else ""
+            final = a.status in FINAL_ATTEMPT_STATUSES
+            ended = _iso(a.updated_at) if final else ""
+            outcome = (a.outcome or OUTCOME_BY_CALL_STATUS.get(a.status, "")) if final else ""
             yield [
                 *lead_cells,
                 str(a.attempt),
@@ -145,10 +149,11 @@ def _page_rows(
                 spreadsheet_text(a.error_message or ""),
                 _iso(a.created_at),
                 ended,
+                outcome,
                 *tail,
             ]
         if lead.id not in attempts:
-            yield [*lead_cells, *([""] * 9), *tail]
+            yield [*lead_cells, *([""] * 10), *tail]
 
 
 def _csv_text(rows: Iterable[list[str]]) -> str:

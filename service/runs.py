@@ -46,7 +46,7 @@ from contracts.names import (
     RUN_WORKFLOW,
     run_workflow_id,
 )
-from contracts.statuses import LIVE_RUN_STATUSES, RunStatus
+from contracts.statuses import FINAL_ATTEMPT_STATUSES, LIVE_RUN_STATUSES, RunStatus
 from db.models import Business, CallAttempt, Lead, Run, utcnow
 from outbound_dialer.settings import Settings
 from service.answers import business_answer, check_answer
@@ -301,6 +301,7 @@ class RunService:
                 answered_by=a.answered_by,
                 error_code=a.error_code,
                 error_message=a.error_message,
+                outcome=a.lead_outcome if a.status in FINAL_ATTEMPT_STATUSES else None,
                 created_at=a.created_at,
                 updated_at=a.updated_at,
             )

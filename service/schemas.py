@@ -23,13 +23,27 @@ from pydantic import (
     model_validator,
 )
 
-from contracts.messages import ALL_DAYS, Answer, CallingWindow, RunOptions
+from contracts.messages import (
+    ALL_DAYS,
+    ON_MACHINE_VOICEMAIL,
+    Answer,
+    CallingWindow,
+    Message,
+    RunOptions,
+)
 from contracts.statuses import LeadOutcome
 from service.phones import InvalidPhone, to_e164
 from telephony.answers import MAX_TWIML_CHARS, LeadFields, not_xml, placeholders, twiml_for
 from workflows.calling_window import opens_ever
 
-RETRYABLE_OUTCOMES = (LeadOutcome.BUSY, LeadOutcome.NO_ANSWER, LeadOutcome.FAILED, LeadOutcome.ANSWERED)
+RETRYABLE_OUTCOMES = (
+    LeadOutcome.BUSY,
+    LeadOutcome.NO_ANSWER,
+    LeadOutcome.FAILED,
+    LeadOutcome.ANSWERED,
+    LeadOutcome.VOICEMAIL,
+    LeadOutcome.MACHINE,
+)
 # Past the end of any list; a larger offset would overflow the database's 64-bit OFFSET.
 MAX_OFFSET = 1_000_000_000
 
@@ -208,6 +222,45 @@ FieldName = Annotated[
 ]
 
 
+def _check_message(say: str | None, play: str | None, voice: str | None, language: str | None) -> None:
+    """A message says a text or plays audio (one of them), within Twilio's TwiML size."""
+    if (say is None) == (play is None):
+        raise ValueError("a message either says a text (`say`) or plays audio (`play`): give one")
+    if play is not None and (voice or language):
+        raise ValueError("`voice` and `language` are for a text that is said, not for `play`")
+    try:
+        twiml_for(Message(say=say, voice=voice, language=language, play=play), LeadFields())
+    except ValueError:
+        raise ValueError(
+            f"said as TwiML the message is longer than Twilio takes ({MAX_TWIML_CHARS} characters): "
+            "shorten it (each &, < and > counts as four or five)"
+        ) from None
+
+
+class VoicemailIn(BaseModel):
+    """What is left on an answering machine, after its beep: a text said (`say`, in a `voice` and
+    `language`; `{name}` and `{metadata.<field>}` are the lead's) or audio played (`play`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    say: Annotated[StoredText | None, AfterValidator(_spoken)] = Field(
+        default=None, min_length=1, max_length=MAX_SAY_CHARS, examples=["Hi {name}, please call us back."]
+    )
+    voice: str | None = Field(default=None, pattern=VOICE)
+    language: str | None = Field(default=None, pattern=LANGUAGE)
+    play: Annotated[str | None, AfterValidator(_https)] = Field(
+        default=None, max_length=2000, description="An https URL of the audio to play."
+    )
+
+    @model_validator(mode="after")
+    def _a_message(self) -> VoicemailIn:
+        _check_message(self.say, self.play, self.voice, self.language)
+        return self
+
+    def to_message(self) -> Message:
+        return Message(say=self.say, voice=self.voice, language=self.language, play=self.play)
+
+
 class AnswerIn(BaseModel):
     """What an answered call does.
 
@@ -221,7 +274,12 @@ class AnswerIn(BaseModel):
       `metadata.<field>` for each of `metadata_fields`.
     - `voice_app`: Twilio fetches the call's TwiML from the business's own app at `url` (`https://`)
       when the call is answered, with `run`, `lead` and `attempt` in the query and a signature made
-      with the business's own secret (see the README, "When someone answers")."""
+      with the business's own secret (see the README, "When someone answers").
+
+    `on_machine` has Twilio tell people from answering machines, in the background (the person who
+    answers hears the answer at once): `continue` only tells (the outcome is `machine`), `hang_up`
+    ends a machine's call, `voicemail` waits for its beep and leaves `voicemail` (the outcome is
+    `voicemail`)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -245,6 +303,18 @@ class AnswerIn(BaseModel):
     metadata_fields: list[FieldName] | None = Field(
         default=None, max_length=10, description="`voice_agent`: the lead's metadata fields passed on."
     )
+    on_machine: Literal["continue", "hang_up", "voicemail"] | None = Field(
+        default=None, description="What to do when a machine answers; machines are not told apart if unset."
+    )
+    voicemail: VoicemailIn | None = Field(
+        default=None, description='What to leave on a machine, with `"on_machine": "voicemail"`.'
+    )
+
+    @model_validator(mode="after")
+    def _voicemail_when_asked(self) -> AnswerIn:
+        if (self.on_machine == ON_MACHINE_VOICEMAIL) != (self.voicemail is not None):
+            raise ValueError('`voicemail` is what `"on_machine": "voicemail"` leaves: give both or neither')
+        return self
 
     @model_validator(mode="after")
     def _one_thing_to_do(self) -> AnswerIn:
@@ -274,17 +344,7 @@ class AnswerIn(BaseModel):
             return self
         if self.number is not None:
             raise ValueError('`number` is for a connect answer (`"kind": "connect"`)')
-        if (self.say is None) == (self.play is None):
-            raise ValueError("a message either says a text (`say`) or plays audio (`play`): give one")
-        if self.play is not None and (self.voice or self.language):
-            raise ValueError("`voice` and `language` are for a text that is said, not for `play`")
-        try:
-            twiml_for(self.to_answer(), LeadFields())
-        except ValueError:
-            raise ValueError(
-                f"said as TwiML the message is longer than Twilio takes ({MAX_TWIML_CHARS} characters): "
-                "shorten it (each &, < and > counts as four or five)"
-            ) from None
+        _check_message(self.say, self.play, self.voice, self.language)
         return self
 
     def to_answer(self) -> Answer:
@@ -297,6 +357,8 @@ class AnswerIn(BaseModel):
             number=self.number,
             url=self.url,
             metadata_fields=list(self.metadata_fields or ()),
+            on_machine=self.on_machine,
+            voicemail=self.voicemail.to_message() if self.voicemail is not None else None,
         )
 
 
@@ -443,6 +505,9 @@ class CallPublic(BaseModel):
     answered_by: str | None
     error_code: int | None
     error_message: str | None
+    outcome: str | None = Field(
+        description="What the attempt's ending means for its lead, once it has ended."
+    )
     created_at: datetime
     updated_at: datetime
 

@@ -14,7 +14,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 from standardwebhooks.webhooks import Webhook
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
-from contracts.messages import Answer
+from contracts.messages import Answer, Message
 
 # Twilio takes at most this much TwiML in a create's `Twiml` parameter.
 MAX_TWIML_CHARS = 4000
@@ -51,9 +51,12 @@ def placeholders(text: str) -> list[str]:
     return named
 
 
-def says_lead_fields(answer: Answer) -> bool:
-    """Whether the answer says or passes on fields of the lead (so the dial reads the lead)."""
-    return answer.kind == "voice_agent" or bool(answer.say and placeholders(answer.say))
+def says_lead_fields(answer: Answer | Message) -> bool:
+    """Whether the answer (or message) says or passes on fields of the lead (so the dial reads the
+    lead)."""
+    if isinstance(answer, Answer) and answer.kind == "voice_agent":
+        return True
+    return bool(answer.say and placeholders(answer.say))
 
 
 def fill(text: str, lead: LeadFields, limit: int = MAX_FIELD_CHARS) -> str:
@@ -82,11 +85,15 @@ def _xml_text(value: str, limit: int) -> str:
     return NOT_XML.sub("", value)[:limit]
 
 
-def twiml_for(answer: Answer, lead: LeadFields) -> str:
-    """The TwiML an answered call runs, within Twilio's size for it: lead fields are cut shorter if
-    the message would not fit, then left out."""
+def twiml_for(answer: Answer | Message, lead: LeadFields) -> str:
+    """The TwiML an answered call runs (or a voicemail left on a machine), within Twilio's size for
+    it: lead fields are cut shorter if the message would not fit, then left out."""
     for limit in (MAX_FIELD_CHARS, 40, 0):
-        twiml = str(_response(answer, lead, limit))
+        if isinstance(answer, Answer):
+            response = _response(answer, lead, limit)
+        else:
+            response = _message(VoiceResponse(), answer, lead, limit)
+        twiml = str(response)
         if len(twiml) <= MAX_TWIML_CHARS:
             return twiml
     raise ValueError(f"the answer's TwiML is longer than {MAX_TWIML_CHARS} characters")
@@ -111,11 +118,17 @@ def _response(answer: Answer, lead: LeadFields, limit: int) -> VoiceResponse:
         return response
     if answer.kind != "message":
         raise ValueError(f"unknown answer kind {answer.kind!r}")
-    if answer.play:
-        response.play(answer.play)
-    elif answer.say:
-        attributes = {k: v for k, v in (("voice", answer.voice), ("language", answer.language)) if v}
-        response.say(fill(answer.say, lead, limit), **attributes)
+    return _message(response, answer, lead, limit)
+
+
+def _message(
+    response: VoiceResponse, message: Answer | Message, lead: LeadFields, limit: int
+) -> VoiceResponse:
+    if message.play:
+        response.play(message.play)
+    elif message.say:
+        attributes = {k: v for k, v in (("voice", message.voice), ("language", message.language)) if v}
+        response.say(fill(message.say, lead, limit), **attributes)
     return response
 
 

@@ -10,7 +10,7 @@ from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.http.response import Response
 from twilio.rest import Client
 
-from contracts.names import CALL_STATUS_WEBHOOK
+from contracts.names import CALL_STATUS_WEBHOOK, MACHINE_WEBHOOK
 from outbound_dialer.settings import Settings
 
 # Twilio's error codes for a create-call, by what they mean for a run
@@ -96,5 +96,14 @@ CALLBACK_RETRIES = "rc=5&rp=ct,rt,5xx"
 def status_callback_url(public_base_url: str, run_id: str, lead_id: int, attempt: int) -> str:
     """Where Twilio reports a call's progress; it names the attempt, so a callback for a call whose
     create response was lost still finds its attempt."""
+    return _callback_url(public_base_url, CALL_STATUS_WEBHOOK, run_id, lead_id, attempt)
+
+
+def machine_callback_url(public_base_url: str, run_id: str, lead_id: int, attempt: int) -> str:
+    """Where Twilio reports who answered a call (AsyncAmdStatusCallback), naming the attempt."""
+    return _callback_url(public_base_url, MACHINE_WEBHOOK, run_id, lead_id, attempt)
+
+
+def _callback_url(public_base_url: str, path: str, run_id: str, lead_id: int, attempt: int) -> str:
     query = urlencode({"run": run_id, "lead": lead_id, "attempt": attempt})
-    return f"{public_base_url}{CALL_STATUS_WEBHOOK}?{query}#{CALLBACK_RETRIES}"
+    return f"{public_base_url}{path}?{query}#{CALLBACK_RETRIES}"

@@ -79,6 +79,7 @@ async def simulator() -> AsyncIterator[str]:
         auth_token=DEV_AUTH_TOKEN,
         ring_seconds=(0.05, 0.2),
         talk_seconds=(0.2, 0.6),
+        machine_detection_seconds=0.05,
         # Twilio's call lists lag behind new calls; every test sees them do so.
         list_lag_seconds=TWILIO_LIST_LAG_SECONDS,
     )

@@ -4,14 +4,14 @@ TwiML is built with the `twilio` library, so whatever a lead's fields hold is sa
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 from fastapi import FastAPI, Request, Response
 from pydantic import ValidationError
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from contracts.messages import Answer
+from contracts.messages import ON_MACHINE_CHOICES, Answer
 from contracts.names import run_workflow_id
 from service.schemas import AnswerIn
 from support.drive import ALWAYS_OPEN, new_number, serve, wait_for
@@ -59,12 +59,30 @@ def test_a_message_fits_in_what_twilio_takes_however_long_the_leads_fields() -> 
         ({"play": "https://example.com/a.mp3", "voice": "alice"}, "not for `play`"),
         ({"say": "Hi", "voice": 'Polly.Joanna" onload="x'}, "pattern"),
         ({"say": "Hi", "kind": "dial"}, "literal_error"),
+        ({"say": "Hi", "on_machine": "voicemail"}, "give both or neither"),
+        ({"say": "Hi", "voicemail": {"say": "Call back"}}, "give both or neither"),
+        ({"say": "Hi", "on_machine": "voicemail", "voicemail": {}}, "give one"),
+        ({"say": "Hi", "on_machine": "voicemail", "voicemail": {"say": "{x}"}}, "{name} or {metadata"),
+        ({"say": "Hi", "on_machine": "shout"}, "literal_error"),
     ],
 )
 def test_a_bad_answer_is_refused_with_the_reason(body: dict[str, str], complaint: str) -> None:
     with pytest.raises(ValidationError) as refused:
         AnswerIn.model_validate(body)
     assert complaint in str(refused.value) or complaint in str(refused.value.errors())
+
+
+def test_a_voicemail_is_a_message_with_the_leads_fields_said_as_text() -> None:
+    answer = AnswerIn.model_validate(
+        {"say": "Hi", "on_machine": "voicemail", "voicemail": {"say": "{name}, call us", "voice": "alice"}}
+    ).to_answer()
+    assert answer.voicemail is not None and answer.on_machine == "voicemail"
+    text, attributes = _said(twiml_for(answer.voicemail, LeadFields(HOSTILE_NAME)))
+    assert (text, attributes) == (f"{HOSTILE_NAME}, call us", {"voice": "alice"})
+
+
+def test_the_choices_on_a_machine_are_the_ones_the_run_knows() -> None:
+    assert get_args(get_args(AnswerIn.model_fields["on_machine"].annotation)[0]) == ON_MACHINE_CHOICES
 
 
 async def test_a_businesss_answer_is_what_its_calls_say_with_each_leads_fields(stack: Stack) -> None:

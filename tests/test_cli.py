@@ -207,6 +207,23 @@ async def test_a_businesss_answer_is_shown_and_set(stack: Stack) -> None:
     assert "'Hello {name}'" in again.output
     bad = await outbound(stack, "answer", "set", "--say", "Hello {nmae}", api_key=business.api_key)
     assert bad.exit_code == 1 and "{name} or {metadata.<field>}" in bad.output, bad.output
+    machines = await outbound(
+        stack,
+        "answer",
+        "set",
+        "--say",
+        "Hello",
+        "--on-machine",
+        "voicemail",
+        "--voicemail-say",
+        "Call us back, {name}",
+        api_key=business.api_key,
+    )
+    assert "machines are left 'Call us back, {name}' after the beep" in machines.output, machines.output
+    half = await outbound(
+        stack, "answer", "set", "--say", "Hi", "--on-machine", "voicemail", api_key=business.api_key
+    )
+    assert half.exit_code == 1 and "give both or neither" in half.output, half.output
 
 
 async def test_a_test_call_is_placed_and_followed(stack: Stack) -> None:

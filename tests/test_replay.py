@@ -44,6 +44,8 @@ def test_histories_of_the_main_paths_are_kept() -> None:
     operators |= {"run_paused_across_continue_as_new", "run_skipped_window", "run_cancelled_without_database"}
     operators |= {"run_reset_then_cancelled", "gate_greeted_a_waiting_run"}
     assert operators <= set(HISTORIES), "what operators and Twilio do"
+    answers = {"run_paused_by_its_answer", "run_left_voicemail"}
+    assert answers <= set(HISTORIES), "what an answered call does"
 
 
 @pytest.mark.parametrize("name", sorted(HISTORIES))

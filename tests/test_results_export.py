@@ -27,6 +27,7 @@ CALL_COLUMNS = [
     "error_message",
     "started_at",
     "ended_at",
+    "outcome",
     "lead_status",
 ]
 

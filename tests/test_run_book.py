@@ -7,10 +7,13 @@ from datetime import UTC, datetime
 from temporalio.converter import DataConverter
 
 from contracts.messages import (
+    Answer,
     CallingWindow,
     CallStatusEvent,
     InFlightCall,
     LeadRef,
+    MachineDetected,
+    Message,
     Outcome,
     RunCarryOver,
     RunInput,
@@ -159,6 +162,56 @@ def test_retries_stop_at_max_attempts_and_only_for_chosen_outcomes() -> None:
     assert again is not None and again.attempt == 2
     assert book.apply_status(status(again.lead_id, "CA3", "busy", attempt=2), 10_001).final  # type: ignore[union-attr]
     assert book.finished
+
+
+def _answered_by(book: RunBook, lead: int, sid: str, who: str) -> str | None:
+    book.dial_placed(lead, 1, sid, "queued", 1)
+    return book.machine_detected(MachineDetected(lead, 1, sid, who))
+
+
+def test_what_a_machine_gets_is_what_the_answer_asks_and_its_outcome_says_so() -> None:
+    voicemail = Answer(say="Hi", on_machine="voicemail", voicemail=Message(say="Call us back"))
+    book = book_with_leads(4, lines=4, answer=voicemail, max_attempts=2, retry_on=["machine"])
+    book.machines_named = True
+    calls = [book.next_dial(0) for _ in range(4)]
+    assert all(calls)
+    assert _answered_by(book, 1, "CA1", "machine_end_beep") == "voicemail"
+    assert _answered_by(book, 2, "CA2", "fax") == "hang_up"  # a fax takes no voicemail
+    assert _answered_by(book, 3, "CA3", "human") is None
+    assert _answered_by(book, 4, "CA4", "machine_end_silence") == "voicemail"
+    book.voicemail_left(1, 1)  # Twilio took the voicemail for lead 1; lead 4's call ended first
+
+    ended = {lead: book.apply_status(status(lead, f"CA{lead}", "completed"), 2) for lead in (1, 2, 3, 4)}
+    assert {lead: o.outcome for lead, o in ended.items() if o} == {
+        1: "voicemail",
+        2: "machine",
+        3: None,
+        4: "machine",
+    }
+    assert {lead: o.answered_by for lead, o in ended.items() if o} == {
+        1: "machine_end_beep",
+        2: "fax",
+        3: "human",
+        4: "machine_end_silence",
+    }
+    # `retry_on` names `machine`: those leads are called again; voicemail and answered are done.
+    assert {lead for lead, o in ended.items() if o and not o.final} == {2, 4}
+    assert book.progress("running").outcomes["voicemail"] == 1
+
+
+def test_a_machine_is_only_told_apart_where_the_answer_asks() -> None:
+    book = book_with_leads(2, lines=2, answer=Answer(say="Hi", on_machine="continue"))
+    book.machines_named = True
+    assert book.next_dial(0) and book.next_dial(0)
+    assert _answered_by(book, 1, "CA1", "machine_start") is None  # `continue`: nothing is done to it
+    first = book.apply_status(status(1, "CA1", "completed"), 2)
+    assert first is not None and first.outcome == "machine"
+
+    before = book_with_leads(1, answer=Answer(say="Hi", on_machine="hang_up"))
+    assert before.next_dial(0)  # a run started before machines were told apart counts them answered
+    assert _answered_by(before, 1, "CA9", "machine_start") == "hang_up"
+    older = before.apply_status(status(1, "CA9", "completed"), 2)
+    assert older is not None and older.outcome is None and before.progress("x").outcomes["answered"] == 1
 
 
 def test_a_lead_outside_its_window_waits_and_others_go_on() -> None:

@@ -156,10 +156,14 @@ async def test_the_api_down_for_30_seconds_while_calls_finish(stack: Stack) -> N
     assert Counter(c["to"] for c in await stack.sim_calls(business.caller_id)) == Counter(phones)
 
 
-async def test_answering_machine_detection_is_kept_on_the_attempt(stack: Stack) -> None:
+async def test_answering_machine_detection_is_kept_on_the_attempt(
+    stack: Stack, sim_knobs: SimulatorKnobs
+) -> None:
     business = await stack.create_business(cap=3)
     phones = [new_number() for _ in range(4)]
     await stack.force_outcomes(dict.fromkeys(phones, "completed"))
+    # Detection runs beside the call (AsyncAmd): calls long enough for its verdict to come first.
+    await sim_knobs(talk_seconds_by_to=dict.fromkeys(phones, 1.5))
     run_id = await stack.start_run(business, phones, options={"machine_detection": True})
     run = await stack.wait_run_ends(business, run_id)
     assert run["status"] == "completed"

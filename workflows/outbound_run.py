@@ -16,6 +16,7 @@ with workflow.unsafe.imports_passed_through():
     from contracts.activities import (
         ACCOUNT_ERROR,
         ANSWER_INVALID,
+        ANSWER_MACHINE,
         DO_NOT_CALL,
         FETCH_CALL,
         HANG_UP,
@@ -32,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
         SET_RUN_STATUS,
         STOP_DIALS,
         TWILIO_REFUSED,
+        AnswerMachineInput,
         CallSnapshot,
         DialInput,
         DialOutput,
@@ -41,12 +43,14 @@ with workflow.unsafe.imports_passed_through():
         LoadLeadsInput,
         LoadLeadsOutput,
         LoadRunInput,
+        MachineAnswered,
         RecordOutcomesInput,
         RequestLinesInput,
         RunFacts,
         SetRunStatusInput,
     )
     from contracts.messages import (
+        ON_MACHINE_VOICEMAIL,
         AttemptRef,
         CallStatusEvent,
         CancelRequest,
@@ -54,6 +58,7 @@ with workflow.unsafe.imports_passed_through():
         LineDemand,
         LineGrant,
         LineRecall,
+        MachineDetected,
         Outcome,
         PauseRequest,
         ResumeRequest,
@@ -67,6 +72,7 @@ with workflow.unsafe.imports_passed_through():
         CANCEL,
         LINES_GRANTED,
         LINES_RECALLED,
+        MACHINE_DETECTED,
         PAUSE,
         PROGRESS,
         RESUME,
@@ -154,6 +160,12 @@ HISTORY_CLOCK = "history-clock"
 # does not know) pauses the run with the reason, as an account error does: every call would be
 # refused alike. Runs started before fail that lead and go on to the next.
 ANSWER_REFUSED_PAUSES = "answer-refused-pauses"
+# A call a machine answered (Twilio's answering-machine detection, signal `machine_detected`) ends as
+# `voicemail` or `machine` rather than `answered`, and `retry_on` can name those; runs started before
+# count it `answered`.
+MACHINES_NAMED = "machines-named"
+# A machine's call is ended, or given the run's voicemail, by one activity tried for this long.
+MACHINE_ANSWER_TIMEOUT = timedelta(minutes=2)
 # A signal's `at` moves the run's clock only by this much (seconds): a larger step either way has the
 # time read instead, so that no sender (a replica whose clock is off, a signal typed into the Web UI)
 # can carry the run's calling windows, retries and quiet-call checks far from the time.
@@ -227,6 +239,42 @@ class OutboundRunWorkflow:
             )
         self._wake = True
 
+    @workflow.signal(name=MACHINE_DETECTED)
+    def machine_detected(self, event: MachineDetected) -> None:
+        """Twilio's answering-machine detection's verdict on one of this run's calls: a machine's
+        call is ended or given the voicemail, as the run's answer asks."""
+        self._heard_at(event.at)
+        action = self._book.machine_detected(event)
+        if action is not None and not self._book.state.cancel_reason:
+            self._start_task(self._answer_machine(event, action))
+        self._wake = True
+
+    async def _answer_machine(self, event: MachineDetected, action: str) -> None:
+        call = self._book.calls.get((event.lead_id, event.attempt))
+        answer = self._input.options.answer
+        if call is None or answer is None:
+            return
+        voicemail = answer.voicemail if action == ON_MACHINE_VOICEMAIL else None
+        context = {"lead": event.lead_id, "attempt": event.attempt, "call_sid": event.call_sid}
+        try:
+            answered = await workflow.execute_activity(
+                ANSWER_MACHINE,
+                AnswerMachineInput(
+                    self._input.run_id, event.lead_id, event.attempt, event.call_sid, call.phone, voicemail
+                ),
+                start_to_close_timeout=timedelta(seconds=30),
+                schedule_to_close_timeout=MACHINE_ANSWER_TIMEOUT,
+                retry_policy=HANG_UP_RETRY,
+                summary=f"{action} on a machine: {event.call_sid} (lead {event.lead_id})",
+                result_type=MachineAnswered,
+            )
+        except ActivityError:
+            workflow.logger.warning("a machine's call could not be answered as asked", extra=context)
+            return
+        self._clock_to(answered.at)
+        if voicemail is not None and answered.done:
+            self._book.voicemail_left(event.lead_id, event.attempt)
+
     @workflow.signal(name=CANCEL)
     def cancel(self, request: CancelRequest) -> None:
         """Stop dialing now; hang up calls in flight; the rest of the leads end `cancelled`."""
@@ -281,6 +329,7 @@ class OutboundRunWorkflow:
 
     @workflow.run
     async def run(self, input: RunInput) -> RunResult:
+        self._book.machines_named = workflow.patched(MACHINES_NAMED)
         try:
             facts = await workflow.execute_activity(
                 LOAD_RUN,

@@ -9,10 +9,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from contracts.messages import (
+    ON_MACHINE_HANG_UP,
+    ON_MACHINE_VOICEMAIL,
     AttemptRef,
     CallStatusEvent,
     InFlightCall,
     LeadRef,
+    MachineDetected,
     Outcome,
     RefusedLead,
     RunCarryOver,
@@ -22,6 +25,7 @@ from contracts.messages import (
 )
 from contracts.statuses import (
     DIALING,
+    MACHINE_ANSWERS,
     OUTCOMES,
     SKIPPED_WINDOW,
     CallStatus,
@@ -62,6 +66,9 @@ class RunBook:
         unpack_zones(self._everything_with_zones(), state.zone_sets)
         state.zone_sets = []
         self.calls: dict[tuple[int, int], InFlightCall] = {(c.lead_id, c.attempt): c for c in state.in_flight}
+        # A call a machine answered ends as `voicemail` or `machine`, not `answered` (runs started
+        # before answering machines were told apart leave this False).
+        self.machines_named = False
 
     # Leads
 
@@ -339,6 +346,38 @@ class RunBook:
             call.answered = call.answered or event.status == CallStatus.IN_PROGRESS
         return None
 
+    def machine_detected(self, event: MachineDetected) -> str | None:
+        """Twilio's verdict on who answered one of the run's calls. Returns what to do now: `hang_up`
+        or `voicemail` when a machine answered and the run's answer asks for it, else None."""
+        call = self.calls.get((event.lead_id, event.attempt))
+        if call is None or (call.call_sid is not None and call.call_sid != event.call_sid):
+            return None
+        call.answered_by = event.answered_by
+        on_machine = self.options.answer.on_machine if self.options.answer is not None else None
+        if event.answered_by not in MACHINE_ANSWERS or on_machine not in (
+            ON_MACHINE_HANG_UP,
+            ON_MACHINE_VOICEMAIL,
+        ):
+            return None
+        # A fax takes no voicemail.
+        return ON_MACHINE_HANG_UP if event.answered_by == "fax" else on_machine
+
+    def voicemail_left(self, lead_id: int, attempt: int) -> None:
+        """The run's voicemail is playing on the call: a machine took it."""
+        call = self.calls.get((lead_id, attempt))
+        if call is not None:
+            call.voicemail_left = True
+
+    def _outcome_name(self, call: InFlightCall, outcome: Outcome) -> LeadOutcome:
+        name = outcome_for(outcome.status)
+        if not self.machines_named:
+            return name
+        outcome.answered_by = outcome.answered_by or call.answered_by
+        if name == LeadOutcome.ANSWERED and outcome.answered_by in MACHINE_ANSWERS:
+            name = LeadOutcome.VOICEMAIL if call.voicemail_left else LeadOutcome.MACHINE
+            outcome.outcome = name
+        return name
+
     def _finish(self, call: InFlightCall, outcome: Outcome, now: float, retry: bool) -> Outcome:
         del self.calls[(call.lead_id, call.attempt)]
         self.state.lines_freed.append(AttemptRef(call.lead_id, call.attempt))
@@ -346,7 +385,7 @@ class RunBook:
             self.state.answered_durations = [*self.state.answered_durations, outcome.duration][
                 -ANSWERED_KEPT:
             ]
-        name = outcome_for(outcome.status)
+        name = self._outcome_name(call, outcome)
         if retry and name in self.options.retry_on and call.attempt < self.options.max_attempts:
             delay = self.options.retry_delay_seconds * self.options.retry_backoff ** (call.attempt - 1)
             lead = LeadRef(call.lead_id, call.phone, call.attempt + 1, call.zones)

@@ -1,4 +1,5 @@
-"""Twilio status callbacks: check the signature, signal the run, nothing else."""
+"""Twilio's callbacks about a run's calls (their status, and who answered): check the signature,
+signal the run, nothing else."""
 
 from __future__ import annotations
 
@@ -13,8 +14,15 @@ from twilio.request_validator import SIGNATURE_SETTINGS_HEADER, RequestValidator
 
 from api.deps import MetricsDep, SettingsDep, TemporalDep
 from api.problems import problems
-from contracts.messages import CallStatusEvent
-from contracts.names import CALL_STATUS, CALL_STATUS_WEBHOOK, TWILIO_WEBHOOKS, run_workflow_id
+from contracts.messages import CallStatusEvent, MachineDetected
+from contracts.names import (
+    CALL_STATUS,
+    CALL_STATUS_WEBHOOK,
+    MACHINE_DETECTED,
+    MACHINE_WEBHOOK,
+    TWILIO_WEBHOOKS,
+    run_workflow_id,
+)
 from outbound_dialer.settings import Settings
 from telephony.twilio_client import CALLBACK_RETRIES
 
@@ -69,7 +77,55 @@ def _signed_by_twilio(request: Request, settings: Settings, url: str, params: di
     )
 
 
-async def _signal_patiently(temporal: Client, run_id: str, event: CallStatusEvent) -> None:
+_MACHINE_FORM = {
+    "type": "object",
+    "properties": {
+        "CallSid": {"type": "string"},
+        "AnsweredBy": {"type": "string"},
+        "MachineDetectionDuration": {"type": "string", "pattern": "^[0-9]*$"},
+    },
+    "required": ["CallSid", "AnsweredBy"],
+    "additionalProperties": {"type": "string"},
+}
+
+
+async def _signed_params(request: Request, settings: Settings, metrics: MetricsDep) -> dict[str, str]:
+    """The callback's form, once its X-Twilio-Signature is found good; a bad one is a 403."""
+    form = await request.form(max_files=0)  # Twilio sends fields, never files
+    params = {key: str(value) for key, value in form.multi_items()}
+    # Behind a proxy the request URL differs from the one Twilio signed: PUBLIC_BASE_URL is the truth.
+    url = settings.PUBLIC_BASE_URL + request.url.path
+    if request.url.query:
+        url += "?" + request.url.query
+    if not _signed_by_twilio(request, settings, url, params):
+        log.warning("webhook signature rejected", extra={"call_sid": params.get("CallSid")})
+        metrics.signature_failures.inc()
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "invalid X-Twilio-Signature")
+    return params
+
+
+async def _signal_run(
+    temporal: Client, metrics: MetricsDep, run_id: str, signal: str, event: CallStatusEvent | MachineDetected
+) -> None:
+    """Signal the run; a run that no longer exists has nothing to learn (Twilio is answered, and
+    stops sending); a run that cannot take it now gets a 503, which Twilio sends again."""
+    context = {"run": run_id, "lead": event.lead_id, "attempt": event.attempt, "call_sid": event.call_sid}
+    try:
+        await _signal_patiently(temporal, run_id, signal, event)
+    except RPCError as error:
+        if error.status == RPCStatusCode.NOT_FOUND:
+            log.info("callback for a run that is no longer running", extra={**context, "signal": signal})
+            return
+        log.error("callback not delivered", extra={**context, "signal": signal, "error": error.message})
+        metrics.webhooks_undelivered.inc()
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, "the run could not take the callback now; send it again"
+        ) from None
+
+
+async def _signal_patiently(
+    temporal: Client, run_id: str, signal: str, event: CallStatusEvent | MachineDetected
+) -> None:
     """Signal the run. While a run continues as new, the server refuses signals for a moment
     ("workflow is closing", RESOURCE_EXHAUSTED) and Twilio does not send a callback twice, so keep
     trying for most of the 15 s Twilio waits for an answer."""
@@ -78,7 +134,7 @@ async def _signal_patiently(temporal: Client, run_id: str, event: CallStatusEven
     pause = 0.05
     while True:
         try:
-            await temporal.get_workflow_handle(run_workflow_id(run_id)).signal(CALL_STATUS, event)
+            await temporal.get_workflow_handle(run_workflow_id(run_id)).signal(signal, event)
             return
         except RPCError as error:
             if error.status != RPCStatusCode.RESOURCE_EXHAUSTED or loop.time() + pause > give_up_at:
@@ -104,16 +160,7 @@ async def call_status(
 ) -> Response:
     """A call's status from Twilio. A bad signature is a 403 and changes nothing; a callback for a
     run that no longer exists is acknowledged, so Twilio stops retrying it."""
-    form = await request.form(max_files=0)  # Twilio sends fields, never files
-    params = {key: str(value) for key, value in form.multi_items()}
-    # Behind a proxy the request URL differs from the one Twilio signed: PUBLIC_BASE_URL is the truth.
-    url = settings.PUBLIC_BASE_URL + request.url.path
-    if request.url.query:
-        url += "?" + request.url.query
-    if not _signed_by_twilio(request, settings, url, params):
-        log.warning("webhook signature rejected", extra={"call_sid": params.get("CallSid")})
-        metrics.signature_failures.inc()
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "invalid X-Twilio-Signature")
+    params = await _signed_params(request, settings, metrics)
     metrics.webhook_received(params.get("CallStatus"))
 
     query = request.query_params
@@ -134,17 +181,62 @@ async def call_status(
     except (KeyError, ValueError) as error:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, f"malformed status callback: {error}") from None
 
-    context = {"run": run_id, "lead": event.lead_id, "attempt": event.attempt, "call_sid": event.call_sid}
+    await _signal_run(temporal, metrics, run_id, CALL_STATUS, event)
+    log.info(
+        "call status",
+        extra={
+            "run": run_id,
+            "lead": event.lead_id,
+            "attempt": event.attempt,
+            "call_sid": event.call_sid,
+            "status": event.status,
+            "seq": event.sequence_number,
+        },
+    )
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post(
+    MACHINE_WEBHOOK.removeprefix(TWILIO_WEBHOOKS),
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=problems(403, 503),
+    openapi_extra={
+        "parameters": _CALLBACK_QUERY,
+        "requestBody": {
+            "required": True,
+            "content": {"application/x-www-form-urlencoded": {"schema": _MACHINE_FORM}},
+        },
+    },
+)
+async def machine_detected(
+    request: Request, settings: SettingsDep, temporal: TemporalDep, metrics: MetricsDep
+) -> Response:
+    """Who answered a call, from Twilio's answering-machine detection (AsyncAmdStatusCallback). A
+    bad signature is a 403 and changes nothing."""
+    params = await _signed_params(request, settings, metrics)
+    query = request.query_params
     try:
-        await _signal_patiently(temporal, run_id, event)
-    except RPCError as error:
-        if error.status == RPCStatusCode.NOT_FOUND:
-            log.info("status for a run that is no longer running", extra={**context, "status": event.status})
-            return Response(status_code=status.HTTP_204_NO_CONTENT)
-        log.error("status not delivered", extra={**context, "status": event.status, "error": error.message})
-        metrics.webhooks_undelivered.inc()
+        run_id = query["run"]
+        event = MachineDetected(
+            lead_id=int(query["lead"]),
+            attempt=int(query["attempt"]),
+            call_sid=params["CallSid"],
+            answered_by=params["AnsweredBy"][:32],
+            at=time.time(),
+        )
+    except (KeyError, ValueError) as error:
         raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE, "the run could not take the status now; send it again"
+            status.HTTP_400_BAD_REQUEST, f"malformed machine detection callback: {error}"
         ) from None
-    log.info("call status", extra={**context, "status": event.status, "seq": event.sequence_number})
+    await _signal_run(temporal, metrics, run_id, MACHINE_DETECTED, event)
+    log.info(
+        "who answered",
+        extra={
+            "run": run_id,
+            "lead": event.lead_id,
+            "attempt": event.attempt,
+            "call_sid": event.call_sid,
+            "answered_by": event.answered_by,
+        },
+    )
     return Response(status_code=status.HTTP_204_NO_CONTENT)

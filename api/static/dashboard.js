@@ -103,6 +103,7 @@
       [call.phone, "mono"],
       [call.attempt],
       [call.status, null, "call-status call-" + call.status],
+      [call.outcome || ""],
       [call.duration ?? ""],
       [call.answered_by || ""],
       [call.error_message || ""],
