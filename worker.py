@@ -21,6 +21,7 @@ from activities.dialing import DialingActivities
 from activities.events import EventActivities
 from activities.gate import GateActivities, GateWatch
 from activities.lines import LineActivities
+from activities.recordings import RecordingActivities, ensure_retention_schedule
 from activities.records import RecordActivities
 from contracts.names import dial_task_queue
 from db.engine import create_engine, create_sessionmaker
@@ -32,6 +33,7 @@ from telephony.twilio_client import close_twilio_client, create_twilio_client
 from workflows.business_events import BusinessEventsWorkflow
 from workflows.business_lines import BusinessLinesWorkflow
 from workflows.outbound_run import OutboundRunWorkflow
+from workflows.recording_retention import RecordingRetentionWorkflow
 
 log = logging.getLogger("worker")
 
@@ -67,6 +69,8 @@ async def build_workers(settings: Settings, client: Client) -> AsyncIterator[lis
         lookup_delay=timedelta(seconds=settings.TWILIO_LOOKUP_DELAY_SECONDS),
     )
     gate = GateActivities(client, settings.GATE_REAP_SECONDS)
+    recordings = RecordingActivities(sessions, twilio)
+    await ensure_retention_schedule(client, settings.TEMPORAL_TASK_QUEUE)
     lines = LineActivities(sessions, twilio, client, courier)
     webhooks = httpx.AsyncClient(timeout=settings.EVENT_TIMEOUT_SECONDS, follow_redirects=False)
     events = EventActivities(sessions, webhooks, settings.EVENT_RETRY_SECONDS)
@@ -75,7 +79,12 @@ async def build_workers(settings: Settings, client: Client) -> AsyncIterator[lis
             Worker(
                 client,
                 task_queue=settings.TEMPORAL_TASK_QUEUE,
-                workflows=[OutboundRunWorkflow, BusinessLinesWorkflow, BusinessEventsWorkflow],
+                workflows=[
+                    OutboundRunWorkflow,
+                    BusinessLinesWorkflow,
+                    BusinessEventsWorkflow,
+                    RecordingRetentionWorkflow,
+                ],
                 graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
                 activities=[
                     records.load_run,
@@ -90,6 +99,7 @@ async def build_workers(settings: Settings, client: Client) -> AsyncIterator[lis
                     gate.closed_workflows,
                     lines.reap_lines,
                     events.deliver_events,
+                    recordings.delete_expired_recordings,
                     read_clock,
                 ],
             ),

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -43,7 +44,7 @@ from contracts.activities import (
     MachineAnswered,
 )
 from contracts.messages import ON_MACHINE_CONTINUE, ON_MACHINE_VOICEMAIL, Answer, Message
-from contracts.statuses import DIALING, FINAL_ATTEMPT_STATUSES, CallStatus
+from contracts.statuses import DIALING, FINAL_ATTEMPT_STATUSES, CallStatus, RecordingStatus
 from db.leases import AttemptKey, Claimed, claim_line, release_lines, release_lines_of_ended_attempts
 from db.models import AgentNumber, Business, CallAttempt, DoNotCall, Lead, Run, utcnow
 from db.outcomes import write_outcomes
@@ -55,8 +56,10 @@ from telephony.twilio_client import (
     NOT_IN_PROGRESS,
     NUMBER_ERROR_CODES,
     RETRY_LATER_CODES,
+    dial_callback_url,
     last_retry_after,
     machine_callback_url,
+    recording_callback_url,
     status_callback_url,
 )
 
@@ -101,7 +104,12 @@ _FENCE = select(*_DIAL_BLOCKERS).where(_RUNS.c.id == bindparam("f_run")).with_fo
 _STORE_SID = (
     update(_ATTEMPTS)
     .where(*_KEY, _ATTEMPTS.c.call_sid.is_(None))
-    .values(call_sid=bindparam("a_sid"), status=CallStatus.QUEUED, updated_at=bindparam("a_now"))
+    .values(
+        call_sid=bindparam("a_sid"),
+        status=CallStatus.QUEUED,
+        updated_at=bindparam("a_now"),
+        recording_status=bindparam("a_recording"),
+    )
 )
 _CLAIMS: dict[str, Executable] = {}
 
@@ -163,9 +171,10 @@ class ToRun:
     url: str | None = None
 
 
-async def _what_to_run(session: AsyncSession, input: DialInput) -> ToRun:
-    """The run's answer as TwiML (with the lead's fields if it names them), or as its voice app's
-    signed URL; runs started before answers were taken play their `twiml`."""
+async def _what_to_run(session: AsyncSession, input: DialInput, dial_action: str) -> ToRun:
+    """The run's answer as TwiML (with the lead's fields if it names them; a connect answer's leg
+    reported to `dial_action`), or as its voice app's signed URL; runs started before answers
+    were taken play their `twiml`."""
     if input.answer is None:
         return ToRun(twiml=input.twiml)
     if input.answer.kind == "voice_app":
@@ -176,10 +185,10 @@ async def _what_to_run(session: AsyncSession, input: DialInput) -> ToRun:
             )
         at = datetime.now(UTC)
         return ToRun(url=voice_app_url(input.answer, secret, input.run_id, input.lead_id, input.attempt, at))
-    return ToRun(twiml=await _twiml(session, input))
+    return ToRun(twiml=await _twiml(session, input, dial_action))
 
 
-async def _twiml(session: AsyncSession, input: DialInput) -> str:
+async def _twiml(session: AsyncSession, input: DialInput, dial_action: str) -> str:
     """The answer as TwiML, with the lead's fields if it names them."""
     assert input.answer is not None
     if input.answer.kind == "connect" and not await _registered(
@@ -194,7 +203,7 @@ async def _twiml(session: AsyncSession, input: DialInput) -> str:
         )
     try:
         return await _twiml_with_lead(
-            session, input.answer, input.run_id, input.lead_id, input.attempt, input.to
+            session, input.answer, input.run_id, input.lead_id, input.attempt, input.to, dial_action
         )
     except ValueError as error:
         # The answer itself is wrong (a kind this worker does not know, mid-deploy): every call of
@@ -203,7 +212,13 @@ async def _twiml(session: AsyncSession, input: DialInput) -> str:
 
 
 async def _twiml_with_lead(
-    session: AsyncSession, said: Answer | Message, run_id: str, lead_id: int, attempt: int, to: str
+    session: AsyncSession,
+    said: Answer | Message,
+    run_id: str,
+    lead_id: int,
+    attempt: int,
+    to: str,
+    dial_action: str | None = None,
 ) -> str:
     """An answer or a voicemail as TwiML, with the lead's fields (read only if it names them)."""
     lead = LeadFields(phone=to, run_id=run_id, lead_id=lead_id, attempt=attempt)
@@ -215,10 +230,10 @@ async def _twiml_with_lead(
         ).first()
         if row is not None:
             lead = replace(lead, name=row.name, metadata=row.extra or {})
-    return twiml_for(said, lead)
+    return twiml_for(said, lead, dial_action)
 
 
-def _machine_detection(input: DialInput) -> dict[str, Any]:
+def _machine_detection(input: DialInput, callback: str) -> dict[str, Any]:
     """The create's answering-machine detection, when the run's answer asks what to do on a
     machine (or the run asked only to know): in the background (`AsyncAmd`), so a person who
     answers hears the answer at once, with Twilio's verdict sent to its own callback. A voicemail
@@ -231,8 +246,21 @@ def _machine_detection(input: DialInput) -> dict[str, Any]:
     return {
         "machine_detection": "DetectMessageEnd" if on_machine == ON_MACHINE_VOICEMAIL else "Enable",
         "async_amd": "true",
-        "async_amd_status_callback": "",  # set by the caller, which knows the public URL
+        "async_amd_status_callback": callback,
         "async_amd_status_callback_method": "POST",
+    }
+
+
+def _recording(input: DialInput, callback: str) -> dict[str, Any]:
+    """The create's recording, when the run's answer records: the whole call, reported to its own
+    callback once made (or found to have no audio: `absent`)."""
+    if input.answer is None or not input.answer.record:
+        return {}
+    return {
+        "record": True,
+        "recording_status_callback": callback,
+        "recording_status_callback_method": "POST",
+        "recording_status_callback_event": ["completed", "absent"],
     }
 
 
@@ -393,7 +421,8 @@ class DialingActivities:
             raise ApplicationError(
                 "the number is on the business's do-not-call list", type=DO_NOT_CALL, non_retryable=True
             )
-        call = await self._create(input, dial, await _what_to_run(session, input))
+        dial_action = dial_callback_url(self.public_base_url, input.run_id, input.lead_id, input.attempt)
+        call = await self._create(input, dial, await _what_to_run(session, input, dial_action))
         placed = DialOutput(call.sid or "", call.status or CallStatus.QUEUED)
         dial.created = placed
         log.info("call placed", extra={**context, "call_sid": placed.call_sid})
@@ -420,7 +449,8 @@ class DialingActivities:
                 status_callback_method="POST",
                 timeout=input.ring_timeout_seconds,
                 time_limit=input.call_time_limit_seconds,
-                **self._machine_detection(input),
+                **_machine_detection(input, self._callback(machine_callback_url, input)),
+                **_recording(input, self._callback(recording_callback_url, input)),
             )
         except TwilioRestException as error:
             dial.refused = error.status < 500
@@ -440,13 +470,8 @@ class DialingActivities:
                 next_retry_delay=self.lookup_delay,
             ) from None
 
-    def _machine_detection(self, input: DialInput) -> dict[str, Any]:
-        detection = _machine_detection(input)
-        if detection:
-            detection["async_amd_status_callback"] = machine_callback_url(
-                self.public_base_url, input.run_id, input.lead_id, input.attempt
-            )
-        return detection
+    def _callback(self, url_for: Callable[[str, str, int, int], str], input: DialInput) -> str:
+        return url_for(self.public_base_url, input.run_id, input.lead_id, input.attempt)
 
     def _wait_for_call_lists(self, dial: _DialState) -> None:
         """Raise (to be retried later) while Twilio's lists may not show yet a call that an earlier
@@ -487,7 +512,16 @@ class DialingActivities:
     async def _store_sid(self, session: AsyncSession, input: DialInput, placed: DialOutput) -> None:
         """Record the call's SID on its attempt."""
         await (await session.connection()).execute(
-            _STORE_SID, {**_attempt_key(input), "a_sid": placed.call_sid, "a_now": utcnow()}
+            _STORE_SID,
+            {
+                **_attempt_key(input),
+                "a_sid": placed.call_sid,
+                "a_now": utcnow(),
+                # Reported by its own callback once made: the call's event waits a little for it.
+                "a_recording": RecordingStatus.PENDING
+                if input.answer is not None and input.answer.record
+                else None,
+            },
         )
 
     @activity.defn(name=HANG_UP)

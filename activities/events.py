@@ -25,7 +25,7 @@ from standardwebhooks.webhooks import Webhook
 from temporalio import activity
 
 from contracts.activities import DELIVER_EVENTS, DeliverEventsInput, DeliveryPass
-from contracts.statuses import OUTCOMES, EventStatus
+from contracts.statuses import OUTCOMES, EventStatus, RecordingStatus
 from db.models import Business, CallAttempt, Event, Lead, Run, utcnow
 from db.outbox import CALL_COMPLETED, RUN_COMPLETED
 from outbound_dialer import observability
@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 # Deliveries are retried for this long after the event was recorded, then it is given up.
 EVENT_RETRY_PERIOD = timedelta(days=3)
 MAX_RETRY_DELAY = timedelta(hours=1)
+# A recorded call's `call.completed` waits this long at most for Twilio to report the recording
+# (it does a few seconds after the call ends), looking again every RECORDING_LOOK.
+RECORDING_WAIT = timedelta(minutes=2)
+RECORDING_LOOK = timedelta(seconds=3)
 # Events one pass of the delivery activity sends before it reports back to its workflow.
 PASS_SIZE = 100
 USER_AGENT = "outbound-dialer-webhooks/1"
@@ -77,6 +81,7 @@ class EventActivities:
                 await self._give_up(session, due, "the business has no webhook registered")
                 result.given_up = len(due)
                 due = []
+            due = await _postpone_until_recorded(session, due)
             bodies = await _bodies(session, due)
         if due:
             assert business is not None and business.webhook_url and business.webhook_secret
@@ -160,6 +165,34 @@ class EventActivities:
         return max(0.0, (earliest - utcnow()).total_seconds())
 
 
+async def _postpone_until_recorded(session: AsyncSession, due: list[Event]) -> list[Event]:
+    """The events to send now: a recorded call's `call.completed` waits (up to RECORDING_WAIT) for
+    its recording, so that the event carries it. The others are put off a moment, in the
+    session's transaction (committed here)."""
+    calls = [e for e in due if e.type == CALL_COMPLETED and e.created_at > utcnow() - RECORDING_WAIT]
+    if not calls:
+        return due
+    waiting = {
+        tuple(row)
+        for row in (
+            await session.execute(
+                select(CallAttempt.run_id, CallAttempt.lead_id, CallAttempt.attempt).where(
+                    CallAttempt.run_id.in_({e.run_id for e in calls}),
+                    CallAttempt.lead_id.in_({e.lead_id for e in calls}),
+                    CallAttempt.recording_status == RecordingStatus.PENDING,
+                )
+            )
+        ).all()
+    }
+    later = [e.id for e in calls if (e.run_id, e.lead_id, e.attempt) in waiting]
+    if later:
+        await session.execute(
+            update(Event).where(Event.id.in_(later)).values(next_attempt_at=utcnow() + RECORDING_LOOK)
+        )
+        await session.commit()
+    return [e for e in due if e.id not in later]
+
+
 async def _bodies(session: AsyncSession, events: list[Event]) -> dict[str, str]:
     """Each event's JSON body, built from the records it reports on (final once it is recorded)."""
     calls = [e for e in events if e.type == CALL_COMPLETED]
@@ -217,6 +250,18 @@ def _call_data(attempt: CallAttempt, lead: Lead, final: bool) -> dict[str, Any]:
         # False when the lead is to be called again: a later attempt reports its outcome.
         "final": final,
         "outcome": attempt.lead_outcome,
+        # A connect answer's leg to the agent number, and the call's recording, when there are.
+        "bridged": {"status": attempt.bridged_status, "seconds": attempt.bridged_seconds}
+        if attempt.bridged_status
+        else None,
+        "recording": {
+            "sid": attempt.recording_sid,
+            "status": attempt.recording_status,
+            "seconds": attempt.recording_seconds,
+            "url": attempt.recording_url,
+        }
+        if attempt.recording_status
+        else None,
         "call_sid": attempt.call_sid,
         "call_status": attempt.status,
         "duration": attempt.duration,

@@ -22,6 +22,7 @@ REQUEST_LINES = "request_lines"
 CLOSED_WORKFLOWS = "closed_workflows"
 REAP_LINES = "reap_lines"
 DELIVER_EVENTS = "deliver_events"
+DELETE_EXPIRED_RECORDINGS = "delete_expired_recordings"
 
 # The types of the errors activities fail with, as the workflows tell them apart.
 INVALID_NUMBER = "InvalidNumber"
@@ -244,3 +245,13 @@ class DeliveryPass:
     given_up: int = 0
     more: bool = False
     next_attempt_in: float | None = None
+
+
+@dataclass
+class RetentionPass:
+    """One pass of deleting recordings past their business's retention: how many were deleted at
+    Twilio, how many Twilio refused (tried again at the next hour), and whether more are due."""
+
+    deleted: int = 0
+    refused: int = 0
+    more: bool = False

@@ -60,6 +60,8 @@ class Answer:
     metadata_fields: list[str] = field(default_factory=list)
     on_machine: str | None = None
     voicemail: Message | None = None
+    # Twilio records each answered call; the recording is kept on its attempt.
+    record: bool = False
 
 
 DEFAULT_ANSWER = Answer(say="Hello. This is a call from your outbound campaign.")

@@ -9,6 +9,7 @@ from temporalio.common import SearchAttributeKey
 RUN_WORKFLOW = "OutboundRunWorkflow"
 GATE_WORKFLOW = "BusinessLinesWorkflow"
 EVENTS_WORKFLOW = "BusinessEventsWorkflow"
+RETENTION_WORKFLOW = "RecordingRetentionWorkflow"  # started hourly by a schedule per task queue
 
 # A run's signals and query.
 CALL_STATUS = "call_status"  # Twilio's status callback for one of the run's calls
@@ -32,6 +33,10 @@ TWILIO_WEBHOOKS = "/v1/webhooks/twilio"
 CALL_STATUS_WEBHOOK = f"{TWILIO_WEBHOOKS}/call-status"
 # Where Twilio posts its answering-machine detection's verdict (AsyncAmdStatusCallback); same query.
 MACHINE_WEBHOOK = f"{TWILIO_WEBHOOKS}/machine"
+# Where Twilio reports the leg a connect answer bridged to (its <Dial> action); same query.
+DIAL_WEBHOOK = f"{TWILIO_WEBHOOKS}/dial"
+# Where Twilio reports a call's recording (RecordingStatusCallback); same query.
+RECORDING_WEBHOOK = f"{TWILIO_WEBHOOKS}/recording"
 
 BUSINESS_ID = SearchAttributeKey.for_keyword("BusinessId")
 # "RunId" is reserved by Temporal (every execution has one), so the run id goes under this name.
@@ -58,6 +63,11 @@ def gate_workflow_id(business_id: str) -> str:
 def events_workflow_id(business_id: str) -> str:
     """The id of the workflow that delivers a business's events to its webhook."""
     return f"business-events-{business_id}"
+
+
+def retention_schedule_id(task_queue: str) -> str:
+    """The schedule that deletes recordings past their business's retention, hourly."""
+    return f"recording-retention-{task_queue}"
 
 
 def dial_task_queue(task_queue: str) -> str:

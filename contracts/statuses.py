@@ -25,6 +25,17 @@ class EventStatus(StrEnum):
     FAILED = "failed"  # given up after EVENT_RETRY_PERIOD of retries
 
 
+class RecordingStatus(StrEnum):
+    """A call's recording, on its attempt: asked for when the call was placed (`pending`), made
+    (`completed`), not made (Twilio's `absent`: no audio), or deleted at Twilio once the business's
+    retention ran out."""
+
+    PENDING = "pending"
+    COMPLETED = "completed"
+    ABSENT = "absent"
+    DELETED = "deleted"
+
+
 # A run whose workflow is still at work (paused is still alive: it resumes).
 LIVE_RUN_STATUSES = (RunStatus.RUNNING, RunStatus.PAUSED)
 FINAL_RUN_STATUSES = (RunStatus.COMPLETED, RunStatus.CANCELLED, RunStatus.FAILED)

@@ -69,6 +69,8 @@ class Business(Base):
     # the secret itself to sign, so it is kept, not hashed). No events are recorded without a URL.
     webhook_url: Mapped[str | None] = mapped_column(String(2000))
     webhook_secret: Mapped[str | None] = mapped_column(String(100))
+    # Recordings of its calls are deleted at Twilio this many days after they were made; kept if unset.
+    recording_retention_days: Mapped[int | None] = mapped_column(Integer)
 
 
 class Run(Base):
@@ -126,6 +128,18 @@ class CallAttempt(Base):
     error_message: Mapped[str | None] = mapped_column(Text)
     # The attempt's outcome where its status alone does not say it (`voicemail`, `machine`).
     outcome: Mapped[str | None] = mapped_column(String(16))
+    # The leg a connect answer bridged the call to (Twilio's <Dial> action): its status and length.
+    bridged_call_sid: Mapped[str | None] = mapped_column(String(34))
+    bridged_status: Mapped[str | None] = mapped_column(String(16))
+    bridged_seconds: Mapped[int | None] = mapped_column(Integer)
+    # The call's recording, when its answer records: `pending` from the dial until Twilio reports
+    # it (`completed`, or `absent` when there was no audio), `deleted` once the business's
+    # retention has run out and it is deleted at Twilio.
+    recording_sid: Mapped[str | None] = mapped_column(String(34), index=True, unique=True)
+    recording_status: Mapped[str | None] = mapped_column(String(16))
+    recording_seconds: Mapped[int | None] = mapped_column(Integer)
+    recording_url: Mapped[str | None] = mapped_column(Text)
+    recording_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

@@ -30,6 +30,11 @@ CALL_COLUMNS = (
     "started_at",
     "ended_at",
     "outcome",
+    "bridged_status",
+    "bridged_seconds",
+    "recording_sid",
+    "recording_seconds",
+    "recording_url",
     "lead_status",
 )
 # Metadata may hold up to 50 values of 1,000 characters a lead: keep a page's text small.
@@ -109,6 +114,11 @@ async def calls_csv(
                         CallAttempt.error_code,
                         CallAttempt.error_message,
                         CallAttempt.outcome,
+                        CallAttempt.bridged_status,
+                        CallAttempt.bridged_seconds,
+                        CallAttempt.recording_sid,
+                        CallAttempt.recording_seconds,
+                        CallAttempt.recording_url,
                         CallAttempt.created_at,
                         CallAttempt.updated_at,
                     )
@@ -150,10 +160,15 @@ def _page_rows(
                 _iso(a.created_at),
                 ended,
                 outcome,
+                a.bridged_status or "",
+                _text(a.bridged_seconds),
+                a.recording_sid or "",
+                _text(a.recording_seconds),
+                a.recording_url or "",
                 *tail,
             ]
         if lead.id not in attempts:
-            yield [*lead_cells, *([""] * 10), *tail]
+            yield [*lead_cells, *([""] * 15), *tail]
 
 
 def _csv_text(rows: Iterable[list[str]]) -> str:

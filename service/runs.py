@@ -54,7 +54,16 @@ from service.errors import LeadListInvalid, RunNotFound, RunNotLive, UploadUnrea
 from service.lead_files import Record
 from service.leads import JSON_LEADS, UPLOAD_LINES, LeadList
 from service.progress import progress_from_database, progress_from_workflow
-from service.schemas import AnswerIn, CallingWindowIn, CallPublic, LeadIn, RunCreated, RunOptionsIn, RunPublic
+from service.schemas import (
+    AnswerIn,
+    CallingWindowIn,
+    CallPublic,
+    LeadIn,
+    RecordingPublic,
+    RunCreated,
+    RunOptionsIn,
+    RunPublic,
+)
 from telephony.answers import LeadFields, twiml_for
 
 log = logging.getLogger(__name__)
@@ -302,6 +311,16 @@ class RunService:
                 error_code=a.error_code,
                 error_message=a.error_message,
                 outcome=a.lead_outcome if a.status in FINAL_ATTEMPT_STATUSES else None,
+                bridged_status=a.bridged_status,
+                bridged_seconds=a.bridged_seconds,
+                recording=RecordingPublic(
+                    sid=a.recording_sid,
+                    status=a.recording_status,
+                    seconds=a.recording_seconds,
+                    url=a.recording_url,
+                )
+                if a.recording_status
+                else None,
                 created_at=a.created_at,
                 updated_at=a.updated_at,
             )

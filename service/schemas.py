@@ -309,6 +309,10 @@ class AnswerIn(BaseModel):
     voicemail: VoicemailIn | None = Field(
         default=None, description='What to leave on a machine, with `"on_machine": "voicemail"`.'
     )
+    record: StrictBool | None = Field(
+        default=None,
+        description="Record each answered call; the recording is kept on its attempt (see `recording_retention_days`).",
+    )
 
     @model_validator(mode="after")
     def _voicemail_when_asked(self) -> AnswerIn:
@@ -359,6 +363,7 @@ class AnswerIn(BaseModel):
             metadata_fields=list(self.metadata_fields or ()),
             on_machine=self.on_machine,
             voicemail=self.voicemail.to_message() if self.voicemail is not None else None,
+            record=bool(self.record),
         )
 
 
@@ -495,6 +500,27 @@ class RunPublic(BaseModel):
     finished_at: datetime | None
 
 
+class RecordingPublic(BaseModel):
+    """A call's recording, once Twilio has reported it."""
+
+    sid: str | None
+    status: str = Field(description="pending, completed, absent (no audio) or deleted (past its retention).")
+    seconds: int | None
+    url: str | None = Field(description="Twilio's URL of the recording (its account's credentials fetch it).")
+
+
+class RecordingsIn(BaseModel):
+    """How long a business keeps its calls' recordings at Twilio."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    retention_days: int | None = Field(
+        ge=1,
+        le=3650,
+        description="Delete each recording at Twilio this many days after it was made; keep them if null.",
+    )
+
+
 class CallPublic(BaseModel):
     lead: int
     phone: str
@@ -508,6 +534,11 @@ class CallPublic(BaseModel):
     outcome: str | None = Field(
         description="What the attempt's ending means for its lead, once it has ended."
     )
+    bridged_status: str | None = Field(
+        default=None, description="A connect answer's leg to the agent number: Twilio's DialCallStatus."
+    )
+    bridged_seconds: int | None = None
+    recording: RecordingPublic | None = None
     created_at: datetime
     updated_at: datetime
 

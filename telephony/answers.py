@@ -85,12 +85,13 @@ def _xml_text(value: str, limit: int) -> str:
     return NOT_XML.sub("", value)[:limit]
 
 
-def twiml_for(answer: Answer | Message, lead: LeadFields) -> str:
+def twiml_for(answer: Answer | Message, lead: LeadFields, dial_action: str | None = None) -> str:
     """The TwiML an answered call runs (or a voicemail left on a machine), within Twilio's size for
-    it: lead fields are cut shorter if the message would not fit, then left out."""
+    it: lead fields are cut shorter if the message would not fit, then left out. A connect answer's
+    `<Dial>` reports the bridged leg to `dial_action`."""
     for limit in (MAX_FIELD_CHARS, 40, 0):
         if isinstance(answer, Answer):
-            response = _response(answer, lead, limit)
+            response = _response(answer, lead, limit, dial_action)
         else:
             response = _message(VoiceResponse(), answer, lead, limit)
         twiml = str(response)
@@ -99,12 +100,12 @@ def twiml_for(answer: Answer | Message, lead: LeadFields) -> str:
     raise ValueError(f"the answer's TwiML is longer than {MAX_TWIML_CHARS} characters")
 
 
-def _response(answer: Answer, lead: LeadFields, limit: int) -> VoiceResponse:
+def _response(answer: Answer, lead: LeadFields, limit: int, dial_action: str | None) -> VoiceResponse:
     response = VoiceResponse()
     if answer.kind == "connect":
         if not answer.number:
             raise ValueError("a connect answer needs a number")
-        dial = response.dial()
+        dial = response.dial(action=dial_action, method="POST") if dial_action else response.dial()
         dial.number(answer.number)
         return response
     if answer.kind == "voice_agent":

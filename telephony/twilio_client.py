@@ -10,7 +10,7 @@ from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.http.response import Response
 from twilio.rest import Client
 
-from contracts.names import CALL_STATUS_WEBHOOK, MACHINE_WEBHOOK
+from contracts.names import CALL_STATUS_WEBHOOK, DIAL_WEBHOOK, MACHINE_WEBHOOK, RECORDING_WEBHOOK
 from outbound_dialer.settings import Settings
 
 # Twilio's error codes for a create-call, by what they mean for a run
@@ -102,6 +102,16 @@ def status_callback_url(public_base_url: str, run_id: str, lead_id: int, attempt
 def machine_callback_url(public_base_url: str, run_id: str, lead_id: int, attempt: int) -> str:
     """Where Twilio reports who answered a call (AsyncAmdStatusCallback), naming the attempt."""
     return _callback_url(public_base_url, MACHINE_WEBHOOK, run_id, lead_id, attempt)
+
+
+def dial_callback_url(public_base_url: str, run_id: str, lead_id: int, attempt: int) -> str:
+    """Where Twilio reports how the leg a connect answer bridged to went (the <Dial> action)."""
+    return _callback_url(public_base_url, DIAL_WEBHOOK, run_id, lead_id, attempt)
+
+
+def recording_callback_url(public_base_url: str, run_id: str, lead_id: int, attempt: int) -> str:
+    """Where Twilio reports a call's recording (RecordingStatusCallback), naming the attempt."""
+    return _callback_url(public_base_url, RECORDING_WEBHOOK, run_id, lead_id, attempt)
 
 
 def _callback_url(public_base_url: str, path: str, run_id: str, lead_id: int, attempt: int) -> str:

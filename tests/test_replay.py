@@ -17,6 +17,7 @@ from temporalio.workflow import NondeterminismError
 from workflows.business_events import BusinessEventsWorkflow
 from workflows.business_lines import BusinessLinesWorkflow
 from workflows.outbound_run import OutboundRunWorkflow
+from workflows.recording_retention import RecordingRetentionWorkflow
 
 FOLDER = Path(__file__).parent / "histories"
 # The execution `gate_reset_by_operator` was reset from.
@@ -44,14 +45,21 @@ def test_histories_of_the_main_paths_are_kept() -> None:
     operators |= {"run_paused_across_continue_as_new", "run_skipped_window", "run_cancelled_without_database"}
     operators |= {"run_reset_then_cancelled", "gate_greeted_a_waiting_run"}
     assert operators <= set(HISTORIES), "what operators and Twilio do"
-    answers = {"run_paused_by_its_answer", "run_left_voicemail"}
+    answers = {"run_paused_by_its_answer", "run_left_voicemail", "recordings_past_retention"}
     assert answers <= set(HISTORIES), "what an answered call does"
 
 
 @pytest.mark.parametrize("name", sorted(HISTORIES))
 async def test_saved_history_replays(name: str) -> None:
     history = WorkflowHistory.from_json(name, HISTORIES[name])
-    replayer = Replayer(workflows=[OutboundRunWorkflow, BusinessLinesWorkflow, BusinessEventsWorkflow])
+    replayer = Replayer(
+        workflows=[
+            OutboundRunWorkflow,
+            BusinessLinesWorkflow,
+            BusinessEventsWorkflow,
+            RecordingRetentionWorkflow,
+        ]
+    )
     await replayer.replay_workflow(history)
 
 

@@ -28,6 +28,11 @@ CALL_COLUMNS = [
     "started_at",
     "ended_at",
     "outcome",
+    "bridged_status",
+    "bridged_seconds",
+    "recording_sid",
+    "recording_seconds",
+    "recording_url",
     "lead_status",
 ]
 

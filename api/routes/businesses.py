@@ -32,6 +32,7 @@ from service.schemas import (
     BusinessCreated,
     BusinessPublic,
     EventPublic,
+    RecordingsIn,
     RunCreated,
     TestCallIn,
     WebhookIn,
@@ -79,6 +80,21 @@ async def set_answer(body: AnswerIn, business: BusinessDep, session: SessionDep)
     runs under way keep theirs. A `connect` answer's number must be a registered agent number."""
     secret = await save_answer(session, business, body)
     return AnswerSaved(**body.model_dump(), signing_secret=secret)
+
+
+@router.get("/me/recordings", response_model=RecordingsIn)
+async def read_recordings(business: BusinessDep) -> RecordingsIn:
+    """How long the business keeps its calls' recordings (an answer with `"record": true` makes them)."""
+    return RecordingsIn(retention_days=business.recording_retention_days)
+
+
+@router.put("/me/recordings", response_model=RecordingsIn)
+async def set_recordings(body: RecordingsIn, business: BusinessDep, session: SessionDep) -> RecordingsIn:
+    """Keep recordings for `retention_days` (then they are deleted at Twilio, hourly), or for good
+    (null). It applies to every recording the business has, made before or after."""
+    business.recording_retention_days = body.retention_days
+    session.add(business)
+    return body
 
 
 @router.post("/me/test-call", status_code=status.HTTP_201_CREATED, response_model=RunCreated)

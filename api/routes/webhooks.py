@@ -1,29 +1,36 @@
-"""Twilio's callbacks about a run's calls (their status, and who answered): check the signature,
-signal the run, nothing else."""
+"""Twilio's callbacks about a run's calls: their status and who answered (check the signature,
+signal the run, nothing else), and the bridged leg and the recording (check the signature, keep
+them on the attempt)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 
 from fastapi import APIRouter, HTTPException, Request, Response, status
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 from twilio.request_validator import SIGNATURE_SETTINGS_HEADER, RequestValidator, get_signature_algorithm
+from twilio.twiml.voice_response import VoiceResponse
 
-from api.deps import MetricsDep, SettingsDep, TemporalDep
+from api.deps import MetricsDep, SessionDep, SettingsDep, TemporalDep
 from api.problems import problems
 from contracts.messages import CallStatusEvent, MachineDetected
 from contracts.names import (
     CALL_STATUS,
     CALL_STATUS_WEBHOOK,
+    DIAL_WEBHOOK,
     MACHINE_DETECTED,
     MACHINE_WEBHOOK,
+    RECORDING_WEBHOOK,
     TWILIO_WEBHOOKS,
     run_workflow_id,
 )
+from contracts.statuses import RecordingStatus
 from outbound_dialer.settings import Settings
+from service.call_reports import AttemptCall, BridgedLeg, Recording, record_bridged_leg, record_recording
 from telephony.twilio_client import CALLBACK_RETRIES
 
 log = logging.getLogger(__name__)
@@ -237,6 +244,123 @@ async def machine_detected(
             "attempt": event.attempt,
             "call_sid": event.call_sid,
             "answered_by": event.answered_by,
+        },
+    )
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+_DIAL_FORM = {
+    "type": "object",
+    "properties": {
+        "CallSid": {"type": "string"},
+        "DialCallSid": {"type": "string"},
+        "DialCallStatus": {"type": "string"},
+        "DialCallDuration": {"type": "string", "pattern": "^[0-9]*$"},
+    },
+    "required": ["CallSid", "DialCallStatus"],
+    "additionalProperties": {"type": "string"},
+}
+_RECORDING_FORM = {
+    "type": "object",
+    "properties": {
+        "CallSid": {"type": "string"},
+        "RecordingSid": {"type": "string"},
+        "RecordingStatus": {"type": "string"},
+        "RecordingDuration": {"type": "string", "pattern": "^[0-9]*$"},
+        "RecordingUrl": {"type": "string"},
+    },
+    "required": ["CallSid", "RecordingSid", "RecordingStatus"],
+    "additionalProperties": {"type": "string"},
+}
+# What an answered call does once its bridged leg has ended: nothing more (Twilio hangs up).
+_HANG_UP = str(VoiceResponse())
+
+
+def _attempt_call(request: Request, params: dict[str, str]) -> AttemptCall:
+    query = request.query_params
+    try:
+        return AttemptCall(query["run"], int(query["lead"]), int(query["attempt"]), params["CallSid"][:34])
+    except (KeyError, ValueError) as error:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, f"malformed callback: {error}") from None
+
+
+def _report_form(schema: Mapping[str, object]) -> dict[str, object]:
+    return {
+        "parameters": _CALLBACK_QUERY,
+        "requestBody": {
+            "required": True,
+            "content": {"application/x-www-form-urlencoded": {"schema": schema}},
+        },
+    }
+
+
+@router.post(
+    DIAL_WEBHOOK.removeprefix(TWILIO_WEBHOOKS),
+    responses={200: {"content": {"application/xml": {}}}, **problems(403)},
+    response_class=Response,
+    openapi_extra=_report_form(_DIAL_FORM),
+)
+async def bridged_leg(
+    request: Request, settings: SettingsDep, metrics: MetricsDep, session: SessionDep
+) -> Response:
+    """How the leg a connect answer bridged the call to went (Twilio's `<Dial>` action), kept on
+    the attempt. Answered with TwiML that ends the call. A bad signature is a 403."""
+    params = await _signed_params(request, settings, metrics)
+    call = _attempt_call(request, params)
+    leg = BridgedLeg(
+        status=params.get("DialCallStatus", "")[:16],
+        seconds=_int(params.get("DialCallDuration")),
+        call_sid=(params.get("DialCallSid") or None) and params["DialCallSid"][:34],
+    )
+    kept = await record_bridged_leg(session, call, leg)
+    log.info(
+        "bridged leg",
+        extra={
+            "run": call.run_id,
+            "lead": call.lead_id,
+            "attempt": call.attempt,
+            "call_sid": call.call_sid,
+            "status": leg.status,
+            "kept": kept,
+        },
+    )
+    return Response(_HANG_UP, media_type="application/xml")
+
+
+@router.post(
+    RECORDING_WEBHOOK.removeprefix(TWILIO_WEBHOOKS),
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=problems(403),
+    openapi_extra=_report_form(_RECORDING_FORM),
+)
+async def recording(
+    request: Request, settings: SettingsDep, metrics: MetricsDep, session: SessionDep
+) -> Response:
+    """A call's recording, from Twilio's recording status callback, kept on the attempt (its SID,
+    length and URL). A bad signature is a 403."""
+    params = await _signed_params(request, settings, metrics)
+    call = _attempt_call(request, params)
+    reported = params.get("RecordingStatus", "")
+    if reported not in (RecordingStatus.COMPLETED, RecordingStatus.ABSENT):
+        return Response(status_code=status.HTTP_204_NO_CONTENT)  # in-progress: the end will come
+    url = params.get("RecordingUrl", "")
+    made = Recording(
+        sid=params.get("RecordingSid", "")[:34],
+        status=reported,
+        seconds=_int(params.get("RecordingDuration")),
+        url=url[:1000] if url.startswith("https://") else None,
+    )
+    kept = await record_recording(session, call, made)
+    log.info(
+        "recording",
+        extra={
+            "run": call.run_id,
+            "lead": call.lead_id,
+            "attempt": call.attempt,
+            "call_sid": call.call_sid,
+            "recording_sid": made.sid,
+            "status": reported,
+            "kept": kept,
         },
     )
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -106,6 +106,8 @@
       [call.outcome || ""],
       [call.duration ?? ""],
       [call.answered_by || ""],
+      [call.bridged_status ? call.bridged_status + " (" + (call.bridged_seconds || 0) + " s)" : ""],
+      [call.recording ? (call.recording.sid || call.recording.status) + (call.recording.seconds != null ? " (" + call.recording.seconds + " s)" : "") : "", "mono"],
       [call.error_message || ""],
       [clock(call.updated_at)],
       [call.call_sid || "", "mono"],
