@@ -29,7 +29,7 @@ from outbound_dialer.logs import configure_logging
 from outbound_dialer.observability import serve_worker_metrics, worker_runtime
 from outbound_dialer.settings import Settings, get_settings
 from outbound_dialer.temporal_client import connect_temporal
-from telephony.twilio_client import close_twilio_client, create_twilio_client
+from telephony.twilio_client import CallbackUrls, close_twilio_client, create_twilio_client
 from workflows.business_events import BusinessEventsWorkflow
 from workflows.business_lines import BusinessLinesWorkflow
 from workflows.outbound_run import OutboundRunWorkflow
@@ -64,7 +64,7 @@ async def build_workers(settings: Settings, client: Client) -> AsyncIterator[lis
     dialing = DialingActivities(
         sessions,
         twilio,
-        settings.PUBLIC_BASE_URL,
+        CallbackUrls.of(settings),
         courier,
         lookup_delay=timedelta(seconds=settings.TWILIO_LOOKUP_DELAY_SECONDS),
     )

@@ -6,7 +6,6 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -56,11 +55,8 @@ from telephony.twilio_client import (
     NOT_IN_PROGRESS,
     NUMBER_ERROR_CODES,
     RETRY_LATER_CODES,
-    dial_callback_url,
+    CallbackUrls,
     last_retry_after,
-    machine_callback_url,
-    recording_callback_url,
-    status_callback_url,
 )
 
 log = logging.getLogger(__name__)
@@ -282,13 +278,13 @@ class DialingActivities:
         self,
         sessions: async_sessionmaker[AsyncSession],
         twilio: Client,
-        public_base_url: str,
+        callbacks: CallbackUrls,
         courier: EventCourier | None = None,
         lookup_delay: timedelta = timedelta(seconds=15),
     ) -> None:
         self.sessions = sessions
         self.twilio = twilio
-        self.public_base_url = public_base_url
+        self.callbacks = callbacks
         self.courier = courier
         # How long after a create that may have placed its call the call is looked for in Twilio's
         # lists (TWILIO_LOOKUP_DELAY_SECONDS): longer than they lag, and than a call stays queued.
@@ -421,7 +417,7 @@ class DialingActivities:
             raise ApplicationError(
                 "the number is on the business's do-not-call list", type=DO_NOT_CALL, non_retryable=True
             )
-        dial_action = dial_callback_url(self.public_base_url, input.run_id, input.lead_id, input.attempt)
+        dial_action = self.callbacks.dial(input.run_id, input.lead_id, input.attempt)
         call = await self._create(input, dial, await _what_to_run(session, input, dial_action))
         placed = DialOutput(call.sid or "", call.status or CallStatus.QUEUED)
         dial.created = placed
@@ -442,15 +438,15 @@ class DialingActivities:
                 twiml=runs.twiml if runs.twiml is not None else values.unset,
                 url=runs.url if runs.url is not None else values.unset,
                 method="POST" if runs.url is not None else values.unset,
-                status_callback=status_callback_url(
-                    self.public_base_url, input.run_id, input.lead_id, input.attempt
-                ),
+                status_callback=self.callbacks.status(input.run_id, input.lead_id, input.attempt),
                 status_callback_event=STATUS_EVENTS,
                 status_callback_method="POST",
                 timeout=input.ring_timeout_seconds,
                 time_limit=input.call_time_limit_seconds,
-                **_machine_detection(input, self._callback(machine_callback_url, input)),
-                **_recording(input, self._callback(recording_callback_url, input)),
+                **_machine_detection(
+                    input, self.callbacks.machine(input.run_id, input.lead_id, input.attempt)
+                ),
+                **_recording(input, self.callbacks.recording(input.run_id, input.lead_id, input.attempt)),
             )
         except TwilioRestException as error:
             dial.refused = error.status < 500
@@ -469,9 +465,6 @@ class DialingActivities:
                 type=type(error).__name__,
                 next_retry_delay=self.lookup_delay,
             ) from None
-
-    def _callback(self, url_for: Callable[[str, str, int, int], str], input: DialInput) -> str:
-        return url_for(self.public_base_url, input.run_id, input.lead_id, input.attempt)
 
     def _wait_for_call_lists(self, dial: _DialState) -> None:
         """Raise (to be retried later) while Twilio's lists may not show yet a call that an earlier
@@ -539,29 +532,36 @@ class DialingActivities:
 
     @activity.defn(name=ANSWER_MACHINE)
     async def answer_machine(self, input: AnswerMachineInput) -> MachineAnswered:
-        """A machine answered: end the call, or put the run's voicemail on it (Twilio plays it and
-        hangs up). A call that has already ended is not an error: `done` is False."""
+        """Put the run's voicemail on a call a machine answered (Twilio plays it, then hangs up).
+        A call that has already ended is not an error: `done` is False. Once Twilio has taken it,
+        a retry of this activity (its answer lost) does not send it again, which would start the
+        message over."""
         context = {
             "run": input.run_id,
             "lead": input.lead_id,
             "attempt": input.attempt,
             "call_sid": input.call_sid,
         }
+        if activity.info().heartbeat_details:
+            return MachineAnswered(done=True, at=time.time())
+        if input.voicemail is None:
+            raise ApplicationError("no voicemail to leave", type=ANSWER_INVALID, non_retryable=True)
         try:
-            if input.voicemail is None:
-                await self.twilio.calls(input.call_sid).update_async(status=CallStatus.COMPLETED)
-            else:
-                async with self.sessions() as session:
-                    twiml = await _twiml_with_lead(
-                        session, input.voicemail, input.run_id, input.lead_id, input.attempt, input.to
-                    )
-                await self.twilio.calls(input.call_sid).update_async(twiml=twiml)
+            async with self.sessions() as session:
+                twiml = await _twiml_with_lead(
+                    session, input.voicemail, input.run_id, input.lead_id, input.attempt, input.to
+                )
+        except ValueError as error:
+            raise ApplicationError(str(error), type=ANSWER_INVALID, non_retryable=True) from None
+        try:
+            await self.twilio.calls(input.call_sid).update_async(twiml=twiml)
         except TwilioRestException as error:
             if error.status == 404 or error.code == NOT_IN_PROGRESS:
                 log.info("machine's call had ended", extra=context)
                 return MachineAnswered(done=False, at=time.time())
             raise _classify(error) from None
-        log.info("voicemail left" if input.voicemail else "hung up on a machine", extra=context)
+        activity.heartbeat("voicemail sent")
+        log.info("voicemail left", extra=context)
         return MachineAnswered(done=True, at=time.time())
 
     @activity.defn(name=FETCH_CALL)

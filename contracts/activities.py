@@ -98,8 +98,8 @@ class FetchCallInput:
 
 @dataclass
 class AnswerMachineInput:
-    """A machine answered one of the run's calls: end the call (`voicemail` None), or leave
-    `voicemail` on it (said with the lead's fields if it names them)."""
+    """A machine answered one of the run's calls: leave `voicemail` on it (said with the lead's
+    fields if it names them)."""
 
     run_id: str
     lead_id: int

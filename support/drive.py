@@ -12,11 +12,16 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import phonenumbers
 import uvicorn
 from fastapi import FastAPI
 from temporalio.client import Client, WorkflowHistory
+from twilio.request_validator import RequestValidator
+
+from outbound_dialer.settings import Settings
+from telephony.twilio_client import CallbackUrls
 
 ROOT = Path(__file__).resolve().parent.parent
 ALWAYS_OPEN = {"start": "00:00", "end": "24:00"}
@@ -112,3 +117,25 @@ def overlap_peak(intervals: list[tuple[float, float]]) -> int:
         current += step
         peak = max(peak, current)
     return peak
+
+
+def twilio_callback(
+    settings: Settings,
+    path: str,
+    query: dict[str, Any],
+    params: dict[str, str],
+    token: str | None = None,
+    ours: bool = True,
+) -> dict[str, Any]:
+    """A callback as Twilio would send it to `path` for the attempt in `query` (run, lead,
+    attempt): signed with `token` (the deployment's auth token if unset), to a URL the deployment
+    made (`ours`) or to one with the same query but no token of ours, as a business's own TwiML
+    could give Twilio. The keyword arguments of an httpx POST."""
+    urls = CallbackUrls.of(settings)
+    if ours:
+        url = urls.url(path, str(query["run"]), int(query["lead"]), int(query["attempt"])).split("#")[0]
+    else:
+        url = f"{settings.PUBLIC_BASE_URL}{path}?{urlencode(query)}"
+    secret = token if token is not None else settings.TWILIO_AUTH_TOKEN.get_secret_value()
+    signature = RequestValidator(secret).compute_signature(url, params)
+    return {"url": url, "data": params, "headers": {"X-Twilio-Signature": signature}}

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import hmac
+from collections.abc import Mapping
 from contextvars import ContextVar
+from dataclasses import dataclass
+from hashlib import sha256
 from typing import Any
 from urllib.parse import urlencode
 
@@ -93,27 +97,55 @@ async def close_twilio_client(client: Client) -> None:
 CALLBACK_RETRIES = "rc=5&rp=ct,rt,5xx"
 
 
-def status_callback_url(public_base_url: str, run_id: str, lead_id: int, attempt: int) -> str:
-    """Where Twilio reports a call's progress; it names the attempt, so a callback for a call whose
-    create response was lost still finds its attempt."""
-    return _callback_url(public_base_url, CALL_STATUS_WEBHOOK, run_id, lead_id, attempt)
+@dataclass(frozen=True)
+class CallbackUrls:
+    """The URLs Twilio reports a call's news to (its status, who answered, the agent's leg, the
+    recording). Each names the attempt, so a callback for a call whose create response was lost
+    still finds it, and carries a token (`t`) only this deployment can make. Twilio signs every
+    request it sends, also to a URL a business's own TwiML gave it (`<Number statusCallback=...>`
+    in a voice app): the signature says the request came from Twilio, the token that the URL is
+    one we made, for that attempt and that callback."""
 
+    public_base_url: str
+    key: bytes
 
-def machine_callback_url(public_base_url: str, run_id: str, lead_id: int, attempt: int) -> str:
-    """Where Twilio reports who answered a call (AsyncAmdStatusCallback), naming the attempt."""
-    return _callback_url(public_base_url, MACHINE_WEBHOOK, run_id, lead_id, attempt)
+    @classmethod
+    def of(cls, settings: Settings) -> CallbackUrls:
+        """The deployment's callback URLs; their key derives from the Twilio auth token."""
+        token = settings.TWILIO_AUTH_TOKEN.get_secret_value().encode()
+        return cls(
+            settings.PUBLIC_BASE_URL, hmac.new(token, b"outbound-dialer callback url", sha256).digest()
+        )
 
+    def status(self, run_id: str, lead_id: int, attempt: int) -> str:
+        """Where Twilio reports a call's progress (StatusCallback)."""
+        return self.url(CALL_STATUS_WEBHOOK, run_id, lead_id, attempt)
 
-def dial_callback_url(public_base_url: str, run_id: str, lead_id: int, attempt: int) -> str:
-    """Where Twilio reports how the leg a connect answer bridged to went (the <Dial> action)."""
-    return _callback_url(public_base_url, DIAL_WEBHOOK, run_id, lead_id, attempt)
+    def machine(self, run_id: str, lead_id: int, attempt: int) -> str:
+        """Where Twilio reports who answered (AsyncAmdStatusCallback)."""
+        return self.url(MACHINE_WEBHOOK, run_id, lead_id, attempt)
 
+    def dial(self, run_id: str, lead_id: int, attempt: int) -> str:
+        """Where Twilio reports how the leg a connect answer bridged to went (the <Dial> action)."""
+        return self.url(DIAL_WEBHOOK, run_id, lead_id, attempt)
 
-def recording_callback_url(public_base_url: str, run_id: str, lead_id: int, attempt: int) -> str:
-    """Where Twilio reports a call's recording (RecordingStatusCallback), naming the attempt."""
-    return _callback_url(public_base_url, RECORDING_WEBHOOK, run_id, lead_id, attempt)
+    def recording(self, run_id: str, lead_id: int, attempt: int) -> str:
+        """Where Twilio reports a call's recording (RecordingStatusCallback)."""
+        return self.url(RECORDING_WEBHOOK, run_id, lead_id, attempt)
 
+    def ours(self, path: str, query: Mapping[str, str]) -> bool:
+        """Whether a callback's query is one this deployment made for `path`."""
+        try:
+            expected = self._token(path, query["run"], int(query["lead"]), int(query["attempt"]))
+        except (KeyError, ValueError):
+            return False
+        return hmac.compare_digest(query.get("t", ""), expected)
 
-def _callback_url(public_base_url: str, path: str, run_id: str, lead_id: int, attempt: int) -> str:
-    query = urlencode({"run": run_id, "lead": lead_id, "attempt": attempt})
-    return f"{public_base_url}{path}?{query}#{CALLBACK_RETRIES}"
+    def url(self, path: str, run_id: str, lead_id: int, attempt: int) -> str:
+        """The URL of the callback at `path` for one attempt."""
+        token = self._token(path, run_id, lead_id, attempt)
+        query = urlencode({"run": run_id, "lead": lead_id, "attempt": attempt, "t": token})
+        return f"{self.public_base_url}{path}?{query}#{CALLBACK_RETRIES}"
+
+    def _token(self, path: str, run_id: str, lead_id: int, attempt: int) -> str:
+        return hmac.new(self.key, f"{path}|{run_id}|{lead_id}|{attempt}".encode(), sha256).hexdigest()[:32]

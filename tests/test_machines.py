@@ -7,13 +7,10 @@ import csv
 import io
 import xml.etree.ElementTree as ET
 from typing import Any
-from urllib.parse import urlencode
 
-from twilio.request_validator import RequestValidator
-
-from contracts.names import run_workflow_id
+from contracts.names import MACHINE_WEBHOOK, run_workflow_id
 from outbound_dialer.settings import DEV_AUTH_TOKEN
-from support.drive import ALWAYS_OPEN, new_number, wait_for
+from support.drive import ALWAYS_OPEN, new_number, twilio_callback, wait_for
 from support.stack import Stack
 from tests.conftest import SimulatorKnobs
 
@@ -21,18 +18,13 @@ HOSTILE_NAME = 'Ada <Hangup/> & "Lovelace"'
 
 
 def _machine_verdict(stack: Stack, query: dict[str, Any], sid: str, who: str, token: str) -> dict[str, Any]:
-    url = f"{stack.settings.PUBLIC_BASE_URL}/v1/webhooks/twilio/machine?{urlencode(query)}"
     params = {
         "AccountSid": "AC" + "0" * 32,
         "CallSid": sid,
         "AnsweredBy": who,
         "MachineDetectionDuration": "900",
     }
-    return {
-        "url": url,
-        "data": params,
-        "headers": {"X-Twilio-Signature": RequestValidator(token).compute_signature(url, params)},
-    }
+    return twilio_callback(stack.settings, MACHINE_WEBHOOK, query, params, token=token)
 
 
 async def test_a_machine_gets_the_voicemail_after_its_beep_and_a_person_the_answer(
@@ -123,6 +115,13 @@ async def test_a_forged_machine_verdict_is_refused_and_hangs_up_on_nobody(
     assert (await stack.http.post(**forged)).status_code == 403
     unsigned = await stack.http.post(forged["url"], data=forged["data"])
     assert unsigned.status_code == 403
+    # Signed by Twilio for a URL this service did not make (a business's own TwiML can hand Twilio
+    # `<Number amdStatusCallback=...>` naming another run's attempt).
+    params = dict(forged["data"])
+    foreign = twilio_callback(
+        stack.settings, MACHINE_WEBHOOK, query, params, token=DEV_AUTH_TOKEN, ours=False
+    )
+    assert (await stack.http.post(**foreign)).status_code == 403
 
     run = await stack.wait_run_ends(business, run_id, within=60)
     assert {k: v for k, v in run["progress"]["outcomes"].items() if v} == {"answered": 1}

@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar
-from urllib.parse import urlencode
 
 import httpx
 from opentelemetry import trace
@@ -21,18 +20,18 @@ from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client.parser import text_string_to_metric_families
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
-from twilio.request_validator import RequestValidator
 
 from activities.dialing import DialingActivities
 from api.app import create_app
 from contracts.activities import DialInput
+from contracts.names import CALL_STATUS_WEBHOOK
 from outbound_dialer.observability import serve_worker_metrics
 from outbound_dialer.settings import DEV_ACCOUNT_SID, DEV_ADMIN_TOKEN, DEV_AUTH_TOKEN, Settings
 from outbound_dialer.temporal_client import connect_temporal
-from support.drive import new_number
+from support.drive import new_number, twilio_callback
 from support.ports import free_port
 from support.stack import Stack
-from telephony.twilio_client import close_twilio_client, create_twilio_client
+from telephony.twilio_client import CallbackUrls, close_twilio_client, create_twilio_client
 from tests.conftest import SimulatorKnobs
 
 INVALID_NUMBER = 21211
@@ -49,15 +48,13 @@ def value(text: str, name: str, **labels: str) -> float:
 
 def status_callback(settings: Settings, query: dict[str, Any], status: str, token: str) -> dict[str, Any]:
     """A Twilio status callback for a call, signed with `token`."""
-    url = f"{settings.PUBLIC_BASE_URL}/v1/webhooks/twilio/call-status?{urlencode(query)}"
     params = {
         "CallSid": "CA" + "1" * 32,
         "CallStatus": status,
         "SequenceNumber": "3",
         "AccountSid": DEV_ACCOUNT_SID,
     }
-    signature = RequestValidator(token).compute_signature(url, params)
-    return {"url": url, "data": params, "headers": {"X-Twilio-Signature": signature}}
+    return twilio_callback(settings, CALL_STATUS_WEBHOOK, query, params, token=token)
 
 
 @asynccontextmanager
@@ -94,7 +91,7 @@ async def test_a_run_is_counted_by_the_api_and_the_worker(stack: Stack, sim_knob
         phone = answered if placed.status == "completed" else busy
         twilio = create_twilio_client(stack.settings)
         try:
-            dialing = DialingActivities(stack.sessions, twilio, stack.settings.PUBLIC_BASE_URL)
+            dialing = DialingActivities(stack.sessions, twilio, CallbackUrls.of(stack.settings))
             retry = DialInput(
                 run_id,
                 placed.lead_id,

@@ -7,15 +7,13 @@ import csv
 import io
 from datetime import timedelta
 from typing import Any
-from urllib.parse import urlencode
 
 from sqlalchemy import update
 from temporalio.client import ScheduleActionExecutionStartWorkflow
-from twilio.request_validator import RequestValidator
 
 from contracts.names import retention_schedule_id
 from db.models import CallAttempt, utcnow
-from support.drive import ALWAYS_OPEN, Business, new_number, wait_for
+from support.drive import ALWAYS_OPEN, Business, new_number, twilio_callback, wait_for
 from support.ports import free_port
 from support.stack import Stack
 from tests.conftest import SimulatorKnobs
@@ -87,10 +85,10 @@ async def test_a_connected_and_recorded_call_keeps_its_agents_leg_and_its_record
 
 
 def _forged(stack: Stack, path: str, params: dict[str, str]) -> dict[str, Any]:
-    query = urlencode({"run": "0" * 32, "lead": 1, "attempt": 1})
-    url = f"{stack.settings.PUBLIC_BASE_URL}/v1/webhooks/twilio/{path}?{query}"
-    signature = RequestValidator("not the auth token").compute_signature(url, params)
-    return {"url": url, "data": params, "headers": {"X-Twilio-Signature": signature}}
+    query = {"run": "0" * 32, "lead": 1, "attempt": 1}
+    return twilio_callback(
+        stack.settings, f"/v1/webhooks/twilio/{path}", query, params, token="not the auth token"
+    )
 
 
 async def test_forged_leg_and_recording_reports_are_refused(stack: Stack) -> None:

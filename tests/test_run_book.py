@@ -214,6 +214,35 @@ def test_a_machine_is_only_told_apart_where_the_answer_asks() -> None:
     assert older is not None and older.outcome is None and before.progress("x").outcomes["answered"] == 1
 
 
+def test_a_verdict_acts_once_and_only_on_the_runs_own_call() -> None:
+    book = book_with_leads(3, lines=3, answer=Answer(say="Hi", on_machine="hang_up"))
+    book.machines_named = True
+    assert book.next_dial(0) and book.next_dial(0) and book.next_dial(0)
+    assert _answered_by(book, 1, "CA1", "machine_start") == "hang_up"
+    # Twilio sends a callback again when it heard no answer in time: the second changes nothing.
+    assert book.machine_detected(MachineDetected(1, 1, "CA1", "machine_start")) is None
+    # A verdict before the run knows its call's SID may be about any call: it is not acted on.
+    assert book.machine_detected(MachineDetected(2, 1, "CA-someone-elses", "machine_end_beep")) is None
+    assert book.calls[(2, 1)].answered_by is None
+    book.dial_placed(2, 1, "CA2", "queued", 1)
+    ended = book.apply_status(status(2, "CA2", "completed"), 2)
+    assert ended is not None and ended.outcome is None and ended.answered_by is None
+
+
+def test_who_answered_is_kept_when_the_verdict_comes_after_the_end_or_before_machines_were_named() -> None:
+    book = book_with_leads(2, lines=2, machine_detection=True)
+    assert book.next_dial(0) and book.next_dial(0)
+    book.dial_placed(1, 1, "CA1", "queued", 1)
+    ended = book.apply_status(status(1, "CA1", "completed"), 2)
+    assert ended is not None and ended.answered_by is None
+    assert book.machine_detected(MachineDetected(1, 1, "CA1", "human")) is None
+    assert book.take_unrecorded()[0].answered_by == "human"  # the late verdict reaches the attempt
+
+    assert _answered_by(book, 2, "CA2", "machine_start") is None
+    second = book.apply_status(status(2, "CA2", "completed"), 3)
+    assert second is not None and (second.answered_by, second.outcome) == ("machine_start", None)
+
+
 def test_a_lead_outside_its_window_waits_and_others_go_on() -> None:
     book = RunBook(2, RunOptions(), RunCarryOver())  # 08:00-21:00 every day
     book.grant(1, 2)

@@ -27,7 +27,7 @@ from db.models import Lead, Run
 from outbound_dialer.settings import DEV_AUTH_TOKEN
 from support.drive import execution_chain, new_number, wait_for
 from support.stack import Stack, save_history
-from telephony.twilio_client import close_twilio_client, create_twilio_client
+from telephony.twilio_client import CallbackUrls, close_twilio_client, create_twilio_client
 from tests.conftest import SUGGEST_CONTINUE_AS_NEW_AFTER_EVENTS, SimulatorKnobs
 
 # Quick reconciliation for tests: a quiet call is fetched within seconds, not minutes.
@@ -242,7 +242,7 @@ async def test_a_second_try_that_overlaps_the_first_waits_for_it_and_finds_its_c
     await sim_knobs(create_response_delay_seconds=2, list_lag_seconds=60)
     twilio = create_twilio_client(stack.settings)
     try:
-        dialing = DialingActivities(stack.sessions, twilio, stack.settings.PUBLIC_BASE_URL)
+        dialing = DialingActivities(stack.sessions, twilio, CallbackUrls.of(stack.settings))
         dial = DialInput(
             run_id, lead.id, 1, phone, business.caller_id, "<Response/>", business_id=business.id
         )
@@ -281,7 +281,7 @@ async def test_a_retry_of_a_dial_whose_call_ended_meanwhile_adopts_that_call(
     twilio = create_twilio_client(stack.settings)
     try:
         dialing = DialingActivities(
-            stack.sessions, twilio, stack.settings.PUBLIC_BASE_URL, lookup_delay=timedelta(0)
+            stack.sessions, twilio, CallbackUrls.of(stack.settings), lookup_delay=timedelta(0)
         )
         first = DialInput(
             run_id,
@@ -606,7 +606,7 @@ async def test_a_refused_lookup_of_an_earlier_try_is_classified_like_a_refused_c
     twilio = create_twilio_client(stack.settings)
     try:
         dialing = DialingActivities(
-            stack.sessions, twilio, stack.settings.PUBLIC_BASE_URL, lookup_delay=timedelta(0)
+            stack.sessions, twilio, CallbackUrls.of(stack.settings), lookup_delay=timedelta(0)
         )
         dial = DialInput(
             run_id, lead.id, 1, phone, business.caller_id, "<Response/>", business_id=business.id

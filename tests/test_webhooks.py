@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlencode
 
 import httpx
 from temporalio.client import Client, WorkflowHandle
@@ -11,20 +10,23 @@ from temporalio.service import RPCError, RPCStatusCode
 from twilio.request_validator import RequestValidator
 
 from api.app import create_app
+from contracts.names import CALL_STATUS_WEBHOOK
 from outbound_dialer.settings import DEV_AUTH_TOKEN
-from support.drive import Business, new_number, serve, wait_for
+from support.drive import Business, new_number, serve, twilio_callback, wait_for
 from support.ports import free_port
 from support.stack import Stack
+from telephony.twilio_client import CallbackUrls
 from tests.conftest import SimulatorKnobs
 
 
-def signed(stack: Stack, query: dict[str, Any], params: dict[str, str], token: str = DEV_AUTH_TOKEN) -> dict:
-    url = f"{stack.settings.PUBLIC_BASE_URL}/v1/webhooks/twilio/call-status?{urlencode(query)}"
-    return {
-        "url": url,
-        "data": params,
-        "headers": {"X-Twilio-Signature": RequestValidator(token).compute_signature(url, params)},
-    }
+def signed(
+    stack: Stack,
+    query: dict[str, Any],
+    params: dict[str, str],
+    token: str = DEV_AUTH_TOKEN,
+    ours: bool = True,
+) -> dict:
+    return twilio_callback(stack.settings, CALL_STATUS_WEBHOOK, query, params, token=token, ours=ours)
 
 
 def callback(sid: str, status: str, seq: int) -> dict[str, str]:
@@ -71,6 +73,10 @@ async def test_forged_duplicate_and_stale_callbacks_change_nothing(
     # A forged "busy" for the ringing call: refused, nothing changes.
     forged = signed(stack, query(second_call), callback(second_call["call_sid"], "busy", 9), token="wrong")
     assert (await stack.http.post(**forged)).status_code == 403
+    # Signed by Twilio, but for a URL this service did not make: what a business's own TwiML gets
+    # by giving Twilio `<Number statusCallback=...>` naming another run's attempt.
+    foreign = signed(stack, query(second_call), callback(second_call["call_sid"], "busy", 9), ours=False)
+    assert (await stack.http.post(**foreign)).status_code == 403
     # The first call's terminal callback again, now claiming busy: it already ended.
     duplicate = signed(stack, query(first_call), callback(first_call["call_sid"], "busy", 4))
     assert (await stack.http.post(**duplicate)).status_code == 204
@@ -161,7 +167,7 @@ async def test_webhooks_signed_with_hmac_sha256_are_accepted(stack: Stack) -> No
     """Twilio's newer signing names its algorithm in X-Twilio-Webhooks-Signature-Settings."""
     query = {"run": "0" * 32, "lead": 1, "attempt": 1}
     params = callback("CA1", "completed", 1)
-    url = f"{stack.settings.PUBLIC_BASE_URL}/v1/webhooks/twilio/call-status?{urlencode(query)}"
+    url = signed(stack, query, params)["url"]
     signature = RequestValidator(DEV_AUTH_TOKEN).compute_signature(url, params, algorithm="HMAC_SHA256")
     headers = {
         "X-Twilio-Signature": signature,
@@ -179,9 +185,9 @@ async def test_behind_a_tls_proxy_the_public_url_is_what_twilio_signed(stack: St
     public = "https://dialer.example.com/outbound"
     settings = stack.settings.model_copy(update={"PUBLIC_BASE_URL": public})
     async with serve(create_app(settings, stack.temporal), free_port()) as local_url:
-        query = urlencode({"run": "0" * 32, "lead": 1, "attempt": 1})
         params = callback("CA1", "completed", 1)
-        path = f"/v1/webhooks/twilio/call-status?{query}"
+        made = CallbackUrls.of(settings).status("0" * 32, 1, 1).split("#")[0]
+        path = made.removeprefix(public)
         as_twilio_saw_it = RequestValidator(DEV_AUTH_TOKEN).compute_signature(public + path, params)
         as_the_api_sees_it = RequestValidator(DEV_AUTH_TOKEN).compute_signature(local_url + path, params)
         async with httpx.AsyncClient(base_url=local_url) as client:

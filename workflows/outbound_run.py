@@ -193,6 +193,9 @@ class OutboundRunWorkflow:
     def __init__(self, input: RunInput) -> None:
         self._input = input
         self._book = RunBook(input.total_leads, input.options, input.carry_over or RunCarryOver())
+        # Here, not in run(): signals in an execution's first task (a carried call's status after
+        # continue-as-new) are handled before run() begins.
+        self._book.machines_named = workflow.patched(MACHINES_NAMED)
         self._facts: RunFacts | None = None
         self._status: str = RunStatus.RUNNING
         self._reason: str | None = None
@@ -245,35 +248,45 @@ class OutboundRunWorkflow:
         call is ended or given the voicemail, as the run's answer asks."""
         self._heard_at(event.at)
         action = self._book.machine_detected(event)
-        if action is not None and not self._book.state.cancel_reason:
-            self._start_task(self._answer_machine(event, action))
+        call = self._book.calls.get((event.lead_id, event.attempt))
+        if action is not None and call is not None and not self._book.state.cancel_reason:
+            if action == ON_MACHINE_VOICEMAIL:
+                self._start_task(self._answer_machine(call))
+            else:
+                self._hang_up_call(call)
         self._wake = True
 
-    async def _answer_machine(self, event: MachineDetected, action: str) -> None:
-        call = self._book.calls.get((event.lead_id, event.attempt))
+    async def _answer_machine(self, call: InFlightCall) -> None:
+        """Leave the run's voicemail on a machine; a machine that could not be given it is hung up
+        on, as a hang-up is: tried until Twilio takes it or the call ends."""
         answer = self._input.options.answer
-        if call is None or answer is None:
-            return
-        voicemail = answer.voicemail if action == ON_MACHINE_VOICEMAIL else None
-        context = {"lead": event.lead_id, "attempt": event.attempt, "call_sid": event.call_sid}
+        assert answer is not None and call.call_sid is not None
+        context = {"lead": call.lead_id, "attempt": call.attempt, "call_sid": call.call_sid}
         try:
             answered = await workflow.execute_activity(
                 ANSWER_MACHINE,
                 AnswerMachineInput(
-                    self._input.run_id, event.lead_id, event.attempt, event.call_sid, call.phone, voicemail
+                    self._input.run_id,
+                    call.lead_id,
+                    call.attempt,
+                    call.call_sid,
+                    call.phone,
+                    answer.voicemail,
                 ),
                 start_to_close_timeout=timedelta(seconds=30),
                 schedule_to_close_timeout=MACHINE_ANSWER_TIMEOUT,
                 retry_policy=HANG_UP_RETRY,
-                summary=f"{action} on a machine: {event.call_sid} (lead {event.lead_id})",
+                summary=f"voicemail on a machine: {call.call_sid} (lead {call.lead_id})",
                 result_type=MachineAnswered,
             )
         except ActivityError:
-            workflow.logger.warning("a machine's call could not be answered as asked", extra=context)
+            workflow.logger.warning("voicemail not left; hanging up on the machine", extra=context)
+            if (call.lead_id, call.attempt) in self._book.calls:
+                self._hang_up_call(call)
             return
         self._clock_to(answered.at)
-        if voicemail is not None and answered.done:
-            self._book.voicemail_left(event.lead_id, event.attempt)
+        if answered.done:
+            self._book.voicemail_left(call.lead_id, call.attempt)
 
     @workflow.signal(name=CANCEL)
     def cancel(self, request: CancelRequest) -> None:
@@ -329,7 +342,6 @@ class OutboundRunWorkflow:
 
     @workflow.run
     async def run(self, input: RunInput) -> RunResult:
-        self._book.machines_named = workflow.patched(MACHINES_NAMED)
         try:
             facts = await workflow.execute_activity(
                 LOAD_RUN,
@@ -682,11 +694,14 @@ class OutboundRunWorkflow:
         if not self._input.options.hang_up_on_cancel:
             return
         for call in list(self._book.calls.values()):
-            if call.call_sid and call.call_sid not in self._hung_up:
-                self._hung_up.add(call.call_sid)
-                task = self._start_task(self._hang_up(call))
-                if workflow.patched(BACKGROUND_WORK_SURVIVES):
-                    self._hang_ups[call.call_sid] = task
+            self._hang_up_call(call)
+
+    def _hang_up_call(self, call: InFlightCall) -> None:
+        if call.call_sid and call.call_sid not in self._hung_up:
+            self._hung_up.add(call.call_sid)
+            task = self._start_task(self._hang_up(call))
+            if workflow.patched(BACKGROUND_WORK_SURVIVES):
+                self._hang_ups[call.call_sid] = task
 
     async def _hang_up(self, call: InFlightCall) -> None:
         assert call.call_sid is not None

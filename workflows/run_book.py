@@ -350,9 +350,16 @@ class RunBook:
         """Twilio's verdict on who answered one of the run's calls. Returns what to do now: `hang_up`
         or `voicemail` when a machine answered and the run's answer asks for it, else None."""
         call = self.calls.get((event.lead_id, event.attempt))
-        if call is None or (call.call_sid is not None and call.call_sid != event.call_sid):
+        if call is None:
+            self._late_verdict(event)
+            return None
+        # Only a verdict on the call the run placed, and only the first (Twilio sends a callback
+        # again when it heard no answer in time). A verdict before the run knows its call's SID
+        # may be about any call a callback URL was given to: it is not acted on.
+        if call.call_sid != event.call_sid or call.answered_by is not None:
             return None
         call.answered_by = event.answered_by
+        call.answered = True
         on_machine = self.options.answer.on_machine if self.options.answer is not None else None
         if event.answered_by not in MACHINE_ANSWERS or on_machine not in (
             ON_MACHINE_HANG_UP,
@@ -362,6 +369,17 @@ class RunBook:
         # A fax takes no voicemail.
         return ON_MACHINE_HANG_UP if event.answered_by == "fax" else on_machine
 
+    def _late_verdict(self, event: MachineDetected) -> None:
+        """A verdict that came after its call's end still says who answered, if the outcome is not
+        written yet."""
+        for outcome in self.state.unrecorded:
+            if (outcome.lead_id, outcome.attempt, outcome.call_sid) == (
+                event.lead_id,
+                event.attempt,
+                event.call_sid,
+            ):
+                outcome.answered_by = outcome.answered_by or event.answered_by
+
     def voicemail_left(self, lead_id: int, attempt: int) -> None:
         """The run's voicemail is playing on the call: a machine took it."""
         call = self.calls.get((lead_id, attempt))
@@ -370,9 +388,9 @@ class RunBook:
 
     def _outcome_name(self, call: InFlightCall, outcome: Outcome) -> LeadOutcome:
         name = outcome_for(outcome.status)
+        outcome.answered_by = outcome.answered_by or call.answered_by
         if not self.machines_named:
             return name
-        outcome.answered_by = outcome.answered_by or call.answered_by
         if name == LeadOutcome.ANSWERED and outcome.answered_by in MACHINE_ANSWERS:
             name = LeadOutcome.VOICEMAIL if call.voicemail_left else LeadOutcome.MACHINE
             outcome.outcome = name

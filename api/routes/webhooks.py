@@ -31,7 +31,7 @@ from contracts.names import (
 from contracts.statuses import RecordingStatus
 from outbound_dialer.settings import Settings
 from service.call_reports import AttemptCall, BridgedLeg, Recording, record_bridged_leg, record_recording
-from telephony.twilio_client import CALLBACK_RETRIES
+from telephony.twilio_client import CALLBACK_RETRIES, CallbackUrls
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix=TWILIO_WEBHOOKS, tags=["webhooks"])
@@ -56,6 +56,7 @@ _CALLBACK_QUERY = [
     {"name": "run", "in": "query", "required": True, "schema": {"type": "string"}},
     {"name": "lead", "in": "query", "required": True, "schema": {"type": "integer"}},
     {"name": "attempt", "in": "query", "required": True, "schema": {"type": "integer"}},
+    {"name": "t", "in": "query", "required": True, "schema": {"type": "string"}},
     {"name": "X-Twilio-Signature", "in": "header", "required": True, "schema": {"type": "string"}},
 ]
 
@@ -96,8 +97,11 @@ _MACHINE_FORM = {
 }
 
 
-async def _signed_params(request: Request, settings: Settings, metrics: MetricsDep) -> dict[str, str]:
-    """The callback's form, once its X-Twilio-Signature is found good; a bad one is a 403."""
+async def _signed_params(
+    request: Request, settings: Settings, metrics: MetricsDep, path: str
+) -> dict[str, str]:
+    """The callback's form, once its X-Twilio-Signature is found good and its URL is one we made
+    for `path` (CallbackUrls): either wrong is a 403."""
     form = await request.form(max_files=0)  # Twilio sends fields, never files
     params = {key: str(value) for key, value in form.multi_items()}
     # Behind a proxy the request URL differs from the one Twilio signed: PUBLIC_BASE_URL is the truth.
@@ -105,9 +109,14 @@ async def _signed_params(request: Request, settings: Settings, metrics: MetricsD
     if request.url.query:
         url += "?" + request.url.query
     if not _signed_by_twilio(request, settings, url, params):
-        log.warning("webhook signature rejected", extra={"call_sid": params.get("CallSid")})
+        log.warning("webhook signature rejected", extra={"call_sid": params.get("CallSid", "")[:64]})
         metrics.signature_failures.inc()
         raise HTTPException(status.HTTP_403_FORBIDDEN, "invalid X-Twilio-Signature")
+    if not CallbackUrls.of(settings).ours(path, request.query_params):
+        # Signed by Twilio, for a URL someone else gave it (a business's own TwiML).
+        log.warning("callback URL not ours", extra={"call_sid": params.get("CallSid", "")[:64], "path": path})
+        metrics.signature_failures.inc()
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "a callback URL this service did not make")
     return params
 
 
@@ -167,7 +176,7 @@ async def call_status(
 ) -> Response:
     """A call's status from Twilio. A bad signature is a 403 and changes nothing; a callback for a
     run that no longer exists is acknowledged, so Twilio stops retrying it."""
-    params = await _signed_params(request, settings, metrics)
+    params = await _signed_params(request, settings, metrics, CALL_STATUS_WEBHOOK)
     metrics.webhook_received(params.get("CallStatus"))
 
     query = request.query_params
@@ -220,7 +229,7 @@ async def machine_detected(
 ) -> Response:
     """Who answered a call, from Twilio's answering-machine detection (AsyncAmdStatusCallback). A
     bad signature is a 403 and changes nothing."""
-    params = await _signed_params(request, settings, metrics)
+    params = await _signed_params(request, settings, metrics, MACHINE_WEBHOOK)
     query = request.query_params
     try:
         run_id = query["run"]
@@ -305,7 +314,7 @@ async def bridged_leg(
 ) -> Response:
     """How the leg a connect answer bridged the call to went (Twilio's `<Dial>` action), kept on
     the attempt. Answered with TwiML that ends the call. A bad signature is a 403."""
-    params = await _signed_params(request, settings, metrics)
+    params = await _signed_params(request, settings, metrics, DIAL_WEBHOOK)
     call = _attempt_call(request, params)
     leg = BridgedLeg(
         status=params.get("DialCallStatus", "")[:16],
@@ -338,7 +347,7 @@ async def recording(
 ) -> Response:
     """A call's recording, from Twilio's recording status callback, kept on the attempt (its SID,
     length and URL). A bad signature is a 403."""
-    params = await _signed_params(request, settings, metrics)
+    params = await _signed_params(request, settings, metrics, RECORDING_WEBHOOK)
     call = _attempt_call(request, params)
     reported = params.get("RecordingStatus", "")
     if reported not in (RecordingStatus.COMPLETED, RecordingStatus.ABSENT):
