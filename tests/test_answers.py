@@ -140,6 +140,63 @@ async def test_the_dashboard_shows_and_changes_the_answer_and_says_what_is_wrong
     assert answer == {"kind": "message", "say": "Hi {name}", "voice": "alice"}
 
 
+async def test_the_dashboard_sets_every_kind_of_answer_with_machines_and_recording(stack: Stack) -> None:
+    business = await stack.create_business()
+    agent = new_number()
+    registered = await stack.http.put(
+        f"/v1/businesses/me/agent-numbers/{agent}", json={"label": "desk"}, headers=business.headers
+    )
+    assert registered.status_code == 200, registered.text
+    async with signed_in(stack, business) as (browser, token):
+        shown = await browser.get("/ui/answer")
+        assert f'value="{agent}"' in shown.text  # the registered numbers are the choices
+        connect = {
+            "csrf": token,
+            "kind": "connect",
+            "number": agent,
+            "on_machine": "voicemail",
+            "voicemail_say": "Hi {name}, call us back",
+            "record": "on",
+        }
+        assert (await browser.post("/ui/answer", data=connect)).status_code == 303
+        connected = (await stack.http.get("/v1/businesses/me/answer", headers=business.headers)).json()
+        assert connected == {
+            "kind": "connect",
+            "number": agent,
+            "on_machine": "voicemail",
+            "voicemail": {"say": "Hi {name}, call us back"},
+            "record": True,
+        }
+        shown = await browser.get("/ui/answer")
+        assert "Hi {name}, call us back" in shown.text and 'value="connect" selected' in shown.text
+
+        agent_form = {
+            "csrf": token,
+            "kind": "voice_agent",
+            "url": "wss://agent.example.com/m",
+            "metadata_fields": "plan, tier",
+        }
+        assert (await browser.post("/ui/answer", data=agent_form)).status_code == 303
+        streamed = (await stack.http.get("/v1/businesses/me/answer", headers=business.headers)).json()
+        assert streamed == {
+            "kind": "voice_agent",
+            "url": "wss://agent.example.com/m",
+            "metadata_fields": ["plan", "tier"],
+        }
+
+        app = await browser.post(
+            "/ui/answer", data={"csrf": token, "kind": "voice_app", "url": "https://app.example.com/a"}
+        )
+        assert app.status_code == 200 and "whsec_" in app.text  # its signing secret, shown once
+        again = await browser.post(
+            "/ui/answer", data={"csrf": token, "kind": "voice_app", "url": "https://app.example.com/b"}
+        )
+        assert again.status_code == 303
+
+        half = await browser.post("/ui/answer", data={"csrf": token, "say": "Hi", "on_machine": "voicemail"})
+        assert half.status_code == 422 and "give both or neither" in half.text
+
+
 async def test_calls_are_connected_only_to_registered_agent_numbers(
     stack: Stack, sim_knobs: SimulatorKnobs
 ) -> None:

@@ -14,7 +14,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from sqlalchemy import select
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
 
 from api.dashboard_session import (
     ApiUser,
@@ -39,7 +39,7 @@ from api.dashboard_views import (
 from api.deps import DncDep, MetricsDep, RunsDep, SessionDep, SettingsDep
 from api.security import hash_api_key
 from db.models import Business
-from service.answers import business_answer
+from service.answers import agent_numbers, business_answer
 from service.answers import set_answer as save_answer
 from service.calls_export import calls_csv, metadata_keys
 from service.errors import (
@@ -288,37 +288,71 @@ async def run_json(run_id: str, user: ApiUser, runs: RunsDep) -> JSONResponse:
 
 
 @router.get("/answer")
-async def answer_page(request: Request, user: PageUser, notice: str | None = None) -> Response:
+async def answer_page(
+    request: Request, user: PageUser, session: SessionDep, notice: str | None = None
+) -> Response:
     """What the business's answered calls do, as a form to change it."""
+    return await _answer_form(
+        request, user, session, business_answer(user.business).model_dump(), notice=_notice(notice)
+    )
+
+
+async def _answer_form(
+    request: Request,
+    user: PageUser,
+    session: SessionDep,
+    answer: dict[str, Any],
+    problems: list[str] | None = None,
+    notice: str | None = None,
+    status_code: int = status.HTTP_200_OK,
+) -> Response:
     context = {
         "user": user,
         "nav": "answer",
-        "answer": business_answer(user.business),
-        "notice": _notice(notice),
+        "answer": answer,
+        "agent_numbers": await agent_numbers(session, user.business),
+        "problems": problems or [],
+        "notice": notice,
     }
-    return page(request, "answer.html", context)
+    return page(request, "answer.html", context, status_code)
+
+
+def _typed_answer(form: FormData) -> dict[str, Any]:
+    """The answer form's fields as an answer's JSON (what is left empty is left out)."""
+
+    def text(name: str) -> str | None:
+        return str(form.get(name) or "").strip() or None
+
+    names = ("kind", "say", "voice", "language", "play", "number", "url", "on_machine")
+    typed: dict[str, Any] = {name: text(name) for name in names}
+    fields = text("metadata_fields")
+    typed["metadata_fields"] = [f.strip() for f in fields.split(",") if f.strip()] if fields else None
+    voicemail = {k: v for k, v in (("say", text("voicemail_say")), ("play", text("voicemail_play"))) if v}
+    typed["voicemail"] = voicemail or None
+    typed["record"] = True if form.get("record") else None
+    return {name: value for name, value in typed.items() if value is not None}
 
 
 @router.post("/answer")
 async def set_answer(request: Request, user: PageUser, session: SessionDep) -> Response:
     """Save the answer, as `PUT /v1/businesses/me/answer` does; with a problem, the form comes back
-    saying what it is."""
-    async with request.form(max_files=0, max_fields=10) as form:
+    saying what it is. A voice app's signing secret, when it is made, is shown once."""
+    async with request.form(max_files=0, max_fields=20) as form:
         check_csrf(user, form)
-        typed = {
-            name: str(form.get(name) or "").strip() or None for name in ("say", "voice", "language", "play")
-        }
+        typed = _typed_answer(form)
+    unprocessable = status.HTTP_422_UNPROCESSABLE_CONTENT
     try:
         answer = AnswerIn.model_validate(typed)
     except ValidationError as error:
         problems = [str(e["msg"]).removeprefix("Value error, ") for e in error.errors(include_url=False)]
-        context = {"user": user, "nav": "answer", "answer": typed, "problems": problems, "notice": None}
-        return page(request, "answer.html", context, status.HTTP_422_UNPROCESSABLE_CONTENT)
+        return await _answer_form(request, user, session, typed, problems, status_code=unprocessable)
     try:
-        await save_answer(session, user.business, answer)
+        secret = await save_answer(session, user.business, answer)
     except NumberNotRegistered as error:
-        context = {"user": user, "nav": "answer", "answer": typed, "problems": [str(error)], "notice": None}
-        return page(request, "answer.html", context, status.HTTP_422_UNPROCESSABLE_CONTENT)
+        return await _answer_form(request, user, session, typed, [str(error)], status_code=unprocessable)
+    if secret is not None:
+        notice = f"Saved. Your voice app's signing secret, shown only now: {secret}"
+        return await _answer_form(request, user, session, answer.model_dump(), notice=notice)
     return _redirect("/ui/answer?notice=answer-saved")
 
 
