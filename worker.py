@@ -25,6 +25,7 @@ from activities.recordings import RecordingActivities, ensure_retention_schedule
 from activities.records import RecordActivities
 from contracts.names import dial_task_queue
 from db.engine import create_engine, create_sessionmaker
+from outbound_dialer.egress import Egress
 from outbound_dialer.logs import configure_logging
 from outbound_dialer.observability import serve_worker_metrics, worker_runtime
 from outbound_dialer.settings import Settings, get_settings
@@ -72,8 +73,20 @@ async def build_workers(settings: Settings, client: Client) -> AsyncIterator[lis
     recordings = RecordingActivities(sessions, twilio)
     await ensure_retention_schedule(client, settings.TEMPORAL_TASK_QUEUE)
     lines = LineActivities(sessions, twilio, client, courier)
-    webhooks = httpx.AsyncClient(timeout=settings.EVENT_TIMEOUT_SECONDS, follow_redirects=False)
-    events = EventActivities(sessions, webhooks, settings.EVENT_RETRY_SECONDS)
+    # No connection is kept for another request: each delivery connects to the address it checked.
+    webhooks = httpx.AsyncClient(
+        timeout=settings.EVENT_TIMEOUT_SECONDS,
+        follow_redirects=False,
+        limits=httpx.Limits(max_keepalive_connections=0),
+        trust_env=False,
+    )
+    events = EventActivities(
+        sessions,
+        webhooks,
+        settings.EVENT_RETRY_SECONDS,
+        Egress.allowing(settings.EVENT_WEBHOOK_ALLOWED_NETWORKS),
+        settings.EVENT_TIMEOUT_SECONDS,
+    )
     try:
         yield [
             Worker(

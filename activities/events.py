@@ -12,11 +12,12 @@ processed sees each event once in effect.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from datetime import timedelta
 from typing import Any, cast
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from sqlalchemy import func, select, update
@@ -29,6 +30,7 @@ from contracts.statuses import OUTCOMES, EventStatus, RecordingStatus
 from db.models import Business, CallAttempt, Event, Lead, Run, utcnow
 from db.outbox import CALL_COMPLETED, RUN_COMPLETED
 from outbound_dialer import observability
+from outbound_dialer.egress import Egress, EgressRefused
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,8 @@ RECORDING_WAIT = timedelta(minutes=2)
 RECORDING_LOOK = timedelta(seconds=3)
 # Events one pass of the delivery activity sends before it reports back to its workflow.
 PASS_SIZE = 100
+# Of a webhook's answer only its status matters: this much of its body is read, the rest dropped.
+ANSWER_KEPT = 4096
 USER_AGENT = "outbound-dialer-webhooks/1"
 
 
@@ -52,10 +56,14 @@ class EventActivities:
         sessions: async_sessionmaker[AsyncSession],
         http: httpx.AsyncClient,
         first_retry_seconds: float = 5.0,
+        egress: Egress | None = None,
+        deadline_seconds: float = 10.0,
     ) -> None:
         self.sessions = sessions
         self.http = http
         self.first_retry = timedelta(seconds=first_retry_seconds)
+        self.egress = egress or Egress()
+        self.deadline = deadline_seconds
 
     @activity.defn(name=DELIVER_EVENTS)
     async def deliver_events(self, input: DeliverEventsInput) -> DeliveryPass:
@@ -104,6 +112,14 @@ class EventActivities:
             "event": event.id,
             "event_type": event.type,
         }
+        attempts = event.attempts + 1
+        retry_at = utcnow() + min(self.first_retry * 2 ** (attempts - 1), MAX_RETRY_DELAY)
+        # The try is counted before it is made: a delivery that takes its worker down (or the
+        # worker is lost meanwhile) has still used a try, and the event backs off like any failure.
+        async with self.sessions() as session, session.begin():
+            await session.execute(
+                update(Event).where(Event.id == event.id).values(attempts=attempts, next_attempt_at=retry_at)
+            )
         sent_at = utcnow()
         headers = {
             "content-type": "application/json",
@@ -114,21 +130,22 @@ class EventActivities:
         }
         status_code: int | None = None
         try:
-            response = await self.http.post(url, content=body.encode(), headers=headers)
-            status_code = response.status_code
-            error = None if response.is_success else f"the webhook answered HTTP {status_code}"
+            status_code = await self._post(url, body.encode(), headers)
+            error = None if 200 <= status_code < 300 else f"the webhook answered HTTP {status_code}"
+        except EgressRefused as refused:
+            error = f"refused: {refused}"
+        except TimeoutError:
+            error = f"no answer within {self.deadline:g} s from {urlsplit(url).hostname}"
         except httpx.HTTPError as failure:
             # Named by kind and host only: a URL may carry credentials.
             error = f"{type(failure).__name__} reaching {urlsplit(url).hostname}"
-        attempts = event.attempts + 1
-        values: dict[str, Any] = {"attempts": attempts, "last_status_code": status_code, "last_error": error}
+        values: dict[str, Any] = {"last_status_code": status_code, "last_error": error}
         if error is None:
             values.update(status=EventStatus.DELIVERED, delivered_at=utcnow())
             result.delivered += 1
             observability.EVENTS_DELIVERED.labels(event.type).inc()
             log.info("event delivered", extra=context)
         else:
-            retry_at = utcnow() + min(self.first_retry * 2 ** (attempts - 1), MAX_RETRY_DELAY)
             result.failed_attempts += 1
             if retry_at > event.created_at + EVENT_RETRY_PERIOD:
                 values.update(status=EventStatus.FAILED)
@@ -136,11 +153,40 @@ class EventActivities:
                 observability.EVENTS_GIVEN_UP.labels(event.type).inc()
                 log.warning("event given up", extra={**context, "error": error, "tries": attempts})
             else:
-                values.update(next_attempt_at=retry_at)
                 observability.EVENT_DELIVERY_FAILURES.labels(event.type).inc()
                 log.info("event delivery failed", extra={**context, "error": error, "tries": attempts})
         async with self.sessions() as session, session.begin():
             await session.execute(update(Event).where(Event.id == event.id).values(**values))
+
+    async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> int:
+        """POST to the webhook at the address its host resolves to now, if that address may be sent
+        to (Egress): the connection is made to that very address (the host name stays in `Host`,
+        in TLS's SNI and in the certificate check), so a name cannot resolve once for the check
+        and again elsewhere for the connection. The whole exchange ends within the deadline, and
+        only the first ANSWER_KEPT bytes of the answer are read."""
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        async with asyncio.timeout(self.deadline):
+            address = await self.egress.resolve(host, port)
+            userinfo, _, hostport = parts.netloc.rpartition("@")
+            literal = f"[{address}]" if address.version == 6 else str(address)
+            netloc = f"{userinfo}@{literal}:{port}" if userinfo else f"{literal}:{port}"
+            pinned = urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
+            extensions = {"sni_hostname": host} if parts.scheme == "https" else {}
+            request = self.http.build_request(
+                "POST", pinned, content=body, headers={**headers, "host": hostport}, extensions=extensions
+            )
+            response = await self.http.send(request, stream=True)
+            try:
+                read = 0
+                async for chunk in response.aiter_raw():
+                    read += len(chunk)
+                    if read >= ANSWER_KEPT:
+                        break
+            finally:
+                await response.aclose()
+            return response.status_code
 
     async def _give_up(self, session: AsyncSession, events: list[Event], reason: str) -> None:
         """Mark these events failed, in the transaction the session has open (it read them)."""

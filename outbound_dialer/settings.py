@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from functools import lru_cache
 from typing import Literal
@@ -48,8 +49,12 @@ class Settings(BaseSettings):
     GATE_REAP_SECONDS: float = 60.0
     # Events for businesses' webhooks: how long one delivery may take, and the wait before the first
     # retry of a failed one (doubling after each, up to an hour; an event is given up after 3 days).
-    EVENT_TIMEOUT_SECONDS: float = 10.0
+    EVENT_TIMEOUT_SECONDS: float = Field(default=10.0, gt=0)
     EVENT_RETRY_SECONDS: float = 5.0
+    # Networks events may be sent to although they are not public (JSON list of CIDRs, such as
+    # ["127.0.0.0/8"] while developing); every other loopback, private, link-local, CGNAT or
+    # unspecified address is refused, checked on the address connected to at each delivery.
+    EVENT_WEBHOOK_ALLOWED_NETWORKS: list[str] = Field(default_factory=list)
     # The API serves Prometheus metrics at /metrics unless this is false.
     METRICS_ENABLED: bool = True
     # host:port where a worker serves its own Prometheus metrics (calls, outcomes, process); unset: none.
@@ -100,6 +105,18 @@ class Settings(BaseSettings):
         if rate <= 0:
             raise ValueError("TWILIO_CALLS_PER_SECOND must be greater than 0")
         return rate
+
+    @field_validator("EVENT_WEBHOOK_ALLOWED_NETWORKS")
+    @classmethod
+    def _networks(cls, networks: list[str]) -> list[str]:
+        for network in networks:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"EVENT_WEBHOOK_ALLOWED_NETWORKS: {network!r} is not a network such as 127.0.0.0/8"
+                ) from None
+        return networks
 
     @field_validator("MAX_UPLOAD_BYTES", "MAX_REQUEST_BYTES")
     @classmethod

@@ -37,6 +37,8 @@ def dev_environment() -> dict[str, str]:
     env.setdefault("PUBLIC_BASE_URL", f"http://127.0.0.1:{API_PORT}")
     env.setdefault("TEMPORAL_UI_URL", f"http://127.0.0.1:{TEMPORAL_UI_PORT}")
     env.setdefault("TWILIO_CALLS_PER_SECOND", "1")
+    # A CRM receiver on this machine may get the demo's events.
+    env.setdefault("EVENT_WEBHOOK_ALLOWED_NETWORKS", '["127.0.0.0/8", "::1/128"]')
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
 

@@ -1,0 +1,69 @@
+"""Where the workers may send a business's events: public addresses only, checked on the address
+actually connected to, at every delivery (a name can resolve elsewhere the next time)."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# IPv6 prefixes that carry an IPv4 address in their low 32 bits: NAT64 (RFC 6052, RFC 8215).
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+
+
+class EgressRefused(Exception):
+    """A webhook's host is not one the workers may send to; the message names the host only."""
+
+
+@dataclass(frozen=True)
+class Egress:
+    """The rule: an address must be globally reachable (not loopback, private, link-local, CGNAT,
+    multicast, reserved or unspecified, nor an IPv6 form of one: IPv4-mapped, NAT64, 6to4,
+    Teredo), unless it is in `allowed` (EVENT_WEBHOOK_ALLOWED_NETWORKS, for development)."""
+
+    allowed: tuple[IPNetwork, ...] = ()
+
+    @classmethod
+    def allowing(cls, networks: Iterable[str]) -> Egress:
+        return cls(tuple(ipaddress.ip_network(n, strict=False) for n in networks))
+
+    def permits(self, address: IPAddress) -> bool:
+        if any(address in network for network in self.allowed if network.version == address.version):
+            return True
+        return all(candidate.is_global and not candidate.is_multicast for candidate in _forms(address))
+
+    async def resolve(self, host: str, port: int) -> IPAddress:
+        """The address to connect to for `host`: its first address, if every address it resolves
+        to is permitted (a name with one private address among public ones is refused whole)."""
+        try:
+            literal = ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            literal = None
+        if literal is not None:
+            addresses = [literal]
+        else:
+            try:
+                found = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            except (socket.gaierror, UnicodeError):
+                raise EgressRefused(f"{host} does not resolve") from None
+            addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in found]
+        refused = [a for a in addresses if not self.permits(a)]
+        if refused or not addresses:
+            raise EgressRefused(f"{host} is not a public address")
+        return addresses[0]
+
+
+def _forms(address: IPAddress) -> list[IPAddress]:
+    """The address, and the IPv4 address an IPv6 one stands for, if any."""
+    forms: list[IPAddress] = [address]
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = [address.ipv4_mapped, address.sixtofour, address.teredo[1] if address.teredo else None]
+        if any(address in prefix for prefix in _NAT64):
+            embedded.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+        forms.extend(e for e in embedded if e is not None)
+    return forms
