@@ -19,6 +19,7 @@ from pydantic import (
     Field,
     StrictBool,
     TypeAdapter,
+    UrlConstraints,
     field_validator,
     model_validator,
 )
@@ -82,7 +83,9 @@ class CallingWindowIn(BaseModel):
 
     start: str = Field(default="08:00", pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
     end: str = Field(default="21:00", pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$|^24:00$")
-    days: list[int] = Field(default_factory=lambda: list(ALL_DAYS), description="0 is Monday, 6 is Sunday.")
+    days: list[int] = Field(
+        default_factory=lambda: list(ALL_DAYS), max_length=7, description="0 is Monday, 6 is Sunday."
+    )
 
     @model_validator(mode="after")
     def _opens(self) -> CallingWindowIn:
@@ -97,9 +100,11 @@ class BusinessCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: StoredText = Field(min_length=1, max_length=200)
-    caller_id: Annotated[str, AfterValidator(_e164)] = Field(description="The Twilio `From` number, E.164.")
+    caller_id: Annotated[str, AfterValidator(_e164)] = Field(
+        max_length=40, description="The Twilio `From` number, E.164."
+    )
     max_concurrent_calls: int = Field(default=3, ge=1, le=100)
-    timezone: Annotated[str | None, AfterValidator(_zone)] = None
+    timezone: Annotated[str | None, AfterValidator(_zone)] = Field(default=None, max_length=64)
     calling_window: CallingWindowIn | None = Field(
         default=None, description="Default window for the business's runs (08:00-21:00 every day if unset)."
     )
@@ -165,7 +170,7 @@ class LeadIn(BaseModel):
     phone: str = Field(max_length=40)
     name: StoredText | None = Field(default=None, max_length=200)
     timezone: Annotated[str | None, AfterValidator(_zone)] = Field(
-        default=None, description="The lead's time zone, when the number does not tell it."
+        default=None, max_length=64, description="The lead's time zone, when the number does not tell it."
     )
     metadata: Annotated[dict[str, MetadataValue] | None, BeforeValidator(_metadata)] = Field(
         default=None,
@@ -433,7 +438,9 @@ class RunOptionsIn(BaseModel):
         default=_DEFAULT.retry_backoff, ge=1.0, le=10.0, description="Each retry waits this much longer."
     )
     retry_on: list[str] = Field(
-        default_factory=lambda: list(_DEFAULT.retry_on), description="Outcomes that retry."
+        default_factory=lambda: list(_DEFAULT.retry_on),
+        max_length=len(RETRYABLE_OUTCOMES),
+        description="Outcomes that retry.",
     )
     calling_window: CallingWindowIn | None = Field(
         default=None, description="The business's window if unset."
@@ -554,7 +561,9 @@ class WebhookIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    url: AnyHttpUrl = Field(description="An http(s) URL; https, and not a private address, in production.")
+    url: Annotated[AnyHttpUrl, UrlConstraints(max_length=2000)] = Field(
+        description="An http(s) URL to a public address; https in production."
+    )
     rotate_secret: StrictBool = Field(
         default=False, description="Make a new signing secret; the old one stops signing at once."
     )
@@ -593,7 +602,9 @@ MAX_NUMBERS_PER_REQUEST = 100_000
 class DncAdd(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    phones: list[str] = Field(min_length=1, max_length=MAX_NUMBERS_PER_REQUEST)
+    phones: list[Annotated[str, Field(max_length=40)]] = Field(
+        min_length=1, max_length=MAX_NUMBERS_PER_REQUEST
+    )
 
 
 class DncChange(BaseModel):
