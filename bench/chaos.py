@@ -583,6 +583,7 @@ async def chaos(scenario: Scenario, *, keep_state: bool = False) -> dict[str, An
 
         api_port = free_port()
         settings = Settings(
+            ENVIRONMENT="development",
             DATABASE_URL=proxied_url,
             TEMPORAL_ADDRESS=f"127.0.0.1:{temporal_port}",
             TEMPORAL_NAMESPACE=client.namespace,

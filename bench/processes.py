@@ -496,6 +496,7 @@ async def process_env(
         )
         api_port = free_port()
         settings = Settings(
+            ENVIRONMENT="development",
             DATABASE_URL=database_url,
             TEMPORAL_ADDRESS=target,
             TEMPORAL_NAMESPACE=temporal.client.namespace,

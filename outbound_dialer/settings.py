@@ -14,6 +14,8 @@ DEV_ACCOUNT_SID = "AC" + "0" * 32
 DEV_AUTH_TOKEN = "dev-auth-token-not-secret"
 DEV_ADMIN_TOKEN = "dev-admin-token"
 _PLACEHOLDERS = {DEV_AUTH_TOKEN, DEV_ADMIN_TOKEN, "", "changeme", "changethis"}
+# A Twilio auth token is 32 characters; an admin token should be no weaker.
+MIN_SECRET_CHARS = 32
 
 
 class Settings(BaseSettings):
@@ -21,7 +23,9 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")
 
-    ENVIRONMENT: Literal["development", "production"] = "development"
+    # Production unless said otherwise: `make dev` and the tests say development. Production refuses
+    # to start on placeholder or short secrets, the development account and a plain-http public URL.
+    ENVIRONMENT: Literal["development", "production"] = "production"
     DATABASE_URL: str = "sqlite+aiosqlite:///.data/outbound.db"
     TEMPORAL_ADDRESS: str = "127.0.0.1:7233"
     TEMPORAL_NAMESPACE: str = "default"
@@ -127,11 +131,22 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _real_secrets_in_production(self) -> Settings:
-        if self.ENVIRONMENT == "production":
-            for name in ("TWILIO_AUTH_TOKEN", "ADMIN_TOKEN"):
-                value: SecretStr = getattr(self, name)
-                if value.get_secret_value() in _PLACEHOLDERS:
-                    raise ValueError(f"{name} is a placeholder; set a real secret in production")
+        if self.ENVIRONMENT != "production":
+            return self
+        for name in ("TWILIO_AUTH_TOKEN", "ADMIN_TOKEN"):
+            value = getattr(self, name).get_secret_value()
+            if value in _PLACEHOLDERS:
+                raise ValueError(
+                    f"{name} is a placeholder; set a real secret in production (or ENVIRONMENT=development)"
+                )
+            if len(value) < MIN_SECRET_CHARS:
+                raise ValueError(f"{name} must be at least {MIN_SECRET_CHARS} characters in production")
+        if self.TWILIO_ACCOUNT_SID == DEV_ACCOUNT_SID:
+            raise ValueError("TWILIO_ACCOUNT_SID is the development placeholder; set the account's SID")
+        if not self.PUBLIC_BASE_URL.startswith("https://"):
+            raise ValueError(
+                "PUBLIC_BASE_URL must be an https:// URL in production (Twilio posts callbacks to it)"
+            )
         return self
 
     def environment(self) -> dict[str, str]:

@@ -31,6 +31,7 @@ PR_SET_PDEATHSIG = 1
 def dev_environment() -> dict[str, str]:
     """The settings `make dev` runs with; anything already set in the environment wins."""
     env = dict(os.environ)
+    env.setdefault("ENVIRONMENT", "development")
     env.setdefault("DATABASE_URL", f"sqlite+aiosqlite:///{DATA / 'outbound.db'}")
     env.setdefault("TEMPORAL_ADDRESS", f"127.0.0.1:{TEMPORAL_PORT}")
     env.setdefault("TWILIO_API_BASE_URL", f"http://127.0.0.1:{SIMULATOR_PORT}")

@@ -109,7 +109,11 @@ class Stack:
     ) -> AsyncIterator[Stack]:
         """A stack on these parts; `settings` overrides the worker's and the API's defaults."""
         # Test receivers listen on this machine; a test that checks the refusal says [].
-        overrides = {"EVENT_WEBHOOK_ALLOWED_NETWORKS": ["127.0.0.0/8", "::1/128"], **(settings or {})}
+        overrides = {
+            "ENVIRONMENT": "development",
+            "EVENT_WEBHOOK_ALLOWED_NETWORKS": ["127.0.0.0/8", "::1/128"],
+            **(settings or {}),
+        }
         config = Settings(
             **overrides,
             TEMPORAL_UI_URL=temporal_ui_url,

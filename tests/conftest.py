@@ -4,6 +4,9 @@ once per session; per test, its own task queue, worker and API."""
 from __future__ import annotations
 
 import os
+
+# Production is the default (its checks refuse the development secrets the tests use).
+os.environ.setdefault("ENVIRONMENT", "development")
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager

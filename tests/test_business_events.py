@@ -282,8 +282,10 @@ async def test_in_production_a_webhook_must_be_https_at_a_public_address(
         {
             **events_stack.settings.model_dump(),
             "ENVIRONMENT": "production",
-            "TWILIO_AUTH_TOKEN": DEV_AUTH_TOKEN[::-1] + "x",
+            "TWILIO_AUTH_TOKEN": DEV_AUTH_TOKEN[::-1] + "x" * 8,
             "ADMIN_TOKEN": "p" * 40,
+            "TWILIO_ACCOUNT_SID": "AC" + "1" * 32,
+            "PUBLIC_BASE_URL": "https://dialer.example.com",
         }
     )
     business = await events_stack.create_business()

@@ -59,9 +59,9 @@ EXAMPLE_ENV = {
     "APP_DB_PASSWORD": "3f1c0a9be2d4",
     "TEMPORAL_DB_PASSWORD": "9a7e55c01b3d",
     "TWILIO_ACCOUNT_SID": "AC" + "1" * 32,
-    "TWILIO_AUTH_TOKEN": "a-real-looking-auth-token",
+    "TWILIO_AUTH_TOKEN": "0f3a9c2e7b1d4a6f8e5c3b2a1d0e9f87",
     "PUBLIC_BASE_URL": "https://dialer.example.com",
-    "ADMIN_TOKEN": "a-real-looking-admin-token",
+    "ADMIN_TOKEN": "a-real-looking-admin-token-of-40-characters",
 }
 _VARIABLE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}")
 

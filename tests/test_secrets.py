@@ -70,10 +70,42 @@ def test_saved_histories_hold_no_development_secret() -> None:
         assert DEV_AUTH_TOKEN not in text and DEV_ADMIN_TOKEN not in text, path.name
 
 
+REAL = {
+    "ENVIRONMENT": "production",
+    "TWILIO_ACCOUNT_SID": "AC" + "1" * 32,
+    "TWILIO_AUTH_TOKEN": "a" * 32,
+    "ADMIN_TOKEN": "b" * 40,
+    "PUBLIC_BASE_URL": "https://dialer.example.com",
+}
+
+
 @pytest.mark.parametrize("name", ["TWILIO_AUTH_TOKEN", "ADMIN_TOKEN"])
 @pytest.mark.parametrize("placeholder", [DEV_AUTH_TOKEN, DEV_ADMIN_TOKEN, "", "changeme"])
 def test_production_refuses_a_placeholder_secret(name: str, placeholder: str) -> None:
-    real = {"ENVIRONMENT": "production", "TWILIO_AUTH_TOKEN": "a" * 32, "ADMIN_TOKEN": "b" * 40}
     with pytest.raises(ValidationError, match=f"{name} is a placeholder"):
-        Settings.model_validate({**real, name: placeholder})
-    assert Settings.model_validate(real).ENVIRONMENT == "production"
+        Settings.model_validate({**REAL, name: placeholder})
+    assert Settings.model_validate(REAL).ENVIRONMENT == "production"
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"ADMIN_TOKEN": "a"}, "ADMIN_TOKEN must be at least 32 characters"),
+        ({"TWILIO_AUTH_TOKEN": "short"}, "TWILIO_AUTH_TOKEN must be at least 32 characters"),
+        ({"PUBLIC_BASE_URL": "http://dialer.example.com"}, "PUBLIC_BASE_URL must be an https:// URL"),
+        ({"TWILIO_ACCOUNT_SID": "AC" + "0" * 32}, "TWILIO_ACCOUNT_SID is the development placeholder"),
+    ],
+)
+def test_production_refuses_weak_settings_and_names_each(change: dict[str, str], named: str) -> None:
+    with pytest.raises(ValidationError, match=named):
+        Settings.model_validate({**REAL, **change})
+
+
+def test_production_is_the_default_outside_development(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An image run with real Twilio credentials and no ADMIN_TOKEN does not start on the
+    development admin token: with no ENVIRONMENT it is production, and refuses."""
+    monkeypatch.delenv("ENVIRONMENT", raising=False)
+    with pytest.raises(ValidationError, match="ADMIN_TOKEN is a placeholder"):
+        Settings.model_validate({k: v for k, v in REAL.items() if k not in ("ENVIRONMENT", "ADMIN_TOKEN")})
+    monkeypatch.setenv("ENVIRONMENT", "development")
+    assert Settings.model_validate({}).ENVIRONMENT == "development"
