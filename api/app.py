@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import DBAPIError
 from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
 
 from api.dashboard_session import SignInRequired, sign_in_redirect
 from api.dashboard_views import STATIC_DIR
@@ -87,6 +88,7 @@ def create_app(settings: Settings | None = None, temporal: Client | None = None)
     app.add_exception_handler(ServiceError, refused)
     for error_type in (*_DATABASE_AWAY, DBAPIError):
         app.add_exception_handler(error_type, database_unavailable)
+    app.add_exception_handler(RPCError, temporal_unavailable)
     app.add_middleware(
         BodyLimitMiddleware,
         limit=settings.MAX_REQUEST_BYTES,
@@ -129,6 +131,27 @@ async def refused(request: Request, error: Exception) -> Response:
         raise error
     detail = error.as_detail() if isinstance(error, ListInvalid) else str(error)
     return JSONResponse({"detail": detail}, status_code=code)
+
+
+def _temporal_away(error: RPCError) -> bool:
+    """Whether Temporal could not be reached (the client has tried again for a while by then):
+    unavailable, out of time, or a connection that failed (reported as UNKNOWN "transport error")."""
+    if error.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED):
+        return True
+    return error.status == RPCStatusCode.UNKNOWN and "transport error" in error.message
+
+
+async def temporal_unavailable(request: Request, error: Exception) -> Response:
+    """A 503 with Retry-After, rather than a 500, for a request that failed because Temporal could
+    not be reached; any other refusal of Temporal's stays a 500."""
+    if not isinstance(error, RPCError) or not _temporal_away(error):
+        raise error
+    log.warning("temporal unavailable", extra={"path": request.url.path, "status": error.status.name})
+    return JSONResponse(
+        {"detail": "Temporal is unavailable; try again shortly"},
+        status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
+    )
 
 
 async def database_unavailable(request: Request, error: Exception) -> Response:
