@@ -23,9 +23,10 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")
 
-    # Production unless said otherwise: `make dev` and the tests say development. Production refuses
-    # to start on placeholder or short secrets, the development account and a plain-http public URL.
-    ENVIRONMENT: Literal["development", "production"] = "production"
+    # Unset, it is production when calls go to the real Twilio (TWILIO_API_BASE_URL unset), and
+    # development when they go to a simulator. Production refuses to start on placeholder or short
+    # secrets, the development account and a plain-http public URL.
+    ENVIRONMENT: Literal["development", "production"] | None = None
     DATABASE_URL: str = "sqlite+aiosqlite:///.data/outbound.db"
     TEMPORAL_ADDRESS: str = "127.0.0.1:7233"
     TEMPORAL_NAMESPACE: str = "default"
@@ -131,6 +132,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _real_secrets_in_production(self) -> Settings:
+        if self.ENVIRONMENT is None:
+            self.ENVIRONMENT = "production" if self.TWILIO_API_BASE_URL is None else "development"
         if self.ENVIRONMENT != "production":
             return self
         for name in ("TWILIO_AUTH_TOKEN", "ADMIN_TOKEN"):

@@ -101,11 +101,15 @@ def test_production_refuses_weak_settings_and_names_each(change: dict[str, str],
         Settings.model_validate({**REAL, **change})
 
 
-def test_production_is_the_default_outside_development(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_production_is_the_default_against_the_real_twilio(monkeypatch: pytest.MonkeyPatch) -> None:
     """An image run with real Twilio credentials and no ADMIN_TOKEN does not start on the
-    development admin token: with no ENVIRONMENT it is production, and refuses."""
-    monkeypatch.delenv("ENVIRONMENT", raising=False)
+    development admin token: with no ENVIRONMENT and the real Twilio it is production, and refuses.
+    Against a simulator (TWILIO_API_BASE_URL) it is development."""
+    for name in ("ENVIRONMENT", "TWILIO_API_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
     with pytest.raises(ValidationError, match="ADMIN_TOKEN is a placeholder"):
         Settings.model_validate({k: v for k, v in REAL.items() if k not in ("ENVIRONMENT", "ADMIN_TOKEN")})
+    simulated = Settings.model_validate({"TWILIO_API_BASE_URL": "http://127.0.0.1:8081"})
+    assert simulated.ENVIRONMENT == "development"
     monkeypatch.setenv("ENVIRONMENT", "development")
     assert Settings.model_validate({}).ENVIRONMENT == "development"
