@@ -21,6 +21,7 @@ from api.problems import problems
 from api.request_guards import BodyLimitMiddleware, NulInUrlMiddleware
 from api.routes import businesses, dashboard, dnc, runs, webhooks
 from db.engine import create_engine, create_sessionmaker
+from outbound_dialer.observability import serve_metrics
 from outbound_dialer.settings import Settings, get_settings
 from outbound_dialer.temporal_client import connect_temporal
 from service.errors import (
@@ -66,9 +67,17 @@ def create_app(settings: Settings | None = None, temporal: Client | None = None)
         app.state.settings = settings
         app.state.sessions = create_sessionmaker(engine)
         app.state.temporal = temporal or await connect_temporal(settings)
+        apart = (
+            serve_metrics(settings.API_METRICS_ADDRESS, metrics.registry)
+            if settings.API_METRICS_ADDRESS
+            else None
+        )
         try:
             yield
         finally:
+            if apart is not None:
+                apart.shutdown()
+                apart.server_close()
             await engine.dispose()
 
     app = FastAPI(
@@ -77,6 +86,9 @@ def create_app(settings: Settings | None = None, temporal: Client | None = None)
         summary="Outbound call campaigns on Temporal and Twilio.",
         lifespan=lifespan,
         responses=problems(400, 413),
+        docs_url="/docs" if settings.DOCS_ENABLED else None,
+        redoc_url="/redoc" if settings.DOCS_ENABLED else None,
+        openapi_url="/openapi.json" if settings.DOCS_ENABLED else None,
     )
     app.include_router(businesses.router, responses=problems(401))
     app.include_router(runs.router, responses=problems(401))

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
-from prometheus_client import Counter, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, start_http_server
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
 from contracts.statuses import FINAL_ATTEMPT_STATUSES
@@ -84,9 +84,15 @@ def _host_port(address: str) -> tuple[str, int]:
 def serve_worker_metrics(address: str) -> WSGIServer:
     """Serve the worker's metrics at http://{address}/metrics from a thread of its own; the
     caller shuts the server down."""
+    return serve_metrics(address)
+
+
+def serve_metrics(address: str, registry: CollectorRegistry = REGISTRY) -> WSGIServer:
+    """Serve a registry's metrics at http://{address}/metrics from a thread of its own, apart from
+    any public port; the caller shuts the server down."""
     host, port = _host_port(address)
-    server, _thread = start_http_server(port, host)
-    log.info("worker metrics served", extra={"address": address})
+    server, _thread = start_http_server(port, host, registry=registry)
+    log.info("metrics served", extra={"address": address})
     return server
 
 

@@ -60,8 +60,12 @@ class Settings(BaseSettings):
     # ["127.0.0.0/8"] while developing); every other loopback, private, link-local, CGNAT or
     # unspecified address is refused, checked on the address connected to at each delivery.
     EVENT_WEBHOOK_ALLOWED_NETWORKS: list[str] = Field(default_factory=list)
-    # The API serves Prometheus metrics at /metrics unless this is false.
-    METRICS_ENABLED: bool = True
+    # The API serves Prometheus metrics at /metrics on its own port: by default in development only
+    # (the port is public); API_METRICS_ADDRESS (host:port) serves them apart, in any environment.
+    METRICS_ENABLED: bool | None = None
+    API_METRICS_ADDRESS: str | None = None
+    # The interactive API docs (/docs, /redoc, /openapi.json): by default in development only.
+    DOCS_ENABLED: bool | None = None
     # host:port where a worker serves its own Prometheus metrics (calls, outcomes, process); unset: none.
     WORKER_METRICS_ADDRESS: str | None = None
     # host:port where a worker's Temporal SDK serves its Prometheus metrics; unset: none.
@@ -134,6 +138,11 @@ class Settings(BaseSettings):
     def _real_secrets_in_production(self) -> Settings:
         if self.ENVIRONMENT is None:
             self.ENVIRONMENT = "production" if self.TWILIO_API_BASE_URL is None else "development"
+        development = self.ENVIRONMENT == "development"
+        if self.METRICS_ENABLED is None:
+            self.METRICS_ENABLED = development
+        if self.DOCS_ENABLED is None:
+            self.DOCS_ENABLED = development
         if self.ENVIRONMENT != "production":
             return self
         for name in ("TWILIO_AUTH_TOKEN", "ADMIN_TOKEN"):

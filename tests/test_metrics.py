@@ -28,7 +28,7 @@ from contracts.names import CALL_STATUS_WEBHOOK
 from outbound_dialer.observability import serve_worker_metrics
 from outbound_dialer.settings import DEV_ACCOUNT_SID, DEV_ADMIN_TOKEN, DEV_AUTH_TOKEN, Settings
 from outbound_dialer.temporal_client import connect_temporal
-from support.drive import new_number, twilio_callback
+from support.drive import new_number, serve, twilio_callback
 from support.ports import free_port
 from support.stack import Stack
 from telephony.twilio_client import CallbackUrls, close_twilio_client, create_twilio_client
@@ -256,3 +256,32 @@ async def test_with_an_otlp_endpoint_a_run_is_traced_there(
     assert len(started) == 1 and started[0][2]["temporalWorkflowID"] == f"outbound-run-{run_id}"
     # The run's dial hangs under the same trace as the request that started the run.
     assert any(name == "RunActivity:place_call" and trace_id == started[0][1] for name, trace_id, _ in spans)
+
+
+PRODUCTION = {
+    "ENVIRONMENT": "production",
+    "TWILIO_ACCOUNT_SID": "AC" + "1" * 32,
+    "TWILIO_AUTH_TOKEN": "a" * 32,
+    "ADMIN_TOKEN": "b" * 40,
+    "PUBLIC_BASE_URL": "https://dialer.example.com",
+}
+
+
+async def test_production_serves_no_docs_and_no_metrics_on_the_public_port_but_on_their_own() -> None:
+    port = free_port()
+    production = Settings.model_validate({**PRODUCTION, "API_METRICS_ADDRESS": f"127.0.0.1:{port}"})
+    async with serve(create_app(production, _TemporalDown()), free_port()) as url:  # type: ignore[arg-type]
+        async with httpx.AsyncClient(base_url=url) as public:
+            for path in ("/docs", "/redoc", "/openapi.json", "/metrics"):
+                assert (await public.get(path)).status_code == 404, path
+            assert (await public.get("/healthz")).status_code == 200
+        async with httpx.AsyncClient() as scraper:
+            apart = await scraper.get(f"http://127.0.0.1:{port}/metrics")
+    assert apart.status_code == 200 and "dialer_webhooks_received_total" in apart.text
+
+    development = Settings(_env_file=None, ENVIRONMENT="development")  # type: ignore[call-arg]
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=create_app(development)), base_url="http://api"
+    ) as client:
+        for path in ("/docs", "/openapi.json", "/metrics"):
+            assert (await client.get(path)).status_code == 200, path
