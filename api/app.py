@@ -16,6 +16,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from api.dashboard_session import SignInRequired, sign_in_redirect
 from api.dashboard_views import STATIC_DIR
+from api.fairness import RequestLimiter
 from api.metrics import ApiMetrics, MetricsMiddleware
 from api.problems import problems
 from api.request_guards import BodyLimitMiddleware, NulInUrlMiddleware
@@ -90,9 +91,9 @@ def create_app(settings: Settings | None = None, temporal: Client | None = None)
         redoc_url="/redoc" if settings.DOCS_ENABLED else None,
         openapi_url="/openapi.json" if settings.DOCS_ENABLED else None,
     )
-    app.include_router(businesses.router, responses=problems(401))
-    app.include_router(runs.router, responses=problems(401))
-    app.include_router(dnc.router, responses=problems(401))
+    app.include_router(businesses.router, responses=problems(401, 429))
+    app.include_router(runs.router, responses=problems(401, 429))
+    app.include_router(dnc.router, responses=problems(401, 429))
     app.include_router(webhooks.router)
     app.include_router(dashboard.router)
     app.mount("/ui/static", StaticFiles(directory=STATIC_DIR), name="dashboard-static")
@@ -109,6 +110,7 @@ def create_app(settings: Settings | None = None, temporal: Client | None = None)
     )
     app.add_middleware(NulInUrlMiddleware)
     app.state.metrics = metrics = ApiMetrics()
+    app.state.limiter = RequestLimiter(settings.BUSINESS_REQUESTS_PER_SECOND, settings.BUSINESS_REQUEST_BURST)
     # Added after the guards, so outside them: the requests they refuse are counted too.
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     if settings.METRICS_ENABLED:

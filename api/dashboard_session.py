@@ -1,13 +1,14 @@
 """Signing in to the dashboard with the business API key, and keeping its forms from being forged.
 
-The session is an HttpOnly, SameSite=Strict cookie holding the API key itself, scoped to /ui: the
-API stores only the key's hash, so there is no server-side session to keep, and any API replica
-checks the cookie exactly as it checks `Authorization: Bearer`. Page scripts cannot read it, and
-browsers send it only with requests that start on the dashboard's own pages.
+The session is an HttpOnly, SameSite=Strict cookie scoped to /ui holding a random token, never
+the API key; the server keeps the token's hash (`dashboard_sessions`), so signing out ends the
+session everywhere, and so does the end of the key it was opened with (rotated past its overlap,
+or revoked). Page scripts cannot read the cookie, and browsers send it only with requests that
+start on the dashboard's own pages.
 
 Every form that changes something also carries a CSRF token: an HMAC of a fixed label under the
-business's key. Only someone holding the key can make it, it needs no storage, and it changes when
-the key does. The sign-in form, sent before there is a session, is protected by a random token held
+session's token. Only someone holding the session can make it, it needs no storage, and it changes
+with each session. The sign-in form, sent before there is a session, is protected by a random token held
 both in a cookie and in the form (double submit).
 """
 
@@ -22,13 +23,12 @@ from urllib.parse import quote
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.responses import RedirectResponse, Response
-from sqlalchemy import select
 from starlette.datastructures import FormData
 
-from api.deps import SessionDep
-from api.security import hash_api_key, same_secret
+from api.deps import SessionDep, within_share
 from db.models import Business
 from outbound_dialer.settings import Settings
+from service.keys import business_for_session, close_session, same_secret
 
 SESSION_COOKIE = "dialer_session"
 LOGIN_COOKIE = "dialer_login"
@@ -55,9 +55,9 @@ class SignInRequired(Exception):
         self.next_path = next_path
 
 
-def csrf_token(api_key: str) -> str:
-    """The token the business's forms carry."""
-    return hmac.new(api_key.encode(), _CSRF_LABEL, hashlib.sha256).hexdigest()
+def csrf_token(session_token: str) -> str:
+    """The token the session's forms carry."""
+    return hmac.new(session_token.encode(), _CSRF_LABEL, hashlib.sha256).hexdigest()
 
 
 def safe_next(path: str | None) -> str:
@@ -68,13 +68,13 @@ def safe_next(path: str | None) -> str:
 
 
 async def _signed_in(request: Request, session: SessionDep) -> DashboardUser | None:
-    api_key = request.cookies.get(SESSION_COOKIE)
-    if not api_key:
+    token = request.cookies.get(SESSION_COOKIE)
+    if not token:
         return None
-    business = await session.scalar(select(Business).where(Business.api_key_hash == hash_api_key(api_key)))
+    business = await business_for_session(session, token)
     if business is None:
         return None
-    return DashboardUser(business=business, business_name=business.name, csrf=csrf_token(api_key))
+    return DashboardUser(business=business, business_name=business.name, csrf=csrf_token(token))
 
 
 async def page_user(request: Request, session: SessionDep) -> DashboardUser:
@@ -84,6 +84,7 @@ async def page_user(request: Request, session: SessionDep) -> DashboardUser:
         if request.method != "GET":  # a form posted after the session ended: start from the runs
             raise SignInRequired("/ui/runs")
         raise SignInRequired(request.url.path + (f"?{request.url.query}" if request.url.query else ""))
+    within_share(request, user.business.id)
     return user
 
 
@@ -92,6 +93,7 @@ async def api_user(request: Request, session: SessionDep) -> DashboardUser:
     user = await _signed_in(request, session)
     if user is None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "sign in to the dashboard")
+    within_share(request, user.business.id)
     return user
 
 
@@ -121,11 +123,11 @@ def _secure(settings: Settings) -> bool:
     return settings.PUBLIC_BASE_URL.startswith("https://")
 
 
-def start_session(response: Response, settings: Settings, api_key: str) -> None:
-    """Keep the key in the browser's session cookie."""
+def start_session(response: Response, settings: Settings, token: str) -> None:
+    """Keep the session's token in the browser's cookie."""
     response.set_cookie(
         SESSION_COOKIE,
-        api_key,
+        token,
         max_age=SESSION_SECONDS,
         path=COOKIE_PATH,
         httponly=True,
@@ -135,8 +137,11 @@ def start_session(response: Response, settings: Settings, api_key: str) -> None:
     response.delete_cookie(LOGIN_COOKIE, path=COOKIE_PATH)
 
 
-def end_session(response: Response) -> None:
-    """Forget the key."""
+async def end_session(request: Request, session: SessionDep, response: Response) -> None:
+    """End the session on the server, and have the browser forget its token."""
+    token = request.cookies.get(SESSION_COOKIE)
+    if token:
+        await close_session(session, token)
     response.delete_cookie(SESSION_COOKIE, path=COOKIE_PATH)
 
 

@@ -7,15 +7,15 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.client import Client
 
+from api.fairness import RequestLimiter, retry_after
 from api.metrics import ApiMetrics
-from api.security import hash_api_key, same_secret
 from db.models import Business
 from outbound_dialer.settings import Settings
 from service.dnc import DncService
+from service.keys import business_for_key, same_secret
 from service.runs import RunService
 
 _bearer = HTTPBearer(auto_error=False)
@@ -91,16 +91,27 @@ async def require_admin(credentials: Credentials, settings: SettingsDep) -> None
         raise _unauthorized("invalid admin token")
 
 
-async def current_business(credentials: Credentials, session: SessionDep) -> Business:
-    """The business whose API key the request carries."""
+async def current_business(request: Request, credentials: Credentials, session: SessionDep) -> Business:
+    """The business whose API key the request carries, within its share of requests."""
     if credentials is None:
         raise _unauthorized("send your business API key as 'Authorization: Bearer <api_key>'")
-    business = await session.scalar(
-        select(Business).where(Business.api_key_hash == hash_api_key(credentials.credentials))
-    )
-    if business is None:
-        raise _unauthorized("invalid API key")
-    return business
+    signed = await business_for_key(session, credentials.credentials)
+    if signed is None:
+        raise _unauthorized("invalid API key (or one that was revoked or has expired)")
+    within_share(request, signed.business.id)
+    return signed.business
+
+
+def within_share(request: Request, business_id: str) -> None:
+    """A 429 with Retry-After for a business past its requests a second (BUSINESS_REQUESTS_PER_SECOND)."""
+    limiter: RequestLimiter = request.app.state.limiter
+    wait = limiter.wait_for(business_id)
+    if wait > 0:
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            f"more requests than {limiter.rate:g} a second; try again shortly",
+            headers={"Retry-After": retry_after(wait)},
+        )
 
 
 AdminDep = Annotated[None, Depends(require_admin)]

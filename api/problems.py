@@ -38,6 +38,7 @@ _PROBLEMS = {
     409: "The run has already ended.",
     413: "The body is larger than the limit, which the detail names.",
     415: "The body's Content-Type is not one this endpoint reads.",
+    429: "More requests than the business's share (BUSINESS_REQUESTS_PER_SECOND); Retry-After says when to try again.",
     503: "The run could not take the status now; Twilio sends it again.",
 }
 

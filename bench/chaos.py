@@ -584,6 +584,9 @@ async def chaos(scenario: Scenario, *, keep_state: bool = False) -> dict[str, An
         api_port = free_port()
         settings = Settings(
             ENVIRONMENT="development",
+            # The benchmarks measure the dialer, not the per-business request limit.
+            BUSINESS_REQUESTS_PER_SECOND=10_000,
+            BUSINESS_REQUEST_BURST=10_000,
             DATABASE_URL=proxied_url,
             TEMPORAL_ADDRESS=f"127.0.0.1:{temporal_port}",
             TEMPORAL_NAMESPACE=client.namespace,

@@ -497,6 +497,9 @@ async def process_env(
         api_port = free_port()
         settings = Settings(
             ENVIRONMENT="development",
+            # The benchmarks measure the dialer, not the per-business request limit.
+            BUSINESS_REQUESTS_PER_SECOND=10_000,
+            BUSINESS_REQUEST_BURST=10_000,
             DATABASE_URL=database_url,
             TEMPORAL_ADDRESS=target,
             TEMPORAL_NAMESPACE=temporal.client.namespace,

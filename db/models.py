@@ -73,6 +73,35 @@ class Business(Base):
     recording_retention_days: Mapped[int | None] = mapped_column(Integer)
 
 
+class ApiKey(Base):
+    """A business's API key, by its hash. A key works until it expires (a rotation gives the keys
+    before it an overlap) or is revoked; `businesses.api_key_hash` keeps the newest, for API
+    processes from before keys had rows of their own."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    business_id: Mapped[str] = mapped_column(ForeignKey("businesses.id"), index=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+
+class DashboardSession(Base):
+    """A signed-in dashboard, by the hash of its cookie's token: it ends at sign-out, at
+    `expires_at`, or when the key it was opened with stops working."""
+
+    __tablename__ = "dashboard_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    business_id: Mapped[str] = mapped_column(ForeignKey("businesses.id"), index=True)
+    api_key_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    ended_at: Mapped[datetime | None]
+
+
 class Run(Base):
     """An outbound run; its workflow is `outbound-run-{id}`."""
 

@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     GATE_REAP_SECONDS: float = 60.0
     # Events for businesses' webhooks: how long one delivery may take, and the wait before the first
     # retry of a failed one (doubling after each, up to an hour; an event is given up after 3 days).
+    # Requests a second each business may make to the API (per API process), and its largest burst;
+    # past them it gets 429 with Retry-After.
+    BUSINESS_REQUESTS_PER_SECOND: float = Field(default=20.0, gt=0)
+    BUSINESS_REQUEST_BURST: float = Field(default=40.0, ge=1)
     EVENT_TIMEOUT_SECONDS: float = Field(default=10.0, gt=0)
     EVENT_RETRY_SECONDS: float = 5.0
     # Networks events may be sent to although they are not public (JSON list of CIDRs, such as

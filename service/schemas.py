@@ -614,3 +614,19 @@ class DncChange(BaseModel):
 
 class DncEntry(BaseModel):
     phone: str
+
+
+class KeyRotation(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    overlap_seconds: int = Field(
+        default=3600,
+        ge=0,
+        le=7 * 86400,
+        description="How long the keys before the new one keep working; 0 stops them at once.",
+    )
+
+
+class KeyIssued(BaseModel):
+    api_key: str = Field(description="Shown once; keep it. Send as `Authorization: Bearer <api_key>`.")
+    previous_keys_end_at: datetime | None = Field(description="When the keys before it stop working.")

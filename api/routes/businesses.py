@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from datetime import timedelta
 from typing import Annotated
 from urllib.parse import urlsplit
 from uuid import uuid4
@@ -12,9 +13,8 @@ from sqlalchemy import select, update
 
 from api.deps import AdminDep, BusinessDep, RunsDep, SessionDep, SettingsDep
 from api.problems import problems
-from api.security import hash_api_key, new_api_key
 from contracts.statuses import EventStatus
-from db.models import Business, Event
+from db.models import ApiKey, Business, Event
 from db.outbox import EVENT_TYPES
 from service.answers import (
     agent_numbers,
@@ -23,6 +23,7 @@ from service.answers import (
     remove_agent_number,
 )
 from service.answers import set_answer as save_answer
+from service.keys import hash_api_key, issue_key, new_api_key
 from service.schemas import (
     AgentNumber,
     AgentNumberIn,
@@ -32,6 +33,8 @@ from service.schemas import (
     BusinessCreated,
     BusinessPublic,
     EventPublic,
+    KeyIssued,
+    KeyRotation,
     RecordingsIn,
     RunCreated,
     TestCallIn,
@@ -59,7 +62,35 @@ async def create_business(body: BusinessCreate, session: SessionDep, _admin: Adm
     )
     session.add(business)
     await session.flush()
+    session.add(ApiKey(business_id=business.id, key_hash=business.api_key_hash))
+    await session.flush()
     return BusinessCreated(**_public(business).model_dump(), api_key=api_key)
+
+
+@router.post("/me/api-key", status_code=status.HTTP_201_CREATED, response_model=KeyIssued)
+async def rotate_key(body: KeyRotation, business: BusinessDep, session: SessionDep) -> KeyIssued:
+    """A new API key, shown once. The keys before it keep working for `overlap_seconds` (so the
+    systems that use them can move over), then stop; 0 stops them at once, and ends every
+    dashboard session."""
+    overlap = timedelta(seconds=body.overlap_seconds) if body.overlap_seconds else None
+    api_key, ends = await issue_key(session, business, overlap)
+    return KeyIssued(api_key=api_key, previous_keys_end_at=ends)
+
+
+@router.post(
+    "/{business_id}/api-key",
+    status_code=status.HTTP_201_CREATED,
+    response_model=KeyIssued,
+    responses=problems(404),
+)
+async def replace_keys(business_id: str, session: SessionDep, _admin: AdminDep) -> KeyIssued:
+    """For the operator, when a key has leaked: every key of the business stops now, its dashboard
+    sessions end, and a new key is made (shown once)."""
+    business = await session.get(Business, business_id)
+    if business is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such business")
+    api_key, ends = await issue_key(session, business, None)
+    return KeyIssued(api_key=api_key, previous_keys_end_at=ends)
 
 
 @router.get("/me", response_model=BusinessPublic)

@@ -13,7 +13,6 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from pydantic import ValidationError
-from sqlalchemy import select
 from starlette.datastructures import FormData, UploadFile
 
 from api.dashboard_session import (
@@ -37,8 +36,6 @@ from api.dashboard_views import (
     upload_chunks,
 )
 from api.deps import DncDep, MetricsDep, RunsDep, SessionDep, SettingsDep
-from api.security import hash_api_key
-from db.models import Business
 from service.answers import agent_numbers, business_answer
 from service.answers import set_answer as save_answer
 from service.calls_export import calls_csv, metadata_keys
@@ -51,6 +48,7 @@ from service.errors import (
     RunNotLive,
     UploadUnreadable,
 )
+from service.keys import business_for_key, open_session
 from service.lead_files import csv_records, json_lines_records
 from service.phones import InvalidPhone, to_e164
 from service.schemas import MAX_NUMBERS_PER_REQUEST, MAX_OFFSET, AnswerIn, RunPublic
@@ -121,26 +119,23 @@ async def login(request: Request, session: SessionDep, settings: SettingsDep) ->
             return _login_form(
                 request, settings, next_path, "The sign-in form expired. Please try again.", 403
             )
-    business = None
+    signed = None
     if isinstance(api_key, str) and api_key.strip():
-        api_key = api_key.strip()
-        business = await session.scalar(
-            select(Business).where(Business.api_key_hash == hash_api_key(api_key))
-        )
-    if business is None or not isinstance(api_key, str):
+        signed = await business_for_key(session, api_key.strip())
+    if signed is None:
         return _login_form(request, settings, next_path, "That is not a business API key.", 401)
     response = _redirect(next_path)
-    start_session(response, settings, api_key)
+    start_session(response, settings, await open_session(session, signed))
     return response
 
 
 @router.post("/logout")
-async def logout(request: Request, user: PageUser) -> Response:
-    """Sign out: the browser forgets the key."""
+async def logout(request: Request, user: PageUser, session: SessionDep) -> Response:
+    """Sign out: the session ends on the server, and the browser forgets it."""
     async with request.form(max_files=0, max_fields=10) as form:
         check_csrf(user, form)
     response = _redirect("/ui/login")
-    end_session(response)
+    await end_session(request, session, response)
     return response
 
 

@@ -1,0 +1,68 @@
+"""A leaked key need not work for ever: a business rotates its key (the old one works for a short
+overlap), an operator revokes them all at once, and signing out of the dashboard ends the session
+on the server, so a copied cookie is worth nothing after."""
+
+from __future__ import annotations
+
+import httpx
+
+from api.dashboard_session import SESSION_COOKIE as SESSION_COOKIE_NAME
+from outbound_dialer.settings import DEV_ADMIN_TOKEN
+from support.drive import Business
+from support.stack import Stack, signed_in
+
+
+def _as(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def _works(stack: Stack, key: str) -> bool:
+    answer = await stack.http.get("/v1/businesses/me", headers=_as(key))
+    assert answer.status_code in (200, 401), answer.text
+    return answer.status_code == 200
+
+
+async def test_a_rotated_key_works_for_its_overlap_and_a_rotation_without_one_stops_it(stack: Stack) -> None:
+    business = await stack.create_business()
+    rotated = await stack.http.post("/v1/businesses/me/api-key", json={}, headers=business.headers)
+    assert rotated.status_code == 201, rotated.text
+    second = rotated.json()["api_key"]
+    assert rotated.json()["previous_keys_end_at"] is not None
+    assert await _works(stack, business.api_key) and await _works(stack, second)  # the overlap
+
+    third = await stack.http.post(
+        "/v1/businesses/me/api-key", json={"overlap_seconds": 0}, headers=_as(second)
+    )
+    assert third.status_code == 201, third.text
+    assert not await _works(stack, business.api_key)
+    assert not await _works(stack, second)
+    assert await _works(stack, third.json()["api_key"])
+
+
+async def test_an_operator_revokes_every_key_and_dashboard_session_of_a_business(stack: Stack) -> None:
+    business = await stack.create_business()
+    async with signed_in(stack, business) as (browser, _token):
+        assert (await browser.get("/ui/runs")).status_code == 200
+        replaced = await stack.http.post(
+            f"/v1/businesses/{business.id}/api-key", headers=_as(DEV_ADMIN_TOKEN)
+        )
+        assert replaced.status_code == 201, replaced.text
+        after = await browser.get("/ui/runs")
+    assert after.status_code == 303 and after.headers["location"].startswith("/ui/login")
+    assert not await _works(stack, business.api_key)
+    assert await _works(stack, replaced.json()["api_key"])
+    refused = await stack.http.post(f"/v1/businesses/{business.id}/api-key", headers=business.headers)
+    assert refused.status_code == 401  # only the operator
+
+
+async def test_signing_out_ends_the_session_on_the_server_and_the_cookie_is_not_the_key(stack: Stack) -> None:
+    business: Business = await stack.create_business()
+    async with signed_in(stack, business) as (browser, token):
+        cookie = browser.cookies[SESSION_COOKIE_NAME]
+        assert business.api_key not in cookie
+        out = await browser.post("/ui/logout", data={"csrf": token})
+        assert out.status_code == 303
+    async with httpx.AsyncClient(base_url=stack.settings.PUBLIC_BASE_URL) as thief:
+        thief.cookies.set(SESSION_COOKIE_NAME, cookie, path="/ui")
+        stolen = await thief.get("/ui/runs")
+    assert stolen.status_code == 303 and stolen.headers["location"].startswith("/ui/login")
