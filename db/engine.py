@@ -20,15 +20,21 @@ def create_engine(url: str, *, ping_on_checkout: bool = True) -> AsyncEngine:
     `ping_on_checkout` tests each pooled connection before use (one round trip each time), so a
     connection the database dropped is replaced rather than failing a request. Code that is retried
     anyway, such as activities, can do without: a dropped connection fails one try, and the pool
-    then replaces every connection older than the failure."""
+    then replaces every connection older than the failure.
+
+    Errors name their statement without the values bound to it (`hide_parameters`): a lead's phone
+    or name stays out of logs and of the failure messages Temporal keeps in histories."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         return create_async_engine(
-            url, pool_pre_ping=ping_on_checkout, connect_args={"timeout": CONNECT_TIMEOUT_SECONDS}
+            url,
+            pool_pre_ping=ping_on_checkout,
+            connect_args={"timeout": CONNECT_TIMEOUT_SECONDS},
+            hide_parameters=True,
         )
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_async_engine(url, connect_args={"timeout": 30})
+    engine = create_async_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
 
     @event.listens_for(engine.sync_engine, "connect")
     def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
