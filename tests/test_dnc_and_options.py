@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import threading
+from typing import Any
+
 import httpx
 import pytest
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from api.app import create_app
+from service import dnc
 from support.drive import new_number, wait_for
 from support.stack import Stack
 from tests.conftest import SimulatorKnobs
@@ -82,7 +86,7 @@ async def test_a_write_the_database_did_not_commit_is_not_answered_as_done(stack
 @pytest.mark.parametrize(
     ("options", "complaint"),
     [
-        ({"retry_on": ["busy", "voicemail"]}, "unknown outcomes ['voicemail']"),
+        ({"retry_on": ["busy", "hung_up"]}, "unknown outcomes ['hung_up']"),
         ({"calling_window": {"start": "21:00", "end": "08:00"}}, "never opens"),
         ({"calling_window": {"days": []}}, "never opens"),
         ({"calling_window": {"start": "8am"}}, "string should match pattern"),
@@ -115,3 +119,25 @@ async def test_a_do_not_call_upload_of_many_bad_numbers_lists_the_first_hundred(
     assert len(detail) == 101 and detail[0]["loc"] == ["body", "line", 3]
     assert detail[-1]["msg"] == "200 more errors not listed"
     assert (await stack.http.get("/v1/dnc", headers=business.headers)).json() == []
+
+
+async def test_numbers_are_checked_off_the_event_loop(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Checking a long list is seconds of CPU: done on the event loop it would hold up every
+    business's requests and Twilio's callbacks, so it runs in a thread of its own."""
+    checked_on: list[bool] = []
+    real = dnc.phones_in_e164
+
+    def recording(*args: Any) -> list[str]:
+        checked_on.append(threading.current_thread() is threading.main_thread())
+        return real(*args)
+
+    monkeypatch.setattr(dnc, "phones_in_e164", recording)
+    business = await stack.create_business()
+    upload = await stack.http.post(
+        "/v1/dnc/import",
+        content="phone\n+14155550111\n",
+        headers={**business.headers, "Content-Type": "text/csv"},
+    )
+    listed = await stack.http.post("/v1/dnc", json={"phones": ["+14155550112"]}, headers=business.headers)
+    assert upload.status_code == 201 and listed.status_code == 201, (upload.text, listed.text)
+    assert checked_on == [False, False]
