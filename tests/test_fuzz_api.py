@@ -133,9 +133,10 @@ def _stateful(target: Target) -> None:
     """Scenarios of calls where each may use what an earlier one answered (a run it started, its
     calls, its controls), as schemathesis links the operations; every answer is checked."""
     config = schemathesis.Config.from_dict({"auth": {"openapi": {"HTTPBearer": {"bearer": target.api_key}}}})
-    schema = schemathesis.openapi.from_dict(target.openapi, config=config)
-    schema = schema.exclude(path_regex="^/v1/businesses(/[^/]+)?/api-key$").exclude(
-        method="POST", path="/v1/businesses"
+    schema = (
+        schemathesis.openapi.from_dict(target.openapi, config=config)
+        .exclude(path_regex="^/v1/businesses(/[^/]+)?/api-key$")
+        .exclude(method="POST", path="/v1/businesses")
     )
     base_url = target.base_url
 
