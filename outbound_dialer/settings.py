@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 from functools import lru_cache
 from typing import Literal
@@ -176,6 +177,8 @@ class Settings(BaseSettings):
                 env.pop(name, None)
             elif isinstance(value, SecretStr):
                 env[name] = value.get_secret_value()
+            elif isinstance(value, list | dict):
+                env[name] = json.dumps(value)  # as pydantic-settings reads a complex value
             else:
                 env[name] = str(value)
         return env

@@ -113,3 +113,13 @@ def test_production_is_the_default_against_the_real_twilio(monkeypatch: pytest.M
     assert simulated.ENVIRONMENT == "development"
     monkeypatch.setenv("ENVIRONMENT", "development")
     assert Settings.model_validate({}).ENVIRONMENT == "development"
+
+
+def test_a_child_process_reads_exactly_the_settings_it_was_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker a test or benchmark starts reads its settings from the environment they make."""
+    given = Settings.model_validate(
+        {"ENVIRONMENT": "development", "EVENT_WEBHOOK_ALLOWED_NETWORKS": ["127.0.0.0/8", "::1/128"]}
+    )
+    for name, value in given.environment().items():
+        monkeypatch.setenv(name, value)
+    assert Settings(_env_file=None).model_dump() == given.model_dump()  # type: ignore[call-arg]

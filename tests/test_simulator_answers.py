@@ -403,7 +403,7 @@ async def test_an_update_with_a_url_fetches_it_and_what_is_not_twiml_ends_the_ca
 async def test_an_update_of_a_ringing_call_runs_once_it_is_answered(
     sim: Sim, twilio: Client, app: CustomerApp
 ) -> None:
-    sim.config.ring_seconds = (0.5, 0.5)
+    sim.config.ring_seconds = (3.0, 3.0)  # long enough for the update to come while it rings
     call = await twilio.calls.create_async(
         to=TO, from_=FROM, twiml=TWIML, status_callback=f"{app.url}/status"
     )
