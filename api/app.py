@@ -27,6 +27,7 @@ from outbound_dialer.settings import Settings, get_settings
 from outbound_dialer.temporal_client import connect_temporal
 from service.errors import (
     ListInvalid,
+    NotNewestKey,
     NumberNotRegistered,
     PhoneNotListed,
     RunNotFound,
@@ -130,6 +131,7 @@ REFUSALS: tuple[tuple[type[ServiceError], int], ...] = (
     (RunNotFound, status.HTTP_404_NOT_FOUND),
     (PhoneNotListed, status.HTTP_404_NOT_FOUND),
     (RunNotLive, status.HTTP_409_CONFLICT),
+    (NotNewestKey, status.HTTP_403_FORBIDDEN),
     (ListInvalid, status.HTTP_422_UNPROCESSABLE_CONTENT),
     (UploadUnreadable, status.HTTP_422_UNPROCESSABLE_CONTENT),
     (NumberNotRegistered, status.HTTP_422_UNPROCESSABLE_CONTENT),

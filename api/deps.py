@@ -15,7 +15,7 @@ from api.metrics import ApiMetrics
 from db.models import Business
 from outbound_dialer.settings import Settings
 from service.dnc import DncService
-from service.keys import business_for_key, same_secret
+from service.keys import Signed, business_for_key, same_secret
 from service.runs import RunService
 
 _bearer = HTTPBearer(auto_error=False)
@@ -91,14 +91,19 @@ async def require_admin(credentials: Credentials, settings: SettingsDep) -> None
         raise _unauthorized("invalid admin token")
 
 
-async def current_business(request: Request, credentials: Credentials, session: SessionDep) -> Business:
-    """The business whose API key the request carries, within its share of requests."""
+async def current_key(request: Request, credentials: Credentials, session: SessionDep) -> Signed:
+    """The business whose API key the request carries, and the key, within its share of requests."""
     if credentials is None:
         raise _unauthorized("send your business API key as 'Authorization: Bearer <api_key>'")
     signed = await business_for_key(session, credentials.credentials)
     if signed is None:
         raise _unauthorized("invalid API key (or one that was revoked or has expired)")
     within_share(request, signed.business.id)
+    return signed
+
+
+async def current_business(signed: Annotated[Signed, Depends(current_key)]) -> Business:
+    """The business whose API key the request carries."""
     return signed.business
 
 
@@ -116,3 +121,4 @@ def within_share(request: Request, business_id: str) -> None:
 
 AdminDep = Annotated[None, Depends(require_admin)]
 BusinessDep = Annotated[Business, Depends(current_business)]
+KeyDep = Annotated[Signed, Depends(current_key)]

@@ -14,6 +14,13 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # IPv6 prefixes that carry an IPv4 address in their low 32 bits: NAT64 (RFC 6052, RFC 8215).
 _NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+# Refused whatever this Python's `is_global` says of them: IPv4-compatible (::/96), SIIT
+# (::ffff:0:0:0/96), site-local (fec0::/10), local-use NAT64 (64:ff9b:1::/48), and prefixes newer
+# than some Pythons know (5f00::/8 SRv6 SIDs, 3fff::/20 documentation).
+_NEVER = tuple(
+    ipaddress.ip_network(n)
+    for n in ("::/96", "::ffff:0:0:0/96", "fec0::/10", "64:ff9b:1::/48", "5f00::/8", "3fff::/20")
+)
 
 
 class EgressRefused(Exception):
@@ -35,6 +42,8 @@ class Egress:
     def permits(self, address: IPAddress) -> bool:
         if any(address in network for network in self.allowed if network.version == address.version):
             return True
+        if isinstance(address, ipaddress.IPv6Address) and any(address in n for n in _NEVER):
+            return False
         return all(candidate.is_global and not candidate.is_multicast for candidate in _forms(address))
 
     async def resolve(self, host: str, port: int) -> IPAddress:

@@ -7,6 +7,7 @@ import json
 import os
 from functools import lru_cache
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -102,7 +103,7 @@ class Settings(BaseSettings):
     @field_validator("PUBLIC_BASE_URL", "TWILIO_API_BASE_URL", "TEMPORAL_UI_URL")
     @classmethod
     def _no_trailing_slash(cls, url: str | None) -> str | None:
-        return url.rstrip("/") if url else url
+        return url.rstrip("/") if url else None  # empty is unset: the real Twilio
 
     @field_validator("WORKER_METRICS_ADDRESS", "WORKER_SDK_METRICS_ADDRESS")
     @classmethod
@@ -142,7 +143,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _real_secrets_in_production(self) -> Settings:
         if self.ENVIRONMENT is None:
-            self.ENVIRONMENT = "production" if self.TWILIO_API_BASE_URL is None else "development"
+            self.ENVIRONMENT = "production" if self.calls_real_twilio() else "development"
         development = self.ENVIRONMENT == "development"
         if self.METRICS_ENABLED is None:
             self.METRICS_ENABLED = development
@@ -160,11 +161,27 @@ class Settings(BaseSettings):
                 raise ValueError(f"{name} must be at least {MIN_SECRET_CHARS} characters in production")
         if self.TWILIO_ACCOUNT_SID == DEV_ACCOUNT_SID:
             raise ValueError("TWILIO_ACCOUNT_SID is the development placeholder; set the account's SID")
+        everywhere = [
+            n
+            for n in self.EVENT_WEBHOOK_ALLOWED_NETWORKS
+            if ipaddress.ip_network(n, strict=False).prefixlen == 0
+        ]
+        if everywhere:
+            raise ValueError(
+                f"EVENT_WEBHOOK_ALLOWED_NETWORKS must not allow every address in production ({everywhere})"
+            )
         if not self.PUBLIC_BASE_URL.startswith("https://"):
             raise ValueError(
                 "PUBLIC_BASE_URL must be an https:// URL in production (Twilio posts callbacks to it)"
             )
         return self
+
+    def calls_real_twilio(self) -> bool:
+        """Whether calls go to Twilio itself (any of its hosts), not to a simulator."""
+        if self.TWILIO_API_BASE_URL is None:
+            return True
+        host = (urlsplit(self.TWILIO_API_BASE_URL).hostname or "").lower()
+        return host == "twilio.com" or host.endswith(".twilio.com")
 
     def environment(self) -> dict[str, str]:
         """This process's environment with every setting set from these (unset ones removed), for a

@@ -110,3 +110,10 @@ class LeadListInvalid(ListInvalid):
 
 class PhoneListInvalid(ListInvalid):
     """A list of numbers for the do-not-call list with bad numbers: none is added."""
+
+
+class NotNewestKey(ServiceError):
+    """A key that a rotation has given an end (it may be the one that leaked) may not make keys."""
+
+    def __init__(self) -> None:
+        super().__init__("only the business's newest API key can make a new one")

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import ColumnElement
 
 from db.models import ApiKey, Business, DashboardSession, utcnow
+from service.errors import NotNewestKey
 
 # How long a dashboard session lasts, at most.
 SESSION_LIFETIME = timedelta(hours=12)
@@ -42,6 +43,8 @@ class Signed:
 
     business: Business
     key_id: int
+    # The business's newest key (no end set by a rotation): only it may make a new key.
+    newest: bool = True
 
 
 def _working(now: datetime) -> tuple[ColumnElement[bool], ColumnElement[bool]]:
@@ -55,20 +58,25 @@ async def business_for_key(session: AsyncSession, raw: str) -> Signed | None:
     """The business whose working key this is, if any."""
     row = (
         await session.execute(
-            select(Business, ApiKey.id)
+            select(Business, ApiKey.id, ApiKey.expires_at)
             .join(ApiKey, ApiKey.business_id == Business.id)
             .where(ApiKey.key_hash == hash_api_key(raw), *_working(utcnow()))
         )
     ).first()
-    return Signed(row[0], row[1]) if row is not None else None
+    return Signed(row[0], row[1], newest=row[2] is None) if row is not None else None
 
 
 async def issue_key(
-    session: AsyncSession, business: Business, overlap: timedelta | None
+    session: AsyncSession, signed: Signed, overlap: timedelta | None
 ) -> tuple[str, datetime | None]:
-    """A new key for the business, shown once. The keys before it keep working for `overlap`
-    (None: they are revoked at once, with every dashboard session). Returns the key and when the
-    keys before it stop."""
+    """A new key for the business, shown once, asked for with the key `signed` (key id 0: by the
+    operator). The keys before it keep working for `overlap` (None: they are revoked at once, with
+    every dashboard session). Returns the key and when the keys before it stop. `NotNewestKey`
+    when the asking key is not the business's newest."""
+    business = signed.business
+    await _lock(session, business.id)
+    if signed.key_id and not await still_newest(session, signed.key_id):
+        raise NotNewestKey()
     now = utcnow()
     if overlap is None:
         await revoke_keys(session, business.id)
@@ -90,6 +98,7 @@ async def issue_key(
 
 async def revoke_keys(session: AsyncSession, business_id: str) -> int:
     """Revoke every working key of the business and end its dashboard sessions; how many keys."""
+    await _lock(session, business_id)
     now = utcnow()
     result = await session.execute(
         update(ApiKey).where(ApiKey.business_id == business_id, *_working(now)).values(revoked_at=now)
@@ -100,6 +109,21 @@ async def revoke_keys(session: AsyncSession, business_id: str) -> int:
         .values(ended_at=now)
     )
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def _lock(session: AsyncSession, business_id: str) -> None:
+    """Take the business's row for this transaction: key changes of one business happen one at a
+    time, so a rotation cannot slip a key past an operator's replace-all."""
+    await session.execute(select(Business.id).where(Business.id == business_id).with_for_update())
+
+
+async def still_newest(session: AsyncSession, key_id: int) -> bool:
+    """Whether a key is still the business's newest working key (read under the business's lock)."""
+    now = utcnow()
+    found = await session.scalar(
+        select(ApiKey.id).where(ApiKey.id == key_id, ApiKey.expires_at.is_(None), *_working(now))
+    )
+    return found is not None
 
 
 async def open_session(session: AsyncSession, signed: Signed) -> str:

@@ -139,7 +139,7 @@ class CallbackUrls:
             expected = self._token(path, query["run"], int(query["lead"]), int(query["attempt"]))
         except (KeyError, ValueError):
             return False
-        return hmac.compare_digest(query.get("t", ""), expected)
+        return hmac.compare_digest(query.get("t", "").encode(), expected.encode())
 
     def url(self, path: str, run_id: str, lead_id: int, attempt: int) -> str:
         """The URL of the callback at `path` for one attempt."""

@@ -140,6 +140,10 @@ async def test_events_are_never_sent_to_a_private_address_whatever_the_name(
         "64:ff9b::7f00:1",  # NAT64 of 127.0.0.1
         "2002:7f00:1::1",  # 6to4 of 127.0.0.1
         "224.0.0.1",
+        "::7f00:1",  # IPv4-compatible
+        "::ffff:0:7f00:1",  # SIIT
+        "fec0::1",  # site-local
+        "64:ff9b:1::a00:1",  # local-use NAT64
     ],
 )
 def test_no_private_address_in_any_of_its_forms_is_permitted(address: str) -> None:

@@ -66,3 +66,17 @@ async def test_signing_out_ends_the_session_on_the_server_and_the_cookie_is_not_
         thief.cookies.set(SESSION_COOKIE_NAME, cookie, path="/ui")
         stolen = await thief.get("/ui/runs")
     assert stolen.status_code == 303 and stolen.headers["location"].startswith("/ui/login")
+
+
+async def test_a_key_in_its_overlap_cannot_make_keys(stack: Stack) -> None:
+    """A leaked key the business has rotated away from must not mint a key of its own, nor end the
+    business's new one."""
+    business = await stack.create_business()
+    rotated = await stack.http.post("/v1/businesses/me/api-key", json={}, headers=business.headers)
+    current = rotated.json()["api_key"]
+    taken = await stack.http.post(
+        "/v1/businesses/me/api-key", json={"overlap_seconds": 0}, headers=business.headers
+    )
+    assert taken.status_code == 403, taken.text
+    assert "newest" in taken.json()["detail"]
+    assert await _works(stack, current)

@@ -123,3 +123,24 @@ def test_a_child_process_reads_exactly_the_settings_it_was_given(monkeypatch: py
     for name, value in given.environment().items():
         monkeypatch.setenv(name, value)
     assert Settings(_env_file=None).model_dump() == given.model_dump()  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize("base_url", ["", "https://api.twilio.com", "https://api.dublin.ie1.twilio.com/"])
+def test_the_real_twilio_however_it_is_named_is_production(
+    base_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ENVIRONMENT", raising=False)
+    with pytest.raises(ValidationError, match="ADMIN_TOKEN is a placeholder"):
+        Settings.model_validate(
+            {
+                **{k: v for k, v in REAL.items() if k != "ENVIRONMENT"},
+                "ADMIN_TOKEN": "",
+                "TWILIO_API_BASE_URL": base_url,
+            }
+        )
+
+
+@pytest.mark.parametrize("networks", [["0.0.0.0/0"], ["::/0"], ["10.0.0.0/8", "0.0.0.0/0"]])
+def test_production_refuses_to_send_events_anywhere(networks: list[str]) -> None:
+    with pytest.raises(ValidationError, match="EVENT_WEBHOOK_ALLOWED_NETWORKS"):
+        Settings.model_validate({**REAL, "EVENT_WEBHOOK_ALLOWED_NETWORKS": networks})

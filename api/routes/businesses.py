@@ -11,7 +11,7 @@ from uuid import uuid4
 from fastapi import APIRouter, HTTPException, Query, Response, status
 from sqlalchemy import select, update
 
-from api.deps import AdminDep, BusinessDep, RunsDep, SessionDep, SettingsDep
+from api.deps import AdminDep, BusinessDep, KeyDep, RunsDep, SessionDep, SettingsDep
 from api.problems import problems
 from contracts.statuses import EventStatus
 from db.models import ApiKey, Business, Event
@@ -23,7 +23,7 @@ from service.answers import (
     remove_agent_number,
 )
 from service.answers import set_answer as save_answer
-from service.keys import hash_api_key, issue_key, new_api_key
+from service.keys import Signed, hash_api_key, issue_key, new_api_key
 from service.schemas import (
     AgentNumber,
     AgentNumberIn,
@@ -67,13 +67,16 @@ async def create_business(body: BusinessCreate, session: SessionDep, _admin: Adm
     return BusinessCreated(**_public(business).model_dump(), api_key=api_key)
 
 
-@router.post("/me/api-key", status_code=status.HTTP_201_CREATED, response_model=KeyIssued)
-async def rotate_key(body: KeyRotation, business: BusinessDep, session: SessionDep) -> KeyIssued:
+@router.post(
+    "/me/api-key", status_code=status.HTTP_201_CREATED, response_model=KeyIssued, responses=problems(403)
+)
+async def rotate_key(body: KeyRotation, signed: KeyDep, session: SessionDep) -> KeyIssued:
     """A new API key, shown once. The keys before it keep working for `overlap_seconds` (so the
     systems that use them can move over), then stop; 0 stops them at once, and ends every
-    dashboard session."""
+    dashboard session. Only the business's newest key may make one: a key in its overlap, which
+    may be the one that leaked, cannot."""
     overlap = timedelta(seconds=body.overlap_seconds) if body.overlap_seconds else None
-    api_key, ends = await issue_key(session, business, overlap)
+    api_key, ends = await issue_key(session, signed, overlap)
     return KeyIssued(api_key=api_key, previous_keys_end_at=ends)
 
 
@@ -89,7 +92,7 @@ async def replace_keys(business_id: str, session: SessionDep, _admin: AdminDep) 
     business = await session.get(Business, business_id)
     if business is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such business")
-    api_key, ends = await issue_key(session, business, None)
+    api_key, ends = await issue_key(session, Signed(business, 0), None)
     return KeyIssued(api_key=api_key, previous_keys_end_at=ends)
 
 

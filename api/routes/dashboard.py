@@ -35,7 +35,7 @@ from api.dashboard_views import (
     temporal_ui_link,
     upload_chunks,
 )
-from api.deps import DncDep, MetricsDep, RunsDep, SessionDep, SettingsDep
+from api.deps import DncDep, MetricsDep, RunsDep, SessionDep, SettingsDep, within_share
 from service.answers import agent_numbers, business_answer
 from service.answers import set_answer as save_answer
 from service.calls_export import calls_csv, metadata_keys
@@ -124,6 +124,7 @@ async def login(request: Request, session: SessionDep, settings: SettingsDep) ->
         signed = await business_for_key(session, api_key.strip())
     if signed is None:
         return _login_form(request, settings, next_path, "That is not a business API key.", 401)
+    within_share(request, signed.business.id)  # each sign-in keeps a session row: counted too
     response = _redirect(next_path)
     start_session(response, settings, await open_session(session, signed))
     return response
