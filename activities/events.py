@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
@@ -94,16 +94,23 @@ class EventActivities:
         if due:
             assert business is not None and business.webhook_url and business.webhook_secret
             signer = Webhook(business.webhook_secret)
-            for event in due:
-                await self._deliver(event, bodies[event.id], business.webhook_url, signer, result)
+            for index, event in enumerate(due):
+                retry_at = await self._deliver(event, bodies[event.id], business.webhook_url, signer, result)
                 activity.heartbeat(result.delivered + result.failed_attempts)
+                if retry_at is not None:
+                    # No answer in time: the rest would each wait as long. They are put off untried.
+                    await self._put_off(due[index + 1 :], retry_at, business.webhook_url)
+                    break
         if not result.more:
             result.next_attempt_in = await self._next_attempt_in(input.business_id)
         return result
 
     async def _deliver(
         self, event: Event, body: str, url: str, signer: Webhook, result: DeliveryPass
-    ) -> None:
+    ) -> datetime | None:
+        """Send one event and record how it went. Returns when it is tried again if the webhook
+        gave no answer within the deadline (a pass would spend as long on each event after it),
+        else None."""
         context = {
             "business": event.business_id,
             "run": event.run_id,
@@ -129,12 +136,14 @@ class EventActivities:
             "webhook-signature": signer.sign(event.id, sent_at, body),
         }
         status_code: int | None = None
+        timed_out = False
         try:
             status_code = await self._post(url, body.encode(), headers)
             error = None if 200 <= status_code < 300 else f"the webhook answered HTTP {status_code}"
         except EgressRefused as refused:
             error = f"refused: {refused}"
         except TimeoutError:
+            timed_out = True
             error = f"no answer within {self.deadline:g} s from {urlsplit(url).hostname}"
         except httpx.HTTPError as failure:
             # Named by kind and host only: a URL may carry credentials.
@@ -157,6 +166,19 @@ class EventActivities:
                 log.info("event delivery failed", extra={**context, "error": error, "tries": attempts})
         async with self.sessions() as session, session.begin():
             await session.execute(update(Event).where(Event.id == event.id).values(**values))
+        return retry_at if timed_out else None
+
+    async def _put_off(self, events: list[Event], until: datetime, url: str) -> None:
+        """Put events off to `until` without a try, saying why."""
+        if not events:
+            return
+        reason = f"not tried: {urlsplit(url).hostname} gave no answer in time to the event before it"
+        async with self.sessions() as session, session.begin():
+            await session.execute(
+                update(Event)
+                .where(Event.id.in_([e.id for e in events]))
+                .values(next_attempt_at=until, last_error=reason)
+            )
 
     async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> int:
         """POST to the webhook at the address its host resolves to now, if that address may be sent

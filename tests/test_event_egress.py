@@ -155,3 +155,33 @@ def test_public_addresses_and_allowed_networks_are_permitted() -> None:
     assert Egress().permits(ipaddress.ip_address("64:ff9b::5db8:d822"))  # NAT64 of a public one
     assert Egress.allowing(["127.0.0.0/8"]).permits(ipaddress.ip_address("127.0.0.1"))
     assert not Egress.allowing(["127.0.0.0/8"]).permits(ipaddress.ip_address("10.0.0.1"))
+
+
+async def test_a_receiver_that_does_not_answer_costs_one_try_a_pass_not_one_per_event(
+    deadline_stack: Stack,
+) -> None:
+    """A receiver that accepts connections and never answers would hold a worker's activity slot
+    for the whole deadline once per event: after the first, the pass puts the rest off untried."""
+    stack = deadline_stack
+    silent = await asyncio.start_server(lambda reader, writer: None, "127.0.0.1", 0)
+    port = silent.sockets[0].getsockname()[1]
+    try:
+        business = await stack.create_business(cap=3)
+        await register(stack, business, f"http://127.0.0.1:{port}/hooks")
+        phones = [new_number() for _ in range(3)]
+        await stack.force_outcomes(dict.fromkeys(phones, "busy"))
+        run_id = await stack.start_run(business, phones)
+        await stack.wait_run_ends(business, run_id)
+
+        async def all_had_a_pass() -> list[dict[str, Any]] | None:
+            events = await events_of(stack, business, run_id=run_id)
+            return events if len(events) == 4 and all(e["last_error"] for e in events) else None
+
+        events = await wait_for(all_had_a_pass, within=60, what="every event to have had a pass")
+    finally:
+        silent.close()
+    tried = [e for e in events if e["attempts"]]
+    untried = [e for e in events if not e["attempts"]]
+    assert all("no answer within 2 s" in e["last_error"] for e in tried), tried
+    assert untried and all(e["last_error"].startswith("not tried:") for e in untried), events
+    assert all(e["status"] == "pending" and e["next_attempt_at"] for e in events)
