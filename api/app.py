@@ -11,10 +11,13 @@ from fastapi import FastAPI, Request, Response, status
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import DBAPIError
+from starlette.datastructures import Headers
+from starlette.requests import cookie_parser
+from starlette.types import Scope
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from api.dashboard_session import SignInRequired, sign_in_redirect
+from api.dashboard_session import SESSION_COOKIE, SignInRequired, sign_in_redirect
 from api.dashboard_views import STATIC_DIR
 from api.fairness import RequestLimiter
 from api.metrics import ApiMetrics, MetricsMiddleware
@@ -36,6 +39,7 @@ from service.errors import (
     UploadUnreadable,
     VoiceAppUnsigned,
 )
+from service.keys import business_for_key, business_for_session
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +112,7 @@ def create_app(settings: Settings | None = None, temporal: Client | None = None)
         limit=settings.MAX_REQUEST_BYTES,
         upload_limit=settings.MAX_UPLOAD_BYTES,
         upload_routes=LIST_UPLOADS,
+        may_upload=_from_a_business,
     )
     app.add_middleware(NulInUrlMiddleware)
     app.state.metrics = metrics = ApiMetrics()
@@ -137,6 +142,23 @@ REFUSALS: tuple[tuple[type[ServiceError], int], ...] = (
     (NumberNotRegistered, status.HTTP_422_UNPROCESSABLE_CONTENT),
     (VoiceAppUnsigned, status.HTTP_422_UNPROCESSABLE_CONTENT),
 )
+
+
+async def _from_a_business(scope: Scope) -> bool:
+    """Whether a request carries a working business API key or dashboard session: only then is a
+    list's large body read."""
+    headers = Headers(scope=scope)
+    authorization = headers.get("authorization", "")
+    token = cookie_parser(headers.get("cookie", "")).get(SESSION_COOKIE)
+    try:
+        async with scope["app"].state.sessions() as session:
+            if authorization.lower().startswith("bearer "):
+                return await business_for_key(session, authorization[7:].strip()) is not None
+            if token:
+                return await business_for_session(session, token) is not None
+    except (*_DATABASE_AWAY, DBAPIError):
+        return True  # the route itself answers 503 when it reaches the database
+    return False
 
 
 async def refused(request: Request, error: Exception) -> Response:

@@ -7,7 +7,7 @@ limit is; this answers `{"detail": ...}`, like every other error of the API, and
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
 
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
@@ -34,17 +34,26 @@ def _size(limit: int) -> str:
 
 class BodyLimitMiddleware:
     """Refuse a request whose body is larger than its limit: `upload_limit` for the routes in
-    `upload_routes` (method and path), `limit` for every other. A Content-Length over the limit is
-    refused before the app runs; a body sent without one (chunked) is counted as it arrives and
-    refused once it passes the limit, so it is never held whole."""
+    `upload_routes` (method and path) when `may_upload` says the request comes from a business
+    (its key or dashboard session works, checked before the body is read), `limit` for every other.
+    A Content-Length over the limit is refused before the app runs; a body sent without one
+    (chunked) is counted as it arrives and refused once it passes the limit, so it is never held
+    whole."""
 
     def __init__(
-        self, app: ASGIApp, *, limit: int, upload_limit: int, upload_routes: Collection[tuple[str, str]]
+        self,
+        app: ASGIApp,
+        *,
+        limit: int,
+        upload_limit: int,
+        upload_routes: Collection[tuple[str, str]],
+        may_upload: Callable[[Scope], Awaitable[bool]] | None = None,
     ) -> None:
         self.app = app
         self.limit = limit
         self.upload_limit = upload_limit
         self.upload_routes = frozenset(upload_routes)
+        self.may_upload = may_upload
 
     def _detail(self, upload: bool) -> str:
         if upload:
@@ -59,6 +68,8 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         upload = (scope["method"], scope["path"].rstrip("/")) in self.upload_routes
+        if upload and self.may_upload is not None:
+            upload = await self.may_upload(scope)
         limit = self.upload_limit if upload else self.limit
         declared = Headers(scope=scope).get("content-length", "")
         if declared.isdigit() and int(declared) > limit:

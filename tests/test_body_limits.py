@@ -227,3 +227,20 @@ def test_the_default_upload_limit_holds_100000_leads_with_names_and_a_few_fields
     assert len(as_csv.encode()) < upload_limit
     assert len(json.dumps({"leads": leads}).encode()) < upload_limit
     assert Settings.model_fields["MAX_REQUEST_BYTES"].default < upload_limit
+
+
+async def test_a_list_upload_without_a_working_key_takes_only_what_any_request_does(stack: Stack) -> None:
+    """The large limit of lists is for a business: a body sent with no key, or a bad one, is held
+    to the ordinary limit before it is read, so nobody can make the API read and parse megabytes
+    for nothing."""
+    business = await stack.create_business()
+    body = padded_json({"leads": [{"phone": new_number()}]}, 2 * REQUEST_LIMIT)
+    for headers in ({}, {"Authorization": "Bearer obk_not-a-key"}):
+        refused = await stack.http.post(
+            "/v1/runs", content=body, headers={**headers, "Content-Type": "application/json"}
+        )
+        assert refused.status_code == 413, refused.text
+    accepted = await stack.http.post(
+        "/v1/runs", content=body, headers={**business.headers, "Content-Type": "application/json"}
+    )
+    assert accepted.status_code == 201, accepted.text
