@@ -97,6 +97,16 @@ _MACHINE_FORM = {
 }
 
 
+def _callback_openapi(schema: Mapping[str, object]) -> dict[str, object]:
+    return {
+        "parameters": _CALLBACK_QUERY,
+        "requestBody": {
+            "required": True,
+            "content": {"application/x-www-form-urlencoded": {"schema": schema}},
+        },
+    }
+
+
 async def _signed_params(
     request: Request, settings: Settings, metrics: MetricsDep, path: str
 ) -> dict[str, str]:
@@ -163,13 +173,7 @@ async def _signal_patiently(
     CALL_STATUS_WEBHOOK.removeprefix(TWILIO_WEBHOOKS),
     status_code=status.HTTP_204_NO_CONTENT,
     responses=problems(403, 503),
-    openapi_extra={
-        "parameters": _CALLBACK_QUERY,
-        "requestBody": {
-            "required": True,
-            "content": {"application/x-www-form-urlencoded": {"schema": _CALLBACK_FORM}},
-        },
-    },
+    openapi_extra=_callback_openapi(_CALLBACK_FORM),
 )
 async def call_status(
     request: Request, settings: SettingsDep, temporal: TemporalDep, metrics: MetricsDep
@@ -216,13 +220,7 @@ async def call_status(
     MACHINE_WEBHOOK.removeprefix(TWILIO_WEBHOOKS),
     status_code=status.HTTP_204_NO_CONTENT,
     responses=problems(403, 503),
-    openapi_extra={
-        "parameters": _CALLBACK_QUERY,
-        "requestBody": {
-            "required": True,
-            "content": {"application/x-www-form-urlencoded": {"schema": _MACHINE_FORM}},
-        },
-    },
+    openapi_extra=_callback_openapi(_MACHINE_FORM),
 )
 async def machine_detected(
     request: Request, settings: SettingsDep, temporal: TemporalDep, metrics: MetricsDep
@@ -293,21 +291,11 @@ def _attempt_call(request: Request, params: dict[str, str]) -> AttemptCall:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, f"malformed callback: {error}") from None
 
 
-def _report_form(schema: Mapping[str, object]) -> dict[str, object]:
-    return {
-        "parameters": _CALLBACK_QUERY,
-        "requestBody": {
-            "required": True,
-            "content": {"application/x-www-form-urlencoded": {"schema": schema}},
-        },
-    }
-
-
 @router.post(
     DIAL_WEBHOOK.removeprefix(TWILIO_WEBHOOKS),
     responses={200: {"content": {"application/xml": {}}}, **problems(403)},
     response_class=Response,
-    openapi_extra=_report_form(_DIAL_FORM),
+    openapi_extra=_callback_openapi(_DIAL_FORM),
 )
 async def bridged_leg(
     request: Request, settings: SettingsDep, metrics: MetricsDep, session: SessionDep
@@ -340,7 +328,7 @@ async def bridged_leg(
     RECORDING_WEBHOOK.removeprefix(TWILIO_WEBHOOKS),
     status_code=status.HTTP_204_NO_CONTENT,
     responses=problems(403),
-    openapi_extra=_report_form(_RECORDING_FORM),
+    openapi_extra=_callback_openapi(_RECORDING_FORM),
 )
 async def recording(
     request: Request, settings: SettingsDep, metrics: MetricsDep, session: SessionDep
