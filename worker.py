@@ -73,13 +73,7 @@ async def build_workers(settings: Settings, client: Client) -> AsyncIterator[lis
     recordings = RecordingActivities(sessions, twilio)
     await ensure_retention_schedule(client, settings.TEMPORAL_TASK_QUEUE)
     lines = LineActivities(sessions, twilio, client, courier)
-    # No connection is kept for another request: each delivery connects to the address it checked.
-    webhooks = httpx.AsyncClient(
-        timeout=settings.EVENT_TIMEOUT_SECONDS,
-        follow_redirects=False,
-        limits=httpx.Limits(max_keepalive_connections=0),
-        trust_env=False,
-    )
+    webhooks = _webhook_client(settings)
     events = EventActivities(
         sessions,
         webhooks,
@@ -134,6 +128,17 @@ async def build_workers(settings: Settings, client: Client) -> AsyncIterator[lis
         await webhooks.aclose()
         await close_twilio_client(twilio)
         await engine.dispose()
+
+
+def _webhook_client(settings: Settings) -> httpx.AsyncClient:
+    """The client events are delivered with: no redirects, no proxy from the environment, and no
+    connection kept for another request (each delivery connects to the address it checked)."""
+    return httpx.AsyncClient(
+        timeout=settings.EVENT_TIMEOUT_SECONDS,
+        follow_redirects=False,
+        limits=httpx.Limits(max_keepalive_connections=0),
+        trust_env=False,
+    )
 
 
 async def main() -> None:
