@@ -118,7 +118,7 @@ async def test_errors_print_the_apis_message_and_exit_1(stack: Stack, tmp_path: 
     business = await stack.create_business()
     wrong_key = await outbound(stack, "run", "list", api_key="obk_not-a-key")
     assert wrong_key.exit_code == 1
-    assert "invalid API key (401)" in wrong_key.output
+    assert "invalid API key (or one that was revoked or has expired) (401)" in wrong_key.output
     assert "obk_not-a-key" not in wrong_key.output
 
     leads = tmp_path / "bad.csv"
