@@ -40,6 +40,7 @@ from service.errors import (
     VoiceAppUnsigned,
 )
 from service.keys import business_for_key, business_for_session
+from telephony.twilio_client import CallbackUrls
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,8 @@ def create_app(settings: Settings | None = None, temporal: Client | None = None)
     )
     app.add_middleware(NulInUrlMiddleware)
     app.state.metrics = metrics = ApiMetrics()
+    # Made once: its key is derived from the auth token.
+    app.state.callback_urls = CallbackUrls.of(settings)
     app.state.limiter = RequestLimiter(settings.BUSINESS_REQUESTS_PER_SECOND, settings.BUSINESS_REQUEST_BURST)
     # Added after the guards, so outside them: the requests they refuse are counted too.
     app.add_middleware(MetricsMiddleware, metrics=metrics)

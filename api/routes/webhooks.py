@@ -31,7 +31,7 @@ from contracts.names import (
 from contracts.statuses import RecordingStatus
 from outbound_dialer.settings import Settings
 from service.call_reports import AttemptCall, BridgedLeg, Recording, record_bridged_leg, record_recording
-from telephony.twilio_client import CALLBACK_RETRIES, CallbackUrls
+from telephony.twilio_client import CALLBACK_RETRIES
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix=TWILIO_WEBHOOKS, tags=["webhooks"])
@@ -107,6 +107,21 @@ def _callback_openapi(schema: Mapping[str, object]) -> dict[str, object]:
     }
 
 
+def _attempt_call(request: Request, params: dict[str, str], what: str = "callback") -> AttemptCall:
+    """The attempt a callback's URL names, and the call Twilio says it is about; 400 if either is
+    missing."""
+    query = request.query_params
+    try:
+        return AttemptCall(query["run"], int(query["lead"]), int(query["attempt"]), params["CallSid"][:34])
+    except (KeyError, ValueError) as error:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, f"malformed {what}: {error}") from None
+
+
+def _context(call: AttemptCall) -> dict[str, object]:
+    """What a callback's log line names: run, lead, attempt and call SID."""
+    return {"run": call.run_id, "lead": call.lead_id, "attempt": call.attempt, "call_sid": call.call_sid}
+
+
 async def _signed_params(
     request: Request, settings: Settings, metrics: MetricsDep, path: str
 ) -> dict[str, str]:
@@ -122,7 +137,7 @@ async def _signed_params(
         log.warning("webhook signature rejected", extra={"call_sid": params.get("CallSid", "")[:64]})
         metrics.signature_failures.inc()
         raise HTTPException(status.HTTP_403_FORBIDDEN, "invalid X-Twilio-Signature")
-    if not CallbackUrls.of(settings).ours(path, request.query_params):
+    if not request.app.state.callback_urls.ours(path, request.query_params):
         # Signed by Twilio, for a URL someone else gave it (a business's own TwiML).
         log.warning("callback URL not ours", extra={"call_sid": params.get("CallSid", "")[:64], "path": path})
         metrics.signature_failures.inc()
@@ -183,12 +198,11 @@ async def call_status(
     params = await _signed_params(request, settings, metrics, CALL_STATUS_WEBHOOK)
     metrics.webhook_received(params.get("CallStatus"))
 
-    query = request.query_params
+    call = _attempt_call(request, params, "status callback")
     try:
-        run_id = query["run"]
         event = CallStatusEvent(
-            lead_id=int(query["lead"]),
-            attempt=int(query["attempt"]),
+            lead_id=call.lead_id,
+            attempt=call.attempt,
             call_sid=params["CallSid"],
             status=params["CallStatus"],
             sequence_number=_int(params.get("SequenceNumber")),
@@ -201,18 +215,8 @@ async def call_status(
     except (KeyError, ValueError) as error:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, f"malformed status callback: {error}") from None
 
-    await _signal_run(temporal, metrics, run_id, CALL_STATUS, event)
-    log.info(
-        "call status",
-        extra={
-            "run": run_id,
-            "lead": event.lead_id,
-            "attempt": event.attempt,
-            "call_sid": event.call_sid,
-            "status": event.status,
-            "seq": event.sequence_number,
-        },
-    )
+    await _signal_run(temporal, metrics, call.run_id, CALL_STATUS, event)
+    log.info("call status", extra={**_context(call), "status": event.status, "seq": event.sequence_number})
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -228,31 +232,17 @@ async def machine_detected(
     """Who answered a call, from Twilio's answering-machine detection (AsyncAmdStatusCallback). A
     bad signature is a 403 and changes nothing."""
     params = await _signed_params(request, settings, metrics, MACHINE_WEBHOOK)
-    query = request.query_params
+    call = _attempt_call(request, params, "machine detection callback")
     try:
-        run_id = query["run"]
         event = MachineDetected(
-            lead_id=int(query["lead"]),
-            attempt=int(query["attempt"]),
-            call_sid=params["CallSid"],
-            answered_by=params["AnsweredBy"][:32],
-            at=time.time(),
+            call.lead_id, call.attempt, params["CallSid"], params["AnsweredBy"][:32], at=time.time()
         )
-    except (KeyError, ValueError) as error:
+    except KeyError as error:
         raise HTTPException(
             status.HTTP_400_BAD_REQUEST, f"malformed machine detection callback: {error}"
         ) from None
-    await _signal_run(temporal, metrics, run_id, MACHINE_DETECTED, event)
-    log.info(
-        "who answered",
-        extra={
-            "run": run_id,
-            "lead": event.lead_id,
-            "attempt": event.attempt,
-            "call_sid": event.call_sid,
-            "answered_by": event.answered_by,
-        },
-    )
+    await _signal_run(temporal, metrics, call.run_id, MACHINE_DETECTED, event)
+    log.info("who answered", extra={**_context(call), "answered_by": event.answered_by})
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -283,14 +273,6 @@ _RECORDING_FORM = {
 _HANG_UP = str(VoiceResponse())
 
 
-def _attempt_call(request: Request, params: dict[str, str]) -> AttemptCall:
-    query = request.query_params
-    try:
-        return AttemptCall(query["run"], int(query["lead"]), int(query["attempt"]), params["CallSid"][:34])
-    except (KeyError, ValueError) as error:
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, f"malformed callback: {error}") from None
-
-
 @router.post(
     DIAL_WEBHOOK.removeprefix(TWILIO_WEBHOOKS),
     responses={200: {"content": {"application/xml": {}}}, **problems(403)},
@@ -312,14 +294,7 @@ async def bridged_leg(
     kept = await record_bridged_leg(session, call, leg)
     log.info(
         "bridged leg",
-        extra={
-            "run": call.run_id,
-            "lead": call.lead_id,
-            "attempt": call.attempt,
-            "call_sid": call.call_sid,
-            "status": leg.status,
-            "kept": kept,
-        },
+        extra={**_context(call), "status": leg.status, "kept": kept},
     )
     return Response(_HANG_UP, media_type="application/xml")
 
@@ -350,14 +325,6 @@ async def recording(
     kept = await record_recording(session, call, made)
     log.info(
         "recording",
-        extra={
-            "run": call.run_id,
-            "lead": call.lead_id,
-            "attempt": call.attempt,
-            "call_sid": call.call_sid,
-            "recording_sid": made.sid,
-            "status": reported,
-            "kept": kept,
-        },
+        extra={**_context(call), "recording_sid": made.sid, "status": reported, "kept": kept},
     )
     return Response(status_code=status.HTTP_204_NO_CONTENT)
