@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.text import Text
 
 from cli.client import UPLOAD_TIMEOUT, Api, ApiError
+from cli.codec import codec_app
 from cli.render import events_table, run_summary, runs_table, show_error
 from cli.watch import follow
 from contracts.statuses import RunStatus
@@ -44,6 +45,7 @@ answer_app = typer.Typer(
 app.add_typer(run_app, name="run")
 app.add_typer(webhook_app, name="webhook")
 app.add_typer(answer_app, name="answer")
+app.add_typer(codec_app, name="codec")
 
 
 @dataclass(frozen=True)

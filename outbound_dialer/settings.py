@@ -12,6 +12,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from outbound_dialer.payload_codec import key_bytes
+
 DEV_ACCOUNT_SID = "AC" + "0" * 32
 DEV_AUTH_TOKEN = "dev-auth-token-not-secret"
 DEV_ADMIN_TOKEN = "dev-admin-token"
@@ -20,10 +22,62 @@ _PLACEHOLDERS = {DEV_AUTH_TOKEN, DEV_ADMIN_TOKEN, "", "changeme", "changethis"}
 MIN_SECRET_CHARS = 32
 
 
-class Settings(BaseSettings):
-    """Typed settings; names are the contract in DESIGN.md section 5."""
+class PayloadKeys(BaseSettings):
+    """The keys Temporal payloads are encrypted with: settings of every process, and all a codec
+    server needs."""
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+    # A refusal names the setting, never the value it was given (secrets among them).
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", hide_input_in_errors=True)
+
+    # A key (base64 of 32 bytes; `outbound codec key` makes one): when set, every payload sent to
+    # Temporal is encrypted with it, and the Web UI shows payloads only through a codec server that
+    # holds it (`outbound codec serve`). Every API and worker process needs the same keys.
+    PAYLOAD_ENCRYPTION_KEY: SecretStr | None = None
+    # Earlier keys (JSON list), still used to read what they encrypted after a rotation.
+    PAYLOAD_DECRYPTION_KEYS: list[SecretStr] = Field(default_factory=list)
+
+    @field_validator("PAYLOAD_ENCRYPTION_KEY")
+    @classmethod
+    def _encryption_key(cls, key: SecretStr | None) -> SecretStr | None:
+        if key is None or not key.get_secret_value():
+            return None
+        try:
+            key_bytes(key.get_secret_value())
+        except ValueError as error:
+            raise ValueError(f"PAYLOAD_ENCRYPTION_KEY {error}") from None
+        return key
+
+    @field_validator("PAYLOAD_DECRYPTION_KEYS")
+    @classmethod
+    def _decryption_keys(cls, keys: list[SecretStr]) -> list[SecretStr]:
+        for number, key in enumerate(keys, start=1):
+            try:
+                key_bytes(key.get_secret_value())
+            except ValueError as error:
+                raise ValueError(f"PAYLOAD_DECRYPTION_KEYS: key {number} {error}") from None
+        return keys
+
+    @model_validator(mode="after")
+    def _decryption_needs_encryption(self) -> PayloadKeys:
+        if self.PAYLOAD_DECRYPTION_KEYS and self.PAYLOAD_ENCRYPTION_KEY is None:
+            raise ValueError(
+                "PAYLOAD_DECRYPTION_KEYS is set without PAYLOAD_ENCRYPTION_KEY: new payloads would be "
+                "written in plain text; set the current key too"
+            )
+        return self
+
+    def payload_keys(self) -> list[bytes]:
+        """The payload keys, the one that encrypts first; none when payloads are not encrypted."""
+        if self.PAYLOAD_ENCRYPTION_KEY is None:
+            return []
+        return [
+            key_bytes(key.get_secret_value())
+            for key in (self.PAYLOAD_ENCRYPTION_KEY, *self.PAYLOAD_DECRYPTION_KEYS)
+        ]
+
+
+class Settings(PayloadKeys):
+    """Typed settings; names are the contract in DESIGN.md section 5."""
 
     # Unset, it is production when calls go to the real Twilio (TWILIO_API_BASE_URL unset), and
     # development when they go to a simulator. Production refuses to start on placeholder or short
@@ -195,7 +249,8 @@ class Settings(BaseSettings):
             elif isinstance(value, SecretStr):
                 env[name] = value.get_secret_value()
             elif isinstance(value, list | dict):
-                env[name] = json.dumps(value)  # as pydantic-settings reads a complex value
+                # As pydantic-settings reads a complex value.
+                env[name] = json.dumps(value, default=SecretStr.get_secret_value)
             else:
                 env[name] = str(value)
         return env

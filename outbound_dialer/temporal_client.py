@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
 from temporalio.envconfig import ClientConfig
 from temporalio.runtime import Runtime
 from temporalio.service import RPCError, RPCStatusCode
 
 from outbound_dialer.observability import tracing_interceptors
+from outbound_dialer.payload_codec import EncryptionCodec
 from outbound_dialer.settings import Settings
 
 
@@ -20,7 +22,28 @@ async def connect_temporal(
     `outbound-dialer-{service}`."""
     config = ClientConfig.load_client_connect_config(override_env_vars=settings.temporal_env())
     interceptors = tracing_interceptors(settings, f"outbound-dialer-{service}")
-    return await Client.connect(**config, runtime=runtime, interceptors=interceptors)
+    return await Client.connect(
+        **config, runtime=runtime, interceptors=interceptors, data_converter=data_converter(settings)
+    )
+
+
+def data_converter(settings: Settings) -> DataConverter:
+    """How payloads go to Temporal: as JSON, encrypted (with failures' messages and stack traces)
+    when PAYLOAD_ENCRYPTION_KEY is set."""
+    keys = settings.payload_keys()
+    if not keys:
+        return DataConverter.default
+    return DataConverter(
+        payload_codec=EncryptionCodec(keys),
+        failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
+    )
+
+
+def with_settings_converter(client: Client, settings: Settings) -> Client:
+    """`client` on the same connection, converting payloads as `settings` say."""
+    config = client.config()
+    config["data_converter"] = data_converter(settings)
+    return Client(**config)
 
 
 async def workflow_status(client: Client, workflow_id: str) -> WorkflowExecutionStatus | None:

@@ -24,7 +24,7 @@ from support.temporal_dev import dev_server_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / ".data"
-TEMPORAL_PORT, TEMPORAL_UI_PORT, API_PORT, SIMULATOR_PORT = 7233, 8233, 8000, 8081
+TEMPORAL_PORT, TEMPORAL_UI_PORT, API_PORT, SIMULATOR_PORT, CODEC_PORT = 7233, 8233, 8000, 8081, 8234
 PR_SET_PDEATHSIG = 1
 
 
@@ -115,10 +115,21 @@ def main() -> None:
     signal.signal(signal.SIGTERM, stop)
     try:
         print("Starting the outbound dialer (Ctrl-C stops everything)")
+        # With PAYLOAD_ENCRYPTION_KEY set, payloads are encrypted and the Web UI reads them through
+        # a codec server of its own.
+        codec = f"http://127.0.0.1:{CODEC_PORT}" if settings.payload_keys() else None
         server = dev_server_argv(
-            TEMPORAL_PORT, DATA / "temporal.db", ui_port=TEMPORAL_UI_PORT, log_level="warn"
+            TEMPORAL_PORT,
+            DATA / "temporal.db",
+            ui_port=TEMPORAL_UI_PORT,
+            log_level="warn",
+            ui_codec_endpoint=codec,
         )
         processes.append(start("Temporal dev server", server, env))
+        if codec is not None:
+            serve_codec = [python, "-m", "cli", "codec", "serve", "--port", str(CODEC_PORT)]
+            origins = [env["TEMPORAL_UI_URL"], f"http://localhost:{TEMPORAL_UI_PORT}"]
+            processes.append(start("codec server", serve_codec + [f"--ui={o}" for o in origins], env))
         processes.append(
             start(
                 "carrier simulator", [python, "-m", "telephony.simulator", "--port", str(SIMULATOR_PORT)], env
@@ -137,7 +148,7 @@ def main() -> None:
 Ready.
   Dashboard      http://127.0.0.1:{API_PORT}/ui     (sign in with the demo API key)
   API            http://127.0.0.1:{API_PORT}        (interactive docs: /docs)
-  Temporal UI    http://127.0.0.1:{TEMPORAL_UI_PORT}
+  Temporal UI    http://127.0.0.1:{TEMPORAL_UI_PORT}{"  (payloads decoded by " + codec + ")" if codec else ""}
   Simulator      http://127.0.0.1:{SIMULATOR_PORT}/_sim/stats
   Database       {settings.DATABASE_URL}
   Demo API key   {key}

@@ -31,6 +31,7 @@ from db.engine import create_engine, create_sessionmaker
 from db.migrate import upgrade
 from db.models import CallAttempt, Lead
 from outbound_dialer.settings import DEV_ADMIN_TOKEN, Settings
+from outbound_dialer.temporal_client import with_settings_converter
 from support.drive import (
     ALWAYS_OPEN,
     ROOT,
@@ -129,6 +130,8 @@ class Stack:
             # Longer than the simulator's lists lag (conftest) plus the longest a test queues a call.
             TWILIO_LOOKUP_DELAY_SECONDS=6,
         )
+        # The API and the worker read and write payloads as these settings say (encrypted, with a key).
+        temporal = with_settings_converter(temporal, config)
         engine = create_engine(database_url)
         async with (
             httpx.AsyncClient(base_url=config.PUBLIC_BASE_URL, timeout=30) as http,

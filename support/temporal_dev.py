@@ -44,13 +44,17 @@ def dev_server_argv(
     ui_port: int | None = None,
     dynamic_config: Sequence[str] = (),
     log_level: str = "error",
+    ui_codec_endpoint: str | None = None,
 ) -> list[str]:
     """`temporal server start-dev` on `port` with its state in `db_file`, its Web UI on `ui_port`
-    (none if not given) and our search attributes (registered again on each start, which is
-    harmless); `dynamic_config` is `KEY=VALUE` pairs."""
+    (none if not given, decoding payloads through `ui_codec_endpoint` if given) and our search
+    attributes (registered again on each start, which is harmless); `dynamic_config` is
+    `KEY=VALUE` pairs."""
     argv = [str(TEMPORAL_BINARY), "server", "start-dev", "--db-filename", str(db_file)]
     argv += ["--ip", "127.0.0.1", "--port", str(port), "--log-level", log_level]
     argv += ["--ui-port", str(ui_port)] if ui_port is not None else ["--headless"]
+    if ui_codec_endpoint is not None:
+        argv += ["--ui-codec-endpoint", ui_codec_endpoint]
     for key in SEARCH_ATTRIBUTES:
         argv += ["--search-attribute", f"{key.name}=Keyword"]
     for pair in dynamic_config:

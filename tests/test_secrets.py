@@ -144,3 +144,27 @@ def test_the_real_twilio_however_it_is_named_is_production(
 def test_production_refuses_to_send_events_anywhere(networks: list[str]) -> None:
     with pytest.raises(ValidationError, match="EVENT_WEBHOOK_ALLOWED_NETWORKS"):
         Settings.model_validate({**REAL, "EVENT_WEBHOOK_ALLOWED_NETWORKS": networks})
+
+
+@pytest.mark.parametrize(
+    "secrets",
+    [
+        {"TWILIO_AUTH_TOKEN": "token-" + "7" * 30, "ADMIN_TOKEN": "short-admin-secret"},
+        {"PAYLOAD_ENCRYPTION_KEY": "not-a-key-but-still-a-secret"},
+        {"PAYLOAD_DECRYPTION_KEYS": '["an-old-key-still-a-secret"]'},
+    ],
+)
+def test_a_refused_setting_is_named_and_no_secret_is_printed(
+    secrets: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process that refuses to start prints why: the refusal names the setting, and holds none
+    of the secrets it was given, as pydantic's errors otherwise would."""
+    for name, value in {**REAL, **secrets}.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError) as refused:
+        Settings(_env_file=None)  # type: ignore[call-arg]
+    printed = str(refused.value)
+    assert any(name in printed for name in secrets), printed
+    for value in secrets.values():
+        for fragment in (value[:12], value[-12:]):
+            assert fragment not in printed, printed

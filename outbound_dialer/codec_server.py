@@ -1,0 +1,96 @@
+"""A codec server: lets the Temporal Web UI and CLI show encrypted payloads to an operator who holds
+the key, by Temporal's codec server protocol (POST `.../decode` and `.../encode` with Payloads as
+protobuf JSON, the path's last part naming which).
+
+Meant to run where the key is, such as an operator's own machine (`outbound codec serve`): it
+listens on 127.0.0.1, answers only the Web UI origins it is given, and refuses any other Host
+(a web page that rebinds its name to 127.0.0.1 cannot reach it).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from temporalio.api.common.v1 import Payloads
+
+from outbound_dialer.payload_codec import EncryptionCodec, PayloadKeyError
+
+log = logging.getLogger(__name__)
+
+# The Web UI asks for a page's payloads at once; a payload is at most 2 MiB in Temporal.
+MAX_BODY_BYTES = 16 * 1024 * 1024
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
+
+
+def create_codec_app(
+    codec: EncryptionCodec, ui_origins: Sequence[str], hosts: Sequence[str] = LOOPBACK_HOSTS
+) -> Starlette:
+    """The codec server for `codec`, answering browsers on `ui_origins` (such as
+    http://127.0.0.1:8233) and requests addressed to `hosts`."""
+    origins = [origin.rstrip("/") for origin in ui_origins]
+
+    async def convert(request: Request) -> Response:
+        origin = request.headers.get("origin")
+        if origin is not None and origin not in origins:
+            return _problem(403, f"the origin {origin} is not one this codec server answers")
+        action = request.path_params["path"].rstrip("/").rpartition("/")[2]
+        if action not in ("encode", "decode"):
+            return _problem(404, "the path must end in /encode or /decode")
+        payloads = await _payloads(request)
+        if isinstance(payloads, Response):
+            return payloads
+        try:
+            if action == "decode":
+                converted = await codec.decode(payloads.payloads)
+            else:
+                converted = await codec.encode(payloads.payloads)
+        except PayloadKeyError as error:
+            log.warning("payload not decoded", extra={"reason": str(error)})
+            return _problem(422, str(error))
+        body = json_format.MessageToJson(Payloads(payloads=converted))
+        return Response(body, media_type="application/json")
+
+    return Starlette(
+        routes=[Route("/{path:path}", convert, methods=["POST"])],
+        middleware=[
+            Middleware(TrustedHostMiddleware, allowed_hosts=list(hosts)),
+            Middleware(
+                CORSMiddleware,
+                allow_origins=origins,
+                allow_methods=["POST"],
+                allow_headers=["Content-Type", "X-Namespace", "Authorization"],
+                allow_credentials=True,
+                allow_private_network=True,
+            ),
+        ],
+    )
+
+
+async def _payloads(request: Request) -> Payloads | Response:
+    """The request's Payloads, or the problem with them."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        return _problem(413, f"the body is over {MAX_BODY_BYTES} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            return _problem(413, f"the body is over {MAX_BODY_BYTES} bytes")
+    try:
+        return json_format.Parse(bytes(body), Payloads())
+    except (json_format.ParseError, DecodeError, UnicodeDecodeError) as error:
+        return _problem(400, f"the body is not Payloads as protobuf JSON: {error}")
+
+
+def _problem(status: int, detail: str) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status)
