@@ -7,11 +7,12 @@ Temporal client, and raises `service.errors` for what it refuses.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 from uuid import uuid4
 
 from sqlalchemy import insert, select, update
@@ -67,8 +68,11 @@ from service.schemas import (
 from telephony.answers import LeadFields, twiml_for
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 INSERT_BATCH = 5_000
+# Leads checked in one go off the event loop.
+CHECK_CHUNK = 1_000
 QUERY_TIMEOUT = timedelta(seconds=5)
 
 
@@ -112,7 +116,7 @@ class RunService:
         name: str | None,
         options_in: RunOptionsIn,
         leads: LeadList,
-        source: AsyncIterable[Record] | AsyncIterable[tuple[int, LeadIn]],
+        source: AsyncIterable[Record | tuple[int, LeadIn]],
     ) -> RunCreated:
         """Store the run and its leads as they are read, then start its workflow. With any bad lead,
         or a body that is no lead list, nothing is stored or started: what was inserted is rolled
@@ -129,14 +133,15 @@ class RunService:
         self,
         run_id: str,
         leads: LeadList,
-        source: AsyncIterable[Record] | AsyncIterable[tuple[int, LeadIn]],
+        source: AsyncIterable[Record | tuple[int, LeadIn]],
     ) -> int:
+        """Read the source a chunk at a time and check each chunk in a thread (parsing and
+        validating numbers is the CPU of an upload: on the event loop it would hold up every other
+        request and Twilio's callbacks), storing the good rows as they come."""
         batch: list[dict[str, Any]] = []
-        async for item in source:
-            row = leads.add_record(item) if isinstance(item, Record) else leads.add(*item)
-            if row is None:
-                continue
-            batch.append({"run_id": run_id, **row})
+        async for chunk in _chunks(source, CHECK_CHUNK):
+            rows = await asyncio.to_thread(_check, leads, chunk)
+            batch += ({"run_id": run_id, **row} for row in rows)
             if len(batch) >= INSERT_BATCH:
                 await self.session.execute(insert(Lead), batch)
                 batch = []
@@ -350,3 +355,25 @@ class RunService:
                 raise RunNotLive(run.id) from None
             raise
         log.info("run %s requested", action, extra={"run": run.id})
+
+
+async def _chunks(source: AsyncIterable[T], size: int) -> AsyncIterator[list[T]]:
+    """The source's items in lists of `size` (the last may be shorter)."""
+    chunk: list[T] = []
+    async for item in source:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _check(leads: LeadList, chunk: Sequence[Record | tuple[int, LeadIn]]) -> list[dict[str, Any]]:
+    """The rows to store of a chunk of leads (none once any lead of the list is bad)."""
+    rows = []
+    for item in chunk:
+        row = leads.add_record(item) if isinstance(item, Record) else leads.add(*item)
+        if row is not None:
+            rows.append(row)
+    return rows

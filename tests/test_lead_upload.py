@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
 from service.errors import UploadUnreadable
 from service.lead_files import Record, csv_records, json_lines_records
-from support.drive import ALWAYS_OPEN, new_number
+from service.leads import LeadList
+from support.drive import ALWAYS_OPEN, new_number, wait_for
 from support.stack import Stack
 
 OPEN_AROUND_THE_CLOCK = json.dumps({"calling_window": ALWAYS_OPEN})
@@ -157,3 +161,48 @@ async def test_json_lines_with_nan_or_deep_nesting_are_unreadable_leads_not_erro
     records = await _read(json_lines_records(_in_chunks(body, 4096)))
     assert [(r.line, r.fields is None) for r in records] == [(1, True), (2, True), (3, False)]
     assert "NaN is not a JSON number" in (records[0].problem or "")
+
+
+@pytest.mark.parametrize("how", ["csv", "json"])
+async def test_other_requests_are_answered_while_a_list_is_checked(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """Checking a long list is seconds of CPU (a million numbers to parse and validate). The first
+    check below waits until the API has answered another request; done on the API's event loop,
+    no other request could be answered meanwhile, and the wait would run out."""
+    checking_began, answered = threading.Event(), threading.Event()
+    waits: list[bool] = []
+    real = LeadList.add
+
+    def checking(self: LeadList, number: int, lead: Any) -> dict[str, Any] | None:
+        if not waits:
+            checking_began.set()
+            waits.append(answered.wait(timeout=10))
+        return real(self, number, lead)
+
+    monkeypatch.setattr(LeadList, "add", checking)
+    business = await stack.create_business()
+    phones = [new_number() for _ in range(3)]
+    if how == "csv":
+        started = stack.http.post(
+            "/v1/runs/import",
+            content="phone\n" + "".join(f"{p}\n" for p in phones),
+            headers={**business.headers, "Content-Type": "text/csv"},
+        )
+    else:
+        started = stack.http.post(
+            "/v1/runs",
+            json={"leads": [{"phone": p} for p in phones], "options": {"calling_window": ALWAYS_OPEN}},
+            headers=business.headers,
+        )
+    upload = asyncio.create_task(started)
+
+    async def began() -> bool:
+        return checking_began.is_set()
+
+    await wait_for(began, within=30, what="the list's check to begin")
+    other = await stack.http.get("/v1/runs", headers=business.headers)
+    answered.set()
+    assert other.status_code == 200
+    assert (await upload).status_code == 201
+    assert waits == [True]
