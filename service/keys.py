@@ -10,7 +10,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import ColumnElement
 
@@ -20,6 +20,13 @@ from service.errors import NotNewestKey
 # How long a dashboard session lasts, at most.
 SESSION_LIFETIME = timedelta(hours=12)
 KEY_PREFIX = "obk_"
+# The most dashboard sessions a business has at once: a new one ends the oldest past it.
+MAX_LIVE_SESSIONS = 20
+# The most keys of a business that work at once (the newest and those in an overlap): a rotation
+# ends the oldest past it.
+MAX_WORKING_KEYS = 5
+# Keys that stopped working, kept (the newest) so an operator can see when they stopped.
+KEPT_ENDED_KEYS = 10
 
 
 def new_api_key() -> str:
@@ -52,6 +59,10 @@ def _working(now: datetime) -> tuple[ColumnElement[bool], ColumnElement[bool]]:
         ApiKey.revoked_at.is_(None),
         or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > now),
     )
+
+
+def _still_working(now: datetime) -> ColumnElement[bool]:
+    return and_(*_working(now))
 
 
 async def business_for_key(session: AsyncSession, raw: str) -> Signed | None:
@@ -93,7 +104,26 @@ async def issue_key(
     session.add(ApiKey(business_id=business.id, key_hash=hash_api_key(raw), created_at=now))
     business.api_key_hash = hash_api_key(raw)
     await session.flush()
+    await _prune_keys(session, business.id, now)
     return raw, ends
+
+
+async def _prune_keys(session: AsyncSession, business_id: str, now: datetime) -> None:
+    """Keep a business's keys bounded however often it rotates: at most MAX_WORKING_KEYS work (the
+    oldest past them are revoked), and of those that stopped, the newest KEPT_ENDED_KEYS are kept
+    (with their sessions, which ended with them, removed first)."""
+    of_business = ApiKey.business_id == business_id
+    surplus = select(ApiKey.id).where(of_business, *_working(now)).order_by(ApiKey.id.desc())
+    await session.execute(
+        update(ApiKey)
+        .where(ApiKey.id.in_(surplus.offset(MAX_WORKING_KEYS).scalar_subquery()))
+        .values(revoked_at=now)
+    )
+    await _prune_sessions(session, business_id, now)
+    ended = select(ApiKey.id).where(of_business, ~_still_working(now)).order_by(ApiKey.id.desc())
+    await session.execute(
+        delete(ApiKey).where(ApiKey.id.in_(ended.offset(KEPT_ENDED_KEYS).scalar_subquery()))
+    )
 
 
 async def revoke_keys(session: AsyncSession, business_id: str) -> int:
@@ -127,9 +157,21 @@ async def still_newest(session: AsyncSession, key_id: int) -> bool:
 
 
 async def open_session(session: AsyncSession, signed: Signed) -> str:
-    """A new dashboard session for the business; the token goes in the browser's cookie."""
+    """A new dashboard session for the business; the token goes in the browser's cookie. Sessions
+    that ended are removed, and the oldest live ones past MAX_LIVE_SESSIONS end."""
     token = secrets.token_urlsafe(32)
     now = utcnow()
+    await _prune_sessions(session, signed.business.id, now)
+    live = (
+        select(DashboardSession.id)
+        .where(DashboardSession.business_id == signed.business.id)
+        .order_by(DashboardSession.created_at.desc(), DashboardSession.id)
+    )
+    await session.execute(
+        delete(DashboardSession).where(
+            DashboardSession.id.in_(live.offset(MAX_LIVE_SESSIONS - 1).scalar_subquery())
+        )
+    )
     session.add(
         DashboardSession(
             id=hash_api_key(token),
@@ -155,6 +197,22 @@ async def business_for_session(session: AsyncSession, token: str) -> Business | 
             DashboardSession.ended_at.is_(None),
             DashboardSession.expires_at > now,
             *_working(now),
+        )
+    )
+
+
+async def _prune_sessions(session: AsyncSession, business_id: str, now: datetime) -> None:
+    """Remove the business's dashboard sessions that ended: signed out, expired, or opened with a
+    key that no longer works."""
+    dead_keys = select(ApiKey.id).where(ApiKey.business_id == business_id, ~_still_working(now))
+    await session.execute(
+        delete(DashboardSession).where(
+            DashboardSession.business_id == business_id,
+            or_(
+                DashboardSession.ended_at.is_not(None),
+                DashboardSession.expires_at <= now,
+                DashboardSession.api_key_id.in_(dead_keys.scalar_subquery()),
+            ),
         )
     )
 

@@ -5,9 +5,12 @@ on the server, so a copied cookie is worth nothing after."""
 from __future__ import annotations
 
 import httpx
+from sqlalchemy import func, select
 
 from api.dashboard_session import SESSION_COOKIE as SESSION_COOKIE_NAME
+from db.models import ApiKey, DashboardSession
 from outbound_dialer.settings import DEV_ADMIN_TOKEN
+from service.keys import KEPT_ENDED_KEYS, MAX_LIVE_SESSIONS, MAX_WORKING_KEYS
 from support.drive import Business
 from support.stack import Stack, signed_in
 
@@ -80,3 +83,54 @@ async def test_a_key_in_its_overlap_cannot_make_keys(stack: Stack) -> None:
     assert taken.status_code == 403, taken.text
     assert "newest" in taken.json()["detail"]
     assert await _works(stack, current)
+
+
+async def _rows(stack: Stack, business: Business) -> tuple[int, int]:
+    """How many key rows and dashboard session rows the business has in the database."""
+    async with stack.sessions() as session:
+        keys = await session.scalar(select(func.count()).where(ApiKey.business_id == business.id))
+        sessions = await session.scalar(
+            select(func.count()).where(DashboardSession.business_id == business.id)
+        )
+    return int(keys or 0), int(sessions or 0)
+
+
+async def test_signing_in_over_and_over_keeps_a_bounded_number_of_sessions(stack: Stack) -> None:
+    """Each sign-in is a row: a business (or a script with its key) signing in without end must
+    not grow the table without end. Its oldest sessions end, and ended ones are removed."""
+    business = await stack.create_business()
+    async with signed_in(stack, business) as (first, _token):
+        for _ in range(MAX_LIVE_SESSIONS + 5):
+            async with signed_in(stack, business) as (latest, _):
+                assert (await latest.get("/ui/runs")).status_code == 200
+        oldest = await first.get("/ui/runs")
+    assert oldest.status_code == 303  # ended to make room for newer ones
+    _keys, sessions = await _rows(stack, business)
+    assert sessions <= MAX_LIVE_SESSIONS + 1
+
+
+async def test_rotating_over_and_over_keeps_a_bounded_number_of_keys(stack: Stack) -> None:
+    business = await stack.create_business()
+    key = business.api_key
+    for _ in range(KEPT_ENDED_KEYS + 10):
+        rotated = await stack.http.post(
+            "/v1/businesses/me/api-key", json={"overlap_seconds": 0}, headers=_as(key)
+        )
+        assert rotated.status_code == 201, rotated.text
+        key = rotated.json()["api_key"]
+    assert await _works(stack, key) and not await _works(stack, business.api_key)
+    keys, _sessions = await _rows(stack, business)
+    assert keys <= KEPT_ENDED_KEYS + 1
+
+
+async def test_many_rotations_with_an_overlap_leave_a_bounded_number_of_keys_working(stack: Stack) -> None:
+    business = await stack.create_business()
+    issued = [business.api_key]
+    for _ in range(MAX_WORKING_KEYS + 3):
+        rotated = await stack.http.post(
+            "/v1/businesses/me/api-key", json={"overlap_seconds": 3600}, headers=_as(issued[-1])
+        )
+        assert rotated.status_code == 201, rotated.text
+        issued.append(rotated.json()["api_key"])
+    working = [await _works(stack, key) for key in issued]
+    assert working == [False] * (len(issued) - MAX_WORKING_KEYS) + [True] * MAX_WORKING_KEYS
