@@ -1,5 +1,5 @@
-"""The `outbound` command: create businesses; start, watch, pause, resume, cancel and export runs;
-send a business's events to its webhook."""
+"""The `outbound` command: create businesses, rotate or replace their API keys; start, watch, pause,
+resume, cancel and export runs; send a business's events to its webhook."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -24,6 +25,7 @@ from contracts.statuses import RunStatus
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"
 JSON_LINES_SUFFIXES = (".jsonl", ".ndjson")
+_STORE_THE_KEY = "Store the new key now: it is not shown again. Commands read it from OUTBOUND_API_KEY."
 
 app = typer.Typer(
     name="outbound",
@@ -32,7 +34,10 @@ app = typer.Typer(
     # A traceback's locals would show the API key and the admin token.
     pretty_exceptions_show_locals=False,
 )
-business_app = typer.Typer(help="Businesses: made with the admin token.", no_args_is_help=True)
+business_app = typer.Typer(
+    help="Businesses: made, and their keys replaced, with the admin token; a business rotates its own key.",
+    no_args_is_help=True,
+)
 run_app = typer.Typer(help="Runs: with the business's API key.", no_args_is_help=True)
 app.add_typer(business_app, name="business")
 webhook_app = typer.Typer(
@@ -71,7 +76,7 @@ def configure(
         str | None,
         typer.Option(
             envvar="OUTBOUND_ADMIN_TOKEN",
-            help="The API's admin token; only `business create` needs it.",
+            help="The API's admin token; only `business create` and `business replace-keys` need it.",
             show_default=False,
         ),
     ] = None,
@@ -148,6 +153,73 @@ def create_business(
             style="yellow",
         )
     )
+
+
+@business_app.command("rotate-key")
+def rotate_key(
+    ctx: typer.Context,
+    overlap_seconds: Annotated[
+        int | None,
+        typer.Option(
+            "--overlap-seconds",
+            metavar="SECONDS",
+            help="How long the keys before the new one keep working (the API's default: an hour, at "
+            "most a week); 0 stops them, and every dashboard session, at once.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Make a new API key for the business (with its newest key); the new key is printed alone.
+
+    The keys before it keep working for the overlap, then stop. A business has at most five working
+    keys: past that, a rotation stops the oldest at once."""
+    body = {} if overlap_seconds is None else {"overlap_seconds": overlap_seconds}
+    with _api(ctx) as api:
+        issued = api.call("POST", "/v1/businesses/me/api-key", json=body)
+    _print_key(issued["api_key"])
+    if overlap_seconds == 0 or not issued["previous_keys_end_at"]:
+        ended = "The keys before it have stopped working, and the business's dashboard sessions have ended."
+    else:
+        ended = (
+            f"The keys before it keep working until {_utc_second(issued['previous_keys_end_at'])}, "
+            "then stop (with the dashboard sessions opened with them): move to the new key before then."
+        )
+    _stderr().print(Text(ended), soft_wrap=True)
+    _stderr().print(Text(_STORE_THE_KEY, style="yellow"), soft_wrap=True)
+
+
+@business_app.command("replace-keys")
+def replace_keys(
+    ctx: typer.Context, business_id: Annotated[str, typer.Argument(help="The business's id.")]
+) -> None:
+    """Replace every key of a business at once (a leaked key); the new key is printed alone.
+
+    Every earlier key stops now and the business's dashboard sessions end. Needs the admin token."""
+    if business_id == "me":
+        raise typer.BadParameter(
+            "name the business by its id (a business rotates its own key with rotate-key)"
+        )
+    with _api(ctx, admin=True) as api:
+        issued = api.call("POST", f"/v1/businesses/{quote(business_id, safe='')}/api-key")
+    _print_key(issued["api_key"])
+    _stderr().print(
+        Text(
+            f"Business {business_id}: every earlier API key has stopped working and every dashboard "
+            "session has ended."
+        ),
+        soft_wrap=True,
+    )
+    _stderr().print(Text(_STORE_THE_KEY, style="yellow"), soft_wrap=True)
+
+
+def _print_key(api_key: str) -> None:
+    """The key alone on standard output, never wrapped, so `$(outbound business ...)` captures it."""
+    Console(highlight=False).print(Text(api_key), soft_wrap=True)
+
+
+def _utc_second(moment: str) -> str:
+    """An ISO 8601 time as `YYYY-MM-DD HH:MM:SS UTC`."""
+    return datetime.fromisoformat(moment).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 # Runs

@@ -14,7 +14,7 @@ from cli.app import app
 from outbound_dialer.settings import DEV_ADMIN_TOKEN
 from support.drive import ALWAYS_OPEN, new_number, wait_for
 from support.ports import free_port
-from support.stack import Stack
+from support.stack import Stack, signed_in
 
 OPEN_AROUND_THE_CLOCK = f"calling_window={json.dumps(ALWAYS_OPEN)}"
 
@@ -28,6 +28,21 @@ async def outbound(stack: Stack, *args: str, api_key: str | None = None, admin: 
         "COLUMNS": "200",
     }
     return await asyncio.to_thread(CliRunner().invoke, app, list(args), env=env)
+
+
+async def works(stack: Stack, key: str) -> bool:
+    """Whether the API takes `key` (a key it refuses is answered 401)."""
+    me = await stack.http.get("/v1/businesses/me", headers={"Authorization": f"Bearer {key}"})
+    assert me.status_code in (200, 401), me.text
+    return me.status_code == 200
+
+
+def printed_key(result: Result) -> str:
+    """The new API key: the one thing a key command writes to standard output."""
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("obk_"), result.stdout
+    return lines[0]
 
 
 def lead_file(folder: Path, phones: list[str]) -> Path:
@@ -233,3 +248,54 @@ async def test_a_test_call_is_placed_and_followed(stack: Stack) -> None:
     called = await outbound(stack, "answer", "test", phone, "--watch", api_key=business.api_key)
     assert called.exit_code == 0 and f"Calling {phone}: run " in called.output, called.output
     assert [c["to"] for c in await stack.sim_calls(business.caller_id)] == [phone]
+
+
+async def test_a_business_rotates_its_key_and_the_old_one_works_for_the_overlap(stack: Stack) -> None:
+    business = await stack.create_business()
+    rotated = await outbound(stack, "business", "rotate-key", api_key=business.api_key)
+    second = printed_key(rotated)
+    assert re.search(r"keep working until \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", rotated.stderr), rotated.stderr
+    assert await works(stack, second) and await works(stack, business.api_key)
+
+    # The old key, in its overlap, may be the one that leaked: it cannot make keys.
+    by_old = await outbound(stack, "business", "rotate-key", api_key=business.api_key)
+    assert by_old.exit_code == 1 and by_old.stdout == ""
+    assert "only the business's newest API key can make a new one (403)" in by_old.output
+
+    negative = await outbound(stack, "business", "rotate-key", "--overlap-seconds", "-5", api_key=second)
+    assert negative.exit_code == 1 and negative.stdout == ""
+    assert re.search(r"overlap_seconds\W+Input should be greater than or equal to 0", negative.output)
+    assert await works(stack, second) and await works(stack, business.api_key)  # nothing changed
+
+    at_once = await outbound(stack, "business", "rotate-key", "--overlap-seconds", "0", api_key=second)
+    third = printed_key(at_once)
+    assert "have stopped working" in at_once.stderr, at_once.stderr
+    assert not await works(stack, business.api_key)
+    assert not await works(stack, second)
+    assert await works(stack, third)
+
+
+async def test_rotate_key_with_a_key_the_api_refuses_prints_its_message_and_exits_1(stack: Stack) -> None:
+    wrong = await outbound(stack, "business", "rotate-key", api_key="obk_not-a-key")
+    assert wrong.exit_code == 1 and wrong.stdout == ""
+    assert "invalid API key (or one that was revoked or has expired) (401)" in wrong.output
+    without = await outbound(stack, "business", "rotate-key")
+    assert without.exit_code == 1 and "no API key" in without.output
+
+
+async def test_an_operator_replaces_every_key_of_a_business(stack: Stack) -> None:
+    business = await stack.create_business()
+    async with signed_in(stack, business) as (browser, _token):
+        replaced = await outbound(stack, "business", "replace-keys", business.id, admin=True)
+        after = await browser.get("/ui/runs")
+    new_key = printed_key(replaced)
+    assert "every earlier API key" in replaced.stderr and "dashboard session" in replaced.stderr
+    assert after.status_code == 303 and after.headers["location"].startswith("/ui/login")
+    assert not await works(stack, business.api_key)
+    assert await works(stack, new_key)
+
+    unknown = await outbound(stack, "business", "replace-keys", "no-such-business", admin=True)
+    assert unknown.exit_code == 1 and "no such business (404)" in unknown.output
+    without_token = await outbound(stack, "business", "replace-keys", business.id, api_key=new_key)
+    assert without_token.exit_code == 1 and "no admin token" in without_token.output
+    assert await works(stack, new_key)
