@@ -17,6 +17,7 @@ from starlette.types import Scope
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
+from api.bodies import add_thread_parsed_schemas
 from api.dashboard_session import SESSION_COOKIE, SignInRequired, sign_in_redirect
 from api.dashboard_views import STATIC_DIR
 from api.fairness import RequestLimiter
@@ -102,6 +103,7 @@ def create_app(settings: Settings | None = None, temporal: Client | None = None)
     app.include_router(dnc.router, responses=problems(401, 429))
     app.include_router(webhooks.router)
     app.include_router(dashboard.router)
+    add_thread_parsed_schemas(app)
     app.mount("/ui/static", StaticFiles(directory=STATIC_DIR), name="dashboard-static")
     app.add_exception_handler(SignInRequired, sign_in_redirect)  # type: ignore[arg-type]
     app.add_exception_handler(ServiceError, refused)

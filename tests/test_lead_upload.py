@@ -13,6 +13,7 @@ import pytest
 from service.errors import UploadUnreadable
 from service.lead_files import Record, csv_records, json_lines_records
 from service.leads import LeadList
+from service.schemas import RunCreate
 from support.drive import ALWAYS_OPEN, new_number, wait_for
 from support.stack import Stack
 
@@ -201,6 +202,41 @@ async def test_other_requests_are_answered_while_a_list_is_checked(
         return checking_began.is_set()
 
     await wait_for(began, within=30, what="the list's check to begin")
+    other = await stack.http.get("/v1/runs", headers=business.headers)
+    answered.set()
+    assert other.status_code == 200
+    assert (await upload).status_code == 201
+    assert waits == [True]
+
+
+async def test_other_requests_are_answered_while_a_json_list_is_parsed(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Parsing and validating a JSON list of 100,000 leads is about a second of CPU; while it is
+    parsed, the API answers other requests (the parse below waits until it has)."""
+    parsing_began, answered = threading.Event(), threading.Event()
+    waits: list[bool] = []
+    real = RunCreate.model_validate_json
+
+    def parsing(data: Any, **options: Any) -> RunCreate:
+        parsing_began.set()
+        waits.append(answered.wait(timeout=10))
+        return real(data, **options)
+
+    monkeypatch.setattr(RunCreate, "model_validate_json", parsing)
+    business = await stack.create_business()
+    upload = asyncio.create_task(
+        stack.http.post(
+            "/v1/runs",
+            json={"leads": [{"phone": new_number()}], "options": {"calling_window": ALWAYS_OPEN}},
+            headers=business.headers,
+        )
+    )
+
+    async def began() -> bool:
+        return parsing_began.is_set()
+
+    await wait_for(began, within=30, what="the list's parse to begin")
     other = await stack.http.get("/v1/runs", headers=business.headers)
     answered.set()
     assert other.status_code == 200

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from api.bodies import json_body_in_thread, json_body_openapi
 from api.deps import BusinessDep, RunsDep, SessionDep
 from api.problems import Rejected, problems
 from contracts.names import run_workflow_id
@@ -22,8 +23,15 @@ from service.schemas import MAX_OFFSET, Accepted, CallPublic, RunCreate, RunCrea
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=RunCreated)
-async def create_run(body: RunCreate, business: BusinessDep, runs: RunsDep) -> RunCreated:
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=RunCreated,
+    openapi_extra=json_body_openapi(RunCreate),
+)
+async def create_run(
+    body: Annotated[RunCreate, Depends(json_body_in_thread(RunCreate))], business: BusinessDep, runs: RunsDep
+) -> RunCreated:
     """Store the run and its leads, then start its workflow. A bad lead list is a 422 naming every
     bad row, and nothing is stored or started. For lists of many thousands, `POST /v1/runs/import`
     streams CSV or JSON lines instead."""
