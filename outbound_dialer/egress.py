@@ -4,9 +4,11 @@ actually connected to, at every delivery (a name can resolve elsewhere the next 
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -21,6 +23,12 @@ _NEVER = tuple(
     ipaddress.ip_network(n)
     for n in ("::/96", "::ffff:0:0:0/96", "fec0::/10", "64:ff9b:1::/48", "5f00::/8", "3fff::/20")
 )
+
+
+# Webhooks' names are looked up in threads of their own: a name whose DNS never answers holds a
+# thread until the system's resolver gives up, and lookups tried pass after pass would otherwise
+# take every thread of the loop's default pool, which the worker's lookups of Twilio's API need.
+_LOOKUPS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="webhook-dns")
 
 
 class EgressRefused(Exception):
@@ -57,7 +65,8 @@ class Egress:
             addresses = [literal]
         else:
             try:
-                found = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+                lookup = functools.partial(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
+                found = await asyncio.get_running_loop().run_in_executor(_LOOKUPS, lookup)
             except (socket.gaierror, UnicodeError):
                 raise EgressRefused(f"{host} does not resolve") from None
             addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in found]

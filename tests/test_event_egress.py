@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import socket
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -14,7 +16,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
 
-from outbound_dialer.egress import Egress
+from outbound_dialer.egress import Egress, EgressRefused
 from support.drive import new_number, serve, wait_for
 from support.ports import free_port
 from support.stack import Stack
@@ -185,3 +187,31 @@ async def test_a_receiver_that_does_not_answer_costs_one_try_a_pass_not_one_per_
     assert all("no answer within 2 s" in e["last_error"] for e in tried), tried
     assert untried and all(e["last_error"].startswith("not tried:") for e in untried), events
     assert all(e["status"] == "pending" and e["next_attempt_at"] for e in events)
+
+
+async def test_webhook_names_that_resolve_slowly_do_not_hold_up_the_workers_other_lookups(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A webhook's name is looked up by the worker that also dials every business's calls. Names
+    whose DNS never answers (a CRM's outage, or a business's own slow name server), tried pass
+    after pass, must not take the threads the worker's other lookups (Twilio's API) need: the
+    lookup below waits for the worker to resolve another name; it does not run out."""
+    released = threading.Event()
+    ran_out: list[bool] = []
+    real = socket.getaddrinfo
+
+    def lookup(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if str(host).endswith(".slow.example"):
+            ran_out.append(not released.wait(timeout=10))
+            raise socket.gaierror("no answer")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", lookup)
+    slow = [asyncio.create_task(Egress().resolve(f"crm{n}.slow.example", 443)) for n in range(40)]
+    await asyncio.sleep(0)  # every slow lookup has been handed to a thread, or queued for one
+    twilio = await asyncio.get_running_loop().getaddrinfo("localhost", 443)
+    released.set()
+    refused = await asyncio.gather(*slow, return_exceptions=True)
+    assert twilio
+    assert all(isinstance(r, EgressRefused) for r in refused)
+    assert not any(ran_out)
