@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 # How long to wait for PostgreSQL to accept a connection (asyncpg waits 60 s by default): a database
@@ -26,12 +27,14 @@ def create_engine(url: str, *, ping_on_checkout: bool = True) -> AsyncEngine:
     or name stays out of logs and of the failure messages Temporal keeps in histories."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_async_engine(
+        engine = create_async_engine(
             url,
             pool_pre_ping=ping_on_checkout,
             connect_args={"timeout": CONNECT_TIMEOUT_SECONDS},
             hide_parameters=True,
         )
+        event.listen(engine.sync_engine, "handle_error", _refused_values_hidden)
+        return engine
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_async_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
@@ -50,3 +53,31 @@ def create_engine(url: str, *, ping_on_checkout: bool = True) -> AsyncEngine:
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     """Sessions that keep loaded values after commit."""
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+# A value PostgreSQL refuses (SQLSTATE class 22, data exceptions) is quoted in its message, and
+# asyncpg names a value it cannot send; either would carry a lead's phone or name into a log line
+# or a Temporal failure, whatever `hide_parameters` hides.
+_QUOTED = re.compile(r'"(?:[^"]|"")*"')
+_ARGUMENT = re.compile(r"(invalid input for query argument \$\d+): .*", re.DOTALL)
+
+
+def _refused_values_hidden(context: ExceptionContext) -> None:
+    """Take the refused value out of the error's text, and out of every exception it came from."""
+    chain: list[BaseException] = []
+    error: BaseException | None = context.original_exception
+    while error is not None and error not in chain:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    if not any(str(getattr(e, "sqlstate", "") or "").startswith("22") for e in chain):
+        return
+    if context.sqlalchemy_exception is not None:
+        chain.append(context.sqlalchemy_exception)
+    for error in chain:
+        error.args = tuple(_hidden(a) if isinstance(a, str) else a for a in error.args)
+        if isinstance(getattr(error, "message", None), str):
+            error.message = _hidden(error.message)  # type: ignore[attr-defined]
+
+
+def _hidden(text: str) -> str:
+    return _QUOTED.sub('"…"', _ARGUMENT.sub(r"\1 (its value is not shown)", text))

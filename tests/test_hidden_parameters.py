@@ -3,6 +3,7 @@ reaches a log line or a Temporal failure message through an exception's text."""
 
 from __future__ import annotations
 
+import traceback
 from pathlib import Path
 
 import pytest
@@ -32,3 +33,29 @@ async def test_a_database_error_carries_no_bound_values(kind: str, database_url:
     said = str(failed.value)
     assert "no_such_table" in said
     assert PHONE not in said and NAME not in said, said
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        # asyncpg refuses the value before sending it, naming it in its message.
+        "SELECT CAST(:phone AS integer) WHERE :name IS NOT NULL",
+        # PostgreSQL refuses the value, quoting it in its message.
+        "SELECT CAST(CAST(:phone AS text) AS integer) WHERE CAST(:name AS text) IS NOT NULL",
+        "SELECT CAST(CAST(:phone AS text) AS date) WHERE CAST(:name AS text) IS NOT NULL",
+    ],
+)
+async def test_a_value_the_database_refuses_is_not_repeated_anywhere_in_the_error(
+    statement: str, database_url: str
+) -> None:
+    """The error, every exception it was raised from, and the traceback a log line would print."""
+    engine = create_engine(database_url)
+    try:
+        async with engine.connect() as connection:
+            with pytest.raises(DBAPIError) as failed:
+                await connection.execute(text(statement), {"phone": PHONE, "name": NAME})
+    finally:
+        await engine.dispose()
+    printed = "".join(traceback.format_exception(failed.value))
+    assert "SELECT CAST" in printed
+    assert PHONE not in printed and NAME not in printed, printed
