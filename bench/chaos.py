@@ -587,6 +587,10 @@ async def chaos(scenario: Scenario, *, keep_state: bool = False) -> dict[str, An
             # The benchmarks measure the dialer, not the per-business request limit.
             BUSINESS_REQUESTS_PER_SECOND=10_000,
             BUSINESS_REQUEST_BURST=10_000,
+            # Payloads in plain JSON, whatever this machine's `.env` says: the benchmark's own
+            # client and replayer read them without a key.
+            PAYLOAD_ENCRYPTION_KEY=None,
+            PAYLOAD_DECRYPTION_KEYS=[],
             DATABASE_URL=proxied_url,
             TEMPORAL_ADDRESS=f"127.0.0.1:{temporal_port}",
             TEMPORAL_NAMESPACE=client.namespace,

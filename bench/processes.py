@@ -500,6 +500,10 @@ async def process_env(
             # The benchmarks measure the dialer, not the per-business request limit.
             BUSINESS_REQUESTS_PER_SECOND=10_000,
             BUSINESS_REQUEST_BURST=10_000,
+            # Payloads in plain JSON, whatever this machine's `.env` says: the benchmark's own
+            # client and replayer read them without a key.
+            PAYLOAD_ENCRYPTION_KEY=None,
+            PAYLOAD_DECRYPTION_KEYS=[],
             DATABASE_URL=database_url,
             TEMPORAL_ADDRESS=target,
             TEMPORAL_NAMESPACE=temporal.client.namespace,

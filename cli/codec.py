@@ -8,12 +8,14 @@ from typing import Annotated
 import typer
 import uvicorn
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from outbound_dialer.codec_server import create_codec_app
 from outbound_dialer.payload_codec import EncryptionCodec, new_key
 from outbound_dialer.settings import PayloadKeys
 
-DEFAULT_UI = "http://127.0.0.1:8233"
+# The Web UI of `make dev` and of the compose file, by either of its names.
+DEFAULT_UI = ["http://127.0.0.1:8233", "http://localhost:8233"]
 
 codec_app = typer.Typer(
     help="Encrypted Temporal payloads: a new key, and a codec server for the Web UI.", no_args_is_help=True
@@ -33,20 +35,27 @@ def serve(
         list[str] | None,
         typer.Option(
             help="A Web UI origin that may ask (repeat for more), such as https://cloud.temporal.io.",
-            show_default=DEFAULT_UI,
+            show_default=" and ".join(DEFAULT_UI),
         ),
     ] = None,
 ) -> None:
     """Serve a codec server with the keys in PAYLOAD_ENCRYPTION_KEY and PAYLOAD_DECRYPTION_KEYS.
     Point the Web UI's codec endpoint (or `temporal --codec-endpoint`) at http://127.0.0.1:PORT."""
     try:
-        keys = PayloadKeys().payload_keys()
+        settings = PayloadKeys()
     except ValidationError as error:
         raise typer.BadParameter(error.errors()[0]["msg"], param_hint="the environment") from None
+    except SettingsError:
+        raise typer.BadParameter(
+            "PAYLOAD_DECRYPTION_KEYS must be a JSON list of keys", param_hint="the environment"
+        ) from None
+    keys = settings.payload_keys()
     if not keys:
-        raise typer.BadParameter("PAYLOAD_ENCRYPTION_KEY is not set", param_hint="the environment")
-    codec = EncryptionCodec(keys)
-    origins = ui or [DEFAULT_UI]
+        raise typer.BadParameter(
+            "neither PAYLOAD_ENCRYPTION_KEY nor PAYLOAD_DECRYPTION_KEYS is set", param_hint="the environment"
+        )
+    codec = EncryptionCodec(keys, seal=settings.PAYLOAD_ENCRYPTION_KEY is not None)
+    origins = ui or DEFAULT_UI
     typer.echo(
         f"Codec server on http://127.0.0.1:{port} for {', '.join(origins)}, "
         f"with keys {', '.join(codec.key_ids)}",

@@ -56,27 +56,34 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
 
 
 # A value PostgreSQL refuses (SQLSTATE class 22, data exceptions) is quoted in its message, and
-# asyncpg names a value it cannot send; either would carry a lead's phone or name into a log line
-# or a Temporal failure, whatever `hide_parameters` hides.
+# asyncpg names a value it cannot send; a row that breaks a constraint (class 23) is repeated in the
+# error's detail (`Key (phone)=(...)`). Any of them would carry a lead's phone or name into a log
+# line or a Temporal failure, whatever `hide_parameters` hides.
 _QUOTED = re.compile(r'"(?:[^"]|"")*"')
 _ARGUMENT = re.compile(r"(invalid input for query argument \$\d+): .*", re.DOTALL)
+_NOT_SHOWN = "(the values are not shown)"
 
 
 def _refused_values_hidden(context: ExceptionContext) -> None:
-    """Take the refused value out of the error's text, and out of every exception it came from."""
+    """Take the refused values out of the error's text, and out of every exception it came from."""
     chain: list[BaseException] = []
     error: BaseException | None = context.original_exception
     while error is not None and error not in chain:
         chain.append(error)
         error = error.__cause__ or error.__context__
-    if not any(str(getattr(e, "sqlstate", "") or "").startswith("22") for e in chain):
+    states = {str(getattr(e, "sqlstate", "") or "")[:2] for e in chain}
+    if not states & {"22", "23"}:
         return
     if context.sqlalchemy_exception is not None:
         chain.append(context.sqlalchemy_exception)
     for error in chain:
-        error.args = tuple(_hidden(a) if isinstance(a, str) else a for a in error.args)
-        if isinstance(getattr(error, "message", None), str):
-            error.message = _hidden(error.message)  # type: ignore[attr-defined]
+        for field in ("detail", "hint"):  # asyncpg's, which its text repeats
+            if isinstance(getattr(error, field, None), str) and getattr(error, field):
+                setattr(error, field, _NOT_SHOWN)
+        if "22" in states:
+            error.args = tuple(_hidden(a) if isinstance(a, str) else a for a in error.args)
+            if isinstance(getattr(error, "message", None), str):
+                error.message = _hidden(error.message)  # type: ignore[attr-defined]
 
 
 def _hidden(text: str) -> str:

@@ -21,7 +21,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from temporalio.api.common.v1 import Payloads
+from temporalio.api.common.v1 import Payload, Payloads
 
 from outbound_dialer.payload_codec import EncryptionCodec, PayloadKeyError
 
@@ -49,16 +49,13 @@ def create_codec_app(
         payloads = await _payloads(request)
         if isinstance(payloads, Response):
             return payloads
-        try:
-            if action == "decode":
-                converted = await codec.decode(payloads.payloads)
-            else:
-                converted = await codec.encode(payloads.payloads)
-        except PayloadKeyError as error:
-            log.warning("payload not decoded", extra={"reason": str(error)})
-            return _problem(422, str(error))
-        body = json_format.MessageToJson(Payloads(payloads=converted))
-        return Response(body, media_type="application/json")
+        if action == "decode":
+            converted = [_opened(codec, payload) for payload in payloads.payloads]
+        else:
+            converted = await codec.encode(payloads.payloads)
+        # Protobuf's JSON leaves an empty list out; the Web UI reads `payloads` whatever it holds.
+        body = json_format.MessageToDict(Payloads(payloads=converted)) if converted else {"payloads": []}
+        return JSONResponse(body)
 
     return Starlette(
         routes=[Route("/{path:path}", convert, methods=["POST"])],
@@ -76,6 +73,16 @@ def create_codec_app(
     )
 
 
+def _opened(codec: EncryptionCodec, payload: Payload) -> Payload:
+    """The payload inside a sealed one; one this server cannot open is given back as it is (the Web
+    UI shows it sealed, and the rest of its page decoded), and the key it needs is logged."""
+    try:
+        return codec.open(payload)
+    except PayloadKeyError as error:
+        log.warning("payload left sealed", extra={"reason": str(error)})
+        return payload
+
+
 async def _payloads(request: Request) -> Payloads | Response:
     """The request's Payloads, or the problem with them."""
     declared = request.headers.get("content-length", "")
@@ -87,7 +94,7 @@ async def _payloads(request: Request) -> Payloads | Response:
         if len(body) > MAX_BODY_BYTES:
             return _problem(413, f"the body is over {MAX_BODY_BYTES} bytes")
     try:
-        return json_format.Parse(bytes(body), Payloads())
+        return json_format.Parse(bytes(body), Payloads(), ignore_unknown_fields=True)
     except (json_format.ParseError, DecodeError, UnicodeDecodeError) as error:
         return _problem(400, f"the body is not Payloads as protobuf JSON: {error}")
 

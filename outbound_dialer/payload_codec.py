@@ -1,9 +1,9 @@
 """Encrypting Temporal payloads: with PAYLOAD_ENCRYPTION_KEY set, every payload the API and the
-workers send to Temporal (run inputs, activity arguments and results, signals, queries, failures'
-messages) is sealed with AES-256-GCM, so Temporal and whoever reads its histories see no phone,
-name or metadata. Payloads written before a key was set pass through unchanged, and older keys
-(PAYLOAD_DECRYPTION_KEYS) still open what they sealed, so a key can be set or rotated while runs
-are in flight.
+workers send to Temporal (run inputs, activity arguments and results, signals, queries, summaries,
+failures' messages) is sealed with AES-256-GCM, so Temporal and whoever reads its histories see no
+phone, name or metadata. Payloads written before a key was set pass through unchanged, and the keys
+in PAYLOAD_DECRYPTION_KEYS open what they sealed without sealing anything, so a key can be brought
+in, rotated or retired while runs are in flight (docs/DEPLOY.md says in which steps).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from google.protobuf.message import DecodeError
 from temporalio.api.common.v1 import Payload
 from temporalio.converter import PayloadCodec
 
@@ -53,13 +54,15 @@ def key_id(key: bytes) -> str:
 
 
 class EncryptionCodec(PayloadCodec):
-    """Seals payloads with the first key; opens what any of the keys sealed."""
+    """Opens what any of the keys sealed; seals payloads with the first key if `seal`, and leaves
+    them as they are otherwise (a process that can read sealed payloads before any process writes
+    them)."""
 
-    def __init__(self, keys: Iterable[bytes]) -> None:
+    def __init__(self, keys: Iterable[bytes], seal: bool = True) -> None:
         ciphers = [(key_id(key), AESGCM(key)) for key in keys]
         if not ciphers:
             raise ValueError("an encryption codec needs a key")
-        self._sealing_id, self._sealing = ciphers[0]
+        self._sealing = ciphers[0] if seal else None
         self._opening = dict(ciphers)
 
     @property
@@ -74,11 +77,12 @@ class EncryptionCodec(PayloadCodec):
         return [self.open(payload) for payload in payloads]
 
     def seal(self, payload: Payload) -> Payload:
+        if self._sealing is None:
+            return payload
+        name, cipher = self._sealing
         nonce = os.urandom(NONCE_BYTES)
-        sealed = self._sealing.encrypt(nonce, payload.SerializeToString(), self._sealing_id.encode())
-        return Payload(
-            metadata={"encoding": ENCODING, KEY_ID: self._sealing_id.encode()}, data=nonce + sealed
-        )
+        sealed = cipher.encrypt(nonce, payload.SerializeToString(), name.encode())
+        return Payload(metadata={"encoding": ENCODING, KEY_ID: name.encode()}, data=nonce + sealed)
 
     def open(self, payload: Payload) -> Payload:
         """The payload inside a sealed one; any other payload as it is (written before a key was set)."""
@@ -97,5 +101,8 @@ class EncryptionCodec(PayloadCodec):
         except InvalidTag:
             raise PayloadKeyError(f"a payload sealed with key {name!r} has been altered") from None
         opened = Payload()
-        opened.ParseFromString(plain)
+        try:
+            opened.ParseFromString(plain)
+        except DecodeError:
+            raise PayloadKeyError(f"a payload sealed with key {name!r} holds no payload") from None
         return opened

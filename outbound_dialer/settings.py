@@ -31,9 +31,11 @@ class PayloadKeys(BaseSettings):
 
     # A key (base64 of 32 bytes; `outbound codec key` makes one): when set, every payload sent to
     # Temporal is encrypted with it, and the Web UI shows payloads only through a codec server that
-    # holds it (`outbound codec serve`). Every API and worker process needs the same keys.
+    # holds it (`outbound codec serve`). Every API and worker process must read with it (here or in
+    # PAYLOAD_DECRYPTION_KEYS) before any encrypts with it: docs/DEPLOY.md gives the steps.
     PAYLOAD_ENCRYPTION_KEY: SecretStr | None = None
-    # Earlier keys (JSON list), still used to read what they encrypted after a rotation.
+    # Keys (JSON list) payloads are read with but not encrypted with: a key being brought in, or
+    # one rotated out that histories still hold.
     PAYLOAD_DECRYPTION_KEYS: list[SecretStr] = Field(default_factory=list)
 
     @field_validator("PAYLOAD_ENCRYPTION_KEY")
@@ -57,23 +59,10 @@ class PayloadKeys(BaseSettings):
                 raise ValueError(f"PAYLOAD_DECRYPTION_KEYS: key {number} {error}") from None
         return keys
 
-    @model_validator(mode="after")
-    def _decryption_needs_encryption(self) -> PayloadKeys:
-        if self.PAYLOAD_DECRYPTION_KEYS and self.PAYLOAD_ENCRYPTION_KEY is None:
-            raise ValueError(
-                "PAYLOAD_DECRYPTION_KEYS is set without PAYLOAD_ENCRYPTION_KEY: new payloads would be "
-                "written in plain text; set the current key too"
-            )
-        return self
-
     def payload_keys(self) -> list[bytes]:
-        """The payload keys, the one that encrypts first; none when payloads are not encrypted."""
-        if self.PAYLOAD_ENCRYPTION_KEY is None:
-            return []
-        return [
-            key_bytes(key.get_secret_value())
-            for key in (self.PAYLOAD_ENCRYPTION_KEY, *self.PAYLOAD_DECRYPTION_KEYS)
-        ]
+        """Every payload key this process reads with, the one it encrypts with (if any) first."""
+        keys = [self.PAYLOAD_ENCRYPTION_KEY] if self.PAYLOAD_ENCRYPTION_KEY is not None else []
+        return [key_bytes(key.get_secret_value()) for key in (*keys, *self.PAYLOAD_DECRYPTION_KEYS)]
 
 
 class Settings(PayloadKeys):

@@ -28,14 +28,19 @@ async def connect_temporal(
 
 
 def data_converter(settings: Settings) -> DataConverter:
-    """How payloads go to Temporal: as JSON, encrypted (with failures' messages and stack traces)
-    when PAYLOAD_ENCRYPTION_KEY is set."""
+    """How payloads go to Temporal: as JSON; with payload keys, read with any of them, and with
+    PAYLOAD_ENCRYPTION_KEY encrypted (with failures' messages and stack traces)."""
     keys = settings.payload_keys()
     if not keys:
         return DataConverter.default
+    seal = settings.PAYLOAD_ENCRYPTION_KEY is not None
     return DataConverter(
-        payload_codec=EncryptionCodec(keys),
-        failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
+        payload_codec=EncryptionCodec(keys, seal=seal),
+        failure_converter_class=(
+            DefaultFailureConverterWithEncodedAttributes
+            if seal
+            else DataConverter.default.failure_converter_class
+        ),
     )
 
 

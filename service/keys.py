@@ -160,6 +160,7 @@ async def open_session(session: AsyncSession, signed: Signed) -> str:
     """A new dashboard session for the business; the token goes in the browser's cookie. Sessions
     that ended are removed, and the oldest live ones past MAX_LIVE_SESSIONS end."""
     token = secrets.token_urlsafe(32)
+    await _lock(session, signed.business.id)  # a rotation pruning keys waits, and so do other sign-ins
     now = utcnow()
     await _prune_sessions(session, signed.business.id, now)
     live = (

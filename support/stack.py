@@ -116,6 +116,9 @@ class Stack:
             # Tests poll a run many times a second; the one that checks the limit sets its own.
             "BUSINESS_REQUESTS_PER_SECOND": 10_000,
             "BUSINESS_REQUEST_BURST": 10_000,
+            # Payloads are plain unless a test encrypts them, whatever this machine's `.env` says.
+            "PAYLOAD_ENCRYPTION_KEY": None,
+            "PAYLOAD_DECRYPTION_KEYS": [],
             **(settings or {}),
         }
         config = Settings(

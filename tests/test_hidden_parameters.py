@@ -59,3 +59,20 @@ async def test_a_value_the_database_refuses_is_not_repeated_anywhere_in_the_erro
     printed = "".join(traceback.format_exception(failed.value))
     assert "SELECT CAST" in printed
     assert PHONE not in printed and NAME not in printed, printed
+
+
+async def test_a_constraint_a_value_breaks_is_named_without_the_value(database_url: str) -> None:
+    """PostgreSQL's detail of a broken constraint repeats the row (`Key (phone)=(...)`)."""
+    engine = create_engine(database_url)
+    try:
+        async with engine.connect() as connection:
+            await connection.execute(text("CREATE TEMPORARY TABLE leads_seen (phone text UNIQUE, name text)"))
+            insert = text("INSERT INTO leads_seen (phone, name) VALUES (:phone, :name)")
+            await connection.execute(insert, {"phone": PHONE, "name": NAME})
+            with pytest.raises(DBAPIError) as failed:
+                await connection.execute(insert, {"phone": PHONE, "name": NAME})
+    finally:
+        await engine.dispose()
+    printed = "".join(traceback.format_exception(failed.value))
+    assert "leads_seen_phone_key" in printed  # which constraint is still said
+    assert PHONE not in printed and NAME not in printed, printed

@@ -242,3 +242,21 @@ async def test_other_requests_are_answered_while_a_json_list_is_parsed(
     assert other.status_code == 200
     assert (await upload).status_code == 201
     assert waits == [True]
+
+
+async def test_a_list_without_a_working_key_is_refused_before_it_is_parsed(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parsed: list[int] = []
+    real = RunCreate.model_validate_json
+
+    def parsing(data: Any, **options: Any) -> RunCreate:
+        parsed.append(len(data))
+        return real(data, **options)
+
+    monkeypatch.setattr(RunCreate, "model_validate_json", parsing)
+    refused = await stack.http.post(
+        "/v1/runs", json={"leads": "not a list"}, headers={"Authorization": "Bearer obk_not-a-key"}
+    )
+    assert refused.status_code == 401, refused.text
+    assert parsed == []

@@ -18,6 +18,7 @@ from temporalio.api.failure.v1 import Failure
 from temporalio.client import WorkflowHistory
 from temporalio.converter import DataConverter
 from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Replayer
 
 from contracts.names import run_workflow_id
 from outbound_dialer.codec_server import create_codec_app
@@ -27,6 +28,7 @@ from outbound_dialer.temporal_client import data_converter
 from support.drive import execution_chain, new_number, serve
 from support.ports import free_port
 from support.stack import Stack
+from workflows.outbound_run import OutboundRunWorkflow
 
 KEY = new_key()
 UI = "http://127.0.0.1:8233"
@@ -93,6 +95,11 @@ async def test_a_run_with_a_key_leaves_no_lead_data_in_temporal_and_the_codec_se
         assert phone in as_read_with_the_key  # what the check below looks for is there to find
         assert phone not in as_stored
 
+    # The run's workflow replays from its sealed history, with the key.
+    replayer = Replayer(workflows=[OutboundRunWorkflow], data_converter=stack.temporal.data_converter)
+    for history in histories:
+        await replayer.replay_workflow(history)
+
     # The Web UI asks the codec server, which holds the key, to decode what it shows.
     async with httpx.AsyncClient(base_url=codec_server) as http:
         answer = await http.post(
@@ -131,9 +138,16 @@ async def test_the_codec_server_answers_only_its_ui_on_its_own_address(codec_ser
         assert rebound.status_code == 400 and "+14155550123" not in rebound.text
         not_payloads = await http.post("/decode", content=b"phone=+14155550123")
         assert not_payloads.status_code == 400 and "Payloads" in not_payloads.text
+        # One payload it cannot open leaves that one sealed, and the rest of the page decoded.
         foreign = await EncryptionCodec([key_bytes(new_key())]).encode([_json_payload("x")])
-        unknown = await http.post("/decode", json={"payloads": [json_format.MessageToDict(foreign[0])]})
-        assert unknown.status_code == 422 and key_id(key_bytes(KEY)) in unknown.text
+        mixed = {"payloads": [json_format.MessageToDict(p) for p in (*foreign, *sealed)]}
+        page = await http.post("/api/v1/namespaces/default/decode?preserveStorageRefs=true", json=mixed)
+        assert page.status_code == 200, page.text
+        shown = page.json()["payloads"]
+        assert shown[0] == mixed["payloads"][0]
+        assert base64.b64decode(shown[1]["data"]) == b'"+14155550123"'
+        nothing = await http.post("/decode", json={"payloads": []})
+        assert nothing.json() == {"payloads": []}
 
 
 def _json_payload(value: Any) -> Payload:
@@ -149,6 +163,7 @@ async def test_a_rotated_key_still_reads_what_it_sealed_and_plain_payloads_pass(
     before = _converter(PAYLOAD_ENCRYPTION_KEY=old)
     after = _converter(PAYLOAD_ENCRYPTION_KEY=new, PAYLOAD_DECRYPTION_KEYS=[old])
     without_key = _converter()
+    reading_only = _converter(PAYLOAD_DECRYPTION_KEYS=[old])
     assert without_key is DataConverter.default
     lead = {"phone": "+14155550123", "name": "Ada"}
     sealed_before = await before.encode([lead])
@@ -156,6 +171,10 @@ async def test_a_rotated_key_still_reads_what_it_sealed_and_plain_payloads_pass(
     assert await after.decode(sealed_before, [dict]) == [lead]
     # Written before any key was set (a run in flight when encryption is turned on).
     assert await after.decode(await without_key.encode([lead]), [dict]) == [lead]
+    # A process given the key to read with only (the first step of bringing a key in, and the
+    # way to turn encryption off) reads sealed payloads and writes plain ones.
+    assert await reading_only.decode(sealed_before, [dict]) == [lead]
+    assert (await reading_only.encode([lead]))[0].metadata["encoding"] == b"json/plain"
     # A process that lost the old key says which key it needs, not what is inside.
     with pytest.raises(PayloadKeyError, match=key_id(key_bytes(old))) as refused:
         await _converter(PAYLOAD_ENCRYPTION_KEY=new).decode(sealed_before, [dict])

@@ -30,7 +30,11 @@ router = APIRouter(prefix="/v1/runs", tags=["runs"])
     openapi_extra=json_body_openapi(RunCreate),
 )
 async def create_run(
-    body: Annotated[RunCreate, Depends(json_body_in_thread(RunCreate))], business: BusinessDep, runs: RunsDep
+    # The business first: a request with no working key, or past its share, is refused before
+    # its body is parsed.
+    business: BusinessDep,
+    body: Annotated[RunCreate, Depends(json_body_in_thread(RunCreate))],
+    runs: RunsDep,
 ) -> RunCreated:
     """Store the run and its leads, then start its workflow. A bad lead list is a 422 naming every
     bad row, and nothing is stored or started. For lists of many thousands, `POST /v1/runs/import`
