@@ -4,12 +4,12 @@ actually connected to, at every delivery (a name can resolve elsewhere the next 
 from __future__ import annotations
 
 import asyncio
-import functools
 import ipaddress
 import socket
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -28,7 +28,21 @@ _NEVER = tuple(
 # Webhooks' names are looked up in threads of their own: a name whose DNS never answers holds a
 # thread until the system's resolver gives up, and lookups tried pass after pass would otherwise
 # take every thread of the loop's default pool, which the worker's lookups of Twilio's API need.
+# A name already being looked up is not looked up again meanwhile: its askers share the answer, so
+# one name holds one thread however often it is tried.
 _LOOKUPS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="webhook-dns")
+_PENDING: dict[tuple[str, int], Future[list[Any]]] = {}
+
+
+def _lookup(host: str, port: int) -> Future[list[Any]]:
+    """The lookup of `host` under way, or a new one."""
+    key = (host, port)
+    pending = _PENDING.get(key)
+    if pending is None:
+        pending = _LOOKUPS.submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
+        _PENDING[key] = pending
+        pending.add_done_callback(lambda _: _PENDING.pop(key, None))
+    return pending
 
 
 class EgressRefused(Exception):
@@ -65,8 +79,9 @@ class Egress:
             addresses = [literal]
         else:
             try:
-                lookup = functools.partial(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
-                found = await asyncio.get_running_loop().run_in_executor(_LOOKUPS, lookup)
+                # Shielded: a delivery that runs out of time stops waiting, and leaves the lookup to
+                # whoever else waits for it.
+                found = await asyncio.shield(asyncio.wrap_future(_lookup(host, port)))
             except (socket.gaierror, UnicodeError):
                 raise EgressRefused(f"{host} does not resolve") from None
             addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in found]

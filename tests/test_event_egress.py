@@ -215,3 +215,29 @@ async def test_webhook_names_that_resolve_slowly_do_not_hold_up_the_workers_othe
     assert twilio
     assert all(isinstance(r, EgressRefused) for r in refused)
     assert not any(ran_out)
+
+
+async def test_a_webhook_name_that_never_answers_holds_one_lookup_however_often_it_is_tried(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Tried again and again while its DNS does not answer, one business's name must not take the
+    threads other businesses' webhooks are looked up in: their lookups are answered meanwhile."""
+    released = threading.Event()
+    ran_out: list[bool] = []
+    real = socket.getaddrinfo
+
+    def lookup(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if str(host).endswith(".slow.example"):
+            ran_out.append(not released.wait(timeout=10))
+            raise socket.gaierror("no answer")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", lookup)
+    slow = [asyncio.create_task(Egress().resolve("crm.slow.example", 443)) for _ in range(10)]
+    await asyncio.sleep(0)  # every lookup of the slow name has been asked for
+    other = await Egress.allowing(["127.0.0.0/8", "::1/128"]).resolve("localhost", 443)
+    released.set()
+    refused = await asyncio.gather(*slow, return_exceptions=True)
+    assert other.is_loopback
+    assert all(isinstance(r, EgressRefused) for r in refused)
+    assert not any(ran_out)
