@@ -189,13 +189,10 @@ async def test_a_receiver_that_does_not_answer_costs_one_try_a_pass_not_one_per_
     assert all(e["status"] == "pending" and e["next_attempt_at"] for e in events)
 
 
-async def test_webhook_names_that_resolve_slowly_do_not_hold_up_the_workers_other_lookups(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A webhook's name is looked up by the worker that also dials every business's calls. Names
-    whose DNS never answers (a CRM's outage, or a business's own slow name server), tried pass
-    after pass, must not take the threads the worker's other lookups (Twilio's API) need: the
-    lookup below waits for the worker to resolve another name; it does not run out."""
+@pytest.fixture
+def slow_dns(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, list[bool]]:
+    """Names under .slow.example get no answer until the event is set (or for 10 s, the list
+    saying for each lookup whether it ran out); other names resolve as ever."""
     released = threading.Event()
     ran_out: list[bool] = []
     real = socket.getaddrinfo
@@ -207,6 +204,17 @@ async def test_webhook_names_that_resolve_slowly_do_not_hold_up_the_workers_othe
         return real(host, *args, **kwargs)
 
     monkeypatch.setattr(socket, "getaddrinfo", lookup)
+    return released, ran_out
+
+
+async def test_webhook_names_that_resolve_slowly_do_not_hold_up_the_workers_other_lookups(
+    slow_dns: tuple[threading.Event, list[bool]],
+) -> None:
+    """A webhook's name is looked up by the worker that also dials every business's calls. Names
+    whose DNS never answers (a CRM's outage, or a business's own slow name server), tried pass
+    after pass, must not take the threads the worker's other lookups (Twilio's API) need: the
+    lookup below waits for the worker to resolve another name; it does not run out."""
+    released, ran_out = slow_dns
     slow = [asyncio.create_task(Egress().resolve(f"crm{n}.slow.example", 443)) for n in range(40)]
     await asyncio.sleep(0)  # every slow lookup has been handed to a thread, or queued for one
     twilio = await asyncio.get_running_loop().getaddrinfo("localhost", 443)
@@ -218,21 +226,11 @@ async def test_webhook_names_that_resolve_slowly_do_not_hold_up_the_workers_othe
 
 
 async def test_a_webhook_name_that_never_answers_holds_one_lookup_however_often_it_is_tried(
-    monkeypatch: pytest.MonkeyPatch,
+    slow_dns: tuple[threading.Event, list[bool]],
 ) -> None:
     """Tried again and again while its DNS does not answer, one business's name must not take the
     threads other businesses' webhooks are looked up in: their lookups are answered meanwhile."""
-    released = threading.Event()
-    ran_out: list[bool] = []
-    real = socket.getaddrinfo
-
-    def lookup(host: Any, *args: Any, **kwargs: Any) -> Any:
-        if str(host).endswith(".slow.example"):
-            ran_out.append(not released.wait(timeout=10))
-            raise socket.gaierror("no answer")
-        return real(host, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", lookup)
+    released, ran_out = slow_dns
     slow = [asyncio.create_task(Egress().resolve("crm.slow.example", 443)) for _ in range(10)]
     await asyncio.sleep(0)  # every lookup of the slow name has been asked for
     other = await Egress.allowing(["127.0.0.0/8", "::1/128"]).resolve("localhost", 443)

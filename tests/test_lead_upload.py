@@ -14,7 +14,7 @@ from service.errors import UploadUnreadable
 from service.lead_files import Record, csv_records, json_lines_records
 from service.leads import LeadList
 from service.schemas import RunCreate
-from support.drive import ALWAYS_OPEN, new_number, wait_for
+from support.drive import ALWAYS_OPEN, Business, new_number, wait_for
 from support.stack import Stack
 
 OPEN_AROUND_THE_CLOCK = json.dumps({"calling_window": ALWAYS_OPEN})
@@ -164,21 +164,41 @@ async def test_json_lines_with_nan_or_deep_nesting_are_unreadable_leads_not_erro
     assert "NaN is not a JSON number" in (records[0].problem or "")
 
 
+class HeldWhileAnswering:
+    """Holds the first call of what it patches until the API has answered another request. Were
+    that call made on the API's event loop, no other request could be answered while it waits, and
+    its wait would run out."""
+
+    def __init__(self) -> None:
+        self.began, self.answered = threading.Event(), threading.Event()
+        self.waits: list[bool] = []
+
+    def hold(self) -> None:
+        if not self.waits:
+            self.began.set()
+            self.waits.append(self.answered.wait(timeout=10))
+
+    async def another_request(self, stack: Stack, business: Business) -> int:
+        """Once the held call has begun, another request's status; then the call goes on."""
+
+        async def began() -> bool:
+            return self.began.is_set()
+
+        await wait_for(began, within=30, what="the held call to begin")
+        other = await stack.http.get("/v1/runs", headers=business.headers)
+        self.answered.set()
+        return other.status_code
+
+
 @pytest.mark.parametrize("how", ["csv", "json"])
 async def test_other_requests_are_answered_while_a_list_is_checked(
     stack: Stack, monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
-    """Checking a long list is seconds of CPU (a million numbers to parse and validate). The first
-    check below waits until the API has answered another request; done on the API's event loop,
-    no other request could be answered meanwhile, and the wait would run out."""
-    checking_began, answered = threading.Event(), threading.Event()
-    waits: list[bool] = []
-    real = LeadList.add
+    """Checking a long list is seconds of CPU (a million numbers to parse and validate)."""
+    held, real = HeldWhileAnswering(), LeadList.add
 
     def checking(self: LeadList, number: int, lead: Any) -> dict[str, Any] | None:
-        if not waits:
-            checking_began.set()
-            waits.append(answered.wait(timeout=10))
+        held.hold()
         return real(self, number, lead)
 
     monkeypatch.setattr(LeadList, "add", checking)
@@ -191,57 +211,35 @@ async def test_other_requests_are_answered_while_a_list_is_checked(
             headers={**business.headers, "Content-Type": "text/csv"},
         )
     else:
-        started = stack.http.post(
-            "/v1/runs",
-            json={"leads": [{"phone": p} for p in phones], "options": {"calling_window": ALWAYS_OPEN}},
-            headers=business.headers,
-        )
+        started = stack.http.post("/v1/runs", json=_run_of(phones), headers=business.headers)
     upload = asyncio.create_task(started)
-
-    async def began() -> bool:
-        return checking_began.is_set()
-
-    await wait_for(began, within=30, what="the list's check to begin")
-    other = await stack.http.get("/v1/runs", headers=business.headers)
-    answered.set()
-    assert other.status_code == 200
+    assert await held.another_request(stack, business) == 200
     assert (await upload).status_code == 201
-    assert waits == [True]
+    assert held.waits == [True]
 
 
 async def test_other_requests_are_answered_while_a_json_list_is_parsed(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Parsing and validating a JSON list of 100,000 leads is about a second of CPU; while it is
-    parsed, the API answers other requests (the parse below waits until it has)."""
-    parsing_began, answered = threading.Event(), threading.Event()
-    waits: list[bool] = []
-    real = RunCreate.model_validate_json
+    """Parsing and validating a JSON list of 100,000 leads is about a second of CPU."""
+    held, real = HeldWhileAnswering(), RunCreate.model_validate_json
 
     def parsing(data: Any, **options: Any) -> RunCreate:
-        parsing_began.set()
-        waits.append(answered.wait(timeout=10))
+        held.hold()
         return real(data, **options)
 
     monkeypatch.setattr(RunCreate, "model_validate_json", parsing)
     business = await stack.create_business()
     upload = asyncio.create_task(
-        stack.http.post(
-            "/v1/runs",
-            json={"leads": [{"phone": new_number()}], "options": {"calling_window": ALWAYS_OPEN}},
-            headers=business.headers,
-        )
+        stack.http.post("/v1/runs", json=_run_of([new_number()]), headers=business.headers)
     )
-
-    async def began() -> bool:
-        return parsing_began.is_set()
-
-    await wait_for(began, within=30, what="the list's parse to begin")
-    other = await stack.http.get("/v1/runs", headers=business.headers)
-    answered.set()
-    assert other.status_code == 200
+    assert await held.another_request(stack, business) == 200
     assert (await upload).status_code == 201
-    assert waits == [True]
+    assert held.waits == [True]
+
+
+def _run_of(phones: list[str]) -> dict[str, Any]:
+    return {"leads": [{"phone": p} for p in phones], "options": {"calling_window": ALWAYS_OPEN}}
 
 
 async def test_a_list_without_a_working_key_is_refused_before_it_is_parsed(
