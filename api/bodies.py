@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from itertools import islice
 from typing import Any, TypeVar
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
+
+from service.leads import MAX_LISTED_PROBLEMS
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -21,17 +24,36 @@ REF = "#/components/schemas/{model}"
 
 
 def json_body_in_thread(model: type[M]) -> Callable[[Request], Awaitable[M]]:
-    """A dependency giving the request's body as `model`, parsed and validated in a thread; a body
-    that is not one is a 422 as FastAPI words it (each error's `loc` starts with "body")."""
+    """A dependency giving the request's body as `model`, parsed and validated in a thread. A body
+    that is not one is a 422 as FastAPI words it (each error's `loc` starts with "body"), listing
+    the first MAX_LISTED_PROBLEMS errors and counting the rest; a body that is not JSON is a 415."""
 
     async def parse(request: Request) -> M:
+        media_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+        if media_type != "application/json" and not media_type.endswith("+json"):
+            raise HTTPException(
+                415, f"send the body as application/json, not {media_type or 'an unnamed type'}"
+            )
         raw = await request.body()
-        try:
-            return await asyncio.to_thread(model.model_validate_json, raw)
-        except ValidationError as error:
-            raise RequestValidationError([_located(e) for e in error.errors(include_url=False)]) from None
+        parsed, problems = await asyncio.to_thread(_parsed, model, raw)
+        if parsed is None:
+            raise RequestValidationError(problems)
+        return parsed
 
     return parse
+
+
+def _parsed(model: type[M], raw: bytes) -> tuple[M | None, list[dict[str, Any]]]:
+    """The body as `model`, or the problems with it (in the thread: a list of thousands of bad
+    leads has tens of thousands of errors, and only the first are listed)."""
+    try:
+        return model.model_validate_json(raw), []
+    except ValidationError as error:
+        problems = [_located(e) for e in islice(error.errors(include_url=False), MAX_LISTED_PROBLEMS)]
+        if error.error_count() > MAX_LISTED_PROBLEMS:
+            more = f"{error.error_count() - MAX_LISTED_PROBLEMS} more errors not listed"
+            problems.append({"loc": ("body",), "type": "more_errors", "msg": more, "input": None})
+        return None, problems
 
 
 def _located(error: Any) -> dict[str, Any]:
@@ -56,7 +78,11 @@ def json_body_openapi(model: type[BaseModel]) -> dict[str, Any]:
     return {
         "requestBody": {"required": True, "content": {"application/json": {"schema": schema}}},
         "responses": {
-            "422": {"description": "Validation Error", "content": {"application/json": {"schema": invalid}}}
+            "415": {
+                "description": "The body is not sent as application/json.",
+                "content": {"application/json": {"schema": {"$ref": REF.format(model="Problem")}}},
+            },
+            "422": {"description": "Validation Error", "content": {"application/json": {"schema": invalid}}},
         },
     }
 

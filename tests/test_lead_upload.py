@@ -12,7 +12,7 @@ import pytest
 
 from service.errors import UploadUnreadable
 from service.lead_files import Record, csv_records, json_lines_records
-from service.leads import LeadList
+from service.leads import MAX_LISTED_PROBLEMS, LeadList
 from service.schemas import RunCreate
 from support.drive import ALWAYS_OPEN, Business, new_number, wait_for
 from support.stack import Stack
@@ -258,3 +258,29 @@ async def test_a_list_without_a_working_key_is_refused_before_it_is_parsed(
     )
     assert refused.status_code == 401, refused.text
     assert parsed == []
+
+
+async def test_a_json_list_with_many_bad_leads_lists_the_first_hundred_and_counts_the_rest(
+    stack: Stack,
+) -> None:
+    """Every bad field of every lead listed was tens of MB of answer, and seconds of the API's
+    time, for a list a few MB long."""
+    business = await stack.create_business()
+    leads = [{"phone": 5, "k1": 0, "k2": 0} for _ in range(2_000)]  # three problems each
+    refused = await stack.http.post("/v1/runs", json={"leads": leads}, headers=business.headers)
+    assert refused.status_code == 422
+    detail = refused.json()["detail"]
+    assert len(detail) == MAX_LISTED_PROBLEMS + 1
+    assert detail[0]["loc"] == ["body", "leads", 0, "phone"]
+    assert detail[-1]["type"] == "more_errors"
+    assert detail[-1]["msg"] == f"{3 * 2_000 - MAX_LISTED_PROBLEMS} more errors not listed"
+
+
+async def test_a_json_list_is_read_only_as_json(stack: Stack) -> None:
+    business = await stack.create_business()
+    sent = await stack.http.post(
+        "/v1/runs",
+        content=json.dumps(_run_of([new_number()])),
+        headers={**business.headers, "Content-Type": "text/plain"},
+    )
+    assert sent.status_code == 415 and "application/json" in sent.text
