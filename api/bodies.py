@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from itertools import islice
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic_core import from_json
 
 from service.leads import MAX_LISTED_PROBLEMS
 
@@ -21,12 +21,16 @@ M = TypeVar("M", bound=BaseModel)
 
 _MODELS: dict[str, type[BaseModel]] = {}
 REF = "#/components/schemas/{model}"
+# Entries of a listed field validated at once.
+CHUNK = 1_000
 
 
-def json_body_in_thread(model: type[M]) -> Callable[[Request], Awaitable[M]]:
+def json_body_in_thread(model: type[M], listed: str | None = None) -> Callable[[Request], Awaitable[M]]:
     """A dependency giving the request's body as `model`, parsed and validated in a thread. A body
     that is not one is a 422 as FastAPI words it (each error's `loc` starts with "body"), listing
-    the first MAX_LISTED_PROBLEMS errors and counting the rest; a body that is not JSON is a 415."""
+    the first MAX_LISTED_PROBLEMS errors and counting the rest; a body that is not JSON is a 415.
+    The list field `listed` (a lead list) is validated a chunk at a time, so a list of thousands
+    of bad entries never holds all their errors at once."""
 
     async def parse(request: Request) -> M:
         media_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
@@ -35,7 +39,7 @@ def json_body_in_thread(model: type[M]) -> Callable[[Request], Awaitable[M]]:
                 415, f"send the body as application/json, not {media_type or 'an unnamed type'}"
             )
         raw = await request.body()
-        parsed, problems = await asyncio.to_thread(_parsed, model, raw)
+        parsed, problems = await asyncio.to_thread(_parsed, model, raw, listed)
         if parsed is None:
             raise RequestValidationError(problems)
         return parsed
@@ -43,17 +47,59 @@ def json_body_in_thread(model: type[M]) -> Callable[[Request], Awaitable[M]]:
     return parse
 
 
-def _parsed(model: type[M], raw: bytes) -> tuple[M | None, list[dict[str, Any]]]:
-    """The body as `model`, or the problems with it (in the thread: a list of thousands of bad
-    leads has tens of thousands of errors, and only the first are listed)."""
+def _parsed(model: type[M], raw: bytes, listed: str | None) -> tuple[M | None, list[dict[str, Any]]]:
+    """The body as `model`, or the problems with it."""
     try:
-        return model.model_validate_json(raw), []
+        data = from_json(raw)
+        if listed is not None and isinstance(data, dict) and isinstance(data.get(listed), list):
+            data[listed] = _items(model, listed, data[listed])
+        return model.model_validate(data), []
+    except ValueError as error:  # not JSON
+        return None, [_located({"type": "json_invalid", "loc": (), "msg": str(error)})]
+    except _ListInvalid as invalid:
+        return None, invalid.problems
     except ValidationError as error:
-        problems = [_located(e) for e in islice(error.errors(include_url=False), MAX_LISTED_PROBLEMS)]
-        if error.error_count() > MAX_LISTED_PROBLEMS:
-            more = f"{error.error_count() - MAX_LISTED_PROBLEMS} more errors not listed"
-            problems.append({"loc": ("body",), "type": "more_errors", "msg": more, "input": None})
-        return None, problems
+        return None, _listed(error.errors(include_url=False), error.error_count())
+
+
+class _ListInvalid(Exception):
+    def __init__(self, problems: list[dict[str, Any]]) -> None:
+        self.problems = problems
+
+
+def _items(model: type[BaseModel], listed: str, items: list[Any]) -> list[Any]:
+    """The list's items validated CHUNK at a time (the list's own bounds are the model's to check);
+    `_ListInvalid` with the first problems, and how many more, if any is bad."""
+    field = model.model_fields[listed]
+    adapter: TypeAdapter[list[Any]] = TypeAdapter(list[get_args(field.annotation)[0]])  # type: ignore[arg-type,misc]
+    most = next((m.max_length for m in field.metadata if hasattr(m, "max_length")), None)
+    if most is not None and len(items) > most:
+        return items  # the model refuses the list's length, once
+    valid: list[Any] = []
+    problems: list[dict[str, Any]] = []
+    count = 0
+    for start in range(0, len(items), CHUNK):
+        try:
+            valid += adapter.validate_python(items[start : start + CHUNK])
+        except ValidationError as error:
+            count += error.error_count()
+            if len(problems) < MAX_LISTED_PROBLEMS:
+                problems += [
+                    {**e, "loc": (listed, start + int(e["loc"][0]), *e["loc"][1:])}
+                    for e in error.errors(include_url=False)[: MAX_LISTED_PROBLEMS - len(problems)]
+                ]
+    if count:
+        raise _ListInvalid(_listed(problems, count))
+    return valid
+
+
+def _listed(errors: list[Any], count: int) -> list[dict[str, Any]]:
+    """The first MAX_LISTED_PROBLEMS errors, located in the body, and a last one counting the rest."""
+    problems = [_located(e) for e in errors[:MAX_LISTED_PROBLEMS]]
+    if count > MAX_LISTED_PROBLEMS:
+        more = f"{count - MAX_LISTED_PROBLEMS} more errors not listed"
+        problems.append({"loc": ("body",), "type": "more_errors", "msg": more, "input": None})
+    return problems
 
 
 def _located(error: Any) -> dict[str, Any]:

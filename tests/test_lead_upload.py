@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
+from api import bodies
 from service.errors import UploadUnreadable
 from service.lead_files import Record, csv_records, json_lines_records
 from service.leads import MAX_LISTED_PROBLEMS, LeadList
-from service.schemas import RunCreate
 from support.drive import ALWAYS_OPEN, Business, new_number, wait_for
 from support.stack import Stack
 
@@ -222,13 +222,13 @@ async def test_other_requests_are_answered_while_a_json_list_is_parsed(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Parsing and validating a JSON list of 100,000 leads is about a second of CPU."""
-    held, real = HeldWhileAnswering(), RunCreate.model_validate_json
+    held, real = HeldWhileAnswering(), bodies.from_json
 
-    def parsing(data: Any, **options: Any) -> RunCreate:
+    def parsing(data: Any, **options: Any) -> Any:
         held.hold()
         return real(data, **options)
 
-    monkeypatch.setattr(RunCreate, "model_validate_json", parsing)
+    monkeypatch.setattr(bodies, "from_json", parsing)
     business = await stack.create_business()
     upload = asyncio.create_task(
         stack.http.post("/v1/runs", json=_run_of([new_number()]), headers=business.headers)
@@ -246,13 +246,13 @@ async def test_a_list_without_a_working_key_is_refused_before_it_is_parsed(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     parsed: list[int] = []
-    real = RunCreate.model_validate_json
+    real = bodies.from_json
 
-    def parsing(data: Any, **options: Any) -> RunCreate:
+    def parsing(data: Any, **options: Any) -> Any:
         parsed.append(len(data))
         return real(data, **options)
 
-    monkeypatch.setattr(RunCreate, "model_validate_json", parsing)
+    monkeypatch.setattr(bodies, "from_json", parsing)
     refused = await stack.http.post(
         "/v1/runs", json={"leads": "not a list"}, headers={"Authorization": "Bearer obk_not-a-key"}
     )

@@ -33,7 +33,7 @@ async def create_run(
     # The business first: a request with no working key, or past its share, is refused before
     # its body is parsed.
     business: BusinessDep,
-    body: Annotated[RunCreate, Depends(json_body_in_thread(RunCreate))],
+    body: Annotated[RunCreate, Depends(json_body_in_thread(RunCreate, listed="leads"))],
     runs: RunsDep,
 ) -> RunCreated:
     """Store the run and its leads, then start its workflow. A bad lead list is a 422 naming every
