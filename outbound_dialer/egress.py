@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import time
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,21 +29,31 @@ _NEVER = tuple(
 # Webhooks' names are looked up in threads of their own: a name whose DNS never answers holds a
 # thread until the system's resolver gives up, and lookups tried pass after pass would otherwise
 # take every thread of the loop's default pool, which the worker's lookups of Twilio's API need.
-# A name already being looked up is not looked up again meanwhile: its askers share the answer, so
-# one name holds one thread however often it is tried.
-_LOOKUPS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="webhook-dns")
-_PENDING: dict[tuple[str, int], Future[list[Any]]] = {}
+# A name already being looked up is not looked up again meanwhile (its askers share the answer),
+# and one that did not resolve is not looked up again for a minute: one name holds one thread
+# however often it is tried.
+_LOOKUPS = ThreadPoolExecutor(max_workers=16, thread_name_prefix="webhook-dns")
+_PENDING: dict[str, Future[list[Any]]] = {}
+_FAILED: dict[str, float] = {}
+FAILURE_KEPT_SECONDS = 60.0
 
 
-def _lookup(host: str, port: int) -> Future[list[Any]]:
-    """The lookup of `host` under way, or a new one."""
-    key = (host, port)
-    pending = _PENDING.get(key)
+def _lookup(name: str) -> Future[list[Any]]:
+    """The lookup of `name` under way, or a new one."""
+    pending = _PENDING.get(name)
     if pending is None:
-        pending = _LOOKUPS.submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
-        _PENDING[key] = pending
-        pending.add_done_callback(lambda _: _PENDING.pop(key, None))
+        pending = _LOOKUPS.submit(socket.getaddrinfo, name, None, type=socket.SOCK_STREAM)
+        _PENDING[name] = pending
+        pending.add_done_callback(lambda done: _looked_up(name, done))
     return pending
+
+
+def _looked_up(name: str, done: Future[list[Any]]) -> None:
+    _PENDING.pop(name, None)
+    if not done.cancelled() and done.exception() is not None:
+        _FAILED[name] = time.monotonic() + FAILURE_KEPT_SECONDS
+        for stale in [n for n, until in _FAILED.items() if until < time.monotonic()]:
+            _FAILED.pop(stale, None)
 
 
 class EgressRefused(Exception):
@@ -78,10 +89,13 @@ class Egress:
         if literal is not None:
             addresses = [literal]
         else:
+            name = host.lower().rstrip(".")
+            if _FAILED.get(name, 0.0) > time.monotonic():
+                raise EgressRefused(f"{host} does not resolve (tried less than a minute ago)")
             try:
                 # Shielded: a delivery that runs out of time stops waiting, and leaves the lookup to
                 # whoever else waits for it.
-                found = await asyncio.shield(asyncio.wrap_future(_lookup(host, port)))
+                found = await asyncio.shield(asyncio.wrap_future(_lookup(name)))
             except (socket.gaierror, UnicodeError):
                 raise EgressRefused(f"{host} does not resolve") from None
             addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in found]

@@ -239,3 +239,22 @@ async def test_a_webhook_name_that_never_answers_holds_one_lookup_however_often_
     assert other.is_loopback
     assert all(isinstance(r, EgressRefused) for r in refused)
     assert not any(ran_out)
+
+
+async def test_a_name_that_does_not_resolve_is_not_looked_up_again_for_a_minute(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    asked: list[str] = []
+    real = socket.getaddrinfo
+
+    def lookup(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if str(host).endswith("nowhere.example"):
+            asked.append(str(host))
+            raise socket.gaierror("no such name")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", lookup)
+    for spelling in ("crm.nowhere.example", "CRM.Nowhere.Example.", "crm.nowhere.example"):
+        with pytest.raises(EgressRefused, match="does not resolve"):
+            await Egress().resolve(spelling, 443)
+    assert len(asked) == 1
