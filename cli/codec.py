@@ -38,6 +38,15 @@ def serve(
             show_default=" and ".join(DEFAULT_UI),
         ),
     ] = None,
+    auth_token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="OUTBOUND_CODEC_AUTH_TOKEN",
+            help="A token every request must carry (Authorization: Bearer TOKEN; `temporal --codec-auth`), "
+            "so that other users and processes of this machine cannot decode with it.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Serve a codec server with the keys in PAYLOAD_ENCRYPTION_KEY and PAYLOAD_DECRYPTION_KEYS.
     Point the Web UI's codec endpoint (or `temporal --codec-endpoint`) at http://127.0.0.1:PORT."""
@@ -61,4 +70,5 @@ def serve(
         f"with keys {', '.join(codec.key_ids)}",
         err=True,
     )
-    uvicorn.run(create_codec_app(codec, origins), host="127.0.0.1", port=port, log_level="warning")
+    app = create_codec_app(codec, origins, auth_token=auth_token)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")

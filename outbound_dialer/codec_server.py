@@ -9,6 +9,7 @@ listens on 127.0.0.1, answers only the Web UI origins it is given, and refuses a
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections.abc import Sequence
 
@@ -33,16 +34,24 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
 
 
 def create_codec_app(
-    codec: EncryptionCodec, ui_origins: Sequence[str], hosts: Sequence[str] = LOOPBACK_HOSTS
+    codec: EncryptionCodec,
+    ui_origins: Sequence[str],
+    hosts: Sequence[str] = LOOPBACK_HOSTS,
+    auth_token: str | None = None,
 ) -> Starlette:
     """The codec server for `codec`, answering browsers on `ui_origins` (such as
-    http://127.0.0.1:8233) and requests addressed to `hosts`."""
+    http://127.0.0.1:8233) and requests addressed to `hosts`; with `auth_token`, only requests
+    that carry it (`Authorization: Bearer ...`, as `temporal --codec-auth` sends it)."""
     origins = [origin.rstrip("/") for origin in ui_origins]
+    expected = f"Bearer {auth_token}".encode() if auth_token else None
 
     async def convert(request: Request) -> Response:
         origin = request.headers.get("origin")
         if origin is not None and origin not in origins:
             return _problem(403, f"the origin {origin} is not one this codec server answers")
+        given = request.headers.get("authorization", "").encode()
+        if expected is not None and not hmac.compare_digest(given, expected):
+            return _problem(401, "this codec server needs its token: Authorization: Bearer <token>")
         action = request.path_params["path"].rstrip("/").rpartition("/")[2]
         if action not in ("encode", "decode"):
             return _problem(404, "the path must end in /encode or /decode")

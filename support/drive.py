@@ -16,7 +16,7 @@ from urllib.parse import urlencode
 
 import phonenumbers
 import uvicorn
-from fastapi import FastAPI
+from starlette.applications import Starlette
 from temporalio.client import Client, WorkflowHistory
 from twilio.request_validator import RequestValidator
 
@@ -28,7 +28,7 @@ ALWAYS_OPEN = {"start": "00:00", "end": "24:00"}
 
 
 @asynccontextmanager
-async def serve(app: FastAPI, port: int) -> AsyncIterator[str]:
+async def serve(app: Starlette, port: int) -> AsyncIterator[str]:
     """Serve an ASGI app with uvicorn in this event loop; yields its base URL."""
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")

@@ -45,7 +45,7 @@ async def encrypted_stack(
 @pytest.fixture
 async def codec_server() -> AsyncIterator[str]:
     codec = EncryptionCodec([key_bytes(KEY)])
-    async with serve(create_codec_app(codec, [UI]), free_port()) as url:  # type: ignore[arg-type]
+    async with serve(create_codec_app(codec, [UI]), free_port()) as url:
         yield url
 
 
@@ -148,6 +148,23 @@ async def test_the_codec_server_answers_only_its_ui_on_its_own_address(codec_ser
         assert base64.b64decode(shown[1]["data"]) == b'"+14155550123"'
         nothing = await http.post("/decode", json={"payloads": []})
         assert nothing.json() == {"payloads": []}
+
+
+async def test_a_codec_server_with_a_token_decodes_only_for_who_sends_it() -> None:
+    codec = EncryptionCodec([key_bytes(KEY)])
+    sealed = await codec.encode([_json_payload("+14155550123")])
+    body = {"payloads": [json_format.MessageToDict(p) for p in sealed]}
+    app = create_codec_app(codec, [UI], auth_token="t0ken")
+    async with serve(app, free_port()) as url, httpx.AsyncClient(base_url=url) as http:
+        anyone = await http.post("/decode", json=body)
+        wrong = await http.post("/decode", json=body, headers={"Authorization": "Bearer t0ke"})
+        holder = await http.post("/decode", json=body, headers={"Authorization": "Bearer t0ken"})
+    assert anyone.status_code == wrong.status_code == 401
+    assert "+14155550123" not in anyone.text + wrong.text
+    assert (
+        holder.status_code == 200
+        and base64.b64decode(holder.json()["payloads"][0]["data"]) == b'"+14155550123"'
+    )
 
 
 def _json_payload(value: Any) -> Payload:
