@@ -117,3 +117,13 @@ class NotNewestKey(ServiceError):
 
     def __init__(self) -> None:
         super().__init__("only the business's newest API key can make a new one")
+
+
+class TooManySessions(ServiceError):
+    """A sign-in past the most dashboard sessions a business has at once, when every one of them
+    was opened with a newer key than the one signing in."""
+
+    def __init__(self, most: int) -> None:
+        super().__init__(
+            f"{most} dashboard sessions are open with newer keys of this business; sign out of one first"
+        )

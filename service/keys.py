@@ -10,12 +10,12 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import ColumnElement
 
 from db.models import ApiKey, Business, DashboardSession, utcnow
-from service.errors import NotNewestKey
+from service.errors import NotNewestKey, TooManySessions
 
 # How long a dashboard session lasts, at most.
 SESSION_LIFETIME = timedelta(hours=12)
@@ -26,7 +26,7 @@ MAX_LIVE_SESSIONS = 20
 # ends the oldest past it.
 MAX_WORKING_KEYS = 5
 # Keys that stopped working, kept (the newest) so an operator can see when they stopped.
-KEPT_ENDED_KEYS = 10
+KEPT_ENDED_KEYS = 100
 
 
 def new_api_key() -> str:
@@ -144,7 +144,10 @@ async def revoke_keys(session: AsyncSession, business_id: str) -> int:
 async def _lock(session: AsyncSession, business_id: str) -> None:
     """Take the business's row for this transaction: key changes of one business happen one at a
     time, so a rotation cannot slip a key past an operator's replace-all."""
-    await session.execute(select(Business.id).where(Business.id == business_id).with_for_update())
+    # FOR NO KEY UPDATE: the business's runs, events and leases may still be written meanwhile.
+    await session.execute(
+        select(Business.id).where(Business.id == business_id).with_for_update(key_share=True)
+    )
 
 
 async def still_newest(session: AsyncSession, key_id: int) -> bool:
@@ -158,21 +161,27 @@ async def still_newest(session: AsyncSession, key_id: int) -> bool:
 
 async def open_session(session: AsyncSession, signed: Signed) -> str:
     """A new dashboard session for the business; the token goes in the browser's cookie. Sessions
-    that ended are removed, and the oldest live ones past MAX_LIVE_SESSIONS end."""
+    that ended are removed; past MAX_LIVE_SESSIONS the oldest end, but only those opened with this
+    key or an older one, so a leaked key in its overlap cannot sign the owner out of sessions of a
+    newer key. `TooManySessions` when there are none such to end."""
     token = secrets.token_urlsafe(32)
     await _lock(session, signed.business.id)  # a rotation pruning keys waits, and so do other sign-ins
     now = utcnow()
     await _prune_sessions(session, signed.business.id, now)
-    live = (
-        select(DashboardSession.id)
-        .where(DashboardSession.business_id == signed.business.id)
-        .order_by(DashboardSession.created_at.desc(), DashboardSession.id)
-    )
-    await session.execute(
-        delete(DashboardSession).where(
-            DashboardSession.id.in_(live.offset(MAX_LIVE_SESSIONS - 1).scalar_subquery())
+    of_business = DashboardSession.business_id == signed.business.id
+    live = int(await session.scalar(select(func.count()).where(of_business)) or 0)
+    if live >= MAX_LIVE_SESSIONS:
+        endable = (
+            select(DashboardSession.id)
+            .where(of_business, DashboardSession.api_key_id <= signed.key_id)
+            .order_by(DashboardSession.created_at, DashboardSession.id)
+            .limit(live - MAX_LIVE_SESSIONS + 1)
         )
-    )
+        ended = await session.execute(
+            delete(DashboardSession).where(DashboardSession.id.in_(endable.scalar_subquery()))
+        )
+        if int(getattr(ended, "rowcount", 0) or 0) < live - MAX_LIVE_SESSIONS + 1:
+            raise TooManySessions(MAX_LIVE_SESSIONS)
     session.add(
         DashboardSession(
             id=hash_api_key(token),

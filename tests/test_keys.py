@@ -4,6 +4,9 @@ on the server, so a copied cookie is worth nothing after."""
 
 from __future__ import annotations
 
+from contextlib import AsyncExitStack
+from dataclasses import replace
+
 import httpx
 from sqlalchemy import func, select
 
@@ -12,7 +15,7 @@ from db.models import ApiKey, DashboardSession
 from outbound_dialer.settings import DEV_ADMIN_TOKEN
 from service.keys import KEPT_ENDED_KEYS, MAX_LIVE_SESSIONS, MAX_WORKING_KEYS
 from support.drive import Business
-from support.stack import Stack, signed_in
+from support.stack import Stack, form_token, signed_in
 
 
 def _as(key: str) -> dict[str, str]:
@@ -134,3 +137,35 @@ async def test_many_rotations_with_an_overlap_leave_a_bounded_number_of_keys_wor
         issued.append(rotated.json()["api_key"])
     working = [await _works(stack, key) for key in issued]
     assert working == [False] * (len(issued) - MAX_WORKING_KEYS) + [True] * MAX_WORKING_KEYS
+
+
+async def test_a_leaked_key_in_its_overlap_cannot_sign_the_owner_out(stack: Stack) -> None:
+    """Signing in again and again with the old key ends only sessions of that key (or older), never
+    those the owner opened with the newest key."""
+    business = await stack.create_business()
+    rotated = await stack.http.post("/v1/businesses/me/api-key", json={}, headers=business.headers)
+    newest = replace(business, api_key=rotated.json()["api_key"])
+    async with signed_in(stack, newest) as (owner, _token):
+        for _ in range(MAX_LIVE_SESSIONS + 5):
+            async with signed_in(stack, business) as (leaked, _):
+                assert (await leaked.get("/ui/runs")).status_code == 200
+        assert (await owner.get("/ui/runs")).status_code == 200
+    _keys, sessions = await _rows(stack, business)
+    assert sessions <= MAX_LIVE_SESSIONS
+
+
+async def test_sessions_of_newer_keys_are_never_ended_for_an_older_one(stack: Stack) -> None:
+    business = await stack.create_business()
+    rotated = await stack.http.post("/v1/businesses/me/api-key", json={}, headers=business.headers)
+    newest = replace(business, api_key=rotated.json()["api_key"])
+    async with AsyncExitStack() as sessions:
+        browsers = [
+            await sessions.enter_async_context(signed_in(stack, newest)) for _ in range(MAX_LIVE_SESSIONS)
+        ]
+        login = await stack.http.get("/ui/login")
+        refused = await stack.http.post(
+            "/ui/login", data={"api_key": business.api_key, "csrf": form_token(login.text)}
+        )
+        assert refused.status_code == 409 and "sign out" in refused.text
+        still = [(await browser.get("/ui/runs")).status_code for browser, _ in browsers]
+        assert still == [200] * MAX_LIVE_SESSIONS

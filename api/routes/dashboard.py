@@ -46,6 +46,7 @@ from service.errors import (
     PhoneNotListed,
     RunNotFound,
     RunNotLive,
+    TooManySessions,
     UploadUnreadable,
 )
 from service.keys import business_for_key, open_session
@@ -125,8 +126,12 @@ async def login(request: Request, session: SessionDep, settings: SettingsDep) ->
     if signed is None:
         return _login_form(request, settings, next_path, "That is not a business API key.", 401)
     within_share(request, signed.business.id)  # each sign-in keeps a session row: counted too
+    try:
+        token = await open_session(session, signed)
+    except TooManySessions as refused:
+        return _login_form(request, settings, next_path, f"{refused}.", 409)
     response = _redirect(next_path)
-    start_session(response, settings, await open_session(session, signed))
+    start_session(response, settings, token)
     return response
 
 
