@@ -38,6 +38,7 @@ def create_engine(url: str, *, ping_on_checkout: bool = True) -> AsyncEngine:
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_async_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
+    event.listen(engine.sync_engine, "handle_error", _refused_values_hidden)
 
     @event.listens_for(engine.sync_engine, "connect")
     def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -59,13 +60,17 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
 # asyncpg names a value it cannot send; a row that breaks a constraint (class 23) is repeated in the
 # error's detail (`Key (phone)=(...)`). Any of them would carry a lead's phone or name into a log
 # line or a Temporal failure, whatever `hide_parameters` hides.
-_QUOTED = re.compile(r'"(?:[^"]|"")*"')
+# From the first quote to the last: a quoted value may hold quotes and lines of its own.
+_QUOTED = re.compile(r'"[\s\S]*"')
 _ARGUMENT = re.compile(r"(invalid input for query argument \$\d+): .*", re.DOTALL)
 _NOT_SHOWN = "(the values are not shown)"
 
 
 def _refused_values_hidden(context: ExceptionContext) -> None:
-    """Take the refused values out of the error's text, and out of every exception it came from."""
+    """Take the values bound to the statement off the error (its text already leaves them out),
+    and the refused values out of its text, and out of every exception it came from."""
+    if context.sqlalchemy_exception is not None:
+        context.sqlalchemy_exception.params = None
     chain: list[BaseException] = []
     error: BaseException | None = context.original_exception
     while error is not None and error not in chain:
@@ -77,7 +82,7 @@ def _refused_values_hidden(context: ExceptionContext) -> None:
     if context.sqlalchemy_exception is not None:
         chain.append(context.sqlalchemy_exception)
     for error in chain:
-        for field in ("detail", "hint"):  # asyncpg's, which its text repeats
+        for field in ("detail", "hint", "context", "internal_query"):  # asyncpg's
             if isinstance(getattr(error, field, None), str) and getattr(error, field):
                 setattr(error, field, _NOT_SHOWN)
         if "22" in states:

@@ -43,6 +43,10 @@ async def test_a_database_error_carries_no_bound_values(kind: str, database_url:
         # PostgreSQL refuses the value, quoting it in its message.
         "SELECT CAST(CAST(:phone AS text) AS integer) WHERE CAST(:name AS text) IS NOT NULL",
         "SELECT CAST(CAST(:phone AS text) AS date) WHERE CAST(:name AS text) IS NOT NULL",
+        # A value with a quote of its own in it.
+        "SELECT CAST(CAST(:phone AS text) || '\" ' || CAST(:name AS text) AS date)",
+        # PostgreSQL's context of a bad JSON value quotes it too.
+        "SELECT CAST(CAST(:phone AS text) || CAST(:name AS text) AS jsonb)",
     ],
 )
 async def test_a_value_the_database_refuses_is_not_repeated_anywhere_in_the_error(
@@ -59,6 +63,10 @@ async def test_a_value_the_database_refuses_is_not_repeated_anywhere_in_the_erro
     printed = "".join(traceback.format_exception(failed.value))
     assert "SELECT CAST" in printed
     assert PHONE not in printed and NAME not in printed, printed
+    error: BaseException | None = failed.value
+    while error is not None:  # and in what a logger may print of each exception's attributes
+        assert PHONE not in repr(vars(error)) and NAME not in repr(vars(error)), vars(error)
+        error = error.__cause__
 
 
 async def test_a_constraint_a_value_breaks_is_named_without_the_value(database_url: str) -> None:
