@@ -7,7 +7,7 @@ model's schemas to the OpenAPI document (`add_thread_parsed_schemas`)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar, get_args
 
 from fastapi import FastAPI, HTTPException, Request
@@ -23,6 +23,9 @@ _MODELS: dict[str, type[BaseModel]] = {}
 REF = "#/components/schemas/{model}"
 # Entries of a listed field validated at once.
 CHUNK = 1_000
+# The most fields a JSON object of a body may have: more than any model's fields, or any lead's
+# metadata (50).
+MAX_OBJECT_FIELDS = 256
 
 
 def json_body_in_thread(model: type[M], listed: str | None = None) -> Callable[[Request], Awaitable[M]]:
@@ -51,15 +54,36 @@ def _parsed(model: type[M], raw: bytes, listed: str | None) -> tuple[M | None, l
     """The body as `model`, or the problems with it."""
     try:
         data = from_json(raw)
+    except ValueError as error:  # not JSON
+        return None, [_located({"type": "json_invalid", "loc": (), "msg": str(error)})]
+    crowded = _crowded(data)
+    if crowded is not None:
+        more = f"an object with more than {MAX_OBJECT_FIELDS} fields, more than any object here has"
+        return None, [{"type": "too_many_fields", "loc": ("body", *crowded), "msg": more, "input": None}]
+    try:
         if listed is not None and isinstance(data, dict) and isinstance(data.get(listed), list):
             data[listed] = _items(model, listed, data[listed])
         return model.model_validate(data), []
-    except ValueError as error:  # not JSON
-        return None, [_located({"type": "json_invalid", "loc": (), "msg": str(error)})]
     except _ListInvalid as invalid:
         return None, invalid.problems
     except ValidationError as error:
         return None, _listed(error.errors(include_url=False), error.error_count())
+
+
+def _crowded(data: Any) -> tuple[str | int, ...] | None:
+    """Where the body has an object of more than MAX_OBJECT_FIELDS fields, if anywhere: each field
+    no model has would be an error of its own, all of them held at once."""
+    stack: list[tuple[tuple[str | int, ...], Any]] = [((), data)] if isinstance(data, dict | list) else []
+    while stack:
+        where, node = stack.pop()
+        if isinstance(node, dict):
+            if len(node) > MAX_OBJECT_FIELDS:
+                return where
+            children: Iterable[tuple[str | int, Any]] = node.items()
+        else:
+            children = enumerate(node)
+        stack.extend(((*where, at), child) for at, child in children if isinstance(child, dict | list))
+    return None
 
 
 class _ListInvalid(Exception):

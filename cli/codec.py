@@ -3,6 +3,7 @@ Web UI and CLI show encrypted payloads to the operator who holds the keys."""
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 import typer
@@ -38,17 +39,9 @@ def serve(
             show_default=" and ".join(DEFAULT_UI),
         ),
     ] = None,
-    auth_token: Annotated[
-        str | None,
-        typer.Option(
-            envvar="OUTBOUND_CODEC_AUTH_TOKEN",
-            help="A token every request must carry (Authorization: Bearer TOKEN; `temporal --codec-auth`), "
-            "so that other users and processes of this machine cannot decode with it.",
-            show_default=False,
-        ),
-    ] = None,
 ) -> None:
-    """Serve a codec server with the keys in PAYLOAD_ENCRYPTION_KEY and PAYLOAD_DECRYPTION_KEYS.
+    """Serve a codec server with the keys in PAYLOAD_ENCRYPTION_KEY and PAYLOAD_DECRYPTION_KEYS;
+    with OUTBOUND_CODEC_AUTH_TOKEN set, every request must carry it (`temporal --codec-auth`).
     Point the Web UI's codec endpoint (or `temporal --codec-endpoint`) at http://127.0.0.1:PORT."""
     try:
         settings = PayloadKeys()
@@ -70,5 +63,14 @@ def serve(
         f"with keys {', '.join(codec.key_ids)}",
         err=True,
     )
-    app = create_codec_app(codec, origins, auth_token=auth_token)
+    app = create_codec_app(codec, origins, auth_token=_auth_token())
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+
+def _auth_token() -> str | None:
+    """OUTBOUND_CODEC_AUTH_TOKEN, the token every request must carry, if set: read from the
+    environment only, as a command-line option would be seen by every user of the machine."""
+    token = os.environ.get("OUTBOUND_CODEC_AUTH_TOKEN")
+    if token is not None and not token.strip():
+        raise typer.BadParameter("OUTBOUND_CODEC_AUTH_TOKEN is empty", param_hint="the environment")
+    return token

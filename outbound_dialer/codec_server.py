@@ -43,7 +43,9 @@ def create_codec_app(
     http://127.0.0.1:8233) and requests addressed to `hosts`; with `auth_token`, only requests
     that carry it (`Authorization: Bearer ...`, as `temporal --codec-auth` sends it)."""
     origins = [origin.rstrip("/") for origin in ui_origins]
-    expected = f"Bearer {auth_token}".encode() if auth_token else None
+    if auth_token is not None and not auth_token.strip():
+        raise ValueError("an empty token would let every request through")
+    expected = f"Bearer {auth_token}".encode() if auth_token is not None else None
 
     async def convert(request: Request) -> Response:
         origin = request.headers.get("origin")

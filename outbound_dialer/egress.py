@@ -49,11 +49,19 @@ def _lookup(name: str) -> Future[list[Any]]:
 
 
 def _looked_up(name: str, done: Future[list[Any]]) -> None:
+    """In the lookup's thread: forget the lookup, and keep a failure for a while."""
     _PENDING.pop(name, None)
     if not done.cancelled() and done.exception() is not None:
         _FAILED[name] = time.monotonic() + FAILURE_KEPT_SECONDS
-        for stale in [n for n, until in _FAILED.items() if until < time.monotonic()]:
-            _FAILED.pop(stale, None)
+
+
+def _failed_lately(name: str) -> bool:
+    """On the event loop: whether `name` failed to resolve in the last minute (failures older
+    than that are dropped here, one thread at a time)."""
+    now = time.monotonic()
+    for stale in [n for n, until in list(_FAILED.items()) if until < now]:
+        _FAILED.pop(stale, None)
+    return _FAILED.get(name, 0.0) > now
 
 
 class EgressRefused(Exception):
@@ -90,7 +98,7 @@ class Egress:
             addresses = [literal]
         else:
             name = host.lower().rstrip(".")
-            if _FAILED.get(name, 0.0) > time.monotonic():
+            if _failed_lately(name):
                 raise EgressRefused(f"{host} does not resolve (tried less than a minute ago)")
             try:
                 # Shielded: a delivery that runs out of time stops waiting, and leaves the lookup to

@@ -174,7 +174,9 @@ async def open_session(session: AsyncSession, signed: Signed) -> str:
         endable = (
             select(DashboardSession.id)
             .where(of_business, DashboardSession.api_key_id <= signed.key_id)
-            .order_by(DashboardSession.created_at, DashboardSession.id)
+            # The oldest key's sessions first: a leaked key cannot keep its own while the owner's
+            # team, signing in with a newer key, end each other's.
+            .order_by(DashboardSession.api_key_id, DashboardSession.created_at, DashboardSession.id)
             .limit(live - MAX_LIVE_SESSIONS + 1)
         )
         ended = await session.execute(

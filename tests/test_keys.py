@@ -141,15 +141,19 @@ async def test_many_rotations_with_an_overlap_leave_a_bounded_number_of_keys_wor
 
 async def test_a_leaked_key_in_its_overlap_cannot_sign_the_owner_out(stack: Stack) -> None:
     """Signing in again and again with the old key ends only sessions of that key (or older), never
-    those the owner opened with the newest key."""
+    those the owner opened with the newest key; and when the owner's team signs in, the old key's
+    sessions end first, not the team's."""
     business = await stack.create_business()
     rotated = await stack.http.post("/v1/businesses/me/api-key", json={}, headers=business.headers)
     newest = replace(business, api_key=rotated.json()["api_key"])
-    async with signed_in(stack, newest) as (owner, _token):
+    async with AsyncExitStack() as open_sessions:
+        owner, _ = await open_sessions.enter_async_context(signed_in(stack, newest))
         for _ in range(MAX_LIVE_SESSIONS + 5):
-            async with signed_in(stack, business) as (leaked, _):
-                assert (await leaked.get("/ui/runs")).status_code == 200
+            await open_sessions.enter_async_context(signed_in(stack, business))
         assert (await owner.get("/ui/runs")).status_code == 200
+        teammate, _ = await open_sessions.enter_async_context(signed_in(stack, newest))
+        assert (await owner.get("/ui/runs")).status_code == 200
+        assert (await teammate.get("/ui/runs")).status_code == 200
     _keys, sessions = await _rows(stack, business)
     assert sessions <= MAX_LIVE_SESSIONS
 

@@ -284,3 +284,37 @@ async def test_a_json_list_is_read_only_as_json(stack: Stack) -> None:
         headers={**business.headers, "Content-Type": "text/plain"},
     )
     assert sent.status_code == 415 and "application/json" in sent.text
+
+
+@pytest.mark.parametrize(
+    ("body", "where", "kind"),
+    [
+        (
+            {"leads": [{"phone": "+14155550100"}], "options": {"max_attempts": 99}},
+            ["options", "max_attempts"],
+            None,
+        ),
+        ({"leads": 5}, ["leads"], None),
+        (
+            {"leads": [{"phone": "+14155550100", **{f"k{n}": 0 for n in range(100_000)}}]},
+            ["leads", 0],
+            "too_many_fields",
+        ),
+        (
+            {"leads": [{"phone": "+14155550100"}], **{f"k{n}": 0 for n in range(100_000)}},
+            [],
+            "too_many_fields",
+        ),
+    ],
+)
+async def test_a_bad_body_is_refused_once_where_it_is_bad(
+    stack: Stack, body: dict[str, Any], where: list[Any], kind: str | None
+) -> None:
+    """Each problem where it is, as FastAPI names one; an object of a hundred thousand fields no
+    model has is one problem, not a hundred thousand held at once."""
+    business = await stack.create_business()
+    refused = await stack.http.post("/v1/runs", json=body, headers=business.headers)
+    assert refused.status_code == 422
+    detail = refused.json()["detail"]
+    assert [d["loc"] for d in detail] == [["body", *where]], detail
+    assert kind is None or detail[0]["type"] == kind
