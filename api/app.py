@@ -37,6 +37,7 @@ from service.errors import (
     RunNotFound,
     RunNotLive,
     ServiceError,
+    TooManySessions,
     UploadUnreadable,
     VoiceAppUnsigned,
 )
@@ -142,6 +143,7 @@ REFUSALS: tuple[tuple[type[ServiceError], int], ...] = (
     (PhoneNotListed, status.HTTP_404_NOT_FOUND),
     (RunNotLive, status.HTTP_409_CONFLICT),
     (NotNewestKey, status.HTTP_403_FORBIDDEN),
+    (TooManySessions, status.HTTP_409_CONFLICT),
     (ListInvalid, status.HTTP_422_UNPROCESSABLE_CONTENT),
     (UploadUnreadable, status.HTTP_422_UNPROCESSABLE_CONTENT),
     (NumberNotRegistered, status.HTTP_422_UNPROCESSABLE_CONTENT),
