@@ -16,6 +16,8 @@ import pytest
 from sqlalchemy.engine import make_url
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
+from twilio.http.async_http_client import AsyncTwilioHttpClient
+from twilio.rest import Client as TwilioClient
 
 from contracts.names import SEARCH_ATTRIBUTES
 from outbound_dialer.settings import DEV_ACCOUNT_SID, DEV_AUTH_TOKEN
@@ -155,3 +157,14 @@ async def world_runner(skipping: WorkflowEnvironment) -> AsyncIterator[WorldRunn
     runner = WorldRunner(skipping, await Client.connect(skipping.client.service_client.config.target_host))
     yield runner
     await runner.stop_workers()
+
+
+@pytest.fixture
+async def twilio(sim: Any) -> AsyncIterator[TwilioClient]:
+    """The real twilio SDK, pointed at the simulator of the test's module (its `sim` fixture: a
+    URL and the config whose account it answers for)."""
+    http_client = AsyncTwilioHttpClient()
+    client = TwilioClient(sim.config.account_sid, sim.config.auth_token, http_client=http_client)
+    client.api.base_url = sim.url
+    yield client
+    await http_client.close()

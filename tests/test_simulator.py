@@ -111,16 +111,6 @@ async def sim() -> AsyncIterator[Sim]:
         yield Sim(url, config)
 
 
-@pytest.fixture
-async def twilio(sim: Sim) -> AsyncIterator[Client]:
-    """The real twilio SDK, pointed at the simulator."""
-    http_client = AsyncTwilioHttpClient()
-    client = Client(SID, TOKEN, http_client=http_client)
-    client.api.base_url = sim.url
-    yield client
-    await http_client.close()
-
-
 async def _sim_get(sim: Sim, path: str) -> Any:
     async with httpx.AsyncClient(base_url=sim.url) as http:
         response = await http.get(path)

@@ -20,7 +20,6 @@ import pytest
 from fastapi import FastAPI, Request, Response
 from pydantic import ValidationError
 from twilio.base.exceptions import TwilioRestException
-from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 
@@ -110,16 +109,6 @@ async def sim() -> AsyncIterator[Sim]:
     )
     async for url in serve_app(create_app(config)):
         yield Sim(url, config)
-
-
-@pytest.fixture
-async def twilio(sim: Sim) -> AsyncIterator[Client]:
-    """The real twilio SDK, pointed at the simulator."""
-    http_client = AsyncTwilioHttpClient()
-    client = Client(SID, TOKEN, http_client=http_client)
-    client.api.base_url = sim.url
-    yield client
-    await http_client.close()
 
 
 async def wait_for(condition: Callable[[], bool | Awaitable[bool]], what: str, within: float = 5) -> None:

@@ -10,7 +10,6 @@ from typing import Any
 
 import httpx
 import pytest
-from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.rest import Client
 
 from telephony.simulator import SimulatorConfig, create_app, fidelity
@@ -37,16 +36,6 @@ async def http(sim: Sim) -> AsyncIterator[httpx.AsyncClient]:
     """A raw client with the right credentials, to send what the SDK would never send."""
     async with httpx.AsyncClient(base_url=sim.url, auth=(SID, TOKEN)) as client:
         yield client
-
-
-@pytest.fixture
-async def twilio(sim: Sim) -> AsyncIterator[Client]:
-    """The real twilio SDK, pointed at the simulator."""
-    http_client = AsyncTwilioHttpClient()
-    client = Client(SID, TOKEN, http_client=http_client)
-    client.api.base_url = sim.url
-    yield client
-    await http_client.close()
 
 
 def _twilio_error(response: httpx.Response, status: int = 400) -> dict[str, Any]:
