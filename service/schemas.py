@@ -66,6 +66,17 @@ def _storable(value: str) -> str:
 StoredText = Annotated[str, AfterValidator(_storable)]
 
 
+def _not_true_or_false(value: object) -> object:
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not true or false")
+    return value
+
+
+# A number in a request: JSON's true and false are refused, not read as 1 and 0 (a rotation's
+# `"overlap_seconds": false` would otherwise revoke every key at once).
+Number = BeforeValidator(_not_true_or_false)
+
+
 def _zone(value: str | None) -> str | None:
     if value is None:
         return None
@@ -103,7 +114,7 @@ class BusinessCreate(BaseModel):
     caller_id: Annotated[str, AfterValidator(_e164)] = Field(
         max_length=40, description="The Twilio `From` number, E.164."
     )
-    max_concurrent_calls: int = Field(default=3, ge=1, le=100)
+    max_concurrent_calls: Annotated[int, Number] = Field(default=3, ge=1, le=100)
     timezone: Annotated[str | None, AfterValidator(_zone)] = Field(default=None, max_length=64)
     calling_window: CallingWindowIn | None = Field(
         default=None, description="Default window for the business's runs (08:00-21:00 every day if unset)."
@@ -430,11 +441,13 @@ def _no_twiml(value: object) -> None:
 class RunOptionsIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    max_attempts: int = Field(
+    max_attempts: Annotated[int, Number] = Field(
         default=_DEFAULT.max_attempts, ge=1, le=10, description="Calls per lead at most."
     )
-    retry_delay_seconds: int = Field(default=_DEFAULT.retry_delay_seconds, ge=60, le=7 * 86400)
-    retry_backoff: float = Field(
+    retry_delay_seconds: Annotated[int, Number] = Field(
+        default=_DEFAULT.retry_delay_seconds, ge=60, le=7 * 86400
+    )
+    retry_backoff: Annotated[float, Number] = Field(
         default=_DEFAULT.retry_backoff, ge=1.0, le=10.0, description="Each retry waits this much longer."
     )
     retry_on: list[str] = Field(
@@ -445,8 +458,10 @@ class RunOptionsIn(BaseModel):
     calling_window: CallingWindowIn | None = Field(
         default=None, description="The business's window if unset."
     )
-    ring_timeout_seconds: int = Field(default=_DEFAULT.ring_timeout_seconds, ge=5, le=600)
-    call_time_limit_seconds: int = Field(default=_DEFAULT.call_time_limit_seconds, ge=10, le=14400)
+    ring_timeout_seconds: Annotated[int, Number] = Field(default=_DEFAULT.ring_timeout_seconds, ge=5, le=600)
+    call_time_limit_seconds: Annotated[int, Number] = Field(
+        default=_DEFAULT.call_time_limit_seconds, ge=10, le=14400
+    )
     # Strict: the schema says true or false, so "yes" or 1 is a mistake to name, not a guess to make.
     hang_up_on_cancel: StrictBool = _DEFAULT.hang_up_on_cancel
     machine_detection: StrictBool = _DEFAULT.machine_detection
@@ -456,7 +471,9 @@ class RunOptionsIn(BaseModel):
     twiml: Annotated[None, BeforeValidator(_no_twiml)] = Field(
         default=None, deprecated=True, description="No longer taken: use `answer`."
     )
-    reconcile_margin_seconds: int = Field(default=_DEFAULT.reconcile_margin_seconds, ge=5, le=3600)
+    reconcile_margin_seconds: Annotated[int, Number] = Field(
+        default=_DEFAULT.reconcile_margin_seconds, ge=5, le=3600
+    )
 
     @field_validator("retry_on")
     @classmethod
@@ -521,7 +538,7 @@ class RecordingsIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    retention_days: int | None = Field(
+    retention_days: Annotated[int | None, Number] = Field(
         ge=1,
         le=3650,
         description="Delete each recording at Twilio this many days after it was made; keep them if null.",
@@ -619,7 +636,7 @@ class DncEntry(BaseModel):
 class KeyRotation(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    overlap_seconds: int = Field(
+    overlap_seconds: Annotated[int, Number] = Field(
         default=3600,
         ge=0,
         le=7 * 86400,

@@ -159,3 +159,34 @@ async def test_a_do_not_call_csv_names_the_line_it_cannot_read(stack: Stack) -> 
     assert too_long.status_code == 422
     assert too_long.json()["detail"].startswith("line 2 is longer than")
     assert (await stack.http.get("/v1/dnc", headers=business.headers)).json() == []
+
+
+async def test_true_or_false_is_not_a_number(stack: Stack) -> None:
+    """JSON's `true` is not 1: a count, a number of days or seconds given as true or false is
+    refused by name, and nothing is changed (found by the schema fuzzer on the recordings' days)."""
+    business = await stack.create_business()
+    refused = {
+        "/v1/businesses/me/recordings": ("put", {"retention_days": True}, ["body", "retention_days"]),
+        "/v1/businesses/me/api-key": ("post", {"overlap_seconds": False}, ["body", "overlap_seconds"]),
+        "/v1/runs": (
+            "post",
+            {"leads": [{"phone": new_number()}], "options": {"max_attempts": True}},
+            ["body", "options", "max_attempts"],
+        ),
+    }
+    for path, (method, body, where) in refused.items():
+        answer = await getattr(stack.http, method)(path, json=body, headers=business.headers)
+        assert answer.status_code == 422, (path, answer.text)
+        assert [e["loc"] for e in answer.json()["detail"]] == [where], answer.text
+    runs = await stack.http.get("/v1/runs", headers=business.headers)
+    assert runs.json() == [], runs.text  # no run was started
+    admin = {"Authorization": f"Bearer {DEV_ADMIN_TOKEN}"}
+    created = await stack.http.post(
+        "/v1/businesses",
+        json={"name": "Cap of true", "caller_id": new_number(), "max_concurrent_calls": True},
+        headers=admin,
+    )
+    assert created.status_code == 422 and created.json()["detail"][0]["loc"] == [
+        "body",
+        "max_concurrent_calls",
+    ]
